@@ -1,0 +1,299 @@
+//! Typed, time-ordered identifiers (UUID version 7) and validated external names.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorKind;
+
+/// An identifier or name could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what}: {text}")]
+pub struct IdError {
+    what: &'static str,
+    text: String,
+}
+
+impl IdError {
+    pub(crate) fn new(what: &'static str, text: &str) -> Self {
+        IdError {
+            what,
+            text: crate::text::clip(text),
+        }
+    }
+
+    /// The driver-neutral kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Invalid
+    }
+}
+
+/// A new time-ordered UUID (version 7) from a timestamp and a random source.
+pub fn uuid_v7(now: DateTime<Utc>, rng: &mut dyn RngCore) -> uuid::Uuid {
+    let mut random = [0u8; 10];
+    rng.fill_bytes(&mut random);
+    let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+macro_rules! define_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        ///
+        /// Time-ordered (UUID v7); shown as the prefix followed by 32 hex digits.
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(uuid::Uuid);
+
+        impl $name {
+            /// The text prefix of this id type.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new id ordered by `now`, with random bits from `rng`.
+            pub fn generate(now: DateTime<Utc>, rng: &mut dyn RngCore) -> Self {
+                $name(uuid_v7(now, rng))
+            }
+
+            /// Wraps an existing UUID.
+            pub const fn from_uuid(id: uuid::Uuid) -> Self {
+                $name(id)
+            }
+
+            /// The UUID inside.
+            pub const fn as_uuid(&self) -> &uuid::Uuid {
+                &self.0
+            }
+
+            /// The 16 bytes of the UUID.
+            pub const fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}_{}", $prefix, self.0.simple())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                let rest = s
+                    .strip_prefix($prefix)
+                    .and_then(|r| r.strip_prefix('_'))
+                    .ok_or_else(|| IdError::new(stringify!($name), s))?;
+                if rest.len() != 32 {
+                    return Err(IdError::new(stringify!($name), s));
+                }
+                uuid::Uuid::try_parse(rest)
+                    .map($name)
+                    .map_err(|_| IdError::new(stringify!($name), s))
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.to_string()
+            }
+        }
+    };
+}
+
+define_id!(
+    /// Identifies a good (a product page grouping SKUs).
+    GoodsId,
+    "gds"
+);
+define_id!(
+    /// Identifies a SKU, the unit that is priced, stocked and bought.
+    SkuId,
+    "sku"
+);
+define_id!(
+    /// Identifies an order.
+    OrderId,
+    "ord"
+);
+define_id!(
+    /// Identifies one card key held in the vault.
+    CardId,
+    "card"
+);
+define_id!(
+    /// Identifies a stored event.
+    EventId,
+    "evt"
+);
+define_id!(
+    /// Identifies a durable job.
+    JobId,
+    "job"
+);
+define_id!(
+    /// Identifies an audit record.
+    AuditId,
+    "aud"
+);
+define_id!(
+    /// Identifies an import batch of card keys.
+    BatchId,
+    "bat"
+);
+
+/// The longest external name (tenant, member, provider transaction id) accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'))
+}
+
+macro_rules! define_name {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// 1 to 64 characters of ASCII letters, digits and `_ - . : @`.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps a name.
+            ///
+            /// # Errors
+            /// [`IdError`] when the text is empty, too long or has other characters.
+            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                if valid_name(&s) {
+                    Ok($name(s))
+                } else {
+                    Err(IdError::new(stringify!($name), &s))
+                }
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                $name::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+    };
+}
+
+define_name!(
+    /// The shop (tenant) an aggregate belongs to. Single-shop hosts use [`TenantId::default`].
+    TenantId
+);
+define_name!(
+    /// The host's identifier of a member (buyer).
+    MemberId
+);
+
+impl TenantId {
+    /// The name of the default tenant.
+    pub const DEFAULT: &'static str = "default";
+}
+
+impl Default for TenantId {
+    fn default() -> Self {
+        TenantId(TenantId::DEFAULT.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ids_round_trip_and_order_by_time() {
+        let mut rng = rand::thread_rng();
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let a = OrderId::generate(t0, &mut rng);
+        let b = OrderId::generate(t0 + chrono::Duration::milliseconds(1), &mut rng);
+        assert!(a < b);
+        let text = a.to_string();
+        assert!(text.starts_with("ord_"));
+        assert_eq!(text.parse::<OrderId>().unwrap(), a);
+        assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{text}\""));
+    }
+
+    #[test]
+    fn bad_ids_are_errors() {
+        for bad in [
+            "",
+            "ord_",
+            "sku_0190c8f0e0e07c4c8a1b2c3d4e5f6a7b",
+            "ord_xyz",
+            "ord_0190c8f0-e0e0-7c4c-8a1b-2c3d4e5f6a7b",
+        ] {
+            assert!(bad.parse::<OrderId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(TenantId::new("shop-1").is_ok());
+        assert_eq!(TenantId::default().as_str(), "default");
+        for bad in [
+            "",
+            "a b",
+            "x".repeat(65).as_str(),
+            "租户",
+            "a\nb",
+            "'; drop table",
+        ] {
+            assert!(MemberId::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

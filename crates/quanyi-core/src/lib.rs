@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+#![deny(clippy::float_arithmetic)]
+
+mod clock;
+mod error;
+mod event;
+mod id;
+mod money;
+pub mod text;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::ErrorKind;
+pub use event::{DomainEvent, EventEnvelope};
+pub use id::{
+    AuditId, BatchId, CardId, EventId, GoodsId, IdError, JobId, MAX_NAME_LEN, MemberId, OrderId,
+    SkuId, TenantId, uuid_v7,
+};
+pub use money::{Currency, MAX_EXPONENT, Money, MoneyError, Rounding};
+
+pub use chrono;
+pub use rust_decimal::Decimal;
