@@ -1,0 +1,455 @@
+//! The goods aggregate: a product with its SKUs.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use quanyi_core::{Currency, GoodsId, Money, SkuId, TenantId};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, GoodsKind, KindTag, Result};
+
+/// The longest title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// The longest SKU name, in characters.
+pub const MAX_SKU_NAME_CHARS: usize = 100;
+/// The most SKUs one good holds.
+pub const MAX_SKUS: usize = 100;
+/// The largest quantity one purchase may ask for.
+pub const MAX_QUANTITY: u32 = 10_000;
+
+/// Where the units of a SKU come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StockSource {
+    /// A pool of stored codes in the vault (card keys, pooled links or reservation codes).
+    VaultPool,
+    /// Bought from an upstream supplier at fulfilment.
+    Supplier,
+    /// Generated or granted without a stock count.
+    Unlimited,
+}
+
+impl StockSource {
+    /// A stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StockSource::VaultPool => "vault_pool",
+            StockSource::Supplier => "supplier",
+            StockSource::Unlimited => "unlimited",
+        }
+    }
+
+    /// True when goods of `kind` may take their units from this source.
+    pub fn fits(self, kind: KindTag) -> bool {
+        use StockSource::{Supplier, Unlimited, VaultPool};
+        match kind {
+            KindTag::CardKey => matches!(self, VaultPool | Supplier),
+            KindTag::DirectTopUp | KindTag::Membership | KindTag::BenefitPack => {
+                matches!(self, Supplier | Unlimited)
+            }
+            KindTag::Link | KindTag::ReservationCode => true,
+        }
+    }
+}
+
+impl fmt::Display for StockSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a SKU is on sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shelf {
+    /// On sale.
+    On,
+    /// Not on sale.
+    Off,
+}
+
+/// How many units one order or one member may buy; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PurchaseLimits {
+    /// The most units in one order.
+    pub per_order: Option<u32>,
+    /// The most units one member may hold across orders (counted by the engine).
+    pub per_member: Option<u32>,
+}
+
+/// A priced, stocked unit of a good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sku {
+    /// Its id.
+    pub id: SkuId,
+    /// Its name, such as "30 days".
+    pub name: String,
+    /// The list price of one unit.
+    pub price: Money,
+    /// Where units come from.
+    pub stock: StockSource,
+    /// Purchase limits.
+    pub limits: PurchaseLimits,
+    /// On sale or not.
+    pub shelf: Shelf,
+}
+
+/// The data a new SKU is made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuDraft {
+    /// Its id.
+    pub id: SkuId,
+    /// Its name.
+    pub name: String,
+    /// The list price of one unit.
+    pub price: Money,
+    /// Where units come from.
+    pub stock: StockSource,
+    /// Purchase limits.
+    pub limits: PurchaseLimits,
+    /// On sale or not.
+    pub shelf: Shelf,
+}
+
+impl SkuDraft {
+    /// A draft with unlimited stock, on shelf and without limits.
+    pub fn new(id: SkuId, name: impl Into<String>, price: Money) -> Self {
+        SkuDraft {
+            id,
+            name: name.into(),
+            price,
+            stock: StockSource::Unlimited,
+            limits: PurchaseLimits::default(),
+            shelf: Shelf::On,
+        }
+    }
+
+    /// Sets the stock source.
+    #[must_use]
+    pub fn with_stock(mut self, stock: StockSource) -> Self {
+        self.stock = stock;
+        self
+    }
+
+    /// Sets the purchase limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: PurchaseLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the shelf state.
+    #[must_use]
+    pub fn with_shelf(mut self, shelf: Shelf) -> Self {
+        self.shelf = shelf;
+        self
+    }
+}
+
+/// The data a new good is made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoodsDraft {
+    /// The title shown to buyers.
+    pub title: String,
+    /// What is sold.
+    pub kind: GoodsKind,
+    /// Its SKUs.
+    pub skus: Vec<SkuDraft>,
+}
+
+/// What [`Goods::check_purchase`] found: everything an order line needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseCheck {
+    /// The SKU bought.
+    pub sku: SkuId,
+    /// Units bought.
+    pub quantity: u32,
+    /// List price of one unit.
+    pub unit_price: Money,
+    /// `unit_price * quantity`.
+    pub amount: Money,
+    /// The normalised top-up account, for direct top-ups.
+    pub account: Option<String>,
+    /// The per-member limit the engine must still enforce across orders.
+    pub per_member_limit: Option<u32>,
+    /// Where units come from.
+    pub stock: StockSource,
+    /// The kind of goods.
+    pub kind: KindTag,
+    /// The good's title.
+    pub title: String,
+}
+
+/// A good: a product page with its kind and SKUs. Every change goes through its methods and
+/// bumps [`Goods::version`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goods {
+    id: GoodsId,
+    tenant: TenantId,
+    title: String,
+    kind: GoodsKind,
+    skus: Vec<Sku>,
+    version: u64,
+    created_at: DateTime<Utc>,
+}
+
+fn check_text(text: &str, max: usize) -> std::result::Result<(), &'static str> {
+    if text.trim().is_empty() {
+        Err("empty")
+    } else if text.chars().count() > max {
+        Err("too long")
+    } else if text.chars().any(char::is_control) {
+        Err("holds control characters")
+    } else {
+        Ok(())
+    }
+}
+
+fn check_limits(sku: SkuId, limits: PurchaseLimits) -> Result<()> {
+    if limits.per_order == Some(0) || limits.per_member == Some(0) {
+        return Err(Error::InvalidLimit { sku });
+    }
+    Ok(())
+}
+
+impl Goods {
+    /// Creates a good at version 1 after checking the draft.
+    ///
+    /// ```
+    /// use quanyi_core::{Currency, GoodsId, Money, SkuId, TenantId};
+    /// use quanyi_goods::{Goods, GoodsDraft, GoodsKind, SkuDraft, StockSource};
+    ///
+    /// let now = quanyi_core::chrono::Utc::now();
+    /// let sku: SkuId = "sku_0190c8f0e0e07c4c8a1b2c3d4e5f6a7b".parse()?;
+    /// let draft = GoodsDraft {
+    ///     title: "Video VIP month".to_owned(),
+    ///     kind: GoodsKind::CardKey,
+    ///     skus: vec![SkuDraft::new(sku, "1 month", Money::parse("15.00", Currency::CNY)?)
+    ///         .with_stock(StockSource::VaultPool)],
+    /// };
+    /// let id: GoodsId = "gds_0190c8f0e0e07c4c8a1b2c3d4e5f6a7b".parse()?;
+    /// let goods = Goods::new(id, TenantId::default(), draft, now)?;
+    /// assert_eq!(goods.version(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidTitle`] (1 to 200 characters), [`Error::InvalidSkuCount`],
+    /// [`Error::DuplicateSku`], [`Error::InvalidSkuName`], [`Error::NegativePrice`],
+    /// [`Error::CurrencyMismatch`] (all SKUs in one currency), [`Error::StockMismatch`],
+    /// [`Error::InvalidLimit`], and the kind's own errors (see [`GoodsKind::check`]).
+    pub fn new(
+        id: GoodsId,
+        tenant: TenantId,
+        draft: GoodsDraft,
+        now: DateTime<Utc>,
+    ) -> Result<Goods> {
+        let GoodsDraft { title, kind, skus } = draft;
+        let title = title.trim().to_owned();
+        check_text(&title, MAX_TITLE_CHARS).map_err(|reason| Error::InvalidTitle { reason })?;
+        kind.check()?;
+        if skus.is_empty() || skus.len() > MAX_SKUS {
+            return Err(Error::InvalidSkuCount { count: skus.len() });
+        }
+        let currency = skus[0].price.currency();
+        let tag = kind.tag();
+        let mut out: Vec<Sku> = Vec::with_capacity(skus.len());
+        for d in skus {
+            if out.iter().any(|s| s.id == d.id) {
+                return Err(Error::DuplicateSku { sku: d.id });
+            }
+            let name = d.name.trim().to_owned();
+            check_text(&name, MAX_SKU_NAME_CHARS)
+                .map_err(|reason| Error::InvalidSkuName { sku: d.id, reason })?;
+            check_price(d.id, d.price, currency)?;
+            if !d.stock.fits(tag) {
+                return Err(Error::StockMismatch {
+                    kind: tag,
+                    stock: d.stock,
+                });
+            }
+            check_limits(d.id, d.limits)?;
+            if let GoodsKind::BenefitPack { components } = &kind {
+                if components.iter().any(|c| c.sku == d.id) {
+                    return Err(Error::InvalidBundle {
+                        reason: format!("sku {} contains itself", d.id),
+                    });
+                }
+            }
+            out.push(Sku {
+                id: d.id,
+                name,
+                price: d.price,
+                stock: d.stock,
+                limits: d.limits,
+                shelf: d.shelf,
+            });
+        }
+        Ok(Goods {
+            id,
+            tenant,
+            title,
+            kind,
+            skus: out,
+            version: 1,
+            created_at: now,
+        })
+    }
+
+    /// The good's id.
+    pub fn id(&self) -> GoodsId {
+        self.id
+    }
+
+    /// The tenant it belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The title shown to buyers.
+    pub fn title(&self) -> &str {
+        &self.title
+    }
+
+    /// What is sold.
+    pub fn kind(&self) -> &GoodsKind {
+        &self.kind
+    }
+
+    /// Its SKUs.
+    pub fn skus(&self) -> &[Sku] {
+        &self.skus
+    }
+
+    /// One SKU by id.
+    pub fn sku(&self, id: SkuId) -> Option<&Sku> {
+        self.skus.iter().find(|s| s.id == id)
+    }
+
+    /// The currency every SKU is priced in.
+    pub fn currency(&self) -> Option<Currency> {
+        self.skus.first().map(|s| s.price.currency())
+    }
+
+    /// Starts at 1 and grows by one per change (optimistic concurrency).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When it was created.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    fn sku_index(&self, id: SkuId) -> Result<usize> {
+        self.skus
+            .iter()
+            .position(|s| s.id == id)
+            .ok_or(Error::UnknownSku { sku: id })
+    }
+
+    fn bump(&mut self) {
+        self.version = self.version.saturating_add(1);
+    }
+
+    /// Puts a SKU on or off shelf.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`].
+    pub fn set_shelf(&mut self, sku: SkuId, shelf: Shelf) -> Result<()> {
+        let i = self.sku_index(sku)?;
+        self.skus[i].shelf = shelf;
+        self.bump();
+        Ok(())
+    }
+
+    /// Changes a SKU's price; the currency stays the good's.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`], [`Error::NegativePrice`], [`Error::CurrencyMismatch`].
+    pub fn set_price(&mut self, sku: SkuId, price: Money) -> Result<()> {
+        let i = self.sku_index(sku)?;
+        check_price(sku, price, self.skus[i].price.currency())?;
+        self.skus[i].price = price;
+        self.bump();
+        Ok(())
+    }
+
+    /// Changes a SKU's purchase limits.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`], [`Error::InvalidLimit`] for a limit of zero.
+    pub fn set_limits(&mut self, sku: SkuId, limits: PurchaseLimits) -> Result<()> {
+        let i = self.sku_index(sku)?;
+        check_limits(sku, limits)?;
+        self.skus[i].limits = limits;
+        self.bump();
+        Ok(())
+    }
+
+    /// Checks that `quantity` units of `sku` may be bought in one order, with `account` for
+    /// direct top-ups. A blank account counts as none.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`], [`Error::OffShelf`], [`Error::InvalidQuantity`] (0 or above
+    /// [`MAX_QUANTITY`]), [`Error::LimitExceeded`] (per order), [`Error::AccountRequired`],
+    /// [`Error::InvalidAccount`], [`Error::UnexpectedAccount`], [`Error::Money`] on overflow.
+    pub fn check_purchase(
+        &self,
+        sku: SkuId,
+        quantity: u32,
+        account: Option<&str>,
+    ) -> Result<PurchaseCheck> {
+        let s = self.sku(sku).ok_or(Error::UnknownSku { sku })?;
+        if s.shelf == Shelf::Off {
+            return Err(Error::OffShelf { sku });
+        }
+        if quantity == 0 || quantity > MAX_QUANTITY {
+            return Err(Error::InvalidQuantity { quantity });
+        }
+        if let Some(limit) = s.limits.per_order {
+            if quantity > limit {
+                return Err(Error::LimitExceeded {
+                    limit,
+                    requested: quantity,
+                });
+            }
+        }
+        let account = account.filter(|a| !a.trim().is_empty());
+        let account = match (self.kind.account_rule(), account) {
+            (Some(rule), Some(a)) => Some(rule.validate(a)?),
+            (Some(rule), None) => return Err(Error::AccountRequired { rule: rule.name() }),
+            (None, Some(_)) => {
+                return Err(Error::UnexpectedAccount {
+                    kind: self.kind.tag(),
+                });
+            }
+            (None, None) => None,
+        };
+        let amount = s.price.checked_mul(i64::from(quantity))?;
+        Ok(PurchaseCheck {
+            sku,
+            quantity,
+            unit_price: s.price,
+            amount,
+            account,
+            per_member_limit: s.limits.per_member,
+            stock: s.stock,
+            kind: self.kind.tag(),
+            title: self.title.clone(),
+        })
+    }
+}
+
+fn check_price(sku: SkuId, price: Money, currency: Currency) -> Result<()> {
+    if price.currency() != currency {
+        return Err(Error::CurrencyMismatch {
+            expected: currency,
+            got: price.currency(),
+        });
+    }
+    if price.is_negative() {
+        return Err(Error::NegativePrice { sku });
+    }
+    Ok(())
+}

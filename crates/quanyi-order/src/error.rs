@@ -1,0 +1,209 @@
+//! The order crate's error type.
+
+use chrono::{DateTime, Utc};
+use quanyi_core::{CardId, Currency, ErrorKind, Money, MoneyError};
+
+use crate::{LineStatus, OrderStatus, Trigger};
+
+/// Why an order command was refused. A refused command leaves the order unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The state machine has no such transition.
+    #[error("illegal transition: {trigger} from {from}")]
+    IllegalTransition {
+        /// The current status.
+        from: OrderStatus,
+        /// The trigger refused.
+        trigger: Trigger,
+    },
+    /// The command needs another status (line commands).
+    #[error("order is {status}, expected {expected}")]
+    WrongStatus {
+        /// The current status.
+        status: OrderStatus,
+        /// The status the command needs.
+        expected: OrderStatus,
+    },
+    /// An order has 1 to [`crate::MAX_LINES`] lines.
+    #[error("invalid line count {count}")]
+    InvalidLineCount {
+        /// How many lines were given.
+        count: usize,
+    },
+    /// A line's quantity is zero.
+    #[error("invalid quantity on line {line}")]
+    InvalidQuantity {
+        /// The line number (1-based).
+        line: u16,
+    },
+    /// A line's title, account or price is not acceptable.
+    #[error("invalid line {line}: {reason}")]
+    InvalidLine {
+        /// The line number (1-based).
+        line: u16,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Amounts in different currencies met.
+    #[error("currency mismatch: expected {expected}, got {got}")]
+    CurrencyMismatch {
+        /// The order's currency.
+        expected: Currency,
+        /// The currency given.
+        got: Currency,
+    },
+    /// An amount does not fit in 64-bit minor units.
+    #[error("amount overflow")]
+    AmountOverflow,
+    /// Another money error.
+    #[error("money: {0}")]
+    Money(#[source] MoneyError),
+    /// `expires_at` is not after `now`.
+    #[error("expiry must be after the time of placing")]
+    InvalidExpiry,
+    /// The payment window closed.
+    #[error("order expired at {expires_at}")]
+    Expired {
+        /// When the window closed.
+        expires_at: DateTime<Utc>,
+    },
+    /// The payment window is still open.
+    #[error("order does not expire before {expires_at}")]
+    NotYetExpired {
+        /// When the window closes.
+        expires_at: DateTime<Utc>,
+    },
+    /// The paid amount differs from the order total.
+    #[error("amount mismatch: expected {expected}, got {got}")]
+    AmountMismatch {
+        /// The order total.
+        expected: Money,
+        /// The amount paid.
+        got: Money,
+    },
+    /// The payment's provider or transaction id is empty, too long or holds control characters.
+    #[error("invalid payment: {reason}")]
+    InvalidPayment {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// No line has this number.
+    #[error("unknown line {line}")]
+    UnknownLine {
+        /// The line number asked for.
+        line: u16,
+    },
+    /// The line is not pending.
+    #[error("line {line} is {status:?}, not pending")]
+    LineNotPending {
+        /// The line number.
+        line: u16,
+        /// Its status.
+        status: LineStatus,
+    },
+    /// The line has not failed, so there is nothing to refund on it.
+    #[error("line {line} is {status:?}, not failed")]
+    LineNotFailed {
+        /// The line number.
+        line: u16,
+        /// Its status.
+        status: LineStatus,
+    },
+    /// A delivery must cover the line's whole quantity.
+    #[error("quantity mismatch on line {line}: expected {expected}, got {got}")]
+    QuantityMismatch {
+        /// The line number.
+        line: u16,
+        /// The line's quantity.
+        expected: u32,
+        /// The quantity delivered.
+        got: u32,
+    },
+    /// A card-key line is delivered with one card per unit.
+    #[error("card count mismatch on line {line}: expected {expected}, got {got}")]
+    CardCountMismatch {
+        /// The line number.
+        line: u16,
+        /// The line's quantity.
+        expected: u32,
+        /// The number of cards given.
+        got: usize,
+    },
+    /// A card is already delivered on this order (or given twice).
+    #[error("card {card} delivered twice")]
+    DuplicateCard {
+        /// The card.
+        card: CardId,
+    },
+    /// Fulfilment cannot finish while lines are pending.
+    #[error("{pending} lines still pending")]
+    LinesPending {
+        /// How many lines are pending.
+        pending: usize,
+    },
+    /// The version counter is exhausted (corrupted data).
+    #[error("version overflow")]
+    VersionOverflow,
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<MoneyError> for Error {
+    fn from(e: MoneyError) -> Self {
+        match e {
+            MoneyError::Overflow => Error::AmountOverflow,
+            MoneyError::CurrencyMismatch { left, right } => Error::CurrencyMismatch {
+                expected: left,
+                got: right,
+            },
+            other => Error::Money(other),
+        }
+    }
+}
+
+impl Error {
+    /// The driver-neutral kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::IllegalTransition { .. }
+            | Error::WrongStatus { .. }
+            | Error::NotYetExpired { .. }
+            | Error::LineNotPending { .. }
+            | Error::LineNotFailed { .. }
+            | Error::DuplicateCard { .. }
+            | Error::LinesPending { .. } => ErrorKind::Conflict,
+            Error::UnknownLine { .. } => ErrorKind::NotFound,
+            Error::VersionOverflow => ErrorKind::Internal,
+            _ => ErrorKind::Invalid,
+        }
+    }
+
+    /// A stable snake_case code for UIs and APIs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::IllegalTransition { .. } => "illegal_transition",
+            Error::WrongStatus { .. } => "wrong_status",
+            Error::InvalidLineCount { .. } => "invalid_line_count",
+            Error::InvalidQuantity { .. } => "invalid_quantity",
+            Error::InvalidLine { .. } => "invalid_line",
+            Error::CurrencyMismatch { .. } => "currency_mismatch",
+            Error::AmountOverflow => "amount_overflow",
+            Error::Money(_) => "invalid_amount",
+            Error::InvalidExpiry => "invalid_expiry",
+            Error::Expired { .. } => "order_expired",
+            Error::NotYetExpired { .. } => "not_yet_expired",
+            Error::AmountMismatch { .. } => "amount_mismatch",
+            Error::InvalidPayment { .. } => "invalid_payment",
+            Error::UnknownLine { .. } => "unknown_line",
+            Error::LineNotPending { .. } => "line_not_pending",
+            Error::LineNotFailed { .. } => "line_not_failed",
+            Error::QuantityMismatch { .. } => "quantity_mismatch",
+            Error::CardCountMismatch { .. } => "card_count_mismatch",
+            Error::DuplicateCard { .. } => "duplicate_card",
+            Error::LinesPending { .. } => "lines_pending",
+            Error::VersionOverflow => "version_overflow",
+        }
+    }
+}

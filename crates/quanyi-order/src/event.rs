@@ -1,0 +1,102 @@
+//! Events the order aggregate emits.
+
+use quanyi_core::{CardId, DomainEvent, MemberId, Money, OrderId};
+use serde::{Deserialize, Serialize};
+
+/// What happened to an order. Events carry card ids, never card key text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrderEvent {
+    /// The order was placed.
+    Placed {
+        /// The order.
+        order: OrderId,
+        /// The buyer.
+        member: MemberId,
+        /// The total to pay.
+        total: Money,
+        /// Number of lines.
+        lines: u16,
+    },
+    /// The payment was confirmed.
+    Paid {
+        /// The order.
+        order: OrderId,
+        /// The payment provider.
+        provider: String,
+        /// The provider's transaction id.
+        transaction_id: String,
+        /// The amount paid.
+        amount: Money,
+    },
+    /// Fulfilment started.
+    FulfilmentStarted,
+    /// A line was delivered.
+    LineDelivered {
+        /// The line number.
+        line: u16,
+        /// Units delivered.
+        quantity: u32,
+        /// The vault cards committed to the line (ids only).
+        cards: Vec<CardId>,
+    },
+    /// A line could not be delivered.
+    LineFailed {
+        /// The line number.
+        line: u16,
+        /// Why.
+        reason: String,
+    },
+    /// A failed line was refunded.
+    LineRefunded {
+        /// The line number.
+        line: u16,
+        /// The line's amount.
+        amount: Money,
+    },
+    /// Every line was delivered.
+    Delivered,
+    /// Some lines were delivered; `refund` is owed for the failed ones.
+    PartiallyDelivered {
+        /// The sum of the failed lines' amounts.
+        refund: Money,
+    },
+    /// The payment window closed.
+    Expired,
+    /// The order was cancelled before payment.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// A refund was asked for.
+    RefundRequested {
+        /// The amount to refund.
+        amount: Money,
+        /// Why.
+        reason: String,
+    },
+    /// The refund completed.
+    Refunded {
+        /// The amount refunded.
+        amount: Money,
+    },
+}
+
+impl DomainEvent for OrderEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            OrderEvent::Placed { .. } => "order.placed",
+            OrderEvent::Paid { .. } => "order.paid",
+            OrderEvent::FulfilmentStarted => "order.fulfilment_started",
+            OrderEvent::LineDelivered { .. } => "order.line_delivered",
+            OrderEvent::LineFailed { .. } => "order.line_failed",
+            OrderEvent::LineRefunded { .. } => "order.line_refunded",
+            OrderEvent::Delivered => "order.delivered",
+            OrderEvent::PartiallyDelivered { .. } => "order.partially_delivered",
+            OrderEvent::Expired => "order.expired",
+            OrderEvent::Cancelled { .. } => "order.cancelled",
+            OrderEvent::RefundRequested { .. } => "order.refund_requested",
+            OrderEvent::Refunded { .. } => "order.refunded",
+        }
+    }
+}

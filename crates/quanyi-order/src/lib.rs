@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![deny(clippy::float_arithmetic)]
+
+mod error;
+mod event;
+mod order;
+mod status;
+
+pub use error::{Error, Result};
+pub use event::OrderEvent;
+pub use order::{
+    LineStatus, MAX_LINES, MAX_REASON_CHARS, MAX_TITLE_CHARS, NewLine, Order, OrderLine, Payment,
+};
+pub use status::{OrderStatus, Trigger, next_status};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,646 @@
+//! The order aggregate.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use quanyi_core::{CardId, Currency, GoodsId, MemberId, Money, OrderId, SkuId, TenantId};
+use quanyi_goods::{KindTag, PurchaseCheck};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, OrderEvent, OrderStatus, Result, Trigger, next_status};
+
+/// The most lines one order holds.
+pub const MAX_LINES: usize = 100;
+/// The longest line title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Reasons (failure, cancel, refund) longer than this are cut to this many characters.
+pub const MAX_REASON_CHARS: usize = 500;
+const MAX_ACCOUNT_CHARS: usize = 254;
+const MAX_PROVIDER_CHARS: usize = 64;
+const MAX_TRANSACTION_CHARS: usize = 128;
+
+/// Where one line is in its fulfilment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineStatus {
+    /// Not delivered yet.
+    Pending,
+    /// Delivered in full.
+    Delivered,
+    /// Could not be delivered; owed a refund.
+    Failed,
+    /// Its amount was refunded.
+    Refunded,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// Line number, 1-based.
+    pub no: u16,
+    /// The SKU bought.
+    pub sku: SkuId,
+    /// The good the SKU belongs to.
+    pub goods: GoodsId,
+    /// The kind of goods.
+    pub kind: KindTag,
+    /// The title at the time of purchase.
+    pub title: String,
+    /// Units bought.
+    pub quantity: u32,
+    /// Price of one unit.
+    pub unit_price: Money,
+    /// `unit_price * quantity`.
+    pub amount: Money,
+    /// The normalised top-up account.
+    pub account: Option<String>,
+    /// Fulfilment state.
+    pub status: LineStatus,
+    /// Units delivered.
+    pub delivered: u32,
+    /// Vault cards committed to this line (ids only).
+    pub cards: Vec<CardId>,
+}
+
+/// The data a line is placed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewLine {
+    /// The SKU bought.
+    pub sku: SkuId,
+    /// The good the SKU belongs to.
+    pub goods: GoodsId,
+    /// The kind of goods.
+    pub kind: KindTag,
+    /// The title to show.
+    pub title: String,
+    /// Units bought.
+    pub quantity: u32,
+    /// Price of one unit.
+    pub unit_price: Money,
+    /// The normalised top-up account.
+    pub account: Option<String>,
+}
+
+impl NewLine {
+    /// A line from a checked purchase of a SKU of `goods`.
+    pub fn from_check(goods: GoodsId, check: &PurchaseCheck) -> NewLine {
+        NewLine {
+            sku: check.sku,
+            goods,
+            kind: check.kind,
+            title: check.title.clone(),
+            quantity: check.quantity,
+            unit_price: check.unit_price,
+            account: check.account.clone(),
+        }
+    }
+}
+
+/// A confirmed payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// The payment provider, such as `alipay`.
+    pub provider: String,
+    /// The provider's transaction id.
+    pub transaction_id: String,
+    /// The amount paid.
+    pub amount: Money,
+    /// When the provider says it was paid.
+    pub paid_at: DateTime<Utc>,
+}
+
+/// An order: lines, total, payment and status. The status changes only through the commands,
+/// each of which runs [`next_status`], bumps [`Order::version`] by one and returns its events.
+/// A refused command leaves the order unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    id: OrderId,
+    tenant: TenantId,
+    member: MemberId,
+    lines: Vec<OrderLine>,
+    total: Money,
+    status: OrderStatus,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    payment: Option<Payment>,
+    version: u64,
+    updated_at: DateTime<Utc>,
+}
+
+fn text_ok(text: &str, max: usize) -> bool {
+    !text.trim().is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control)
+}
+
+fn bounded(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_REASON_CHARS) {
+        text.truncate(cut);
+    }
+    text
+}
+
+impl Order {
+    /// Places an order awaiting payment until `expires_at`, at version 1.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLineCount`] (1 to [`MAX_LINES`]), [`Error::InvalidExpiry`] when
+    /// `expires_at <= now`, [`Error::InvalidQuantity`] for a zero quantity,
+    /// [`Error::InvalidLine`] for a bad title, account or a negative price,
+    /// [`Error::CurrencyMismatch`] when lines mix currencies, [`Error::AmountOverflow`].
+    pub fn place(
+        id: OrderId,
+        tenant: TenantId,
+        member: MemberId,
+        lines: Vec<NewLine>,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(Order, Vec<OrderEvent>)> {
+        let count = lines.len();
+        let (Some(first), Ok(count16)) = (lines.first(), u16::try_from(count)) else {
+            return Err(Error::InvalidLineCount { count });
+        };
+        if count > MAX_LINES {
+            return Err(Error::InvalidLineCount { count });
+        }
+        if expires_at <= now {
+            return Err(Error::InvalidExpiry);
+        }
+        let currency = first.unit_price.currency();
+        let mut total = Money::zero(currency);
+        let mut out = Vec::with_capacity(count);
+        for (no, l) in (1..=count16).zip(lines) {
+            if l.quantity == 0 {
+                return Err(Error::InvalidQuantity { line: no });
+            }
+            if !text_ok(&l.title, MAX_TITLE_CHARS) {
+                return Err(Error::InvalidLine {
+                    line: no,
+                    reason: "title must have 1 to 200 printable characters",
+                });
+            }
+            if l.account
+                .as_deref()
+                .is_some_and(|a| !text_ok(a, MAX_ACCOUNT_CHARS))
+            {
+                return Err(Error::InvalidLine {
+                    line: no,
+                    reason: "account must have 1 to 254 printable characters",
+                });
+            }
+            if l.unit_price.currency() != currency {
+                return Err(Error::CurrencyMismatch {
+                    expected: currency,
+                    got: l.unit_price.currency(),
+                });
+            }
+            if l.unit_price.is_negative() {
+                return Err(Error::InvalidLine {
+                    line: no,
+                    reason: "negative unit price",
+                });
+            }
+            let amount = l.unit_price.checked_mul(i64::from(l.quantity))?;
+            total = total.checked_add(amount)?;
+            out.push(OrderLine {
+                no,
+                sku: l.sku,
+                goods: l.goods,
+                kind: l.kind,
+                title: l.title,
+                quantity: l.quantity,
+                unit_price: l.unit_price,
+                amount,
+                account: l.account,
+                status: LineStatus::Pending,
+                delivered: 0,
+                cards: Vec::new(),
+            });
+        }
+        let order = Order {
+            id,
+            tenant,
+            member,
+            lines: out,
+            total,
+            status: OrderStatus::AwaitingPayment,
+            created_at: now,
+            expires_at,
+            payment: None,
+            version: 1,
+            updated_at: now,
+        };
+        let event = OrderEvent::Placed {
+            order: id,
+            member: order.member.clone(),
+            total,
+            lines: count16,
+        };
+        Ok((order, vec![event]))
+    }
+
+    /// The order's id.
+    pub fn id(&self) -> OrderId {
+        self.id
+    }
+
+    /// The tenant it belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The buyer.
+    pub fn member(&self) -> &MemberId {
+        &self.member
+    }
+
+    /// Its lines, numbered from 1.
+    pub fn lines(&self) -> &[OrderLine] {
+        &self.lines
+    }
+
+    /// One line by number.
+    pub fn line(&self, no: u16) -> Option<&OrderLine> {
+        self.lines.iter().find(|l| l.no == no)
+    }
+
+    /// The sum of the line amounts.
+    pub fn total(&self) -> Money {
+        self.total
+    }
+
+    /// The order's currency.
+    pub fn currency(&self) -> Currency {
+        self.total.currency()
+    }
+
+    /// Its status.
+    pub fn status(&self) -> OrderStatus {
+        self.status
+    }
+
+    /// When it was placed.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// When the payment window closes.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.expires_at
+    }
+
+    /// The confirmed payment.
+    pub fn payment(&self) -> Option<&Payment> {
+        self.payment.as_ref()
+    }
+
+    /// Starts at 1 and grows by one per command (optimistic concurrency).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When the last command ran.
+    pub fn updated_at(&self) -> DateTime<Utc> {
+        self.updated_at
+    }
+
+    fn sum_lines(&self, status: LineStatus) -> Result<Money> {
+        Ok(Money::sum(
+            self.lines
+                .iter()
+                .filter(|l| l.status == status)
+                .map(|l| l.amount),
+            self.currency(),
+        )?)
+    }
+
+    /// The sum of the failed lines' amounts: what is owed back for lines not delivered.
+    ///
+    /// # Errors
+    /// [`Error::AmountOverflow`] only for corrupted data.
+    pub fn refund_amount(&self) -> Result<Money> {
+        self.sum_lines(LineStatus::Failed)
+    }
+
+    /// The sum of the lines already refunded.
+    ///
+    /// # Errors
+    /// [`Error::AmountOverflow`] only for corrupted data.
+    pub fn refunded_amount(&self) -> Result<Money> {
+        self.sum_lines(LineStatus::Refunded)
+    }
+
+    /// What a whole-order refund pays back: the total less what lines already refunded.
+    ///
+    /// # Errors
+    /// [`Error::AmountOverflow`] only for corrupted data.
+    pub fn refundable_amount(&self) -> Result<Money> {
+        Ok(self.total.checked_sub(self.refunded_amount()?)?)
+    }
+
+    fn next_version(&self) -> Result<u64> {
+        self.version.checked_add(1).ok_or(Error::VersionOverflow)
+    }
+
+    /// Checks a transition and the version bump without changing anything.
+    fn prepare(&self, trigger: Trigger) -> Result<(OrderStatus, u64)> {
+        let to = next_status(self.status, trigger)?;
+        Ok((to, self.next_version()?))
+    }
+
+    fn commit(&mut self, status: OrderStatus, version: u64, now: DateTime<Utc>) {
+        self.status = status;
+        self.version = version;
+        self.updated_at = now;
+    }
+
+    fn line_index(&self, no: u16) -> Result<usize> {
+        self.lines
+            .iter()
+            .position(|l| l.no == no)
+            .ok_or(Error::UnknownLine { line: no })
+    }
+
+    fn require(&self, expected: OrderStatus) -> Result<u64> {
+        if self.status != expected {
+            return Err(Error::WrongStatus {
+                status: self.status,
+                expected,
+            });
+        }
+        self.next_version()
+    }
+
+    /// Records the payment notice.
+    ///
+    /// # Errors
+    /// [`Error::IllegalTransition`] unless awaiting payment (a second notice included),
+    /// [`Error::Expired`] when `now >= expires_at`, [`Error::InvalidPayment`],
+    /// [`Error::CurrencyMismatch`], [`Error::AmountMismatch`]. All are checked before anything
+    /// changes.
+    pub fn confirm_payment(
+        &mut self,
+        payment: Payment,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let (to, version) = self.prepare(Trigger::Pay)?;
+        if now >= self.expires_at {
+            return Err(Error::Expired {
+                expires_at: self.expires_at,
+            });
+        }
+        if !text_ok(&payment.provider, MAX_PROVIDER_CHARS) {
+            return Err(Error::InvalidPayment {
+                reason: "provider must have 1 to 64 printable characters",
+            });
+        }
+        if !text_ok(&payment.transaction_id, MAX_TRANSACTION_CHARS) {
+            return Err(Error::InvalidPayment {
+                reason: "transaction id must have 1 to 128 printable characters",
+            });
+        }
+        if payment.amount.currency() != self.currency() {
+            return Err(Error::CurrencyMismatch {
+                expected: self.currency(),
+                got: payment.amount.currency(),
+            });
+        }
+        if payment.amount != self.total {
+            return Err(Error::AmountMismatch {
+                expected: self.total,
+                got: payment.amount,
+            });
+        }
+        let event = OrderEvent::Paid {
+            order: self.id,
+            provider: payment.provider.clone(),
+            transaction_id: payment.transaction_id.clone(),
+            amount: payment.amount,
+        };
+        self.payment = Some(payment);
+        self.commit(to, version, now);
+        Ok(vec![event])
+    }
+
+    /// Starts fulfilment of a paid order.
+    ///
+    /// # Errors
+    /// [`Error::IllegalTransition`] unless paid.
+    pub fn start_fulfilment(&mut self, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
+        let (to, version) = self.prepare(Trigger::StartFulfilment)?;
+        self.commit(to, version, now);
+        Ok(vec![OrderEvent::FulfilmentStarted])
+    }
+
+    /// Records the delivery of a whole line. Card-key lines carry one card id per unit; other
+    /// kinds carry none, or one per unit when their codes come from a vault pool.
+    ///
+    /// # Errors
+    /// [`Error::WrongStatus`] unless fulfilling, [`Error::UnknownLine`],
+    /// [`Error::LineNotPending`], [`Error::QuantityMismatch`], [`Error::CardCountMismatch`],
+    /// [`Error::DuplicateCard`] when a card is given twice or already sits on another line.
+    pub fn deliver_line(
+        &mut self,
+        no: u16,
+        cards: Vec<CardId>,
+        quantity: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let version = self.require(OrderStatus::Fulfilling)?;
+        let i = self.line_index(no)?;
+        let line = &self.lines[i];
+        if line.status != LineStatus::Pending {
+            return Err(Error::LineNotPending {
+                line: no,
+                status: line.status,
+            });
+        }
+        if quantity != line.quantity {
+            return Err(Error::QuantityMismatch {
+                line: no,
+                expected: line.quantity,
+                got: quantity,
+            });
+        }
+        let full = u32::try_from(cards.len()).is_ok_and(|n| n == quantity);
+        if !(full || (cards.is_empty() && line.kind != KindTag::CardKey)) {
+            return Err(Error::CardCountMismatch {
+                line: no,
+                expected: quantity,
+                got: cards.len(),
+            });
+        }
+        let mut seen: HashSet<CardId> = self
+            .lines
+            .iter()
+            .flat_map(|l| l.cards.iter().copied())
+            .collect();
+        if let Some(card) = cards.iter().find(|c| !seen.insert(**c)) {
+            return Err(Error::DuplicateCard { card: *card });
+        }
+        let line = &mut self.lines[i];
+        line.status = LineStatus::Delivered;
+        line.delivered = quantity;
+        line.cards.clone_from(&cards);
+        self.version = version;
+        self.updated_at = now;
+        Ok(vec![OrderEvent::LineDelivered {
+            line: no,
+            quantity,
+            cards,
+        }])
+    }
+
+    /// Records that a line cannot be delivered; it is owed a refund. The reason is cut to
+    /// [`MAX_REASON_CHARS`].
+    ///
+    /// # Errors
+    /// [`Error::WrongStatus`] unless fulfilling, [`Error::UnknownLine`],
+    /// [`Error::LineNotPending`].
+    pub fn fail_line(
+        &mut self,
+        no: u16,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let version = self.require(OrderStatus::Fulfilling)?;
+        let i = self.line_index(no)?;
+        let line = &mut self.lines[i];
+        if line.status != LineStatus::Pending {
+            return Err(Error::LineNotPending {
+                line: no,
+                status: line.status,
+            });
+        }
+        line.status = LineStatus::Failed;
+        self.version = version;
+        self.updated_at = now;
+        Ok(vec![OrderEvent::LineFailed {
+            line: no,
+            reason: bounded(reason),
+        }])
+    }
+
+    /// Ends fulfilment once no line is pending: all delivered -> `Delivered`; some delivered and
+    /// the rest failed -> `PartiallyDelivered` (failed lines are refunded with
+    /// [`Order::refund_line`]); all failed -> `RefundPending` for the whole total.
+    ///
+    /// # Errors
+    /// [`Error::IllegalTransition`] unless fulfilling, [`Error::LinesPending`].
+    pub fn finish_fulfilment(&mut self, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
+        let count = |s: LineStatus| self.lines.iter().filter(|l| l.status == s).count();
+        let pending = count(LineStatus::Pending);
+        let delivered = count(LineStatus::Delivered);
+        if pending > 0 {
+            next_status(self.status, Trigger::DeliverAll)?;
+            return Err(Error::LinesPending { pending });
+        }
+        let trigger = if delivered == self.lines.len() {
+            Trigger::DeliverAll
+        } else if delivered == 0 {
+            Trigger::RequestRefund
+        } else {
+            Trigger::DeliverPart
+        };
+        // Only Fulfilling may finish, even though RequestRefund is also legal from other states.
+        if self.status != OrderStatus::Fulfilling {
+            return Err(Error::IllegalTransition {
+                from: self.status,
+                trigger,
+            });
+        }
+        let (to, version) = self.prepare(trigger)?;
+        let event = match trigger {
+            Trigger::DeliverAll => OrderEvent::Delivered,
+            Trigger::DeliverPart => OrderEvent::PartiallyDelivered {
+                refund: self.refund_amount()?,
+            },
+            _ => OrderEvent::RefundRequested {
+                amount: self.refund_amount()?,
+                reason: "no line could be delivered".to_owned(),
+            },
+        };
+        self.commit(to, version, now);
+        Ok(vec![event])
+    }
+
+    /// Refunds one failed line of a partially delivered order.
+    ///
+    /// # Errors
+    /// [`Error::WrongStatus`] unless partially delivered, [`Error::UnknownLine`],
+    /// [`Error::LineNotFailed`].
+    pub fn refund_line(&mut self, no: u16, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
+        let version = self.require(OrderStatus::PartiallyDelivered)?;
+        let i = self.line_index(no)?;
+        let line = &mut self.lines[i];
+        if line.status != LineStatus::Failed {
+            return Err(Error::LineNotFailed {
+                line: no,
+                status: line.status,
+            });
+        }
+        line.status = LineStatus::Refunded;
+        let amount = line.amount;
+        self.version = version;
+        self.updated_at = now;
+        Ok(vec![OrderEvent::LineRefunded { line: no, amount }])
+    }
+
+    /// Expires an unpaid order once its window has closed.
+    ///
+    /// # Errors
+    /// [`Error::IllegalTransition`] unless awaiting payment, [`Error::NotYetExpired`] when
+    /// `now < expires_at`.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
+        let (to, version) = self.prepare(Trigger::Expire)?;
+        if now < self.expires_at {
+            return Err(Error::NotYetExpired {
+                expires_at: self.expires_at,
+            });
+        }
+        self.commit(to, version, now);
+        Ok(vec![OrderEvent::Expired])
+    }
+
+    /// Cancels an unpaid order. The reason is cut to [`MAX_REASON_CHARS`].
+    ///
+    /// # Errors
+    /// [`Error::IllegalTransition`] unless awaiting payment.
+    pub fn cancel(&mut self, reason: String, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
+        let (to, version) = self.prepare(Trigger::Cancel)?;
+        self.commit(to, version, now);
+        Ok(vec![OrderEvent::Cancelled {
+            reason: bounded(reason),
+        }])
+    }
+
+    /// Asks for a refund of everything not yet refunded ([`Order::refundable_amount`]).
+    ///
+    /// # Errors
+    /// [`Error::IllegalTransition`] unless paid, fulfilling, delivered or partially delivered.
+    pub fn request_refund(
+        &mut self,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let (to, version) = self.prepare(Trigger::RequestRefund)?;
+        let amount = self.refundable_amount()?;
+        self.commit(to, version, now);
+        Ok(vec![OrderEvent::RefundRequested {
+            amount,
+            reason: bounded(reason),
+        }])
+    }
+
+    /// Completes a pending refund: every line not yet refunded is marked refunded.
+    ///
+    /// # Errors
+    /// [`Error::IllegalTransition`] unless a refund is pending.
+    pub fn complete_refund(&mut self, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
+        let (to, version) = self.prepare(Trigger::CompleteRefund)?;
+        let amount = self.refundable_amount()?;
+        for line in &mut self.lines {
+            line.status = LineStatus::Refunded;
+        }
+        self.commit(to, version, now);
+        Ok(vec![OrderEvent::Refunded { amount }])
+    }
+}

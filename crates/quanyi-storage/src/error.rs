@@ -1,0 +1,108 @@
+//! The storage error: driver-neutral, so hosts and the engine branch on kinds, not drivers.
+
+use quanyi_core::{ErrorKind, SkuId};
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The record asked for does not exist.
+    #[error("{what} not found: {id}")]
+    NotFound {
+        /// What kind of record.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The write lost a race: a stale version, an id or unique key already taken, a lease lost.
+    #[error("conflict on {what} {id}: {reason}")]
+    Conflict {
+        /// What kind of record.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// What collided.
+        reason: &'static str,
+    },
+    /// Not enough card keys to reserve or commit; nothing was changed.
+    #[error("out of stock for {sku}: requested {requested}, available {available}")]
+    OutOfStock {
+        /// The SKU.
+        sku: SkuId,
+        /// How many were asked for.
+        requested: u32,
+        /// How many were free.
+        available: u64,
+    },
+    /// A member's purchase limit for a SKU would be exceeded; nothing was changed.
+    #[error(
+        "member limit for {sku} exceeded: limit {limit}, already {already}, requested {requested}"
+    )]
+    MemberLimitExceeded {
+        /// The SKU.
+        sku: SkuId,
+        /// The limit.
+        limit: u32,
+        /// Quantity already held in live orders.
+        already: u64,
+        /// Quantity in this order.
+        requested: u32,
+    },
+    /// A data key has reached its encryption limit and must be rotated.
+    #[error("data key {key} has reached its encryption limit")]
+    KeyExhausted {
+        /// The key id.
+        key: String,
+    },
+    /// The call itself is malformed (a bug in the caller).
+    #[error("invalid storage call: {0}")]
+    Invalid(String),
+    /// The backend is down, busy or timed out; nothing was written and the call may be retried.
+    #[error("storage unavailable: {message}")]
+    Unavailable {
+        /// What happened.
+        message: String,
+        /// The driver's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// The driver-neutral kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::OutOfStock { .. }
+            | Error::MemberLimitExceeded { .. }
+            | Error::KeyExhausted { .. } => ErrorKind::Exhausted,
+            Error::Invalid(_) => ErrorKind::Invalid,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// A conflict error.
+    pub fn conflict(what: &'static str, id: impl ToString, reason: &'static str) -> Self {
+        Error::Conflict {
+            what,
+            id: id.to_string(),
+            reason,
+        }
+    }
+
+    /// A not-found error.
+    pub fn not_found(what: &'static str, id: impl ToString) -> Self {
+        Error::NotFound {
+            what,
+            id: id.to_string(),
+        }
+    }
+}
+
+/// Result of a storage call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1008 @@
+//! The in-memory adapter: every port, behind one lock, so each command is atomic. It is the
+//! reference the conformance suite holds the durable adapters to, and the store of tests,
+//! examples and single-process hosts that keep nothing across restarts.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::Mutex;
+use quanyi_core::{
+    CardId, EventEnvelope, EventId, GoodsId, JobId, MemberId, OrderId, SkuId, TenantId,
+};
+use quanyi_goods::Goods;
+use quanyi_order::{Order, OrderStatus};
+use quanyi_vault::{BlindIndex, KeyId, SealedCard, WrappedKeyRing};
+
+use crate::model::{
+    AuditRecord, CardState, InsertCardsOutcome, Job, JobStatus, MemberLimit, NewCard, NewJob,
+    OrderChange, PaymentNotice, RecordOutcome, StockCount, StoredCard,
+};
+use crate::ports::{
+    AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
+    VaultStore,
+};
+use crate::{Error, Result};
+
+type Key<T> = (TenantId, T);
+
+#[derive(Default)]
+struct State {
+    goods: HashMap<Key<GoodsId>, Goods>,
+    sku_goods: HashMap<Key<SkuId>, GoodsId>,
+    orders: HashMap<Key<OrderId>, Order>,
+    member_orders: HashMap<Key<MemberId>, Vec<OrderId>>,
+    unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
+    cards: HashMap<CardId, StoredCard>,
+    pools: HashMap<Key<SkuId>, BTreeSet<CardId>>,
+    sold: HashMap<Key<SkuId>, u64>,
+    order_cards: HashMap<Key<OrderId>, Vec<CardId>>,
+    blind: HashSet<Key<BlindIndex>>,
+    rings: HashMap<TenantId, (WrappedKeyRing, u64)>,
+    notices: HashMap<(TenantId, String, String), PaymentNotice>,
+    notice_log: Vec<(TenantId, String, String)>,
+    events: Vec<EventEnvelope>,
+    event_pos: HashMap<EventId, usize>,
+    aggregate_events: HashMap<(TenantId, String, String), Vec<usize>>,
+    audit: Vec<AuditRecord>,
+    jobs: HashMap<JobId, Job>,
+    job_keys: HashMap<Key<String>, JobId>,
+    queue: BTreeSet<(DateTime<Utc>, JobId)>,
+    leases: BTreeSet<(DateTime<Utc>, JobId)>,
+}
+
+/// Every storage port in memory. Cheap to create; nothing survives the process.
+///
+/// ```
+/// use std::sync::Arc;
+/// use quanyi_storage::{MemoryStore, Store};
+/// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// # let _ = store;
+/// ```
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.lock();
+        f.debug_struct("MemoryStore")
+            .field("goods", &s.goods.len())
+            .field("orders", &s.orders.len())
+            .field("cards", &s.cards.len())
+            .field("events", &s.events.len())
+            .field("jobs", &s.jobs.len())
+            .finish()
+    }
+}
+
+fn is_live(status: OrderStatus) -> bool {
+    !matches!(
+        status,
+        OrderStatus::Expired | OrderStatus::Cancelled | OrderStatus::Refunded
+    )
+}
+
+impl State {
+    fn push_events(&mut self, events: &[EventEnvelope]) -> Result<()> {
+        if let Some(e) = events.iter().find(|e| self.event_pos.contains_key(&e.id)) {
+            return Err(Error::conflict("event", e.id, "id already stored"));
+        }
+        for e in events {
+            let pos = self.events.len();
+            self.event_pos.insert(e.id, pos);
+            self.aggregate_events
+                .entry((
+                    e.tenant.clone(),
+                    e.aggregate_type.clone(),
+                    e.aggregate_id.clone(),
+                ))
+                .or_default()
+                .push(pos);
+            self.events.push(e.clone());
+        }
+        Ok(())
+    }
+
+    fn check_order_change(&self, change: &OrderChange<'_>) -> Result<()> {
+        let key = (change.order.tenant().clone(), change.order.id());
+        let stored = self
+            .orders
+            .get(&key)
+            .ok_or_else(|| Error::not_found("order", change.order.id()))?;
+        if stored.version() != change.expected_version {
+            return Err(Error::conflict("order", change.order.id(), "stale version"));
+        }
+        if change.order.version() <= change.expected_version {
+            return Err(Error::Invalid(format!(
+                "order {} written without a new version",
+                change.order.id()
+            )));
+        }
+        if change
+            .events
+            .iter()
+            .any(|e| self.event_pos.contains_key(&e.id))
+        {
+            return Err(Error::conflict(
+                "event",
+                change.order.id(),
+                "id already stored",
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply_order_change(&mut self, change: &OrderChange<'_>) -> Result<()> {
+        let order = change.order;
+        let key = (order.tenant().clone(), order.id());
+        if let Some(old) = self.orders.get(&key) {
+            if old.status() == OrderStatus::AwaitingPayment {
+                self.unpaid
+                    .remove(&(old.expires_at(), key.0.clone(), key.1));
+            }
+        }
+        if order.status() == OrderStatus::AwaitingPayment {
+            self.unpaid
+                .insert((order.expires_at(), key.0.clone(), key.1));
+        }
+        self.orders.insert(key, order.clone());
+        self.push_events(change.events)
+    }
+
+    fn member_quantity(&self, tenant: &TenantId, member: &MemberId, sku: SkuId) -> u64 {
+        let Some(ids) = self.member_orders.get(&(tenant.clone(), member.clone())) else {
+            return 0;
+        };
+        ids.iter()
+            .filter_map(|id| self.orders.get(&(tenant.clone(), *id)))
+            .filter(|o| is_live(o.status()))
+            .flat_map(|o| o.lines().iter())
+            .filter(|l| l.sku == sku)
+            .map(|l| u64::from(l.quantity))
+            .sum()
+    }
+
+    fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> JobId {
+        let key = (job.tenant.clone(), job.dedupe_key.clone());
+        if let Some(id) = self.job_keys.get(&key) {
+            return *id;
+        }
+        self.job_keys.insert(key, job.id);
+        self.queue.insert((job.run_at, job.id));
+        self.jobs.insert(
+            job.id,
+            Job {
+                id: job.id,
+                tenant: job.tenant.clone(),
+                kind: job.kind.clone(),
+                dedupe_key: job.dedupe_key.clone(),
+                payload: job.payload.clone(),
+                run_at: job.run_at,
+                status: JobStatus::Queued,
+                attempts: 0,
+                last_error: None,
+                created_at: now,
+            },
+        );
+        job.id
+    }
+
+    /// Claims a job known to be due.
+    fn claim(&mut self, id: JobId, worker: &str, lease_until: DateTime<Utc>) -> Option<Job> {
+        let job = self.jobs.get_mut(&id)?;
+        match &job.status {
+            JobStatus::Queued => {
+                self.queue.remove(&(job.run_at, id));
+            }
+            JobStatus::Running { lease_until, .. } => {
+                self.leases.remove(&(*lease_until, id));
+            }
+            JobStatus::Done | JobStatus::Dead { .. } => return None,
+        }
+        job.status = JobStatus::Running {
+            worker: worker.to_owned(),
+            lease_until,
+        };
+        job.attempts = job.attempts.saturating_add(1);
+        self.leases.insert((lease_until, id));
+        Some(job.clone())
+    }
+
+    /// The job if `worker` holds it; removes its lease entry.
+    fn held(&mut self, id: JobId, worker: &str) -> Result<&mut Job> {
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .ok_or_else(|| Error::not_found("job", id))?;
+        match &job.status {
+            JobStatus::Running {
+                worker: w,
+                lease_until,
+            } if w == worker => {
+                self.leases.remove(&(*lease_until, id));
+                Ok(job)
+            }
+            _ => Err(Error::conflict("job", id, "not held by this worker")),
+        }
+    }
+
+    fn free_cards(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Vec<CardId> {
+        self.pools
+            .get(&(tenant.clone(), sku))
+            .map(|pool| {
+                pool.iter()
+                    .filter(|id| self.cards.get(id).is_some_and(|c| c.state.is_free_at(now)))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn held_by(&self, tenant: &TenantId, order: OrderId, sku: SkuId) -> (Vec<CardId>, Vec<CardId>) {
+        let mut reserved = Vec::new();
+        let mut sold = Vec::new();
+        for id in self
+            .order_cards
+            .get(&(tenant.clone(), order))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if let Some(card) = self.cards.get(id).filter(|c| c.sku == sku) {
+                match card.state {
+                    CardState::Reserved { order: o, .. } if o == order => reserved.push(*id),
+                    CardState::Sold { order: o, .. } if o == order => sold.push(*id),
+                    _ => {}
+                }
+            }
+        }
+        (reserved, sold)
+    }
+}
+
+#[async_trait]
+impl GoodsStore for MemoryStore {
+    async fn insert_goods(&self, goods: &Goods, events: &[EventEnvelope]) -> Result<()> {
+        let mut s = self.state.lock();
+        let tenant = goods.tenant().clone();
+        if s.goods.contains_key(&(tenant.clone(), goods.id())) {
+            return Err(Error::conflict("goods", goods.id(), "id already stored"));
+        }
+        if let Some(sku) = goods
+            .skus()
+            .iter()
+            .find(|k| s.sku_goods.contains_key(&(tenant.clone(), k.id)))
+        {
+            return Err(Error::conflict("sku", sku.id, "id already stored"));
+        }
+        if events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
+            return Err(Error::conflict("event", goods.id(), "id already stored"));
+        }
+        for sku in goods.skus() {
+            s.sku_goods.insert((tenant.clone(), sku.id), goods.id());
+        }
+        s.goods.insert((tenant, goods.id()), goods.clone());
+        s.push_events(events)
+    }
+
+    async fn update_goods(
+        &self,
+        goods: &Goods,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<()> {
+        let mut s = self.state.lock();
+        let tenant = goods.tenant().clone();
+        let key = (tenant.clone(), goods.id());
+        let stored = s
+            .goods
+            .get(&key)
+            .ok_or_else(|| Error::not_found("goods", goods.id()))?;
+        if stored.version() != expected_version {
+            return Err(Error::conflict("goods", goods.id(), "stale version"));
+        }
+        if let Some(sku) = goods.skus().iter().find(|k| {
+            s.sku_goods
+                .get(&(tenant.clone(), k.id))
+                .is_some_and(|g| *g != goods.id())
+        }) {
+            return Err(Error::conflict("sku", sku.id, "id already stored"));
+        }
+        if events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
+            return Err(Error::conflict("event", goods.id(), "id already stored"));
+        }
+        for sku in goods.skus() {
+            s.sku_goods.insert((tenant.clone(), sku.id), goods.id());
+        }
+        s.goods.insert(key, goods.clone());
+        s.push_events(events)
+    }
+
+    async fn goods(&self, tenant: &TenantId, id: GoodsId) -> Result<Option<Goods>> {
+        Ok(self.state.lock().goods.get(&(tenant.clone(), id)).cloned())
+    }
+
+    async fn goods_by_sku(&self, tenant: &TenantId, sku: SkuId) -> Result<Option<Goods>> {
+        let s = self.state.lock();
+        Ok(s.sku_goods
+            .get(&(tenant.clone(), sku))
+            .and_then(|g| s.goods.get(&(tenant.clone(), *g)))
+            .cloned())
+    }
+
+    async fn list_goods(&self, tenant: &TenantId) -> Result<Vec<Goods>> {
+        let s = self.state.lock();
+        let mut all: Vec<Goods> = s
+            .goods
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, g)| g.clone())
+            .collect();
+        all.sort_by_key(Goods::id);
+        Ok(all)
+    }
+}
+
+#[async_trait]
+impl OrderStore for MemoryStore {
+    async fn insert_order(
+        &self,
+        order: &Order,
+        events: &[EventEnvelope],
+        member_limits: &[MemberLimit],
+    ) -> Result<()> {
+        let mut s = self.state.lock();
+        let tenant = order.tenant().clone();
+        if s.orders.contains_key(&(tenant.clone(), order.id())) {
+            return Err(Error::conflict("order", order.id(), "id already stored"));
+        }
+        for limit in member_limits {
+            let requested: u32 = order
+                .lines()
+                .iter()
+                .filter(|l| l.sku == limit.sku)
+                .map(|l| l.quantity)
+                .fold(0u32, u32::saturating_add);
+            let already = s.member_quantity(&tenant, order.member(), limit.sku);
+            if already.saturating_add(u64::from(requested)) > u64::from(limit.limit) {
+                return Err(Error::MemberLimitExceeded {
+                    sku: limit.sku,
+                    limit: limit.limit,
+                    already,
+                    requested,
+                });
+            }
+        }
+        if events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
+            return Err(Error::conflict("event", order.id(), "id already stored"));
+        }
+        s.member_orders
+            .entry((tenant.clone(), order.member().clone()))
+            .or_default()
+            .push(order.id());
+        if order.status() == OrderStatus::AwaitingPayment {
+            s.unpaid
+                .insert((order.expires_at(), tenant.clone(), order.id()));
+        }
+        s.orders.insert((tenant, order.id()), order.clone());
+        s.push_events(events)
+    }
+
+    async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
+        let mut s = self.state.lock();
+        s.check_order_change(&change)?;
+        s.apply_order_change(&change)
+    }
+
+    async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {
+        Ok(self.state.lock().orders.get(&(tenant.clone(), id)).cloned())
+    }
+
+    async fn member_orders(
+        &self,
+        tenant: &TenantId,
+        member: &MemberId,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        let s = self.state.lock();
+        let mut out: Vec<Order> = s
+            .member_orders
+            .get(&(tenant.clone(), member.clone()))
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| s.orders.get(&(tenant.clone(), *id)).cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|o| std::cmp::Reverse(o.id()));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn unpaid_orders_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(TenantId, OrderId)>> {
+        let s = self.state.lock();
+        Ok(s.unpaid
+            .iter()
+            .take_while(|(at, _, _)| *at <= now)
+            .take(limit)
+            .map(|(_, t, id)| (t.clone(), *id))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl VaultStore for MemoryStore {
+    async fn insert_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[NewCard],
+        now: DateTime<Utc>,
+    ) -> Result<InsertCardsOutcome> {
+        let mut s = self.state.lock();
+        if let Some(c) = cards.iter().find(|c| s.cards.contains_key(&c.id)) {
+            return Err(Error::conflict("card", c.id, "id already stored"));
+        }
+        let mut outcome = InsertCardsOutcome::default();
+        let mut seen = HashSet::new();
+        for (i, c) in cards.iter().enumerate() {
+            if s.blind.contains(&(tenant.clone(), c.blind_index)) || !seen.insert(c.blind_index) {
+                outcome.duplicates.push(i);
+                continue;
+            }
+            outcome.inserted.push(c.id);
+        }
+        let dup: HashSet<usize> = outcome.duplicates.iter().copied().collect();
+        for (i, c) in cards.iter().enumerate() {
+            if dup.contains(&i) {
+                continue;
+            }
+            s.blind.insert((tenant.clone(), c.blind_index));
+            s.pools
+                .entry((tenant.clone(), c.sku))
+                .or_default()
+                .insert(c.id);
+            s.cards.insert(
+                c.id,
+                StoredCard {
+                    id: c.id,
+                    tenant: tenant.clone(),
+                    sku: c.sku,
+                    batch: c.batch,
+                    blind_index: c.blind_index,
+                    sealed: c.sealed.clone(),
+                    key_id: c.key_id,
+                    state: CardState::Available,
+                    imported_at: now,
+                },
+            );
+        }
+        Ok(outcome)
+    }
+
+    async fn reserve_cards(
+        &self,
+        tenant: &TenantId,
+        sku: SkuId,
+        order: OrderId,
+        quantity: u32,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        if quantity == 0 {
+            return Err(Error::Invalid("reserve of zero cards".into()));
+        }
+        let mut s = self.state.lock();
+        let (reserved, sold) = s.held_by(tenant, order, sku);
+        if !reserved.is_empty() || !sold.is_empty() {
+            return Ok(sold.into_iter().chain(reserved).collect());
+        }
+        let want = usize::try_from(quantity).unwrap_or(usize::MAX);
+        let free = s.free_cards(tenant, sku, now);
+        if free.len() < want {
+            return Err(Error::OutOfStock {
+                sku,
+                requested: quantity,
+                available: free.len() as u64,
+            });
+        }
+        let chosen: Vec<CardId> = free.into_iter().take(want).collect();
+        for id in &chosen {
+            if let Some(card) = s.cards.get_mut(id) {
+                card.state = CardState::Reserved { order, until };
+            }
+        }
+        s.order_cards
+            .entry((tenant.clone(), order))
+            .or_default()
+            .extend(chosen.iter().copied());
+        Ok(chosen)
+    }
+
+    async fn commit_cards(
+        &self,
+        tenant: &TenantId,
+        sku: SkuId,
+        order: OrderId,
+        quantity: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        if quantity == 0 {
+            return Err(Error::Invalid("commit of zero cards".into()));
+        }
+        let mut s = self.state.lock();
+        let (reserved, sold) = s.held_by(tenant, order, sku);
+        let want = usize::try_from(quantity).unwrap_or(usize::MAX);
+        if sold.len() >= want {
+            return Ok(sold);
+        }
+        let need = want - sold.len();
+        let mut chosen: Vec<CardId> = reserved.into_iter().take(need).collect();
+        if chosen.len() < need {
+            let free = s.free_cards(tenant, sku, now);
+            let short = need - chosen.len();
+            if free.len() < short {
+                return Err(Error::OutOfStock {
+                    sku,
+                    requested: quantity,
+                    available: (free.len() + chosen.len() + sold.len()) as u64,
+                });
+            }
+            let extra: Vec<CardId> = free.into_iter().take(short).collect();
+            s.order_cards
+                .entry((tenant.clone(), order))
+                .or_default()
+                .extend(extra.iter().copied());
+            chosen.extend(extra);
+        }
+        let pool_key = (tenant.clone(), sku);
+        for id in &chosen {
+            if let Some(card) = s.cards.get_mut(id) {
+                card.state = CardState::Sold { order, at: now };
+            }
+            if let Some(pool) = s.pools.get_mut(&pool_key) {
+                pool.remove(id);
+            }
+        }
+        *s.sold.entry(pool_key).or_default() += chosen.len() as u64;
+        Ok(sold.into_iter().chain(chosen).collect())
+    }
+
+    async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32> {
+        let mut s = self.state.lock();
+        let key = (tenant.clone(), order);
+        let Some(ids) = s.order_cards.remove(&key) else {
+            return Ok(0);
+        };
+        let mut released = 0u32;
+        let mut kept = Vec::new();
+        for id in ids {
+            let Some(card) = s.cards.get_mut(&id) else {
+                continue;
+            };
+            match card.state {
+                CardState::Reserved { order: o, .. } if o == order => {
+                    card.state = CardState::Available;
+                    released = released.saturating_add(1);
+                }
+                CardState::Sold { order: o, .. } if o == order => kept.push(id),
+                _ => {}
+            }
+        }
+        if !kept.is_empty() {
+            s.order_cards.insert(key, kept);
+        }
+        Ok(released)
+    }
+
+    async fn order_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<StoredCard>> {
+        let s = self.state.lock();
+        Ok(s.order_cards
+            .get(&(tenant.clone(), order))
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| s.cards.get(id))
+                    .filter(|c| matches!(c.state, CardState::Sold { order: o, .. } if o == order))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>> {
+        Ok(self
+            .state
+            .lock()
+            .cards
+            .get(&id)
+            .filter(|c| &c.tenant == tenant)
+            .cloned())
+    }
+
+    async fn stock(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Result<StockCount> {
+        let s = self.state.lock();
+        let key = (tenant.clone(), sku);
+        let mut count = StockCount {
+            sold: s.sold.get(&key).copied().unwrap_or(0),
+            ..StockCount::default()
+        };
+        for id in s.pools.get(&key).into_iter().flatten() {
+            if let Some(card) = s.cards.get(id) {
+                if card.state.is_free_at(now) {
+                    count.available += 1;
+                } else {
+                    count.reserved += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    async fn cards_sealed_with(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        limit: usize,
+    ) -> Result<Vec<StoredCard>> {
+        let s = self.state.lock();
+        let mut out: Vec<StoredCard> = s
+            .cards
+            .values()
+            .filter(|c| &c.tenant == tenant && c.key_id == key)
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| c.id);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn replace_sealed(
+        &self,
+        tenant: &TenantId,
+        card: CardId,
+        expected_key: KeyId,
+        sealed: &SealedCard,
+        key_id: KeyId,
+    ) -> Result<()> {
+        let mut s = self.state.lock();
+        let stored = s
+            .cards
+            .get_mut(&card)
+            .filter(|c| &c.tenant == tenant)
+            .ok_or_else(|| Error::not_found("card", card))?;
+        if stored.key_id != expected_key {
+            return Err(Error::conflict("card", card, "sealed with another key"));
+        }
+        stored.sealed = sealed.clone();
+        stored.key_id = key_id;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyRingStore for MemoryStore {
+    async fn key_ring(&self, tenant: &TenantId) -> Result<Option<(WrappedKeyRing, u64)>> {
+        Ok(self.state.lock().rings.get(tenant).cloned())
+    }
+
+    async fn insert_key_ring(&self, ring: &WrappedKeyRing) -> Result<()> {
+        let mut s = self.state.lock();
+        if s.rings.contains_key(&ring.tenant) {
+            return Err(Error::conflict(
+                "key ring",
+                &ring.tenant,
+                "tenant already has one",
+            ));
+        }
+        s.rings.insert(ring.tenant.clone(), (ring.clone(), 1));
+        Ok(())
+    }
+
+    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64> {
+        let mut s = self.state.lock();
+        let stored = s
+            .rings
+            .get_mut(&ring.tenant)
+            .ok_or_else(|| Error::not_found("key ring", &ring.tenant))?;
+        if stored.1 != expected_version {
+            return Err(Error::conflict("key ring", &ring.tenant, "stale version"));
+        }
+        *stored = (ring.clone(), expected_version + 1);
+        Ok(stored.1)
+    }
+
+    async fn reserve_key_uses(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        uses: u64,
+        limit: u64,
+    ) -> Result<u64> {
+        let mut s = self.state.lock();
+        let (ring, version) = s
+            .rings
+            .get_mut(tenant)
+            .ok_or_else(|| Error::not_found("key ring", tenant))?;
+        let data_key = ring
+            .keys
+            .iter_mut()
+            .find(|k| k.id == key)
+            .ok_or_else(|| Error::not_found("data key", key))?;
+        let after = data_key
+            .encryptions
+            .checked_add(uses)
+            .filter(|n| *n <= limit)
+            .ok_or_else(|| Error::KeyExhausted {
+                key: key.to_string(),
+            })?;
+        data_key.encryptions = after;
+        *version += 1;
+        Ok(after)
+    }
+}
+
+#[async_trait]
+impl PaymentStore for MemoryStore {
+    async fn record_payment(
+        &self,
+        notice: &PaymentNotice,
+        change: Option<OrderChange<'_>>,
+        job: Option<&NewJob>,
+    ) -> Result<RecordOutcome> {
+        let mut s = self.state.lock();
+        let key = (
+            notice.tenant.clone(),
+            notice.provider.clone(),
+            notice.transaction_id.clone(),
+        );
+        if let Some(first) = s.notices.get(&key) {
+            return Ok(RecordOutcome::Duplicate(first.clone()));
+        }
+        if let Some(change) = &change {
+            s.check_order_change(change)?;
+            s.apply_order_change(change)?;
+        }
+        if let Some(job) = job {
+            s.enqueue(job, notice.received_at);
+        }
+        s.notices.insert(key.clone(), notice.clone());
+        s.notice_log.push(key);
+        Ok(RecordOutcome::Recorded)
+    }
+
+    async fn payment_notice(
+        &self,
+        tenant: &TenantId,
+        provider: &str,
+        transaction_id: &str,
+    ) -> Result<Option<PaymentNotice>> {
+        Ok(self
+            .state
+            .lock()
+            .notices
+            .get(&(
+                tenant.clone(),
+                provider.to_owned(),
+                transaction_id.to_owned(),
+            ))
+            .cloned())
+    }
+
+    async fn notices_to_reconcile(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<PaymentNotice>> {
+        let s = self.state.lock();
+        Ok(s.notice_log
+            .iter()
+            .filter(|k| &k.0 == tenant)
+            .filter_map(|k| s.notices.get(k))
+            .filter(|n| !matches!(n.disposition, crate::NoticeDisposition::Applied))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append_events(&self, events: &[EventEnvelope]) -> Result<()> {
+        self.state.lock().push_events(events)
+    }
+
+    async fn aggregate_events(
+        &self,
+        tenant: &TenantId,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope>> {
+        let s = self.state.lock();
+        Ok(s.aggregate_events
+            .get(&(
+                tenant.clone(),
+                aggregate_type.to_owned(),
+                aggregate_id.to_owned(),
+            ))
+            .map(|pos| {
+                pos.iter()
+                    .filter_map(|p| s.events.get(*p).cloned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>> {
+        let s = self.state.lock();
+        let start = match after {
+            None => 0,
+            Some(id) => s
+                .event_pos
+                .get(&id)
+                .map(|p| p + 1)
+                .ok_or_else(|| Error::not_found("event", id))?,
+        };
+        Ok(s.events.iter().skip(start).take(limit).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl AuditStore for MemoryStore {
+    async fn append_audit(&self, record: &AuditRecord) -> Result<()> {
+        let mut s = self.state.lock();
+        if s.audit.iter().any(|r| r.id == record.id) {
+            return Err(Error::conflict(
+                "audit record",
+                record.id,
+                "id already stored",
+            ));
+        }
+        s.audit.push(record.clone());
+        Ok(())
+    }
+
+    async fn audit_records(&self, tenant: &TenantId, limit: usize) -> Result<Vec<AuditRecord>> {
+        let s = self.state.lock();
+        Ok(s.audit
+            .iter()
+            .rev()
+            .filter(|r| &r.tenant == tenant)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn enqueue(&self, job: &NewJob, now: DateTime<Utc>) -> Result<JobId> {
+        Ok(self.state.lock().enqueue(job, now))
+    }
+
+    async fn claim_jobs(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        let mut s = self.state.lock();
+        let mut due: Vec<(DateTime<Utc>, JobId)> = s
+            .queue
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .copied()
+            .collect();
+        due.extend(
+            s.leases
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .take(limit)
+                .copied(),
+        );
+        due.sort();
+        due.truncate(limit);
+        let until = now + lease;
+        Ok(due
+            .into_iter()
+            .filter_map(|(_, id)| s.claim(id, worker, until))
+            .collect())
+    }
+
+    async fn claim_job(
+        &self,
+        id: JobId,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Job>> {
+        let mut s = self.state.lock();
+        let due = match s.jobs.get(&id).map(|j| (&j.status, j.run_at)) {
+            Some((JobStatus::Queued, run_at)) => run_at <= now,
+            Some((JobStatus::Running { lease_until, .. }, _)) => *lease_until <= now,
+            _ => false,
+        };
+        Ok(if due {
+            s.claim(id, worker, now + lease)
+        } else {
+            None
+        })
+    }
+
+    async fn heartbeat(&self, id: JobId, worker: &str, lease_until: DateTime<Utc>) -> Result<()> {
+        let mut s = self.state.lock();
+        let job = s.held(id, worker)?;
+        job.status = JobStatus::Running {
+            worker: worker.to_owned(),
+            lease_until,
+        };
+        s.leases.insert((lease_until, id));
+        Ok(())
+    }
+
+    async fn complete_job(&self, id: JobId, worker: &str) -> Result<()> {
+        let mut s = self.state.lock();
+        s.held(id, worker)?.status = JobStatus::Done;
+        Ok(())
+    }
+
+    async fn retry_job(
+        &self,
+        id: JobId,
+        worker: &str,
+        run_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<()> {
+        let mut s = self.state.lock();
+        let job = s.held(id, worker)?;
+        job.status = JobStatus::Queued;
+        job.run_at = run_at;
+        job.last_error = Some(error.to_owned());
+        s.queue.insert((run_at, id));
+        Ok(())
+    }
+
+    async fn dead_letter(&self, id: JobId, worker: &str, reason: &str) -> Result<()> {
+        let mut s = self.state.lock();
+        let job = s.held(id, worker)?;
+        job.status = JobStatus::Dead {
+            reason: reason.to_owned(),
+        };
+        job.last_error = Some(reason.to_owned());
+        Ok(())
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>> {
+        Ok(self.state.lock().jobs.get(&id).cloned())
+    }
+
+    async fn dead_jobs(&self, tenant: &TenantId, limit: usize) -> Result<Vec<Job>> {
+        let s = self.state.lock();
+        let mut out: Vec<Job> = s
+            .jobs
+            .values()
+            .filter(|j| &j.tenant == tenant && matches!(j.status, JobStatus::Dead { .. }))
+            .cloned()
+            .collect();
+        out.sort_by_key(|j| j.id);
+        out.truncate(limit);
+        Ok(out)
+    }
+}

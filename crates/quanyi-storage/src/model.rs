@@ -1,0 +1,277 @@
+//! Plain records that cross the storage ports.
+
+use chrono::{DateTime, Utc};
+use quanyi_core::{
+    AuditId, BatchId, CardId, EventEnvelope, JobId, Money, OrderId, SkuId, TenantId,
+};
+use quanyi_order::Order;
+use quanyi_vault::{BlindIndex, KeyId, SealedCard};
+use serde::{Deserialize, Serialize};
+
+/// Where a card key stands. A card moves Available -> Reserved -> Sold, or back to Available
+/// when a reservation is released or runs out; Sold is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CardState {
+    /// In stock.
+    Available,
+    /// Held for an order until a deadline; after it, the card counts as available again.
+    Reserved {
+        /// The order holding it.
+        order: OrderId,
+        /// Until when.
+        until: DateTime<Utc>,
+    },
+    /// Delivered to an order, forever.
+    Sold {
+        /// The order it belongs to.
+        order: OrderId,
+        /// When it was committed.
+        at: DateTime<Utc>,
+    },
+}
+
+impl CardState {
+    /// True when the card can be reserved at `now`.
+    pub fn is_free_at(&self, now: DateTime<Utc>) -> bool {
+        match self {
+            CardState::Available => true,
+            CardState::Reserved { until, .. } => *until <= now,
+            CardState::Sold { .. } => false,
+        }
+    }
+}
+
+/// A sealed card key ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCard {
+    /// Its id.
+    pub id: CardId,
+    /// The SKU whose pool it joins.
+    pub sku: SkuId,
+    /// The import batch.
+    pub batch: BatchId,
+    /// Keyed blind index of the normalised code, unique per tenant.
+    pub blind_index: BlindIndex,
+    /// The sealed code and secret.
+    pub sealed: SealedCard,
+    /// The data key that sealed it.
+    pub key_id: KeyId,
+}
+
+/// A stored card key. Only sealed values; plaintext never reaches storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCard {
+    /// Its id.
+    pub id: CardId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its SKU.
+    pub sku: SkuId,
+    /// The import batch.
+    pub batch: BatchId,
+    /// Keyed blind index of the normalised code.
+    pub blind_index: BlindIndex,
+    /// The sealed code and secret.
+    pub sealed: SealedCard,
+    /// The data key that sealed it.
+    pub key_id: KeyId,
+    /// Where it stands.
+    pub state: CardState,
+    /// When it was imported.
+    pub imported_at: DateTime<Utc>,
+}
+
+/// What `insert_cards` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InsertCardsOutcome {
+    /// Ids of the cards stored.
+    pub inserted: Vec<CardId>,
+    /// Positions (in the input slice) of cards whose blind index the tenant already had.
+    pub duplicates: Vec<usize>,
+}
+
+/// Card-key stock of one SKU at an instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockCount {
+    /// Free to reserve.
+    pub available: u64,
+    /// Held by unpaid orders whose deadline has not passed.
+    pub reserved: u64,
+    /// Sold.
+    pub sold: u64,
+}
+
+/// A per-member purchase limit checked atomically when an order is inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberLimit {
+    /// The SKU.
+    pub sku: SkuId,
+    /// The most the member may hold in live orders (not expired, cancelled or refunded).
+    pub limit: u32,
+}
+
+/// A new version of an order to write together with its events.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderChange<'a> {
+    /// The order as it should be stored.
+    pub order: &'a Order,
+    /// The version the caller loaded; a different stored version is a conflict.
+    pub expected_version: u64,
+    /// The events the change produced.
+    pub events: &'a [EventEnvelope],
+}
+
+/// What happened to a payment notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "disposition", rename_all = "snake_case")]
+pub enum NoticeDisposition {
+    /// The order was marked paid by this notice.
+    Applied,
+    /// Kept for reconciliation (对账); it changed no order and delivered nothing.
+    Reconcile {
+        /// Why: unknown_order, order_expired, order_cancelled, amount_mismatch, currency_mismatch,
+        /// already_paid, not_payable.
+        reason: String,
+    },
+}
+
+/// A payment provider's notice, recorded once per (tenant, provider, transaction id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentNotice {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The payment provider, for example `alipay`.
+    pub provider: String,
+    /// The provider's transaction id.
+    pub transaction_id: String,
+    /// The order the notice names (it may not exist).
+    pub order: OrderId,
+    /// The amount the provider says was paid.
+    pub amount: Money,
+    /// When the notice arrived.
+    pub received_at: DateTime<Utc>,
+    /// What was done with it.
+    pub disposition: NoticeDisposition,
+}
+
+/// What `record_payment` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The notice was new; it and the order change (if any) were written.
+    Recorded,
+    /// The same transaction was recorded before; nothing was written. The first record is returned.
+    Duplicate(PaymentNotice),
+}
+
+/// Kind of an audited action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditAction {
+    /// A buyer asked to see the card keys of an order.
+    Reveal,
+    /// A batch of card keys was imported.
+    Import,
+    /// A data key was rotated.
+    KeyRotated,
+    /// Entries were resealed under the active key.
+    KeyRewrapped,
+    /// A data key was retired.
+    KeyRetired,
+}
+
+/// Whether an audited action was allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// It happened.
+    Allowed,
+    /// It was refused.
+    Denied,
+}
+
+/// One audit record. Details never hold plaintext keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Its id.
+    pub id: AuditId,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who: a member id, `operator:NAME` or `system`.
+    pub actor: String,
+    /// What.
+    pub action: AuditAction,
+    /// On what: an order, card, key or batch id.
+    pub subject: String,
+    /// Allowed or denied.
+    pub outcome: AuditOutcome,
+    /// A short note (counts, reasons), never secret material.
+    pub detail: String,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for `run_at`.
+    Queued,
+    /// Claimed by a worker until the lease runs out.
+    Running {
+        /// The worker holding the lease.
+        worker: String,
+        /// When the lease runs out.
+        lease_until: DateTime<Utc>,
+    },
+    /// Finished.
+    Done,
+    /// Given up; needs a person.
+    Dead {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// Its id.
+    pub id: JobId,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// What to do, for example `deliver_order`.
+    pub kind: String,
+    /// Unique per tenant: enqueuing the same key twice returns the first job.
+    pub dedupe_key: String,
+    /// Arguments.
+    pub payload: serde_json::Value,
+    /// Not before.
+    pub run_at: DateTime<Utc>,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// What to do.
+    pub kind: String,
+    /// Unique per tenant.
+    pub dedupe_key: String,
+    /// Arguments.
+    pub payload: serde_json::Value,
+    /// Not before.
+    pub run_at: DateTime<Utc>,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// How many times it was claimed.
+    pub attempts: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+}

@@ -1,0 +1,350 @@
+//! The storage ports. Each method is one atomic command or a query; commands that change an
+//! aggregate take its events and write both together or neither.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use quanyi_core::{
+    CardId, EventEnvelope, EventId, GoodsId, JobId, MemberId, OrderId, SkuId, TenantId,
+};
+use quanyi_goods::Goods;
+use quanyi_order::Order;
+use quanyi_vault::{KeyId, SealedCard, WrappedKeyRing};
+
+use crate::Result;
+use crate::model::{
+    AuditRecord, InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, OrderChange, PaymentNotice,
+    RecordOutcome, StockCount, StoredCard,
+};
+
+/// Goods and their SKUs, stored as one versioned aggregate.
+#[async_trait]
+pub trait GoodsStore: Send + Sync {
+    /// Stores new goods with their events.
+    ///
+    /// # Errors
+    /// `Conflict` when the goods id or one of its SKU ids is already stored.
+    async fn insert_goods(&self, goods: &Goods, events: &[EventEnvelope]) -> Result<()>;
+
+    /// Replaces goods whose stored version is `expected_version`.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Conflict` when the stored version differs.
+    async fn update_goods(
+        &self,
+        goods: &Goods,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<()>;
+
+    /// Goods by id.
+    async fn goods(&self, tenant: &TenantId, id: GoodsId) -> Result<Option<Goods>>;
+
+    /// The goods that hold a SKU.
+    async fn goods_by_sku(&self, tenant: &TenantId, sku: SkuId) -> Result<Option<Goods>>;
+
+    /// All goods of a tenant, oldest first.
+    async fn list_goods(&self, tenant: &TenantId) -> Result<Vec<Goods>>;
+}
+
+/// Orders.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Stores a new order with its events. For every `member_limits` entry, the member's quantity of
+    /// that SKU in live orders (any status but expired, cancelled or refunded) plus this order's
+    /// must not exceed the limit; the check and the insert are one atomic step.
+    ///
+    /// # Errors
+    /// `Conflict` when the id is taken; `MemberLimitExceeded` (nothing written).
+    async fn insert_order(
+        &self,
+        order: &Order,
+        events: &[EventEnvelope],
+        member_limits: &[MemberLimit],
+    ) -> Result<()>;
+
+    /// Writes a new version of an order with its events.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Conflict` when the stored version is not `change.expected_version`.
+    async fn update_order(&self, change: OrderChange<'_>) -> Result<()>;
+
+    /// An order by id.
+    async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>>;
+
+    /// A member's orders, newest first.
+    async fn member_orders(
+        &self,
+        tenant: &TenantId,
+        member: &MemberId,
+        limit: usize,
+    ) -> Result<Vec<Order>>;
+
+    /// Orders of any tenant still awaiting payment whose deadline is at or before `now`, oldest
+    /// deadline first.
+    async fn unpaid_orders_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(TenantId, OrderId)>>;
+}
+
+/// Sealed card keys and their pools.
+#[async_trait]
+pub trait VaultStore: Send + Sync {
+    /// Stores sealed cards as available stock. A card whose blind index the tenant already holds
+    /// (in any SKU and any state, sold included) or that repeats an earlier card of the same call
+    /// is skipped and reported by position; the rest are stored in one atomic step.
+    async fn insert_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[NewCard],
+        now: DateTime<Utc>,
+    ) -> Result<InsertCardsOutcome>;
+
+    /// Holds `quantity` cards of a SKU for an order until `until`, oldest import first. Repeating the
+    /// call returns the cards the order already holds (reserved or sold) for that SKU.
+    ///
+    /// # Errors
+    /// `OutOfStock` when fewer are free at `now`; nothing changes.
+    async fn reserve_cards(
+        &self,
+        tenant: &TenantId,
+        sku: SkuId,
+        order: OrderId,
+        quantity: u32,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>>;
+
+    /// Marks `quantity` cards of a SKU sold to the order: the order's reserved cards first (even if
+    /// their deadline passed, as long as no other order took them), then free ones. Repeating the
+    /// call returns the same cards.
+    ///
+    /// # Errors
+    /// `OutOfStock` when not enough can be found; nothing changes.
+    async fn commit_cards(
+        &self,
+        tenant: &TenantId,
+        sku: SkuId,
+        order: OrderId,
+        quantity: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>>;
+
+    /// Returns the order's reserved (unsold) cards to stock; returns how many. Idempotent.
+    async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32>;
+
+    /// The cards sold to an order, in commit order.
+    async fn order_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<StoredCard>>;
+
+    /// One card by id.
+    async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>>;
+
+    /// Card stock of a SKU at `now`.
+    async fn stock(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Result<StockCount>;
+
+    /// Up to `limit` cards of a tenant still sealed with `key`, for resealing before retirement.
+    async fn cards_sealed_with(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        limit: usize,
+    ) -> Result<Vec<StoredCard>>;
+
+    /// Replaces a card's sealed values after resealing.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Conflict` when the card is no longer sealed with `expected_key`.
+    async fn replace_sealed(
+        &self,
+        tenant: &TenantId,
+        card: CardId,
+        expected_key: KeyId,
+        sealed: &SealedCard,
+        key_id: KeyId,
+    ) -> Result<()>;
+}
+
+/// The wrapped key ring of each tenant and its encryption counters.
+#[async_trait]
+pub trait KeyRingStore: Send + Sync {
+    /// The tenant's wrapped ring and its version.
+    async fn key_ring(&self, tenant: &TenantId) -> Result<Option<(WrappedKeyRing, u64)>>;
+
+    /// Stores a tenant's first ring at version 1.
+    ///
+    /// # Errors
+    /// `Conflict` when the tenant already has one (another process created it first).
+    async fn insert_key_ring(&self, ring: &WrappedKeyRing) -> Result<()>;
+
+    /// Replaces the ring whose stored version is `expected_version`; returns the new version.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Conflict` on a stale version.
+    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64>;
+
+    /// Adds `uses` to a data key's encryption counter if it stays within `limit`; bumps the ring's
+    /// version; returns the counter after.
+    ///
+    /// # Errors
+    /// `KeyExhausted` when the counter would pass `limit`; `NotFound` for an unknown ring or key.
+    async fn reserve_key_uses(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        uses: u64,
+        limit: u64,
+    ) -> Result<u64>;
+}
+
+/// Payment notices.
+#[async_trait]
+pub trait PaymentStore: Send + Sync {
+    /// Records a notice once per (tenant, provider, transaction id) and, in the same atomic step,
+    /// writes the order change and enqueues the job (both optional). A repeated notice writes
+    /// nothing and returns the first record.
+    ///
+    /// # Errors
+    /// `Conflict` when the order's version is stale (nothing is written, not even the notice).
+    async fn record_payment(
+        &self,
+        notice: &PaymentNotice,
+        change: Option<OrderChange<'_>>,
+        job: Option<&NewJob>,
+    ) -> Result<RecordOutcome>;
+
+    /// A recorded notice.
+    async fn payment_notice(
+        &self,
+        tenant: &TenantId,
+        provider: &str,
+        transaction_id: &str,
+    ) -> Result<Option<PaymentNotice>>;
+
+    /// Notices kept for reconciliation, oldest first.
+    async fn notices_to_reconcile(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<PaymentNotice>>;
+}
+
+/// The event log (an outbox hosts can read).
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends events that belong to no stored aggregate change (an import report, a rotation).
+    async fn append_events(&self, events: &[EventEnvelope]) -> Result<()>;
+
+    /// The events of one aggregate, in the order written.
+    async fn aggregate_events(
+        &self,
+        tenant: &TenantId,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope>>;
+
+    /// Up to `limit` events of every tenant written after `after` (from the start when `None`), in
+    /// the order written.
+    async fn events_after(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>>;
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends one record.
+    async fn append_audit(&self, record: &AuditRecord) -> Result<()>;
+
+    /// A tenant's records, newest first.
+    async fn audit_records(&self, tenant: &TenantId, limit: usize) -> Result<Vec<AuditRecord>>;
+}
+
+/// Durable jobs with leases.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Enqueues a job; a job with the same (tenant, dedupe key) already stored is returned instead.
+    async fn enqueue(&self, job: &NewJob, now: DateTime<Utc>) -> Result<JobId>;
+
+    /// Claims up to `limit` jobs that are due (queued with `run_at <= now`, or running with an
+    /// expired lease) for `worker` until `now + lease`; each claim counts an attempt.
+    async fn claim_jobs(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Job>>;
+
+    /// Claims one job by id if it is due; `None` when it is not (done, dead, leased, or later).
+    async fn claim_job(
+        &self,
+        id: JobId,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Job>>;
+
+    /// Extends the lease of a job the worker holds.
+    ///
+    /// # Errors
+    /// `Conflict` when the worker no longer holds it.
+    async fn heartbeat(&self, id: JobId, worker: &str, lease_until: DateTime<Utc>) -> Result<()>;
+
+    /// Marks a held job done.
+    ///
+    /// # Errors
+    /// `Conflict` when the worker no longer holds it.
+    async fn complete_job(&self, id: JobId, worker: &str) -> Result<()>;
+
+    /// Puts a held job back in the queue for `run_at`, keeping the error.
+    ///
+    /// # Errors
+    /// `Conflict` when the worker no longer holds it.
+    async fn retry_job(
+        &self,
+        id: JobId,
+        worker: &str,
+        run_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<()>;
+
+    /// Gives a held job up.
+    ///
+    /// # Errors
+    /// `Conflict` when the worker no longer holds it.
+    async fn dead_letter(&self, id: JobId, worker: &str, reason: &str) -> Result<()>;
+
+    /// A job by id.
+    async fn job(&self, id: JobId) -> Result<Option<Job>>;
+
+    /// Dead jobs of a tenant, oldest first.
+    async fn dead_jobs(&self, tenant: &TenantId, limit: usize) -> Result<Vec<Job>>;
+}
+
+/// Everything a shop stores. Implemented for every type that implements all the ports.
+pub trait Store:
+    GoodsStore
+    + OrderStore
+    + VaultStore
+    + KeyRingStore
+    + PaymentStore
+    + EventStore
+    + AuditStore
+    + JobStore
+{
+}
+
+impl<T> Store for T where
+    T: GoodsStore
+        + OrderStore
+        + VaultStore
+        + KeyRingStore
+        + PaymentStore
+        + EventStore
+        + AuditStore
+        + JobStore
+{
+}

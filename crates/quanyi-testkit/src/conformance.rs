@@ -1,0 +1,1031 @@
+//! The storage conformance suite: the definition of correct storage. Every adapter runs every case
+//! through [`storage_conformance!`](crate::storage_conformance), one named test per case.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Duration;
+use quanyi_core::{BatchId, EventEnvelope, OrderId, TenantId};
+use quanyi_goods::{PurchaseLimits, Shelf};
+use quanyi_order::{OrderStatus, Payment};
+use quanyi_storage::{
+    AuditAction, AuditOutcome, AuditRecord, CardState, Error, JobStatus, MemberLimit,
+    NoticeDisposition, OrderChange, PaymentNotice, RecordOutcome, Store,
+};
+use quanyi_vault::{KeyId, SealedCard, SealedValue};
+
+use crate::fixtures::{self, card_goods, cards, envelopes, first_sku, id, member, order, t0};
+
+/// Every case name, in the order the macro generates them.
+pub const CASES: &[&str] = &[
+    "goods_round_trip",
+    "goods_stale_version_conflicts",
+    "order_round_trip_with_events",
+    "order_stale_version_conflicts",
+    "member_limit_is_atomic",
+    "duplicate_blind_index_is_skipped",
+    "reserve_is_idempotent",
+    "reserve_out_of_stock_changes_nothing",
+    "commit_is_idempotent_and_final",
+    "release_returns_cards_to_stock",
+    "expired_reservation_is_free_again",
+    "concurrent_buyers_never_oversell",
+    "payment_notice_recorded_once",
+    "payment_with_stale_order_writes_nothing",
+    "unpaid_orders_due_in_deadline_order",
+    "events_feed_in_write_order",
+    "audit_records_newest_first",
+    "jobs_lease_retry_and_dead_letter",
+    "job_enqueue_is_idempotent",
+    "key_ring_versions_and_use_limit",
+    "reseal_replaces_ciphertext",
+    "tenants_are_isolated",
+];
+
+fn kind_of<T: std::fmt::Debug>(r: Result<T, Error>) -> quanyi_core::ErrorKind {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.kind(),
+    }
+}
+
+/// Goods are stored, found by id and by SKU, listed, and updated with their version.
+pub async fn goods_round_trip(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let mut goods = card_goods(&tenant, PurchaseLimits::default());
+    store.insert_goods(&goods, &[]).await.unwrap();
+    assert_eq!(
+        store.goods(&tenant, goods.id()).await.unwrap().as_ref(),
+        Some(&goods)
+    );
+    let sku = first_sku(&goods);
+    assert_eq!(
+        store.goods_by_sku(&tenant, sku).await.unwrap().as_ref(),
+        Some(&goods)
+    );
+    let before = goods.version();
+    goods.set_shelf(sku, Shelf::Off).unwrap();
+    store.update_goods(&goods, before, &[]).await.unwrap();
+    let stored = store.goods(&tenant, goods.id()).await.unwrap().unwrap();
+    assert_eq!(stored.sku(sku).unwrap().shelf, Shelf::Off);
+    assert_eq!(stored.version(), goods.version());
+    assert_eq!(
+        store.list_goods(&tenant).await.unwrap(),
+        vec![goods.clone()]
+    );
+    assert_eq!(
+        kind_of(store.insert_goods(&goods, &[]).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+}
+
+/// Writing goods with a stale version is a conflict and changes nothing.
+pub async fn goods_stale_version_conflicts(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let mut goods = card_goods(&tenant, PurchaseLimits::default());
+    store.insert_goods(&goods, &[]).await.unwrap();
+    let loaded = goods.version();
+    let sku = first_sku(&goods);
+    goods.set_shelf(sku, Shelf::Off).unwrap();
+    store.update_goods(&goods, loaded, &[]).await.unwrap();
+    let mut stale = goods.clone();
+    stale.set_shelf(sku, Shelf::On).unwrap();
+    assert_eq!(
+        kind_of(store.update_goods(&stale, loaded, &[]).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    let stored = store.goods(&tenant, goods.id()).await.unwrap().unwrap();
+    assert_eq!(stored.sku(sku).unwrap().shelf, Shelf::Off);
+    let unknown = card_goods(&tenant, PurchaseLimits::default());
+    assert_eq!(
+        kind_of(store.update_goods(&unknown, 1, &[]).await),
+        quanyi_core::ErrorKind::NotFound
+    );
+}
+
+/// An order and its events are written together and read back as written.
+pub async fn order_round_trip_with_events(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let buyer = member("alice");
+    let (order, events) = order(&goods, &buyer, 2);
+    let envs = envelopes(&order, &events);
+    store.insert_order(&order, &envs, &[]).await.unwrap();
+    assert_eq!(
+        store.order(&tenant, order.id()).await.unwrap().as_ref(),
+        Some(&order)
+    );
+    let stored = store
+        .aggregate_events(&tenant, "order", &order.id().to_string())
+        .await
+        .unwrap();
+    assert_eq!(stored, envs);
+    assert_eq!(
+        store.member_orders(&tenant, &buyer, 10).await.unwrap(),
+        vec![order.clone()]
+    );
+    assert_eq!(
+        kind_of(store.insert_order(&order, &[], &[]).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    assert!(
+        store
+            .order(&tenant, id(OrderId::generate))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A stale order write is a conflict; neither the order nor its events change.
+pub async fn order_stale_version_conflicts(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let (mut order, events) = order(&goods, &member("bob"), 1);
+    store
+        .insert_order(&order, &envelopes(&order, &events), &[])
+        .await
+        .unwrap();
+    let loaded = order.version();
+    let stale_copy = order.clone();
+    let ev = order.cancel("changed mind".into(), t0()).unwrap();
+    let envs = envelopes(&order, &ev);
+    store
+        .update_order(OrderChange {
+            order: &order,
+            expected_version: loaded,
+            events: &envs,
+        })
+        .await
+        .unwrap();
+    let mut other = stale_copy;
+    let ev2 = other.expire(t0() + Duration::hours(1)).unwrap();
+    let envs2 = envelopes(&other, &ev2);
+    assert_eq!(
+        kind_of(
+            store
+                .update_order(OrderChange {
+                    order: &other,
+                    expected_version: loaded,
+                    events: &envs2
+                })
+                .await
+        ),
+        quanyi_core::ErrorKind::Conflict
+    );
+    let stored = store.order(&tenant, order.id()).await.unwrap().unwrap();
+    assert_eq!(stored.status(), OrderStatus::Cancelled);
+    let all = store
+        .aggregate_events(&tenant, "order", &order.id().to_string())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), events.len() + ev.len());
+}
+
+/// Per-member limits hold under concurrency: 20 racing orders of 1 with a limit of 3 give 3.
+pub async fn member_limit_is_atomic(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(
+        &tenant,
+        PurchaseLimits {
+            per_order: None,
+            per_member: Some(3),
+        },
+    );
+    let sku = first_sku(&goods);
+    let buyer = member("carol");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        let (order, _) = order(&goods, &buyer, 1);
+        tasks.push(tokio::spawn(async move {
+            store
+                .insert_order(&order, &[], &[MemberLimit { sku, limit: 3 }])
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(Error::MemberLimitExceeded { limit: 3, .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(ok, 3);
+    // Void orders do not count: cancel one, and one more fits.
+    let mut orders = store.member_orders(&tenant, &buyer, 10).await.unwrap();
+    let mut first = orders.remove(0);
+    let v = first.version();
+    let ev = first.cancel("test".into(), t0()).unwrap();
+    let envs = envelopes(&first, &ev);
+    store
+        .update_order(OrderChange {
+            order: &first,
+            expected_version: v,
+            events: &envs,
+        })
+        .await
+        .unwrap();
+    let (again, _) = order(&goods, &buyer, 1);
+    store
+        .insert_order(&again, &[], &[MemberLimit { sku, limit: 3 }])
+        .await
+        .unwrap();
+    let (too_many, _) = order(&goods, &buyer, 1);
+    assert!(matches!(
+        store
+            .insert_order(&too_many, &[], &[MemberLimit { sku, limit: 3 }])
+            .await,
+        Err(Error::MemberLimitExceeded {
+            already: 3,
+            requested: 1,
+            ..
+        })
+    ));
+}
+
+/// A blind index already held by the tenant, sold or not, or repeated in the batch, is skipped.
+pub async fn duplicate_blind_index_is_skipped(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    let batch = id(BatchId::generate);
+    let first = vec![
+        fixtures::card_with_index(sku, batch, [1; 32]),
+        fixtures::card_with_index(sku, batch, [2; 32]),
+        fixtures::card_with_index(sku, batch, [1; 32]),
+    ];
+    let out = store.insert_cards(&tenant, &first, t0()).await.unwrap();
+    assert_eq!(out.inserted, vec![first[0].id, first[1].id]);
+    assert_eq!(out.duplicates, vec![2]);
+    // Sell card [1;32], then import it again into another SKU: still a duplicate.
+    let order_id = id(OrderId::generate);
+    let sold = store
+        .commit_cards(&tenant, sku, order_id, 2, t0())
+        .await
+        .unwrap();
+    assert_eq!(sold.len(), 2);
+    let other_sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    let again = vec![
+        fixtures::card_with_index(other_sku, batch, [1; 32]),
+        fixtures::card_with_index(other_sku, batch, [3; 32]),
+    ];
+    let out = store.insert_cards(&tenant, &again, t0()).await.unwrap();
+    assert_eq!(out.duplicates, vec![0]);
+    assert_eq!(out.inserted, vec![again[1].id]);
+    assert_eq!(
+        store
+            .stock(&tenant, other_sku, t0())
+            .await
+            .unwrap()
+            .available,
+        1
+    );
+}
+
+/// Reserving again for the same order returns the same cards and takes no more.
+pub async fn reserve_is_idempotent(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    store
+        .insert_cards(&tenant, &cards(sku, 5), t0())
+        .await
+        .unwrap();
+    let order_id = id(OrderId::generate);
+    let until = t0() + Duration::minutes(15);
+    let a = store
+        .reserve_cards(&tenant, sku, order_id, 2, until, t0())
+        .await
+        .unwrap();
+    let b = store
+        .reserve_cards(&tenant, sku, order_id, 2, until, t0())
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b);
+    let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+    assert_eq!((stock.available, stock.reserved, stock.sold), (3, 2, 0));
+    for card in &a {
+        let c = store.card(&tenant, *card).await.unwrap().unwrap();
+        assert_eq!(
+            c.state,
+            CardState::Reserved {
+                order: order_id,
+                until
+            }
+        );
+    }
+}
+
+/// Asking for more than is free is out of stock and reserves nothing.
+pub async fn reserve_out_of_stock_changes_nothing(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    store
+        .insert_cards(&tenant, &cards(sku, 3), t0())
+        .await
+        .unwrap();
+    let until = t0() + Duration::minutes(15);
+    let r = store
+        .reserve_cards(&tenant, sku, id(OrderId::generate), 4, until, t0())
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::OutOfStock {
+                requested: 4,
+                available: 3,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(store.stock(&tenant, sku, t0()).await.unwrap().available, 3);
+    let empty = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    let r = store
+        .reserve_cards(&tenant, empty, id(OrderId::generate), 1, until, t0())
+        .await;
+    assert_eq!(kind_of(r), quanyi_core::ErrorKind::Exhausted);
+}
+
+/// Commit takes the order's reserved cards, repeats return them, and they are sold for good.
+pub async fn commit_is_idempotent_and_final(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    store
+        .insert_cards(&tenant, &cards(sku, 4), t0())
+        .await
+        .unwrap();
+    let order_id = id(OrderId::generate);
+    let reserved = store
+        .reserve_cards(
+            &tenant,
+            sku,
+            order_id,
+            2,
+            t0() + Duration::minutes(15),
+            t0(),
+        )
+        .await
+        .unwrap();
+    let committed = store
+        .commit_cards(&tenant, sku, order_id, 2, t0())
+        .await
+        .unwrap();
+    assert_eq!(committed, reserved);
+    let again = store
+        .commit_cards(&tenant, sku, order_id, 2, t0())
+        .await
+        .unwrap();
+    assert_eq!(again, committed);
+    let sold = store.order_cards(&tenant, order_id).await.unwrap();
+    assert_eq!(sold.iter().map(|c| c.id).collect::<Vec<_>>(), committed);
+    assert!(
+        sold.iter()
+            .all(|c| matches!(c.state, CardState::Sold { order, .. } if order == order_id))
+    );
+    assert_eq!(store.release_cards(&tenant, order_id).await.unwrap(), 0);
+    let stock = store
+        .stock(&tenant, sku, t0() + Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!((stock.available, stock.reserved, stock.sold), (2, 0, 2));
+    // Commit without a reservation takes free cards; more than there are is out of stock.
+    let walk_in = id(OrderId::generate);
+    assert_eq!(
+        store
+            .commit_cards(&tenant, sku, walk_in, 1, t0())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let r = store
+        .commit_cards(&tenant, sku, id(OrderId::generate), 2, t0())
+        .await;
+    assert!(matches!(r, Err(Error::OutOfStock { .. })), "{r:?}");
+    assert_eq!(store.stock(&tenant, sku, t0()).await.unwrap().available, 1);
+}
+
+/// Releasing an order's reservation puts its cards back; repeating releases nothing more.
+pub async fn release_returns_cards_to_stock(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    store
+        .insert_cards(&tenant, &cards(sku, 2), t0())
+        .await
+        .unwrap();
+    let order_id = id(OrderId::generate);
+    store
+        .reserve_cards(
+            &tenant,
+            sku,
+            order_id,
+            2,
+            t0() + Duration::minutes(15),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.stock(&tenant, sku, t0()).await.unwrap().available, 0);
+    assert_eq!(store.release_cards(&tenant, order_id).await.unwrap(), 2);
+    assert_eq!(store.release_cards(&tenant, order_id).await.unwrap(), 0);
+    let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+    assert_eq!((stock.available, stock.reserved), (2, 0));
+    assert!(
+        store
+            .order_cards(&tenant, order_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// After its deadline a reservation no longer holds: another order can take the cards.
+pub async fn expired_reservation_is_free_again(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    store
+        .insert_cards(&tenant, &cards(sku, 1), t0())
+        .await
+        .unwrap();
+    let first = id(OrderId::generate);
+    let until = t0() + Duration::minutes(15);
+    let held = store
+        .reserve_cards(&tenant, sku, first, 1, until, t0())
+        .await
+        .unwrap();
+    let second = id(OrderId::generate);
+    assert!(
+        store
+            .reserve_cards(&tenant, sku, second, 1, until, t0())
+            .await
+            .is_err()
+    );
+    let later = until + Duration::seconds(1);
+    assert_eq!(store.stock(&tenant, sku, later).await.unwrap().available, 1);
+    let taken = store
+        .reserve_cards(
+            &tenant,
+            sku,
+            second,
+            1,
+            later + Duration::minutes(15),
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, held);
+    // The first order can no longer commit what it lost.
+    assert!(matches!(
+        store.commit_cards(&tenant, sku, first, 1, later).await,
+        Err(Error::OutOfStock { .. })
+    ));
+    assert_eq!(
+        store
+            .commit_cards(&tenant, sku, second, 1, later)
+            .await
+            .unwrap(),
+        held
+    );
+}
+
+/// 50 tasks racing to buy 10 keys: exactly 10 get keys, no key twice, 40 a clean out-of-stock.
+pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 10), t0())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        let (order, events) = order(&goods, &member(&format!("buyer-{n}")), 1);
+        tasks.push(tokio::spawn(async move {
+            let envs = envelopes(&order, &events);
+            let until = order.expires_at();
+            match store
+                .reserve_cards(&tenant, sku, order.id(), 1, until, t0())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            store.insert_order(&order, &envs, &[]).await?;
+            store.commit_cards(&tenant, sku, order.id(), 1, t0()).await
+        }));
+    }
+    let mut sold = Vec::new();
+    let mut out_of_stock = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(cards) => sold.extend(cards),
+            Err(Error::OutOfStock { .. }) => out_of_stock += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(sold.len(), 10);
+    assert_eq!(out_of_stock, 40);
+    assert_eq!(
+        sold.iter().collect::<HashSet<_>>().len(),
+        10,
+        "a key was sold twice"
+    );
+    let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+    assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 10));
+}
+
+fn notice(tenant: &TenantId, order: OrderId, txn: &str, minor: i64) -> PaymentNotice {
+    PaymentNotice {
+        tenant: tenant.clone(),
+        provider: "testpay".into(),
+        transaction_id: txn.into(),
+        order,
+        amount: quanyi_core::Money::from_minor(minor, quanyi_core::Currency::CNY),
+        received_at: t0(),
+        disposition: NoticeDisposition::Applied,
+    }
+}
+
+/// A notice is recorded once with its order change and job; a repeat writes nothing.
+pub async fn payment_notice_recorded_once(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let (mut order, events) = order(&goods, &member("dave"), 1);
+    store
+        .insert_order(&order, &envelopes(&order, &events), &[])
+        .await
+        .unwrap();
+    let loaded = order.version();
+    let n = notice(&tenant, order.id(), "txn-1", order.total().minor());
+    let payment = Payment {
+        provider: n.provider.clone(),
+        transaction_id: n.transaction_id.clone(),
+        amount: n.amount,
+        paid_at: t0(),
+    };
+    let ev = order.confirm_payment(payment, t0()).unwrap();
+    let envs = envelopes(&order, &ev);
+    let job = fixtures::job(&tenant, &format!("deliver:{}", order.id()), t0());
+    let change = OrderChange {
+        order: &order,
+        expected_version: loaded,
+        events: &envs,
+    };
+    assert_eq!(
+        store
+            .record_payment(&n, Some(change), Some(&job))
+            .await
+            .unwrap(),
+        RecordOutcome::Recorded
+    );
+    // The same transaction again: duplicate, nothing written (even with a different claim).
+    let mut again = n.clone();
+    again.amount = quanyi_core::Money::from_minor(1, quanyi_core::Currency::CNY);
+    assert_eq!(
+        store.record_payment(&again, None, None).await.unwrap(),
+        RecordOutcome::Duplicate(n.clone())
+    );
+    let stored = store.order(&tenant, order.id()).await.unwrap().unwrap();
+    assert_eq!(stored.status(), OrderStatus::Paid);
+    assert_eq!(
+        store
+            .payment_notice(&tenant, "testpay", "txn-1")
+            .await
+            .unwrap(),
+        Some(n)
+    );
+    assert_eq!(
+        store.job(job.id).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    // A notice for reconciliation is listed as such.
+    let mut odd = notice(&tenant, id(OrderId::generate), "txn-2", 5);
+    odd.disposition = NoticeDisposition::Reconcile {
+        reason: "unknown_order".into(),
+    };
+    store.record_payment(&odd, None, None).await.unwrap();
+    assert_eq!(
+        store.notices_to_reconcile(&tenant, 10).await.unwrap(),
+        vec![odd]
+    );
+}
+
+/// A notice whose order change is stale records nothing, so the caller can reload and retry.
+pub async fn payment_with_stale_order_writes_nothing(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let (mut order, events) = order(&goods, &member("erin"), 1);
+    store
+        .insert_order(&order, &envelopes(&order, &events), &[])
+        .await
+        .unwrap();
+    let n = notice(&tenant, order.id(), "txn-stale", order.total().minor());
+    let payment = Payment {
+        provider: n.provider.clone(),
+        transaction_id: n.transaction_id.clone(),
+        amount: n.amount,
+        paid_at: t0(),
+    };
+    let ev = order.confirm_payment(payment, t0()).unwrap();
+    let envs = envelopes(&order, &ev);
+    let job = fixtures::job(&tenant, "deliver:stale", t0());
+    let change = OrderChange {
+        order: &order,
+        expected_version: 99,
+        events: &envs,
+    };
+    assert_eq!(
+        kind_of(store.record_payment(&n, Some(change), Some(&job)).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    assert!(
+        store
+            .payment_notice(&tenant, "testpay", "txn-stale")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.job(job.id).await.unwrap().is_none());
+    let stored = store.order(&tenant, order.id()).await.unwrap().unwrap();
+    assert_eq!(stored.status(), OrderStatus::AwaitingPayment);
+}
+
+/// Unpaid orders past their deadline are listed oldest deadline first; paid ones are not.
+pub async fn unpaid_orders_due_in_deadline_order(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let (a, _) = order(&goods, &member("f1"), 1);
+    let (b, _) = order(&goods, &member("f2"), 1);
+    store.insert_order(&a, &[], &[]).await.unwrap();
+    store.insert_order(&b, &[], &[]).await.unwrap();
+    let before = store.unpaid_orders_due(t0(), 1000).await.unwrap();
+    assert!(!before.iter().any(|(t, _)| t == &tenant));
+    let due = store
+        .unpaid_orders_due(a.expires_at(), 100_000)
+        .await
+        .unwrap();
+    let mine: HashSet<OrderId> = due
+        .iter()
+        .filter(|(t, _)| t == &tenant)
+        .map(|(_, o)| *o)
+        .collect();
+    assert_eq!(mine, HashSet::from([a.id(), b.id()]));
+    let mut b2 = b.clone();
+    let v = b2.version();
+    let ev = b2.cancel("test".into(), t0()).unwrap();
+    let envs = envelopes(&b2, &ev);
+    store
+        .update_order(OrderChange {
+            order: &b2,
+            expected_version: v,
+            events: &envs,
+        })
+        .await
+        .unwrap();
+    let due = store
+        .unpaid_orders_due(a.expires_at(), 100_000)
+        .await
+        .unwrap();
+    let mine: Vec<OrderId> = due
+        .iter()
+        .filter(|(t, _)| t == &tenant)
+        .map(|(_, o)| *o)
+        .collect();
+    assert_eq!(mine, vec![a.id()]);
+}
+
+/// The event feed returns every event once, in write order, from any point.
+pub async fn events_feed_in_write_order(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let mut written: Vec<EventEnvelope> = Vec::new();
+    for n in 0..3 {
+        let (order, events) = order(&goods, &member(&format!("g{n}")), 1);
+        let envs = envelopes(&order, &events);
+        store.insert_order(&order, &envs, &[]).await.unwrap();
+        written.extend(envs);
+    }
+    let extra = envelopes(&order(&goods, &member("g9"), 1).0, &[]);
+    store.append_events(&extra).await.unwrap();
+    // Walk the whole feed in pages and keep this tenant's events.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.events_after(after, 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.into_iter().filter(|e| e.tenant == tenant));
+    }
+    assert_eq!(seen, written);
+    assert_eq!(
+        kind_of(store.append_events(&written[..1]).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+}
+
+/// Audit records are kept and listed newest first, per tenant.
+pub async fn audit_records_newest_first(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let mut records = Vec::new();
+    for (n, outcome) in [AuditOutcome::Allowed, AuditOutcome::Denied]
+        .into_iter()
+        .enumerate()
+    {
+        let r = AuditRecord {
+            id: id(quanyi_core::AuditId::generate),
+            tenant: tenant.clone(),
+            at: t0() + Duration::seconds(n as i64),
+            actor: "alice".into(),
+            action: AuditAction::Reveal,
+            subject: id(OrderId::generate).to_string(),
+            outcome,
+            detail: "2 cards".into(),
+        };
+        store.append_audit(&r).await.unwrap();
+        records.push(r);
+    }
+    records.reverse();
+    assert_eq!(store.audit_records(&tenant, 10).await.unwrap(), records);
+    assert_eq!(store.audit_records(&tenant, 1).await.unwrap().len(), 1);
+    assert!(
+        store
+            .audit_records(&fixtures::tenant(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Claims take due jobs under a lease; expired leases are claimable again; only the holder
+/// completes, retries or dead-letters.
+pub async fn jobs_lease_retry_and_dead_letter(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let job = fixtures::job(&tenant, "deliver:lease", t0());
+    store.enqueue(&job, t0()).await.unwrap();
+    let lease = Duration::seconds(30);
+    // Not due before run_at.
+    assert!(
+        store
+            .claim_job(job.id, "w1", t0() - Duration::seconds(1), lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claimed = store
+        .claim_job(job.id, "w1", t0(), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.attempts, 1);
+    // Held: another worker cannot claim or complete it.
+    assert!(
+        store
+            .claim_job(job.id, "w2", t0() + Duration::seconds(10), lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        kind_of(store.complete_job(job.id, "w2").await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    store
+        .heartbeat(job.id, "w1", t0() + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_job(job.id, "w2", t0() + Duration::seconds(45), lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The lease runs out: w2 takes it over, w1 has lost it.
+    let taken = store
+        .claim_job(job.id, "w2", t0() + Duration::seconds(61), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.attempts, 2);
+    assert_eq!(
+        kind_of(
+            store
+                .heartbeat(job.id, "w1", t0() + Duration::minutes(5))
+                .await
+        ),
+        quanyi_core::ErrorKind::Conflict
+    );
+    store
+        .retry_job(
+            job.id,
+            "w2",
+            t0() + Duration::minutes(5),
+            "supplier timeout",
+        )
+        .await
+        .unwrap();
+    let stored = store.job(job.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::Queued);
+    assert_eq!(stored.last_error.as_deref(), Some("supplier timeout"));
+    // claim_jobs finds it when due, with other tenants' jobs possibly around.
+    let later = t0() + Duration::minutes(5);
+    let mut found = None;
+    for _ in 0..100 {
+        let batch = store.claim_jobs("w3", later, lease, 50).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        if let Some(j) = batch.into_iter().find(|j| j.id == job.id) {
+            found = Some(j);
+            break;
+        }
+    }
+    let found = found.expect("due job claimed");
+    assert_eq!(found.attempts, 3);
+    store.dead_letter(job.id, "w3", "gave up").await.unwrap();
+    let dead = store.dead_jobs(&tenant, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].status,
+        JobStatus::Dead {
+            reason: "gave up".into()
+        }
+    );
+    assert!(
+        store
+            .claim_job(job.id, "w4", later + Duration::days(1), lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A completed job is never claimed again.
+    let done = fixtures::job(&tenant, "deliver:done", t0());
+    store.enqueue(&done, t0()).await.unwrap();
+    store
+        .claim_job(done.id, "w1", t0(), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    store.complete_job(done.id, "w1").await.unwrap();
+    assert_eq!(
+        store.job(done.id).await.unwrap().unwrap().status,
+        JobStatus::Done
+    );
+    assert!(
+        store
+            .claim_job(done.id, "w1", t0() + Duration::days(1), lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Enqueuing the same dedupe key twice returns the first job.
+pub async fn job_enqueue_is_idempotent(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let a = fixtures::job(&tenant, "deliver:x", t0());
+    let b = fixtures::job(&tenant, "deliver:x", t0());
+    assert_eq!(store.enqueue(&a, t0()).await.unwrap(), a.id);
+    assert_eq!(store.enqueue(&b, t0()).await.unwrap(), a.id);
+    assert!(store.job(b.id).await.unwrap().is_none());
+    let other = fixtures::tenant();
+    let c = fixtures::job(&other, "deliver:x", t0());
+    assert_eq!(store.enqueue(&c, t0()).await.unwrap(), c.id);
+}
+
+/// A key ring is stored once per tenant, updated by version, and its use counter never passes
+/// the limit.
+pub async fn key_ring_versions_and_use_limit(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let root = quanyi_vault::RootKey::from_bytes([7; 32]);
+    let (ring, wrapped) =
+        quanyi_vault::KeyRing::create(tenant.clone(), &root, t0(), &mut rand::thread_rng())
+            .unwrap();
+    assert!(store.key_ring(&tenant).await.unwrap().is_none());
+    store.insert_key_ring(&wrapped).await.unwrap();
+    assert_eq!(
+        kind_of(store.insert_key_ring(&wrapped).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    let (loaded, v1) = store.key_ring(&tenant).await.unwrap().unwrap();
+    assert_eq!(v1, 1);
+    assert_eq!(loaded, wrapped);
+    let key = ring.active_key_id();
+    assert_eq!(
+        store.reserve_key_uses(&tenant, key, 60, 100).await.unwrap(),
+        60
+    );
+    assert_eq!(
+        kind_of(store.reserve_key_uses(&tenant, key, 41, 100).await),
+        quanyi_core::ErrorKind::Exhausted
+    );
+    assert_eq!(
+        store.reserve_key_uses(&tenant, key, 40, 100).await.unwrap(),
+        100
+    );
+    let (after, v3) = store.key_ring(&tenant).await.unwrap().unwrap();
+    assert_eq!(v3, 3, "each reservation bumps the version");
+    assert_eq!(
+        after.keys.iter().find(|k| k.id == key).unwrap().encryptions,
+        100
+    );
+    // A writer that loaded version 1 cannot overwrite the counters.
+    assert_eq!(
+        kind_of(store.update_key_ring(&wrapped, 1).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    assert_eq!(store.update_key_ring(&after, 3).await.unwrap(), 4);
+    assert_eq!(
+        kind_of(store.reserve_key_uses(&tenant, KeyId(999), 1, 100).await),
+        quanyi_core::ErrorKind::NotFound
+    );
+}
+
+/// Resealed values replace the old ones only if the card is still under the expected key.
+pub async fn reseal_replaces_ciphertext(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    let batch = cards(sku, 3);
+    store.insert_cards(&tenant, &batch, t0()).await.unwrap();
+    let old = store.cards_sealed_with(&tenant, KeyId(1), 2).await.unwrap();
+    assert_eq!(old.len(), 2);
+    let fresh = SealedCard {
+        code: SealedValue::from_bytes(vec![9; 40]),
+        secret: None,
+    };
+    store
+        .replace_sealed(&tenant, old[0].id, KeyId(1), &fresh, KeyId(2))
+        .await
+        .unwrap();
+    let card = store.card(&tenant, old[0].id).await.unwrap().unwrap();
+    assert_eq!((card.key_id, &card.sealed), (KeyId(2), &fresh));
+    assert_eq!(
+        kind_of(
+            store
+                .replace_sealed(&tenant, old[0].id, KeyId(1), &fresh, KeyId(2))
+                .await
+        ),
+        quanyi_core::ErrorKind::Conflict
+    );
+    assert_eq!(
+        store
+            .cards_sealed_with(&tenant, KeyId(1), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .cards_sealed_with(&tenant, KeyId(2), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Nothing of one tenant is visible to another.
+pub async fn tenants_are_isolated(store: Arc<dyn Store>) {
+    let a = fixtures::tenant();
+    let b = fixtures::tenant();
+    let goods = card_goods(&a, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    store.insert_goods(&goods, &[]).await.unwrap();
+    let batch = cards(sku, 2);
+    store.insert_cards(&a, &batch, t0()).await.unwrap();
+    let (order, _) = order(&goods, &member("h"), 1);
+    store.insert_order(&order, &[], &[]).await.unwrap();
+    assert!(store.goods(&b, goods.id()).await.unwrap().is_none());
+    assert!(store.goods_by_sku(&b, sku).await.unwrap().is_none());
+    assert!(store.order(&b, order.id()).await.unwrap().is_none());
+    assert!(store.card(&b, batch[0].id).await.unwrap().is_none());
+    assert_eq!(store.stock(&b, sku, t0()).await.unwrap().available, 0);
+    assert!(
+        store
+            .reserve_cards(&b, sku, order.id(), 1, order.expires_at(), t0())
+            .await
+            .is_err()
+    );
+    // The same blind index is not a duplicate in another tenant.
+    let same = vec![fixtures::card_with_index(
+        sku,
+        id(BatchId::generate),
+        *batch[0].blind_index.as_bytes(),
+    )];
+    assert_eq!(
+        store
+            .insert_cards(&b, &same, t0())
+            .await
+            .unwrap()
+            .inserted
+            .len(),
+        1
+    );
+}

@@ -1,0 +1,142 @@
+//! Builders for the records tests need: goods, orders, events and sealed-looking cards.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use quanyi_core::{
+    BatchId, CardId, Currency, EventEnvelope, EventId, GoodsId, MemberId, Money, OrderId, SkuId,
+    TenantId,
+};
+use quanyi_goods::{Goods, GoodsDraft, GoodsKind, PurchaseLimits, SkuDraft, StockSource};
+use quanyi_order::{NewLine, Order, OrderEvent};
+use quanyi_storage::{NewCard, NewJob};
+use quanyi_vault::{BlindIndex, KeyId, SealedCard, SealedValue};
+use rand::RngCore;
+
+/// The instant fixtures start at: 2026-11-25 12:00 UTC.
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
+}
+
+/// A tenant unique to one test, so tests sharing a database never collide.
+pub fn tenant() -> TenantId {
+    let mut bytes = [0u8; 6];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    TenantId::new(format!("t-{suffix}")).expect("fixture tenant names are valid")
+}
+
+/// A member id.
+pub fn member(name: &str) -> MemberId {
+    MemberId::new(name).expect("fixture member names are valid")
+}
+
+/// A fresh time-ordered id of any id type.
+pub fn id<T>(make: fn(DateTime<Utc>, &mut dyn RngCore) -> T) -> T {
+    make(Utc::now(), &mut rand::thread_rng())
+}
+
+/// Card-key goods with one SKU priced 30.00 CNY from the vault pool, with optional limits.
+pub fn card_goods(tenant: &TenantId, limits: PurchaseLimits) -> Goods {
+    let sku = SkuDraft::new(
+        id(SkuId::generate),
+        "month card",
+        Money::from_minor(3000, Currency::CNY),
+    )
+    .with_stock(StockSource::VaultPool)
+    .with_limits(limits);
+    let draft = GoodsDraft {
+        title: "Video membership".into(),
+        kind: GoodsKind::CardKey,
+        skus: vec![sku],
+    };
+    Goods::new(id(GoodsId::generate), tenant.clone(), draft, t0()).expect("fixture goods are valid")
+}
+
+/// The first SKU of goods.
+pub fn first_sku(goods: &Goods) -> SkuId {
+    goods.skus()[0].id
+}
+
+/// An unpaid order for `quantity` of the goods' first SKU, due 15 minutes after [`t0`].
+pub fn order(goods: &Goods, member: &MemberId, quantity: u32) -> (Order, Vec<OrderEvent>) {
+    let sku = &goods.skus()[0];
+    let line = NewLine {
+        sku: sku.id,
+        goods: goods.id(),
+        kind: goods.kind().tag(),
+        title: goods.title().to_owned(),
+        quantity,
+        unit_price: sku.price,
+        account: None,
+    };
+    Order::place(
+        id(OrderId::generate),
+        goods.tenant().clone(),
+        member.clone(),
+        vec![line],
+        t0(),
+        t0() + Duration::minutes(15),
+    )
+    .expect("fixture orders are valid")
+}
+
+/// Wraps order events in envelopes numbered from the order's version.
+pub fn envelopes(order: &Order, events: &[OrderEvent]) -> Vec<EventEnvelope> {
+    let base = order.version().saturating_sub(events.len() as u64);
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            EventEnvelope::wrap(
+                id(EventId::generate),
+                order.tenant().clone(),
+                "order",
+                order.id().to_string(),
+                base + i as u64 + 1,
+                t0(),
+                e,
+            )
+            .expect("order events serialize")
+        })
+        .collect()
+}
+
+/// `n` cards for a SKU with random blind indexes and ciphertext-shaped bytes.
+pub fn cards(sku: SkuId, n: usize) -> Vec<NewCard> {
+    let batch = id(BatchId::generate);
+    (0..n)
+        .map(|_| {
+            let mut index = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut index);
+            card_with_index(sku, batch, index)
+        })
+        .collect()
+}
+
+/// One card with a chosen blind index.
+pub fn card_with_index(sku: SkuId, batch: BatchId, index: [u8; 32]) -> NewCard {
+    let mut bytes = vec![0u8; 48];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    NewCard {
+        id: id(CardId::generate),
+        sku,
+        batch,
+        blind_index: BlindIndex::from_bytes(index),
+        sealed: SealedCard {
+            code: SealedValue::from_bytes(bytes),
+            secret: None,
+        },
+        key_id: KeyId(1),
+    }
+}
+
+/// A job to deliver an order.
+pub fn job(tenant: &TenantId, key: &str, run_at: DateTime<Utc>) -> NewJob {
+    NewJob {
+        id: id(quanyi_core::JobId::generate),
+        tenant: tenant.clone(),
+        kind: "deliver_order".into(),
+        dedupe_key: key.to_owned(),
+        payload: serde_json::json!({ "key": key }),
+        run_at,
+    }
+}

@@ -1,0 +1,49 @@
+#![doc = include_str!("../README.md")]
+// Test support: a failed expectation here is a failed test, so panicking is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod conformance;
+pub mod fixtures;
+
+/// Generates one `#[tokio::test]` per conformance case for a storage adapter.
+///
+/// `$factory` is an async function or closure returning `Option<Arc<dyn Store>>`; `None` means
+/// the adapter's service is not configured and the case is skipped (the factory prints why).
+#[macro_export]
+macro_rules! storage_conformance {
+    ($factory:expr) => {
+        $crate::storage_conformance!(@cases $factory;
+            goods_round_trip,
+            goods_stale_version_conflicts,
+            order_round_trip_with_events,
+            order_stale_version_conflicts,
+            member_limit_is_atomic,
+            duplicate_blind_index_is_skipped,
+            reserve_is_idempotent,
+            reserve_out_of_stock_changes_nothing,
+            commit_is_idempotent_and_final,
+            release_returns_cards_to_stock,
+            expired_reservation_is_free_again,
+            concurrent_buyers_never_oversell,
+            payment_notice_recorded_once,
+            payment_with_stale_order_writes_nothing,
+            unpaid_orders_due_in_deadline_order,
+            events_feed_in_write_order,
+            audit_records_newest_first,
+            jobs_lease_retry_and_dead_letter,
+            job_enqueue_is_idempotent,
+            key_ring_versions_and_use_limit,
+            reseal_replaces_ciphertext,
+            tenants_are_isolated
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(store) = ($factory)().await else { return };
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,29 @@
+#![doc = include_str!("../README.md")]
+#![deny(clippy::float_arithmetic)]
+
+mod error;
+pub mod import;
+mod index;
+mod ring;
+mod root;
+mod sealed;
+mod secret;
+
+pub use error::{Error, InvalidReason, Result};
+pub use import::{
+    DuplicateLine, ImportFormat, ImportOptions, ImportPlan, MalformedLine, MalformedReason,
+    ParsedCard, ParsedImport, PlannedCard, parse_import,
+};
+pub use index::{BlindIndex, normalise};
+pub use ring::{
+    DEFAULT_KEY_USE_LIMIT, KeyId, KeyRing, KeyState, WrappedDataKey, WrappedKeyRing, needs_rotation,
+};
+pub use root::{EnvKeyProvider, FileKeyProvider, KeyProvider, RootKey, StaticKeyProvider};
+pub use sealed::{
+    FORMAT_VERSION, Field, HEADER_LEN, MAGIC, NONCE_LEN, SUITE_AES256GCM, SealContext, SealedCard,
+    SealedValue, TAG_LEN,
+};
+pub use secret::{CardCode, CardKey, CardSecret, MAX_CODE_CHARS};
+
+#[cfg(test)]
+mod tests;

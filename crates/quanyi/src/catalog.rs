@@ -1,0 +1,76 @@
+//! Goods and SKUs.
+
+use quanyi_core::{GoodsId, SkuId};
+use quanyi_goods::{Goods, GoodsDraft, Shelf};
+
+use crate::events::CatalogEvent;
+use crate::{Error, Result, Shop};
+
+impl Shop {
+    /// Creates goods with their SKUs.
+    ///
+    /// ```
+    /// # use quanyi::*;
+    /// # async fn demo(shop: &Shop) -> Result<()> {
+    /// let sku = SkuDraft::new(SkuId::generate(chrono::Utc::now(), &mut rand::thread_rng()),
+    ///     "30 days", Money::parse("19.90", Currency::CNY)?).with_stock(StockSource::VaultPool);
+    /// let goods = shop.create_goods(GoodsDraft {
+    ///     title: "Video membership month card".into(),
+    ///     kind: GoodsKind::CardKey,
+    ///     skus: vec![sku],
+    /// }).await?;
+    /// # let _ = goods; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Goods`] when the draft breaks a catalog rule; [`Error::Storage`].
+    pub async fn create_goods(&self, draft: GoodsDraft) -> Result<Goods> {
+        let now = self.now();
+        let id = GoodsId::generate(now, &mut rand::thread_rng());
+        let goods = Goods::new(id, self.tenant.clone(), draft, now)?;
+        let event = CatalogEvent::GoodsCreated {
+            goods: id,
+            title: goods.title().to_owned(),
+            kind: goods.kind().tag().as_str(),
+            skus: goods.skus().len(),
+        };
+        let events = self.envelopes("goods", id.to_string(), goods.version(), &[event], now)?;
+        self.store_ref().insert_goods(&goods, &events).await?;
+        tracing::info!(goods = %id, skus = goods.skus().len(), "goods created");
+        Ok(goods)
+    }
+
+    /// The goods that hold a SKU.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`]; [`Error::Storage`].
+    pub async fn goods_of(&self, sku: SkuId) -> Result<Goods> {
+        self.store_ref()
+            .goods_by_sku(&self.tenant, sku)
+            .await?
+            .ok_or(Error::UnknownSku(sku))
+    }
+
+    /// Puts a SKU on or off the shelf. Off-shelf SKUs cannot be quoted or ordered.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`]; [`Error::Storage`] (a `conflict` when another writer got there
+    /// first: reload and retry).
+    pub async fn set_shelf(&self, sku: SkuId, shelf: Shelf) -> Result<Goods> {
+        let mut goods = self.goods_of(sku).await?;
+        let expected = goods.version();
+        goods.set_shelf(sku, shelf)?;
+        let now = self.now();
+        let events = self.envelopes(
+            "goods",
+            goods.id().to_string(),
+            goods.version(),
+            &[CatalogEvent::ShelfChanged { sku, shelf }],
+            now,
+        )?;
+        self.store_ref()
+            .update_goods(&goods, expected, &events)
+            .await?;
+        Ok(goods)
+    }
+}

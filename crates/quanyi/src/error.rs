@@ -1,0 +1,202 @@
+//! The facade's error: every failure a host sees, each with a stable `code()`.
+
+use quanyi_core::{ErrorKind, Money, MoneyError, OrderId, SkuId};
+use quanyi_vault::MalformedLine;
+
+/// Why a shop operation failed. Match on [`Error::code`] in APIs and UIs; it never changes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No SKU with this id in this shop.
+    #[error("unknown sku {0}")]
+    UnknownSku(SkuId),
+    /// No order with this id in this shop.
+    #[error("unknown order {0}")]
+    UnknownOrder(OrderId),
+    /// The cart has no lines.
+    #[error("the cart is empty")]
+    EmptyCart,
+    /// A quantity is zero, negative or too large.
+    #[error("invalid quantity {0}")]
+    InvalidQuantity(i64),
+    /// Amounts in different currencies were mixed.
+    #[error("currency mismatch: expected {expected}, got {got}")]
+    CurrencyMismatch {
+        /// The order's or cart's currency.
+        expected: quanyi_core::Currency,
+        /// The other currency.
+        got: quanyi_core::Currency,
+    },
+    /// Not enough stock; nothing was reserved.
+    #[error("out of stock for {sku}: requested {requested}, available {available}")]
+    OutOfStock {
+        /// The SKU.
+        sku: SkuId,
+        /// How many were asked for.
+        requested: u32,
+        /// How many are free.
+        available: u64,
+    },
+    /// A per-member purchase limit would be exceeded.
+    #[error(
+        "purchase limit for {sku} exceeded: limit {limit}, already {already}, requested {requested}"
+    )]
+    MemberLimitExceeded {
+        /// The SKU.
+        sku: SkuId,
+        /// The limit.
+        limit: u32,
+        /// Held in live orders.
+        already: u64,
+        /// In this order.
+        requested: u32,
+    },
+    /// A payment notice's amount differs from the order's total. The notice is kept for
+    /// reconciliation; the order is unchanged.
+    #[error("payment amount mismatch: expected {expected}, got {got}")]
+    AmountMismatch {
+        /// The order total.
+        expected: Money,
+        /// The notice's amount.
+        got: Money,
+    },
+    /// A payment notice names an order that cannot be paid (unknown, expired, cancelled or
+    /// already paid by another transaction). The notice is kept for reconciliation.
+    #[error("order {order} cannot take this payment: {reason}")]
+    NotPayable {
+        /// The order named by the notice.
+        order: OrderId,
+        /// unknown_order, order_expired, order_cancelled, already_paid or not_payable.
+        reason: &'static str,
+    },
+    /// The engine has no fulfilment for this kind of goods yet; nothing was ordered.
+    #[error("{kind} goods cannot be fulfilled by this shop yet (sku {sku})")]
+    NotFulfillable {
+        /// The SKU.
+        sku: SkuId,
+        /// The goods kind.
+        kind: &'static str,
+    },
+    /// Card keys can be imported only into a SKU stocked from the vault pool.
+    #[error("sku {0} is not stocked from the vault")]
+    NotVaultStocked(SkuId),
+    /// The import has malformed lines and was not imported (ask to skip bad lines to import the
+    /// rest).
+    #[error("import rejected: {} malformed line(s)", malformed.len())]
+    ImportRejected {
+        /// The malformed lines, by line number.
+        malformed: Vec<MalformedLine>,
+    },
+    /// The card keys cannot be revealed: the same answer whether the order is unknown, belongs
+    /// to someone else, is not delivered, or a ciphertext fails to open. Every attempt is audited.
+    #[error("card keys cannot be revealed")]
+    RevealDenied,
+    /// The caller's input is malformed.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A goods rule refused the request.
+    #[error(transparent)]
+    Goods(#[from] quanyi_goods::Error),
+    /// An order rule refused the request.
+    #[error(transparent)]
+    Order(#[from] quanyi_order::Error),
+    /// Money arithmetic failed.
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+    /// The vault refused.
+    #[error("vault: {0}")]
+    Vault(#[from] quanyi_vault::Error),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[source] quanyi_storage::Error),
+}
+
+impl From<quanyi_storage::Error> for Error {
+    fn from(e: quanyi_storage::Error) -> Self {
+        match e {
+            quanyi_storage::Error::OutOfStock {
+                sku,
+                requested,
+                available,
+            } => Error::OutOfStock {
+                sku,
+                requested,
+                available,
+            },
+            quanyi_storage::Error::MemberLimitExceeded {
+                sku,
+                limit,
+                already,
+                requested,
+            } => Error::MemberLimitExceeded {
+                sku,
+                limit,
+                already,
+                requested,
+            },
+            other => Error::Storage(other),
+        }
+    }
+}
+
+impl Error {
+    /// A stable snake_case code for APIs and UIs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::UnknownSku(_) => "unknown_sku",
+            Error::UnknownOrder(_) => "unknown_order",
+            Error::EmptyCart => "empty_cart",
+            Error::InvalidQuantity(_) => "invalid_quantity",
+            Error::CurrencyMismatch { .. } => "currency_mismatch",
+            Error::OutOfStock { .. } => "out_of_stock",
+            Error::MemberLimitExceeded { .. } => "limit_exceeded",
+            Error::AmountMismatch { .. } => "amount_mismatch",
+            Error::NotPayable { .. } => "not_payable",
+            Error::NotFulfillable { .. } => "not_fulfillable",
+            Error::NotVaultStocked(_) => "not_vault_stocked",
+            Error::ImportRejected { .. } => "import_rejected",
+            Error::RevealDenied => "reveal_denied",
+            Error::InvalidInput(_) => "invalid_input",
+            Error::Goods(e) => e.code(),
+            Error::Order(e) => e.code(),
+            Error::Money(_) => "invalid_amount",
+            Error::Vault(e) => match e.kind() {
+                ErrorKind::Unavailable => "vault_unavailable",
+                ErrorKind::Invalid => "invalid_card_key",
+                _ => "vault_error",
+            },
+            Error::Storage(e) => match e.kind() {
+                ErrorKind::Conflict => "conflict",
+                ErrorKind::NotFound => "not_found",
+                ErrorKind::Unavailable => "storage_unavailable",
+                _ => "storage_error",
+            },
+        }
+    }
+
+    /// The driver-neutral kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::UnknownSku(_) | Error::UnknownOrder(_) => ErrorKind::NotFound,
+            Error::OutOfStock { .. } | Error::MemberLimitExceeded { .. } => ErrorKind::Exhausted,
+            Error::RevealDenied => ErrorKind::Forbidden,
+            Error::NotPayable { .. } => ErrorKind::Conflict,
+            Error::Goods(e) => e.kind(),
+            Error::Order(e) => e.kind(),
+            Error::Money(e) => e.kind(),
+            Error::Vault(e) => e.kind(),
+            Error::Storage(e) => e.kind(),
+            Error::EmptyCart
+            | Error::InvalidQuantity(_)
+            | Error::CurrencyMismatch { .. }
+            | Error::AmountMismatch { .. }
+            | Error::NotFulfillable { .. }
+            | Error::NotVaultStocked(_)
+            | Error::ImportRejected { .. }
+            | Error::InvalidInput(_) => ErrorKind::Invalid,
+        }
+    }
+}
+
+/// Result of a shop operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,205 @@
+//! Delivery of paid orders and the durable jobs that guarantee it.
+
+use std::collections::BTreeMap;
+
+use chrono::Duration;
+use quanyi_core::{JobId, OrderId, SkuId};
+use quanyi_goods::KindTag;
+use quanyi_order::{LineStatus, Order, OrderStatus};
+use quanyi_storage::{Job, OrderChange};
+
+use crate::sales::DELIVER_ORDER_JOB;
+use crate::{Error, Result, Shop};
+
+/// A job is given up (dead-lettered) after this many attempts.
+pub const MAX_JOB_ATTEMPTS: u32 = 10;
+
+/// What one [`Shop::run_due_jobs`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobRun {
+    /// Jobs finished.
+    pub done: usize,
+    /// Jobs put back for a later attempt.
+    pub retried: usize,
+    /// Jobs given up.
+    pub dead: usize,
+}
+
+impl Shop {
+    /// Runs the delivery job recorded with a payment right away, if no worker holds it.
+    pub(crate) async fn deliver_now(&self, job: JobId, order: OrderId) -> Result<Order> {
+        let store = self.store_ref();
+        let worker = &self.inner.worker;
+        let Some(job) = store
+            .claim_job(job, worker, self.now(), self.inner.lease)
+            .await?
+        else {
+            return self.order(order).await;
+        };
+        self.finish_job(&job).await?;
+        self.order(order).await
+    }
+
+    /// Delivers a paid order: commits its reserved card keys (the same ones on every retry),
+    /// records each line delivered, and moves the order to delivered. A line whose keys cannot be
+    /// found is marked failed, and the order ends partially delivered or refund pending.
+    /// Repeating the call on a delivered order changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::UnknownOrder`]; [`Error::Storage`].
+    pub async fn deliver(&self, id: OrderId) -> Result<Order> {
+        let store = self.store_ref();
+        for _ in 0..5 {
+            let mut order = self.order(id).await?;
+            let expected = order.version();
+            let now = self.now();
+            let mut events = match order.status() {
+                OrderStatus::Paid => order.start_fulfilment(now)?,
+                OrderStatus::Fulfilling => Vec::new(),
+                _ => return Ok(order),
+            };
+            // Card-key lines, grouped by SKU: one commit per SKU, split over its lines.
+            let mut per_sku: BTreeMap<SkuId, Vec<(u16, u32)>> = BTreeMap::new();
+            let mut other = Vec::new();
+            for line in order.lines() {
+                if line.status != LineStatus::Pending {
+                    continue;
+                }
+                if line.kind == KindTag::CardKey {
+                    per_sku
+                        .entry(line.sku)
+                        .or_default()
+                        .push((line.no, line.quantity));
+                } else {
+                    other.push((line.no, line.kind));
+                }
+            }
+            for (sku, lines) in per_sku {
+                let total: u32 = lines.iter().map(|(_, q)| *q).sum();
+                match store.commit_cards(&self.tenant, sku, id, total, now).await {
+                    Ok(cards) => {
+                        let mut rest = cards.as_slice();
+                        for (no, quantity) in lines {
+                            let n = usize::try_from(quantity)
+                                .unwrap_or(usize::MAX)
+                                .min(rest.len());
+                            let (mine, tail) = rest.split_at(n);
+                            rest = tail;
+                            events.extend(order.deliver_line(no, mine.to_vec(), quantity, now)?);
+                        }
+                    }
+                    Err(quanyi_storage::Error::OutOfStock { .. }) => {
+                        for (no, _) in lines {
+                            events.extend(order.fail_line(no, "out_of_stock".into(), now)?);
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for (no, kind) in other {
+                events.extend(order.fail_line(
+                    no,
+                    format!("no fulfilment for {} goods", kind.as_str()),
+                    now,
+                )?);
+            }
+            events.extend(order.finish_fulfilment(now)?);
+            let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
+            match store
+                .update_order(OrderChange {
+                    order: &order,
+                    expected_version: expected,
+                    events: &envs,
+                })
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(order = %id, status = %order.status(), "order fulfilled");
+                    return Ok(order);
+                }
+                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "order",
+            id,
+            "kept changing during delivery",
+        )))
+    }
+
+    /// Claims due jobs of every tenant (delivery of paid orders, including those a stopped
+    /// process left behind once their lease ran out) and runs them. Failed jobs are retried with
+    /// exponential backoff, and given up after [`MAX_JOB_ATTEMPTS`].
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when jobs cannot be claimed or their outcome cannot be recorded.
+    pub async fn run_due_jobs(&self, limit: usize) -> Result<JobRun> {
+        let store = self.store_ref();
+        let jobs = store
+            .claim_jobs(&self.inner.worker, self.now(), self.inner.lease, limit)
+            .await?;
+        let mut run = JobRun::default();
+        for job in jobs {
+            match self.finish_job(&job).await? {
+                JobEnd::Done => run.done += 1,
+                JobEnd::Retried => run.retried += 1,
+                JobEnd::Dead => run.dead += 1,
+            }
+        }
+        Ok(run)
+    }
+
+    /// Runs a claimed job and records how it ended.
+    async fn finish_job(&self, job: &Job) -> Result<JobEnd> {
+        let store = self.store_ref();
+        let worker = &self.inner.worker;
+        let shop = self.with_tenant(job.tenant.clone());
+        let result = match job.kind.as_str() {
+            DELIVER_ORDER_JOB => match job
+                .payload
+                .get("order")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse::<OrderId>().ok())
+            {
+                Some(order) => shop.deliver(order).await.map(|_| ()),
+                None => {
+                    store
+                        .dead_letter(job.id, worker, "malformed payload")
+                        .await?;
+                    return Ok(JobEnd::Dead);
+                }
+            },
+            other => {
+                let reason = format!("unknown job kind {}", quanyi_core::text::clip(other));
+                store.dead_letter(job.id, worker, &reason).await?;
+                return Ok(JobEnd::Dead);
+            }
+        };
+        match result {
+            Ok(()) => {
+                store.complete_job(job.id, worker).await?;
+                Ok(JobEnd::Done)
+            }
+            Err(e) if job.attempts >= MAX_JOB_ATTEMPTS || !e.kind().is_transient() => {
+                tracing::error!(job = %job.id, error = %e, "job given up");
+                store.dead_letter(job.id, worker, &e.to_string()).await?;
+                Ok(JobEnd::Dead)
+            }
+            Err(e) => {
+                let backoff = Duration::seconds(1_i64 << job.attempts.min(12));
+                tracing::warn!(job = %job.id, error = %e, "job will be retried");
+                store
+                    .retry_job(job.id, worker, self.now() + backoff, &e.to_string())
+                    .await?;
+                Ok(JobEnd::Retried)
+            }
+        }
+    }
+}
+
+enum JobEnd {
+    Done,
+    Retried,
+    Dead,
+}

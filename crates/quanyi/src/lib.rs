@@ -1,0 +1,41 @@
+#![doc = include_str!("../../../README.md")]
+
+mod cards;
+mod catalog;
+mod error;
+mod events;
+mod fulfil;
+mod sales;
+mod shop;
+
+pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
+pub use error::{Error, Result};
+pub use fulfil::{JobRun, MAX_JOB_ATTEMPTS};
+pub use sales::{
+    CartLine, DELIVER_ORDER_JOB, PaymentNotification, PaymentReceipt, PriceSource, Quote, QuoteLine,
+};
+pub use shop::{DEFAULT_RESERVATION_TTL_MINUTES, Shop, ShopBuilder};
+
+pub use quanyi_core::{
+    CardId, Clock, Currency, Decimal, ErrorKind, EventEnvelope, GoodsId, ManualClock, MemberId,
+    Money, OrderId, Rounding, SkuId, SystemClock, TenantId, chrono,
+};
+pub use quanyi_goods::{
+    AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, PurchaseLimits, Shelf,
+    Sku, SkuDraft, StockSource,
+};
+pub use quanyi_order::{LineStatus, Order, OrderLine, OrderStatus};
+pub use quanyi_storage::{MemoryStore, StockCount, Store};
+pub use quanyi_vault::{
+    CardCode, CardKey, CardSecret, EnvKeyProvider, FileKeyProvider, ImportFormat, ImportOptions,
+    KeyId, KeyProvider, RootKey, StaticKeyProvider,
+};
+
+/// The crates behind the facade, for hosts that need more than the re-exports.
+pub mod crates {
+    pub use quanyi_core as core;
+    pub use quanyi_goods as goods;
+    pub use quanyi_order as order;
+    pub use quanyi_storage as storage;
+    pub use quanyi_vault as vault;
+}

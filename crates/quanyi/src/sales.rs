@@ -1,0 +1,502 @@
+//! Quote, place order, payment notices, cancel and expiry.
+
+use std::collections::{BTreeMap, HashMap};
+
+use quanyi_core::{Currency, JobId, MemberId, Money, OrderId, SkuId};
+use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
+use quanyi_order::{NewLine, Order, OrderStatus, Payment};
+use quanyi_storage::{
+    MemberLimit, NewJob, NoticeDisposition, OrderChange, PaymentNotice, RecordOutcome,
+};
+
+use crate::{Error, Result, Shop};
+
+/// The job kind that delivers a paid order.
+pub const DELIVER_ORDER_JOB: &str = "deliver_order";
+
+/// One line of a cart, as a host receives it. The quantity is signed so that a zero or
+/// negative quantity from a client is a typed error rather than a parse failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartLine {
+    /// The SKU.
+    pub sku: SkuId,
+    /// How many.
+    pub quantity: i64,
+    /// The account to top up, for direct top-up goods.
+    pub account: Option<String>,
+}
+
+impl CartLine {
+    /// A line of `quantity` of `sku`.
+    pub fn new(sku: SkuId, quantity: i64) -> Self {
+        CartLine {
+            sku,
+            quantity,
+            account: None,
+        }
+    }
+
+    /// The account a direct top-up credits.
+    pub fn with_account(mut self, account: impl Into<String>) -> Self {
+        self.account = Some(account.into());
+        self
+    }
+}
+
+/// Where a quoted price comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PriceSource {
+    /// The SKU's list price.
+    ListPrice,
+}
+
+/// A priced cart line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuoteLine {
+    /// What was checked and priced.
+    pub check: PurchaseCheck,
+    /// The goods of the SKU.
+    pub goods: quanyi_core::GoodsId,
+    /// Why this price.
+    pub source: PriceSource,
+}
+
+/// A priced cart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    /// The lines in cart order.
+    pub lines: Vec<QuoteLine>,
+    /// The sum of the lines.
+    pub total: Money,
+}
+
+/// What a payment notice did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaymentReceipt {
+    /// The order after the payment (delivered, when delivery finished inline).
+    pub order: Order,
+    /// True when this transaction had been recorded before and nothing changed now.
+    pub repeated: bool,
+}
+
+/// A payment provider's notice that an order was paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentNotification {
+    /// The provider, for example `alipay` or `wechatpay`.
+    pub provider: String,
+    /// The provider's transaction id: a notice is applied once per transaction.
+    pub transaction_id: String,
+    /// The order the payment is for.
+    pub order: OrderId,
+    /// The amount paid.
+    pub amount: Money,
+}
+
+fn check_reference(what: &str, text: &str) -> Result<()> {
+    let ok = !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "{what} must be 1 to 128 printable ASCII characters: {}",
+            quanyi_core::text::clip(text)
+        )))
+    }
+}
+
+fn can_fulfil(check: &PurchaseCheck) -> bool {
+    check.kind == KindTag::CardKey && check.stock == StockSource::VaultPool
+}
+
+impl Shop {
+    /// Prices a cart at list prices, checking every line as an order would (shelf, quantity,
+    /// per-order limits, top-up accounts, one currency).
+    ///
+    /// # Errors
+    /// [`Error::EmptyCart`]; [`Error::InvalidQuantity`]; [`Error::UnknownSku`];
+    /// [`Error::Goods`] (off shelf, limit, account); [`Error::CurrencyMismatch`]; [`Error::Money`].
+    pub async fn quote(&self, cart: &[CartLine]) -> Result<Quote> {
+        if cart.is_empty() {
+            return Err(Error::EmptyCart);
+        }
+        let mut goods_cache: HashMap<SkuId, Goods> = HashMap::new();
+        let mut lines = Vec::with_capacity(cart.len());
+        let mut currency: Option<Currency> = None;
+        let mut total: Option<Money> = None;
+        for line in cart {
+            let quantity = u32::try_from(line.quantity)
+                .ok()
+                .filter(|q| *q > 0)
+                .ok_or(Error::InvalidQuantity(line.quantity))?;
+            let goods = match goods_cache.get(&line.sku) {
+                Some(g) => g,
+                None => {
+                    let g = self.goods_of(line.sku).await?;
+                    goods_cache.entry(line.sku).or_insert(g)
+                }
+            };
+            let check = goods.check_purchase(line.sku, quantity, line.account.as_deref())?;
+            let expected = *currency.get_or_insert(check.amount.currency());
+            if check.amount.currency() != expected {
+                return Err(Error::CurrencyMismatch {
+                    expected,
+                    got: check.amount.currency(),
+                });
+            }
+            total = Some(match total {
+                None => check.amount,
+                Some(t) => t.checked_add(check.amount)?,
+            });
+            lines.push(QuoteLine {
+                check,
+                goods: goods.id(),
+                source: PriceSource::ListPrice,
+            });
+        }
+        let total = total.ok_or(Error::EmptyCart)?;
+        Ok(Quote { lines, total })
+    }
+
+    /// Places an order: checks the cart as [`quote`](Shop::quote) does, reserves card keys until
+    /// the order's payment deadline, and stores the order with per-member limits checked
+    /// atomically. Nothing is reserved when anything fails.
+    ///
+    /// # Errors
+    /// As [`quote`](Shop::quote); [`Error::NotFulfillable`]; [`Error::OutOfStock`];
+    /// [`Error::MemberLimitExceeded`]; [`Error::Storage`].
+    pub async fn place_order(&self, member: &MemberId, cart: &[CartLine]) -> Result<Order> {
+        let quote = self.quote(cart).await?;
+        if let Some(bad) = quote.lines.iter().find(|l| !can_fulfil(&l.check)) {
+            return Err(Error::NotFulfillable {
+                sku: bad.check.sku,
+                kind: bad.check.kind.as_str(),
+            });
+        }
+        let now = self.now();
+        let expires_at = now + self.inner.reservation_ttl;
+        let id = OrderId::generate(now, &mut rand::thread_rng());
+        let new_lines = quote
+            .lines
+            .iter()
+            .map(|l| NewLine::from_check(l.goods, &l.check))
+            .collect();
+        let (order, events) = Order::place(
+            id,
+            self.tenant.clone(),
+            member.clone(),
+            new_lines,
+            now,
+            expires_at,
+        )?;
+        // One reservation per SKU, in a stable order.
+        let mut per_sku: BTreeMap<SkuId, (u32, Option<u32>)> = BTreeMap::new();
+        for l in &quote.lines {
+            let entry = per_sku
+                .entry(l.check.sku)
+                .or_insert((0, l.check.per_member_limit));
+            entry.0 = entry
+                .0
+                .checked_add(l.check.quantity)
+                .ok_or(Error::InvalidQuantity(i64::from(l.check.quantity)))?;
+        }
+        let store = self.store_ref();
+        for (sku, (quantity, _)) in &per_sku {
+            if let Err(e) = store
+                .reserve_cards(&self.tenant, *sku, id, *quantity, expires_at, now)
+                .await
+            {
+                self.release_quietly(id).await;
+                return Err(e.into());
+            }
+        }
+        let limits: Vec<MemberLimit> = per_sku
+            .iter()
+            .filter_map(|(sku, (_, limit))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
+            .collect();
+        let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
+        if let Err(e) = store.insert_order(&order, &envs, &limits).await {
+            self.release_quietly(id).await;
+            return Err(e.into());
+        }
+        tracing::info!(order = %id, total = %order.total(), "order placed");
+        Ok(order)
+    }
+
+    /// Releases an order's reservations after a failed placement. A failure here is harmless:
+    /// reservations run out at their deadline by themselves.
+    async fn release_quietly(&self, order: OrderId) {
+        if let Err(e) = self.store_ref().release_cards(&self.tenant, order).await {
+            tracing::warn!(%order, error = %e, "release after failed placement");
+        }
+    }
+
+    /// An order by id.
+    ///
+    /// # Errors
+    /// [`Error::UnknownOrder`]; [`Error::Storage`].
+    pub async fn order(&self, id: OrderId) -> Result<Order> {
+        self.store_ref()
+            .order(&self.tenant, id)
+            .await?
+            .ok_or(Error::UnknownOrder(id))
+    }
+
+    /// Applies a payment provider's notice, once per transaction id. The amount and currency
+    /// must equal the order's total. A paid order is delivered right away (and, should this
+    /// process stop first, by the delivery job recorded with the payment).
+    ///
+    /// A notice that cannot be applied (unknown, expired, cancelled or already-paid order, or a
+    /// wrong amount) is kept for reconciliation, changes no order, delivers nothing, and returns
+    /// the same error each time it is repeated. Acknowledge such notices to the provider.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a malformed provider or transaction id (nothing recorded);
+    /// [`Error::AmountMismatch`]; [`Error::CurrencyMismatch`]; [`Error::NotPayable`];
+    /// [`Error::Storage`].
+    pub async fn confirm_payment(&self, notice: PaymentNotification) -> Result<PaymentReceipt> {
+        check_reference("provider", &notice.provider)?;
+        check_reference("transaction id", &notice.transaction_id)?;
+        let store = self.store_ref();
+        for _ in 0..5 {
+            if let Some(first) = store
+                .payment_notice(&self.tenant, &notice.provider, &notice.transaction_id)
+                .await?
+            {
+                return self.replay(&first).await;
+            }
+            let now = self.now();
+            let order = store.order(&self.tenant, notice.order).await?;
+            let mut record = PaymentNotice {
+                tenant: self.tenant.clone(),
+                provider: notice.provider.clone(),
+                transaction_id: notice.transaction_id.clone(),
+                order: notice.order,
+                amount: notice.amount,
+                received_at: now,
+                disposition: NoticeDisposition::Applied,
+            };
+            let reason = match &order {
+                None => Some("unknown_order"),
+                Some(o) => payability(o, &notice, now),
+            };
+            let outcome = match (reason, order) {
+                (Some(reason), _) => {
+                    record.disposition = NoticeDisposition::Reconcile {
+                        reason: reason.to_owned(),
+                    };
+                    store.record_payment(&record, None, None).await
+                }
+                (None, None) => continue,
+                (None, Some(mut order)) => {
+                    let expected = order.version();
+                    let events = order.confirm_payment(
+                        Payment {
+                            provider: notice.provider.clone(),
+                            transaction_id: notice.transaction_id.clone(),
+                            amount: notice.amount,
+                            paid_at: now,
+                        },
+                        now,
+                    )?;
+                    let envs = self.envelopes(
+                        "order",
+                        order.id().to_string(),
+                        order.version(),
+                        &events,
+                        now,
+                    )?;
+                    let job = NewJob {
+                        id: JobId::generate(now, &mut rand::thread_rng()),
+                        tenant: self.tenant.clone(),
+                        kind: DELIVER_ORDER_JOB.into(),
+                        dedupe_key: format!("deliver:{}", order.id()),
+                        payload: serde_json::json!({ "order": order.id() }),
+                        run_at: now,
+                    };
+                    let change = OrderChange {
+                        order: &order,
+                        expected_version: expected,
+                        events: &envs,
+                    };
+                    match store
+                        .record_payment(&record, Some(change), Some(&job))
+                        .await
+                    {
+                        Ok(RecordOutcome::Recorded) => {
+                            tracing::info!(order = %order.id(), "order paid");
+                            let order = self.deliver_now(job.id, order.id()).await?;
+                            return Ok(PaymentReceipt {
+                                order,
+                                repeated: false,
+                            });
+                        }
+                        other => other,
+                    }
+                }
+            };
+            match outcome {
+                Ok(RecordOutcome::Recorded) => return self.replay(&record).await,
+                Ok(RecordOutcome::Duplicate(first)) => return self.replay(&first).await,
+                // The order changed between our read and our write: decide again.
+                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "order",
+            notice.order,
+            "kept changing while applying a payment",
+        )))
+    }
+
+    /// The answer to a notice already recorded: the same every time it is repeated.
+    async fn replay(&self, first: &PaymentNotice) -> Result<PaymentReceipt> {
+        match &first.disposition {
+            NoticeDisposition::Applied => Ok(PaymentReceipt {
+                order: self.order(first.order).await?,
+                repeated: true,
+            }),
+            NoticeDisposition::Reconcile { reason } => {
+                let order = self.store_ref().order(&self.tenant, first.order).await?;
+                Err(reconcile_error(reason, first, order.as_ref()))
+            }
+        }
+    }
+
+    /// Cancels an unpaid order of the member and returns its card keys to stock.
+    ///
+    /// # Errors
+    /// [`Error::UnknownOrder`] (also for another member's order); [`Error::Order`] when it is no
+    /// longer awaiting payment; [`Error::Storage`].
+    pub async fn cancel_order(
+        &self,
+        member: &MemberId,
+        id: OrderId,
+        reason: &str,
+    ) -> Result<Order> {
+        let mut order = self.order(id).await?;
+        if order.member() != member {
+            return Err(Error::UnknownOrder(id));
+        }
+        let expected = order.version();
+        let now = self.now();
+        let events = order.cancel(reason.to_owned(), now)?;
+        let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
+        self.store_ref()
+            .update_order(OrderChange {
+                order: &order,
+                expected_version: expected,
+                events: &envs,
+            })
+            .await?;
+        self.store_ref().release_cards(&self.tenant, id).await?;
+        Ok(order)
+    }
+
+    /// Expires every unpaid order (of every tenant) whose deadline has passed and returns its
+    /// card keys to stock; returns how many orders expired. Run it from a timer.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    pub async fn expire_unpaid_orders(&self) -> Result<usize> {
+        let mut expired = 0;
+        loop {
+            let now = self.now();
+            let due = self.store_ref().unpaid_orders_due(now, 200).await?;
+            let page = due.len();
+            let mut progressed = false;
+            for (tenant, id) in due {
+                let shop = self.with_tenant(tenant);
+                if shop.expire_one(id).await? {
+                    expired += 1;
+                    progressed = true;
+                }
+            }
+            if page < 200 || !progressed {
+                break;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn expire_one(&self, id: OrderId) -> Result<bool> {
+        let Some(mut order) = self.store_ref().order(&self.tenant, id).await? else {
+            return Ok(false);
+        };
+        let now = self.now();
+        if order.status() != OrderStatus::AwaitingPayment || now < order.expires_at() {
+            return Ok(false);
+        }
+        let expected = order.version();
+        let events = order.expire(now)?;
+        let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
+        match self
+            .store_ref()
+            .update_order(OrderChange {
+                order: &order,
+                expected_version: expected,
+                events: &envs,
+            })
+            .await
+        {
+            Ok(()) => {}
+            // A payment or cancel got there first.
+            Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let released = self.store_ref().release_cards(&self.tenant, id).await?;
+        tracing::info!(order = %id, released, "unpaid order expired");
+        Ok(true)
+    }
+}
+
+/// Why a notice cannot pay this order, or `None` when it can.
+fn payability(
+    order: &Order,
+    notice: &PaymentNotification,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<&'static str> {
+    match order.status() {
+        OrderStatus::AwaitingPayment if now >= order.expires_at() => Some("order_expired"),
+        OrderStatus::AwaitingPayment => {
+            if notice.amount.currency() != order.total().currency() {
+                Some("currency_mismatch")
+            } else if notice.amount != order.total() {
+                Some("amount_mismatch")
+            } else {
+                None
+            }
+        }
+        OrderStatus::Expired => Some("order_expired"),
+        OrderStatus::Cancelled => Some("order_cancelled"),
+        OrderStatus::Paid
+        | OrderStatus::Fulfilling
+        | OrderStatus::Delivered
+        | OrderStatus::PartiallyDelivered
+        | OrderStatus::RefundPending
+        | OrderStatus::Refunded => Some("already_paid"),
+    }
+}
+
+fn reconcile_error(reason: &str, notice: &PaymentNotice, order: Option<&Order>) -> Error {
+    let not_payable = |reason: &'static str| Error::NotPayable {
+        order: notice.order,
+        reason,
+    };
+    match (reason, order) {
+        ("amount_mismatch", Some(o)) => Error::AmountMismatch {
+            expected: o.total(),
+            got: notice.amount,
+        },
+        ("currency_mismatch", Some(o)) => Error::CurrencyMismatch {
+            expected: o.total().currency(),
+            got: notice.amount.currency(),
+        },
+        ("unknown_order", _) => not_payable("unknown_order"),
+        ("order_expired", _) => not_payable("order_expired"),
+        ("order_cancelled", _) => not_payable("order_cancelled"),
+        ("already_paid", _) => not_payable("already_paid"),
+        _ => not_payable("not_payable"),
+    }
+}

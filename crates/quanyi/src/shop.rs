@@ -1,0 +1,265 @@
+//! The shop: its builder, shared state and the helpers every use case needs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::RwLock;
+use quanyi_core::{AuditId, Clock, DomainEvent, EventEnvelope, EventId, SystemClock, TenantId};
+use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
+use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
+
+use crate::{Error, Result};
+
+/// How long an unpaid order holds its stock unless told otherwise: 15 minutes.
+pub const DEFAULT_RESERVATION_TTL_MINUTES: i64 = 15;
+
+/// Builds a [`Shop`]. The store and the key provider are required; the rest has defaults.
+///
+/// ```
+/// use std::sync::Arc;
+/// use quanyi::{Shop, MemoryStore, StaticKeyProvider, RootKey};
+/// let keys = StaticKeyProvider::new(RootKey::generate(&mut rand::thread_rng()));
+/// let shop = Shop::builder(Arc::new(MemoryStore::new()), Arc::new(keys))
+///     .reservation_ttl(chrono::Duration::minutes(10))
+///     .build()?;
+/// # let _ = shop;
+/// # Ok::<(), quanyi::Error>(())
+/// ```
+pub struct ShopBuilder {
+    store: Arc<dyn Store>,
+    keys: Arc<dyn KeyProvider>,
+    clock: Arc<dyn Clock>,
+    tenant: TenantId,
+    reservation_ttl: Duration,
+    key_use_limit: u64,
+    worker: String,
+    lease: Duration,
+}
+
+impl fmt::Debug for ShopBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShopBuilder")
+            .field("tenant", &self.tenant)
+            .field("reservation_ttl", &self.reservation_ttl)
+            .field("key_use_limit", &self.key_use_limit)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShopBuilder {
+    /// The clock (default: the system clock). Tests pass a [`quanyi_core::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The tenant this handle works for (default: [`TenantId::default`]); see [`Shop::with_tenant`].
+    pub fn tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// How long an unpaid order holds its card keys (default 15 minutes).
+    pub fn reservation_ttl(mut self, ttl: Duration) -> Self {
+        self.reservation_ttl = ttl;
+        self
+    }
+
+    /// Seals per data key before rotation is forced (default [`DEFAULT_KEY_USE_LIMIT`], far below
+    /// the 2^32 limit of random 96-bit nonces).
+    pub fn key_use_limit(mut self, limit: u64) -> Self {
+        self.key_use_limit = limit;
+        self
+    }
+
+    /// The name this process uses when it claims jobs (default `worker-<random>`).
+    pub fn worker_name(mut self, name: impl Into<String>) -> Self {
+        self.worker = name.into();
+        self
+    }
+
+    /// How long a claimed job is held before another worker may take it over (default 60 s).
+    pub fn job_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Validates the settings and loads the root key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a non-positive TTL, lease or key-use limit or an empty worker
+    /// name; [`Error::Vault`] when the key provider cannot supply the root key.
+    pub fn build(self) -> Result<Shop> {
+        if self.reservation_ttl <= Duration::zero() {
+            return Err(Error::InvalidInput(
+                "reservation ttl must be positive".into(),
+            ));
+        }
+        if self.lease <= Duration::zero() {
+            return Err(Error::InvalidInput("job lease must be positive".into()));
+        }
+        if self.key_use_limit == 0 || self.key_use_limit > DEFAULT_KEY_USE_LIMIT {
+            return Err(Error::InvalidInput(format!(
+                "key use limit must be between 1 and {DEFAULT_KEY_USE_LIMIT}"
+            )));
+        }
+        if self.worker.is_empty() || self.worker.len() > 64 {
+            return Err(Error::InvalidInput(
+                "worker name must be 1 to 64 bytes".into(),
+            ));
+        }
+        let root = self.keys.root_key()?;
+        Ok(Shop {
+            inner: Arc::new(Inner {
+                store: self.store,
+                clock: self.clock,
+                root,
+                rings: RwLock::new(HashMap::new()),
+                reservation_ttl: self.reservation_ttl,
+                key_use_limit: self.key_use_limit,
+                worker: self.worker,
+                lease: self.lease,
+            }),
+            tenant: self.tenant,
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) root: RootKey,
+    pub(crate) rings: RwLock<HashMap<TenantId, Arc<KeyRing>>>,
+    pub(crate) reservation_ttl: Duration,
+    pub(crate) key_use_limit: u64,
+    pub(crate) worker: String,
+    pub(crate) lease: Duration,
+}
+
+/// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
+/// [`with_tenant`](Shop::with_tenant) handles share the store, clock and key rings.
+#[derive(Clone)]
+pub struct Shop {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) tenant: TenantId,
+}
+
+impl fmt::Debug for Shop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shop")
+            .field("tenant", &self.tenant)
+            .field("worker", &self.inner.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shop {
+    /// Starts building a shop on `store`, with card keys protected by the root key `keys` supplies.
+    pub fn builder(store: Arc<dyn Store>, keys: Arc<dyn KeyProvider>) -> ShopBuilder {
+        let mut suffix = [0u8; 4];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut suffix);
+        ShopBuilder {
+            store,
+            keys,
+            clock: Arc::new(SystemClock),
+            tenant: TenantId::default(),
+            reservation_ttl: Duration::minutes(DEFAULT_RESERVATION_TTL_MINUTES),
+            key_use_limit: DEFAULT_KEY_USE_LIMIT,
+            worker: format!(
+                "worker-{}",
+                suffix
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+            lease: Duration::seconds(60),
+        }
+    }
+
+    /// A handle on the same shop for another tenant.
+    pub fn with_tenant(&self, tenant: TenantId) -> Shop {
+        Shop {
+            inner: self.inner.clone(),
+            tenant,
+        }
+    }
+
+    /// The tenant this handle works for.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The store, for queries the shop does not wrap.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    pub(crate) fn store_ref(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
+    /// Wraps domain events of one aggregate change, all at the version the change produced.
+    pub(crate) fn envelopes<E: DomainEvent>(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: String,
+        version: u64,
+        events: &[E],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventEnvelope>> {
+        let mut rng = rand::thread_rng();
+        events
+            .iter()
+            .map(|e| {
+                EventEnvelope::wrap(
+                    EventId::generate(now, &mut rng),
+                    self.tenant.clone(),
+                    aggregate_type,
+                    aggregate_id.clone(),
+                    version,
+                    now,
+                    e,
+                )
+                .map_err(|err| Error::InvalidInput(format!("event not serializable: {err}")))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn audit(
+        &self,
+        actor: &str,
+        action: AuditAction,
+        subject: String,
+        outcome: AuditOutcome,
+        detail: String,
+    ) -> Result<()> {
+        let now = self.now();
+        let record = AuditRecord {
+            id: AuditId::generate(now, &mut rand::thread_rng()),
+            tenant: self.tenant.clone(),
+            at: now,
+            actor: actor.to_owned(),
+            action,
+            subject,
+            outcome,
+            detail,
+        };
+        self.store_ref().append_audit(&record).await?;
+        Ok(())
+    }
+
+    /// The latest audit records of this tenant, newest first.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        Ok(self.store_ref().audit_records(&self.tenant, limit).await?)
+    }
+}
