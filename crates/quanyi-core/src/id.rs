@@ -39,6 +39,30 @@ pub fn uuid_v7(now: DateTime<Utc>, rng: &mut dyn RngCore) -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
+/// `n` time-ordered UUIDs (version 7) that also sort in generation order within one
+/// millisecond: a 26-bit counter, started at a random value below 2^25, fills the top of the
+/// random bits (RFC 9562, method 1), and 48 random bits follow it.
+pub fn uuid_v7_sequence(now: DateTime<Utc>, rng: &mut dyn RngCore, n: usize) -> Vec<uuid::Uuid> {
+    let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+    let mut start = [0u8; 4];
+    rng.fill_bytes(&mut start);
+    let mut counter = u32::from_be_bytes(start) & 0x01ff_ffff;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut random = [0u8; 10];
+        rng.fill_bytes(&mut random[4..]);
+        // Counter bits 25..22 | 21..14 | 13..8 | 7..0 go where the builder keeps them
+        // (it overwrites only the version nibble and the two variant bits).
+        random[0] = u8::try_from((counter >> 22) & 0x0f).unwrap_or(0);
+        random[1] = u8::try_from((counter >> 14) & 0xff).unwrap_or(0);
+        random[2] = u8::try_from((counter >> 8) & 0x3f).unwrap_or(0);
+        random[3] = u8::try_from(counter & 0xff).unwrap_or(0);
+        out.push(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid());
+        counter = (counter + 1) & 0x03ff_ffff;
+    }
+    out
+}
+
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -55,6 +79,11 @@ macro_rules! define_id {
             /// A new id ordered by `now`, with random bits from `rng`.
             pub fn generate(now: DateTime<Utc>, rng: &mut dyn RngCore) -> Self {
                 $name(uuid_v7(now, rng))
+            }
+
+            /// `n` new ids ordered by `now` that also sort in generation order.
+            pub fn generate_sequence(now: DateTime<Utc>, rng: &mut dyn RngCore, n: usize) -> Vec<Self> {
+                uuid_v7_sequence(now, rng, n).into_iter().map($name).collect()
             }
 
             /// Wraps an existing UUID.
@@ -266,6 +295,21 @@ mod tests {
         assert!(text.starts_with("ord_"));
         assert_eq!(text.parse::<OrderId>().unwrap(), a);
         assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{text}\""));
+    }
+
+    #[test]
+    fn sequences_sort_in_generation_order() {
+        let mut rng = rand::thread_rng();
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        for _ in 0..20 {
+            let ids = CardId::generate_sequence(t0, &mut rng, 1000);
+            assert!(ids.windows(2).all(|w| w[0] < w[1]));
+            assert!(ids.iter().all(|id| id.as_uuid().get_version_num() == 7));
+            assert_eq!(
+                ids[0].as_uuid().get_timestamp(),
+                ids[999].as_uuid().get_timestamp()
+            );
+        }
     }
 
     #[test]

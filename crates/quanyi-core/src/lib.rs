@@ -13,7 +13,7 @@ pub use error::ErrorKind;
 pub use event::{DomainEvent, EventEnvelope};
 pub use id::{
     AuditId, BatchId, CardId, EventId, GoodsId, IdError, JobId, MAX_NAME_LEN, MemberId, OrderId,
-    SkuId, TenantId, uuid_v7,
+    SkuId, TenantId, uuid_v7, uuid_v7_sequence,
 };
 pub use money::{Currency, MAX_EXPONENT, Money, MoneyError, Rounding};
 

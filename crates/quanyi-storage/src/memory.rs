@@ -13,7 +13,7 @@ use quanyi_core::{
 };
 use quanyi_goods::Goods;
 use quanyi_order::{Order, OrderStatus};
-use quanyi_vault::{BlindIndex, KeyId, SealedCard, WrappedKeyRing};
+use quanyi_vault::{BlindIndex, KeyId, KeyState, SealedCard, WrappedKeyRing};
 
 use crate::model::{
     AuditRecord, CardState, InsertCardsOutcome, Job, JobStatus, MemberLimit, NewCard, NewJob,
@@ -740,6 +740,9 @@ impl KeyRingStore for MemoryStore {
             .iter_mut()
             .find(|k| k.id == key)
             .ok_or_else(|| Error::not_found("data key", key))?;
+        if data_key.state != KeyState::Active {
+            return Err(Error::conflict("data key", key, "not the active key"));
+        }
         let after = data_key
             .encryptions
             .checked_add(uses)

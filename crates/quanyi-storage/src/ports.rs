@@ -187,7 +187,8 @@ pub trait KeyRingStore: Send + Sync {
     /// version; returns the counter after.
     ///
     /// # Errors
-    /// `KeyExhausted` when the counter would pass `limit`; `NotFound` for an unknown ring or key.
+    /// `KeyExhausted` when the counter would pass `limit`; `Conflict` when the key is not the
+    /// ring's active key (it was rotated: reload the ring); `NotFound` for an unknown ring or key.
     async fn reserve_key_uses(
         &self,
         tenant: &TenantId,

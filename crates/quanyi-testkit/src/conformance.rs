@@ -941,6 +941,30 @@ pub async fn key_ring_versions_and_use_limit(store: Arc<dyn Store>) {
         quanyi_core::ErrorKind::Conflict
     );
     assert_eq!(store.update_key_ring(&after, 3).await.unwrap(), 4);
+    // After a rotation the old key takes no more uses.
+    let root_ring = quanyi_vault::KeyRing::unwrap(&root, &after).unwrap();
+    let mut rotated = root_ring;
+    let new_key = rotated
+        .rotate(&root, t0(), &mut rand::thread_rng())
+        .unwrap();
+    assert_eq!(
+        store
+            .update_key_ring(&rotated.to_wrapped(), 4)
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        kind_of(store.reserve_key_uses(&tenant, key, 1, 1000).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    assert_eq!(
+        store
+            .reserve_key_uses(&tenant, new_key, 1, 1000)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         kind_of(store.reserve_key_uses(&tenant, KeyId(999), 1, 100).await),
         quanyi_core::ErrorKind::NotFound

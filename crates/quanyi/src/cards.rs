@@ -219,8 +219,9 @@ impl Shop {
         if uses > 0 {
             let ring = self.ring_with_budget(uses).await?;
             let mut rng = rand::thread_rng();
-            for planned in &plan.cards {
-                let id = CardId::generate(now, &mut rng);
+            // Ids in file order, so the pool sells the batch in the order it was written.
+            let ids = CardId::generate_sequence(now, &mut rng, plan.cards.len());
+            for (planned, id) in plan.cards.iter().zip(ids) {
                 let sealed = ring.seal_card(&self.tenant, sku, id, &planned.key, &mut rng)?;
                 cards.push(NewCard {
                     id,

@@ -160,6 +160,7 @@ impl Error {
             Error::Goods(e) => e.code(),
             Error::Order(e) => e.code(),
             Error::Money(_) => "invalid_amount",
+            Error::Vault(quanyi_vault::Error::WrongRootKey) => "wrong_root_key",
             Error::Vault(e) => match e.kind() {
                 ErrorKind::Unavailable => "vault_unavailable",
                 ErrorKind::Invalid => "invalid_card_key",

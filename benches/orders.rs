@@ -1,0 +1,337 @@
+//! The in-memory end-to-end order path through the facade: `place_order` of one card key,
+//! then `confirm_payment` (a unique transaction id per order), which delivers the key inline.
+//!
+//! Budget (DESIGN.md "Performance budgets"): 100k orders/s or better on 2 cores.
+//!
+//! Measured single-task and with 2 concurrent tokio tasks on a multi-thread runtime with
+//! 2 workers (criterion `iter_custom`: the N orders of a sample are split across the tasks).
+//! Stock is imported untimed before each sample, in chunks of 50k lines, so that the sample
+//! never runs out; the SKU's pool then holds `STOCK_FLOOR` keys plus the sample's own.
+//!
+//! Baseline, "the floor: one locked map write per step": a `tokio::sync::Mutex<HashMap>` of an
+//! order-sized row, per order one locked insert (place), one locked get with a clone (read
+//! before paying), one locked update (paid) and one locked update (delivered with its card).
+//! The path must do at least that much; it does far more (stock, events, jobs, payment notices),
+//! so the ratio says how much the rest costs, not that it should reach 1.
+//!
+//! After criterion, both are timed again with plain loops and printed as orders/s and ratios.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use quanyi::{
+    BadLines, CartLine, Currency, GoodsDraft, GoodsKind, ImportOptions, MemberId, MemoryStore,
+    Money, OrderStatus, PaymentNotification, RootKey, Shop, SkuDraft, SkuId, StaticKeyProvider,
+    StockSource,
+};
+use tokio::runtime::Runtime;
+
+/// Lines per import call.
+const CHUNK: u64 = 50_000;
+/// Keys left in stock beyond what a sample sells.
+const STOCK_FLOOR: u64 = 1_000;
+
+/// A shop with one card-key SKU stocked from the vault.
+#[derive(Clone)]
+struct Path {
+    shop: Shop,
+    sku: SkuId,
+    /// Unique card codes and transaction ids.
+    next_code: Arc<AtomicU64>,
+    next_tx: Arc<AtomicU64>,
+}
+
+impl Path {
+    async fn new() -> Self {
+        let root = RootKey::generate(&mut rand::thread_rng());
+        let shop = Shop::builder(
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticKeyProvider::new(root)),
+        )
+        .build()
+        .unwrap();
+        let sku = SkuId::generate(chrono::Utc::now(), &mut rand::thread_rng());
+        shop.create_goods(GoodsDraft {
+            title: "Video membership, 1 month".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(
+                    sku,
+                    "1 month",
+                    Money::parse("19.90", Currency::CNY).unwrap(),
+                )
+                .with_stock(StockSource::VaultPool),
+            ],
+        })
+        .await
+        .unwrap();
+        Path {
+            shop,
+            sku,
+            next_code: Arc::new(AtomicU64::new(0)),
+            next_tx: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Imports keys until `need + STOCK_FLOOR` are available.
+    async fn stock_up(&self, need: u64) {
+        let mut available = self.shop.stock(self.sku).await.unwrap().available;
+        while available < need + STOCK_FLOOR {
+            let n = CHUNK.min(need + STOCK_FLOOR - available);
+            let first = self.next_code.fetch_add(n, Ordering::Relaxed);
+            let mut text = String::with_capacity(usize::try_from(n).unwrap() * 20);
+            for i in first..first + n {
+                // "ABCD-1234-EFGH-5678"-shaped, unique per key.
+                let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                text.push_str(&format!(
+                    "{:04X}-{:04}-{:04X}-{:04}\n",
+                    h >> 48,
+                    i / 10_000 % 10_000,
+                    (h >> 32) & 0xFFFF,
+                    i % 10_000
+                ));
+            }
+            let report = self
+                .shop
+                .import_card_keys(
+                    self.sku,
+                    text.as_bytes(),
+                    &ImportOptions::default(),
+                    BadLines::Reject,
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                u64::try_from(report.imported).unwrap(),
+                n,
+                "every generated key is new"
+            );
+            available = report.stock.available;
+        }
+    }
+
+    /// One order: place (reserves one key), pay, deliver (inside `confirm_payment`).
+    async fn order(&self, buyer: &MemberId) {
+        let order = self
+            .shop
+            .place_order(buyer, &[CartLine::new(self.sku, 1)])
+            .await
+            .unwrap();
+        let tx = self.next_tx.fetch_add(1, Ordering::Relaxed);
+        let receipt = self
+            .shop
+            .confirm_payment(PaymentNotification {
+                provider: "alipay".into(),
+                transaction_id: format!("tx-{tx}"),
+                order: order.id(),
+                amount: order.total(),
+            })
+            .await
+            .unwrap();
+        debug_assert_eq!(receipt.order.status(), OrderStatus::Delivered);
+    }
+
+    /// `orders` orders split across `tasks` spawned tasks; stock is bought untimed first.
+    async fn run(&self, orders: u64, tasks: u64) -> Duration {
+        self.stock_up(orders).await;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let path = self.clone();
+                let n = share(orders, tasks, t);
+                tokio::spawn(async move {
+                    let buyer = MemberId::new(format!("member-{t}")).unwrap();
+                    for _ in 0..n {
+                        path.order(&buyer).await;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        start.elapsed()
+    }
+}
+
+/// Task `t`'s share of `total` split over `tasks`.
+fn share(total: u64, tasks: u64, t: u64) -> u64 {
+    total / tasks + u64::from(t < total % tasks)
+}
+
+/// An order-sized row for the baseline: ids, tenant and member names, one line, money,
+/// status, times, the payment reference and the delivered card.
+// Only written: the fields are there to give each row an order's size.
+#[allow(dead_code)]
+#[derive(Clone)]
+struct OrderRow {
+    id: u128,
+    tenant: String,
+    member: String,
+    sku: u128,
+    quantity: u32,
+    unit_minor: i64,
+    total_minor: i64,
+    currency: [u8; 3],
+    status: u8,
+    created_at: i64,
+    expires_at: i64,
+    version: u64,
+    transaction: Option<String>,
+    card: Option<u128>,
+}
+
+/// The floor: one locked map write (or read) per step of the path.
+#[derive(Clone, Default)]
+struct Floor {
+    orders: Arc<tokio::sync::Mutex<HashMap<u128, OrderRow>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Floor {
+    async fn order(&self, member: &str) {
+        let n = u128::from(self.next.fetch_add(1, Ordering::Relaxed));
+        let row = OrderRow {
+            id: n,
+            tenant: "default".to_owned(),
+            member: member.to_owned(),
+            sku: 7,
+            quantity: 1,
+            unit_minor: 1990,
+            total_minor: 1990,
+            currency: *b"CNY",
+            status: 0,
+            created_at: 0,
+            expires_at: 900,
+            version: 1,
+            transaction: None,
+            card: None,
+        };
+        // place
+        self.orders.lock().await.insert(n, row);
+        // read before paying
+        let read = self.orders.lock().await.get(&n).cloned().unwrap();
+        let tx = format!("tx-{n}");
+        // paid
+        if let Some(r) = self.orders.lock().await.get_mut(&n) {
+            r.status = 1;
+            r.version = read.version + 1;
+            r.transaction = Some(tx);
+        }
+        // delivered
+        if let Some(r) = self.orders.lock().await.get_mut(&n) {
+            r.status = 2;
+            r.version += 1;
+            r.card = Some(n ^ read.sku);
+        }
+    }
+
+    async fn run(&self, orders: u64, tasks: u64) -> Duration {
+        self.orders.lock().await.clear();
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let floor = self.clone();
+                let n = share(orders, tasks, t);
+                tokio::spawn(async move {
+                    let member = format!("member-{t}");
+                    for _ in 0..n {
+                        floor.order(&member).await;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        // The rows may be read: the optimiser has to build every field.
+        std::hint::black_box(&*self.orders.lock().await);
+        elapsed
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn bench_orders(c: &mut Criterion) {
+    let rt = runtime();
+    let path = rt.block_on(Path::new());
+    let floor = Floor::default();
+
+    let mut g = c.benchmark_group("orders");
+    g.throughput(Throughput::Elements(1));
+    for tasks in [1u64, 2] {
+        g.bench_function(format!("path_{tasks}_task"), |b| {
+            b.iter_custom(|iters| rt.block_on(path.run(iters, tasks)));
+        });
+        g.bench_function(format!("floor_{tasks}_task"), |b| {
+            b.iter_custom(|iters| rt.block_on(floor.run(iters, tasks)));
+        });
+    }
+    g.finish();
+}
+
+fn orders_per_sec(orders: u64, d: Duration) -> f64 {
+    orders as f64 / d.as_secs_f64()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Plain timing loops after criterion: medians of interleaved rounds, orders/s and ratios.
+fn print_figures() {
+    const ORDERS: u64 = 20_000;
+    const ROUNDS: usize = 5;
+    let rt = runtime();
+    let path = rt.block_on(Path::new());
+    let floor = Floor::default();
+    println!();
+    println!("medians of {ROUNDS} interleaved rounds of {ORDERS} orders (2 worker threads):");
+    for tasks in [1u64, 2] {
+        let (mut p, mut f) = (vec![], vec![]);
+        for _ in 0..ROUNDS {
+            p.push(orders_per_sec(ORDERS, rt.block_on(path.run(ORDERS, tasks))));
+            f.push(orders_per_sec(
+                ORDERS,
+                rt.block_on(floor.run(ORDERS, tasks)),
+            ));
+        }
+        let (p, f) = (median(p), median(f));
+        println!("  {tasks} task(s): path {p:>10.0} orders/s   floor {f:>10.0} orders/s");
+        println!("ratio path / floor ({tasks} task) = {:.4}", p / f);
+        println!(
+            "budget 100000 orders/s ({tasks} task): {} ({:.2}x of budget)",
+            if p >= 100_000.0 { "met" } else { "MISSED" },
+            p / 100_000.0
+        );
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(10)
+}
+
+fn main() {
+    let mut c = config().configure_from_args();
+    bench_orders(&mut c);
+    c.final_summary();
+    // `cargo test --benches` runs this binary in test mode: skip the long timing loops there.
+    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+        print_figures();
+    }
+}
