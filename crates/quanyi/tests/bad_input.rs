@@ -336,7 +336,7 @@ async fn top_up_accounts_are_validated_before_anything_else() {
         );
     }
     let good = CartLine::new(sku, 1).with_account("+86 138-0013-8000");
-    let quote = w.shop.quote(&[good.clone()]).await.unwrap();
+    let quote = w.shop.quote(std::slice::from_ref(&good)).await.unwrap();
     assert_eq!(quote.lines[0].check.account.as_deref(), Some("13800138000"));
     // Top-ups are quoted, but this shop has no supplier to fulfil them yet.
     assert_eq!(

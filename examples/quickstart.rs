@@ -1,0 +1,184 @@
+//! The main job of quanyi, start to finish, on the in-memory store: a card-key good is created,
+//! a batch of keys is imported (with a duplicate and a malformed line), a member buys two, the
+//! payment notice arrives twice, the keys are delivered and revealed to the buyer, a second
+//! member is refused more than is left, and an unpaid order expires and gives its keys back.
+//!
+//! Run it with `cargo run --example quickstart`.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use quanyi::*;
+
+/// The import file: five keys, line 3 repeats line 1 (spaces, dashes and case do not matter),
+/// and line 5 carries a control character.
+const BATCH: &str = "VIP-MONTH-0001-AB12\n\
+                     VIP-MONTH-0002-CD34\n\
+                     vip month 0001 ab12\n\
+                     VIP-MONTH-0003-EF56\n\
+                     VIP-MONTH\u{7}0004-XX00\n\
+                     VIP-MONTH-0005-GH78\n\
+                     VIP-MONTH-0006-JK90\n";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let store = parse_store(std::env::args().skip(1))?;
+    let keys = root_key_provider()?;
+    // A clock the example can move forward, to show expiry without waiting 15 minutes.
+    let clock = ManualClock::new(chrono::Utc::now());
+    let shop = Shop::builder(store, keys)
+        .clock(Arc::new(clock.clone()))
+        .build()?;
+    let mut rng = rand::thread_rng();
+
+    println!("== quanyi quickstart ==");
+    let sku = SkuId::generate(clock.now(), &mut rng);
+    let goods = shop
+        .create_goods(GoodsDraft {
+            title: "Video membership, 1-month card".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(sku, "1 month", Money::parse("19.90", Currency::CNY)?)
+                    .with_stock(StockSource::VaultPool),
+            ],
+        })
+        .await?;
+    println!(
+        "created goods \"{}\" with SKU {sku} at 19.90 CNY",
+        goods.title()
+    );
+
+    println!("\n-- import card keys (7 lines) --");
+    let report = shop
+        .import_card_keys(
+            sku,
+            BATCH.as_bytes(),
+            &ImportOptions::default(),
+            BadLines::Skip,
+        )
+        .await?;
+    print!("{report}");
+
+    println!("\n-- alice buys 2 --");
+    let alice = MemberId::new("alice")?;
+    let order = shop.place_order(&alice, &[CartLine::new(sku, 2)]).await?;
+    println!(
+        "order {} placed: {}, pay by {}",
+        order.id(),
+        order.total(),
+        order.expires_at().format("%H:%M:%S")
+    );
+    println!("stock: {}", stock_line(shop.stock(sku).await?));
+
+    let notice = PaymentNotification {
+        provider: "alipay".into(),
+        transaction_id: "2026112522001456".into(),
+        order: order.id(),
+        amount: order.total(),
+    };
+    let first = shop.confirm_payment(notice.clone()).await?;
+    println!(
+        "payment notice {}: applied, order is {}",
+        notice.transaction_id,
+        first.order.status()
+    );
+    let second = shop.confirm_payment(notice.clone()).await?;
+    println!(
+        "payment notice {} again: {}, order is still {}",
+        notice.transaction_id,
+        if second.repeated {
+            "already applied, ignored"
+        } else {
+            "APPLIED TWICE"
+        },
+        second.order.status()
+    );
+
+    let revealed = shop.reveal(&alice, order.id()).await?;
+    println!(
+        "{} keys delivered to alice (shown masked):",
+        revealed.cards.len()
+    );
+    for card in &revealed.cards {
+        println!("  line {}: {}", card.line, card.key.masked());
+    }
+    let mallory = MemberId::new("mallory")?;
+    match shop.reveal(&mallory, order.id()).await {
+        Err(e) => println!("mallory asks for the same keys: refused ({})", e.code()),
+        Ok(_) => return Err("another member saw alice's keys".into()),
+    }
+    println!("stock: {}", stock_line(shop.stock(sku).await?));
+
+    println!("\n-- bob wants 4, but 3 are left --");
+    let bob = MemberId::new("bob")?;
+    match shop.place_order(&bob, &[CartLine::new(sku, 4)]).await {
+        Err(e) => println!("refused: {} ({e})", e.code()),
+        Ok(o) => return Err(format!("oversold: order {}", o.id()).into()),
+    }
+    println!(
+        "stock: {} (nothing reserved)",
+        stock_line(shop.stock(sku).await?)
+    );
+
+    println!("\n-- carol orders 2 and never pays --");
+    let carol = MemberId::new("carol")?;
+    let unpaid = shop.place_order(&carol, &[CartLine::new(sku, 2)]).await?;
+    println!(
+        "order {} placed; stock: {}",
+        unpaid.id(),
+        stock_line(shop.stock(sku).await?)
+    );
+    clock.advance(chrono::Duration::minutes(DEFAULT_RESERVATION_TTL_MINUTES));
+    println!("(the clock moves on {DEFAULT_RESERVATION_TTL_MINUTES} minutes)");
+    let expired = shop.expire_unpaid_orders().await?;
+    println!(
+        "{expired} unpaid order expired; order {} is {}",
+        unpaid.id(),
+        shop.order(unpaid.id()).await?.status()
+    );
+    println!(
+        "stock: {} (keys back in stock)",
+        stock_line(shop.stock(sku).await?)
+    );
+
+    println!("\n-- audit log (newest first) --");
+    for record in shop.audit_log(10).await? {
+        println!(
+            "  {:?} {:?} by {} on {}: {}",
+            record.action, record.outcome, record.actor, record.subject, record.detail
+        );
+    }
+    println!("\ndone.");
+    Ok(())
+}
+
+fn stock_line(s: StockCount) -> String {
+    format!(
+        "{} available, {} reserved, {} sold",
+        s.available, s.reserved, s.sold
+    )
+}
+
+/// `--store memory` (the default). Durable stores are added by their adapters.
+fn parse_store(mut args: impl Iterator<Item = String>) -> Result<Arc<dyn Store>, Box<dyn Error>> {
+    match (args.next().as_deref(), args.next().as_deref()) {
+        (None, _) | (Some("--store"), Some("memory")) => Ok(Arc::new(MemoryStore::new())),
+        (Some("--store"), Some(other)) => {
+            Err(format!("unknown store {other:?}; use memory").into())
+        }
+        _ => Err("usage: quickstart [--store memory]".into()),
+    }
+}
+
+/// The root key from `QUANYI_ROOT_KEY` (base64 or hex of 32 bytes) when set; otherwise a key
+/// made for this run only, which is fine for an in-memory demo and wrong for anything kept.
+fn root_key_provider() -> Result<Arc<dyn KeyProvider>, Box<dyn Error>> {
+    if std::env::var_os("QUANYI_ROOT_KEY").is_some() {
+        println!("root key: from QUANYI_ROOT_KEY");
+        return Ok(Arc::new(EnvKeyProvider::new("QUANYI_ROOT_KEY")));
+    }
+    println!("root key: generated for this run (set QUANYI_ROOT_KEY to keep one)");
+    Ok(Arc::new(StaticKeyProvider::new(RootKey::generate(
+        &mut rand::thread_rng(),
+    ))))
+}
