@@ -8,9 +8,9 @@ mod ports;
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use model::{
-    AuditAction, AuditOutcome, AuditRecord, CardState, InsertCardsOutcome, Job, JobStatus,
-    MemberLimit, NewCard, NewJob, NoticeDisposition, OrderChange, PaymentNotice, RecordOutcome,
-    StockCount, StoredCard,
+    AuditAction, AuditOutcome, AuditRecord, CardState, HeldCard, InsertCardsOutcome, Job,
+    JobStatus, MemberLimit, NewCard, NewJob, NewOrder, NoticeDisposition, OrderChange,
+    PaymentNotice, PaymentWrite, RecordOutcome, Reservation, StockCount, StoredCard,
 };
 pub use ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore, Store,

@@ -16,8 +16,8 @@ use quanyi_order::{Order, OrderStatus};
 use quanyi_vault::{BlindIndex, KeyId, KeyState, SealedCard, WrappedKeyRing};
 
 use crate::model::{
-    AuditRecord, CardState, InsertCardsOutcome, Job, JobStatus, MemberLimit, NewCard, NewJob,
-    OrderChange, PaymentNotice, RecordOutcome, StockCount, StoredCard,
+    AuditRecord, CardState, HeldCard, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob,
+    NewOrder, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, StockCount, StoredCard,
 };
 use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
@@ -354,18 +354,14 @@ impl GoodsStore for MemoryStore {
 
 #[async_trait]
 impl OrderStore for MemoryStore {
-    async fn insert_order(
-        &self,
-        order: &Order,
-        events: &[EventEnvelope],
-        member_limits: &[MemberLimit],
-    ) -> Result<()> {
+    async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
         let mut s = self.state.lock();
+        let order = new.order;
         let tenant = order.tenant().clone();
         if s.orders.contains_key(&(tenant.clone(), order.id())) {
             return Err(Error::conflict("order", order.id(), "id already stored"));
         }
-        for limit in member_limits {
+        for limit in new.member_limits {
             let requested: u32 = order
                 .lines()
                 .iter()
@@ -382,8 +378,44 @@ impl OrderStore for MemoryStore {
                 });
             }
         }
-        if events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
+        if new.events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
             return Err(Error::conflict("event", order.id(), "id already stored"));
+        }
+        // Choose every card before changing any, so a shortage changes nothing.
+        let mut chosen: Vec<CardId> = Vec::new();
+        for r in new.reservations {
+            if r.quantity == 0 {
+                return Err(Error::Invalid("reserve of zero cards".into()));
+            }
+            let want = usize::try_from(r.quantity).unwrap_or(usize::MAX);
+            let free: Vec<CardId> = s
+                .free_cards(&tenant, r.sku, now)
+                .into_iter()
+                .filter(|id| !chosen.contains(id))
+                .collect();
+            if free.len() < want {
+                return Err(Error::OutOfStock {
+                    sku: r.sku,
+                    requested: r.quantity,
+                    available: free.len() as u64,
+                });
+            }
+            chosen.extend(free.into_iter().take(want));
+        }
+        let until = order.expires_at();
+        for id in &chosen {
+            if let Some(card) = s.cards.get_mut(id) {
+                card.state = CardState::Reserved {
+                    order: order.id(),
+                    until,
+                };
+            }
+        }
+        if !chosen.is_empty() {
+            s.order_cards
+                .entry((tenant.clone(), order.id()))
+                .or_default()
+                .extend(chosen.iter().copied());
         }
         s.member_orders
             .entry((tenant.clone(), order.member().clone()))
@@ -394,7 +426,8 @@ impl OrderStore for MemoryStore {
                 .insert((order.expires_at(), tenant.clone(), order.id()));
         }
         s.orders.insert((tenant, order.id()), order.clone());
-        s.push_events(events)
+        s.push_events(new.events)?;
+        Ok(chosen)
     }
 
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
@@ -580,6 +613,27 @@ impl VaultStore for MemoryStore {
         Ok(sold.into_iter().chain(chosen).collect())
     }
 
+    async fn held_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<HeldCard>> {
+        let s = self.state.lock();
+        let mut held: Vec<HeldCard> = s
+            .order_cards
+            .get(&(tenant.clone(), order))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| s.cards.get(id))
+            .filter(|c| c.state.holder() == Some(order))
+            .map(|c| HeldCard {
+                id: c.id,
+                sku: c.sku,
+                state: c.state,
+            })
+            .collect();
+        held.sort_by_key(|c| c.id);
+        held.dedup_by_key(|c| c.id);
+        Ok(held)
+    }
+
     async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32> {
         let mut s = self.state.lock();
         let key = (tenant.clone(), order);
@@ -760,11 +814,11 @@ impl KeyRingStore for MemoryStore {
 impl PaymentStore for MemoryStore {
     async fn record_payment(
         &self,
-        notice: &PaymentNotice,
-        change: Option<OrderChange<'_>>,
-        job: Option<&NewJob>,
+        write: PaymentWrite<'_>,
+        now: DateTime<Utc>,
     ) -> Result<RecordOutcome> {
         let mut s = self.state.lock();
+        let notice = write.notice;
         let key = (
             notice.tenant.clone(),
             notice.provider.clone(),
@@ -773,12 +827,42 @@ impl PaymentStore for MemoryStore {
         if let Some(first) = s.notices.get(&key) {
             return Ok(RecordOutcome::Duplicate(first.clone()));
         }
-        if let Some(change) = &change {
+        if let Some(change) = &write.change {
             s.check_order_change(change)?;
+        }
+        if !write.sell.is_empty() {
+            let Some(change) = &write.change else {
+                return Err(Error::Invalid("cards sold without an order change".into()));
+            };
+            let order = change.order.id();
+            for id in write.sell {
+                let held = s.cards.get(id).is_some_and(|c| {
+                    &c.tenant == change.order.tenant() && c.state.holder() == Some(order)
+                });
+                if !held {
+                    return Err(Error::conflict("card", id, "not held by the order"));
+                }
+            }
+            for id in write.sell {
+                let Some(card) = s.cards.get_mut(id) else {
+                    continue;
+                };
+                if matches!(card.state, CardState::Sold { .. }) {
+                    continue;
+                }
+                card.state = CardState::Sold { order, at: now };
+                let pool_key = (card.tenant.clone(), card.sku);
+                if let Some(pool) = s.pools.get_mut(&pool_key) {
+                    pool.remove(id);
+                }
+                *s.sold.entry(pool_key).or_default() += 1;
+            }
+        }
+        if let Some(change) = &write.change {
             s.apply_order_change(change)?;
         }
-        if let Some(job) = job {
-            s.enqueue(job, notice.received_at);
+        if let Some(job) = write.job {
+            s.enqueue(job, now);
         }
         s.notices.insert(key.clone(), notice.clone());
         s.notice_log.push(key);

@@ -32,6 +32,14 @@ pub enum CardState {
 }
 
 impl CardState {
+    /// The order that holds the card (reserved for it or sold to it), if any.
+    pub fn holder(&self) -> Option<OrderId> {
+        match self {
+            CardState::Available => None,
+            CardState::Reserved { order, .. } | CardState::Sold { order, .. } => Some(*order),
+        }
+    }
+
     /// True when the card can be reserved at `now`.
     pub fn is_free_at(&self, now: DateTime<Utc>) -> bool {
         match self {
@@ -109,6 +117,54 @@ pub struct MemberLimit {
     pub sku: SkuId,
     /// The most the member may hold in live orders (not expired, cancelled or refunded).
     pub limit: u32,
+}
+
+/// Card keys of one SKU to hold for a new order until its payment deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The SKU.
+    pub sku: SkuId,
+    /// How many cards.
+    pub quantity: u32,
+}
+
+/// A new order to store in one atomic step with its events, its card reservations (held until
+/// the order's `expires_at`) and the per-member limits to check.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrder<'a> {
+    /// The order, awaiting payment.
+    pub order: &'a Order,
+    /// The events that placed it.
+    pub events: &'a [EventEnvelope],
+    /// Cards to reserve, one entry per SKU.
+    pub reservations: &'a [Reservation],
+    /// Limits on what the member may hold in live orders.
+    pub member_limits: &'a [MemberLimit],
+}
+
+/// A card an order holds: reserved for it (even past the deadline, until another order takes
+/// it) or sold to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldCard {
+    /// The card.
+    pub id: CardId,
+    /// Its SKU.
+    pub sku: SkuId,
+    /// Reserved or sold.
+    pub state: CardState,
+}
+
+/// A payment notice to record, with everything it changes, in one atomic step.
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentWrite<'a> {
+    /// The notice; recorded once per (tenant, provider, transaction id).
+    pub notice: &'a PaymentNotice,
+    /// The order change it makes, if it pays an order.
+    pub change: Option<OrderChange<'a>>,
+    /// Cards held by the changed order to mark sold to it (delivery in the same step).
+    pub sell: &'a [CardId],
+    /// A job to enqueue (delivery by a worker when it is not done in this step).
+    pub job: Option<&'a NewJob>,
 }
 
 /// A new version of an order to write together with its events.

@@ -12,8 +12,8 @@ use quanyi_vault::{KeyId, SealedCard, WrappedKeyRing};
 
 use crate::Result;
 use crate::model::{
-    AuditRecord, InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, OrderChange, PaymentNotice,
-    RecordOutcome, StockCount, StoredCard,
+    AuditRecord, HeldCard, InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, NewOrder,
+    OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, StockCount, StoredCard,
 };
 
 /// Goods and their SKUs, stored as one versioned aggregate.
@@ -49,18 +49,36 @@ pub trait GoodsStore: Send + Sync {
 /// Orders.
 #[async_trait]
 pub trait OrderStore: Send + Sync {
-    /// Stores a new order with its events. For every `member_limits` entry, the member's quantity of
-    /// that SKU in live orders (any status but expired, cancelled or refunded) plus this order's
-    /// must not exceed the limit; the check and the insert are one atomic step.
+    /// Stores a new order with its events and reserves its card keys until the order's
+    /// `expires_at`, oldest card first, in one atomic step; returns the reserved cards in
+    /// reservation order. For every `member_limits` entry, the member's quantity of that SKU in
+    /// live orders (any status but expired, cancelled or refunded) plus this order's must not
+    /// exceed the limit.
     ///
     /// # Errors
-    /// `Conflict` when the id is taken; `MemberLimitExceeded` (nothing written).
+    /// `Conflict` when the id is taken; `MemberLimitExceeded`; `OutOfStock` for the first SKU
+    /// short of cards. Nothing is written on any error.
+    async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>>;
+
+    /// Stores a new order that reserves nothing: [`place_order`](OrderStore::place_order)
+    /// without reservations.
+    ///
+    /// # Errors
+    /// As [`place_order`](OrderStore::place_order).
     async fn insert_order(
         &self,
         order: &Order,
         events: &[EventEnvelope],
         member_limits: &[MemberLimit],
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let new = NewOrder {
+            order,
+            events,
+            reservations: &[],
+            member_limits,
+        };
+        self.place_order(new, order.created_at()).await.map(|_| ())
+    }
 
     /// Writes a new version of an order with its events.
     ///
@@ -130,6 +148,9 @@ pub trait VaultStore: Send + Sync {
         quantity: u32,
         now: DateTime<Utc>,
     ) -> Result<Vec<CardId>>;
+
+    /// The cards an order holds (reserved for it or sold to it), in card order.
+    async fn held_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<HeldCard>>;
 
     /// Returns the order's reserved (unsold) cards to stock; returns how many. Idempotent.
     async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32>;
@@ -202,16 +223,17 @@ pub trait KeyRingStore: Send + Sync {
 #[async_trait]
 pub trait PaymentStore: Send + Sync {
     /// Records a notice once per (tenant, provider, transaction id) and, in the same atomic step,
-    /// writes the order change and enqueues the job (both optional). A repeated notice writes
-    /// nothing and returns the first record.
+    /// writes the order change, marks the listed cards sold to the order (at `now`) and enqueues
+    /// the job. A repeated notice writes nothing and returns the first record.
     ///
     /// # Errors
-    /// `Conflict` when the order's version is stale (nothing is written, not even the notice).
+    /// `Conflict` when the order's version is stale or a listed card is not held by the order;
+    /// `Invalid` when cards are listed without an order change. Nothing is written on any error,
+    /// not even the notice.
     async fn record_payment(
         &self,
-        notice: &PaymentNotice,
-        change: Option<OrderChange<'_>>,
-        job: Option<&NewJob>,
+        write: PaymentWrite<'_>,
+        now: DateTime<Utc>,
     ) -> Result<RecordOutcome>;
 
     /// A recorded notice.

@@ -9,8 +9,8 @@ use quanyi_core::{BatchId, EventEnvelope, OrderId, TenantId};
 use quanyi_goods::{PurchaseLimits, Shelf};
 use quanyi_order::{OrderStatus, Payment};
 use quanyi_storage::{
-    AuditAction, AuditOutcome, AuditRecord, CardState, Error, JobStatus, MemberLimit,
-    NoticeDisposition, OrderChange, PaymentNotice, RecordOutcome, Store,
+    AuditAction, AuditOutcome, AuditRecord, CardState, Error, JobStatus, MemberLimit, NewOrder,
+    NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reservation, Store,
 };
 use quanyi_vault::{KeyId, SealedCard, SealedValue};
 
@@ -30,6 +30,8 @@ pub const CASES: &[&str] = &[
     "release_returns_cards_to_stock",
     "expired_reservation_is_free_again",
     "concurrent_buyers_never_oversell",
+    "place_order_is_all_or_nothing",
+    "payment_sells_only_held_cards",
     "payment_notice_recorded_once",
     "payment_with_stale_order_writes_nothing",
     "unpaid_orders_due_in_deadline_order",
@@ -504,20 +506,44 @@ pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for n in 0..50 {
         let store = store.clone();
-        let tenant = tenant.clone();
         let (order, events) = order(&goods, &member(&format!("buyer-{n}")), 1);
         tasks.push(tokio::spawn(async move {
             let envs = envelopes(&order, &events);
-            let until = order.expires_at();
-            match store
-                .reserve_cards(&tenant, sku, order.id(), 1, until, t0())
-                .await
-            {
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-            store.insert_order(&order, &envs, &[]).await?;
-            store.commit_cards(&tenant, sku, order.id(), 1, t0()).await
+            let new = NewOrder {
+                order: &order,
+                events: &envs,
+                reservations: &[Reservation { sku, quantity: 1 }],
+                member_limits: &[],
+            };
+            let held = store.place_order(new, t0()).await?;
+            let mut paid = order.clone();
+            let n = notice(
+                order.tenant(),
+                order.id(),
+                &format!("txn-{n}"),
+                order.total().minor(),
+            );
+            let ev = paid
+                .confirm_payment(
+                    Payment {
+                        provider: n.provider.clone(),
+                        transaction_id: n.transaction_id.clone(),
+                        amount: n.amount,
+                        paid_at: t0(),
+                    },
+                    t0(),
+                )
+                .unwrap();
+            let envs = envelopes(&paid, &ev);
+            let change = OrderChange {
+                order: &paid,
+                expected_version: order.version(),
+                events: &envs,
+            };
+            store
+                .record_payment(pay(&n, Some(change), &held, None), t0())
+                .await?;
+            Ok::<_, Error>(held)
         }));
     }
     let mut sold = Vec::new();
@@ -538,6 +564,258 @@ pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
     );
     let stock = store.stock(&tenant, sku, t0()).await.unwrap();
     assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 10));
+}
+
+/// Placing an order reserves every SKU's cards and stores the order, or does none of it.
+pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let a = card_goods(&tenant, PurchaseLimits::default());
+    let b = card_goods(
+        &tenant,
+        PurchaseLimits {
+            per_order: None,
+            per_member: Some(3),
+        },
+    );
+    let (sku_a, sku_b) = (first_sku(&a), first_sku(&b));
+    store
+        .insert_cards(&tenant, &cards(sku_a, 5), t0())
+        .await
+        .unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku_b, 2), t0())
+        .await
+        .unwrap();
+    let buyer = member("ivy");
+    let two_lines = |qa: u32, qb: u32| {
+        let line = |g: &quanyi_goods::Goods, q: u32| quanyi_order::NewLine {
+            sku: g.skus()[0].id,
+            goods: g.id(),
+            kind: g.kind().tag(),
+            title: g.title().to_owned(),
+            quantity: q,
+            unit_price: g.skus()[0].price,
+            account: None,
+        };
+        quanyi_order::Order::place(
+            id(OrderId::generate),
+            tenant.clone(),
+            buyer.clone(),
+            vec![line(&a, qa), line(&b, qb)],
+            t0(),
+            t0() + Duration::minutes(15),
+        )
+        .unwrap()
+        .0
+    };
+    let short = two_lines(2, 3);
+    let r = store
+        .place_order(
+            NewOrder {
+                order: &short,
+                events: &[],
+                reservations: &[
+                    Reservation {
+                        sku: sku_a,
+                        quantity: 2,
+                    },
+                    Reservation {
+                        sku: sku_b,
+                        quantity: 3,
+                    },
+                ],
+                member_limits: &[],
+            },
+            t0(),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(Error::OutOfStock { sku, .. }) if sku == sku_b),
+        "{r:?}"
+    );
+    assert!(store.order(&tenant, short.id()).await.unwrap().is_none());
+    assert_eq!(
+        store.stock(&tenant, sku_a, t0()).await.unwrap().available,
+        5
+    );
+    let limited = two_lines(1, 2);
+    let limits = [MemberLimit {
+        sku: sku_b,
+        limit: 1,
+    }];
+    let r = store
+        .place_order(
+            NewOrder {
+                order: &limited,
+                events: &[],
+                reservations: &[
+                    Reservation {
+                        sku: sku_a,
+                        quantity: 1,
+                    },
+                    Reservation {
+                        sku: sku_b,
+                        quantity: 2,
+                    },
+                ],
+                member_limits: &limits,
+            },
+            t0(),
+        )
+        .await;
+    assert!(matches!(r, Err(Error::MemberLimitExceeded { .. })), "{r:?}");
+    assert_eq!(
+        store.stock(&tenant, sku_a, t0()).await.unwrap().available,
+        5
+    );
+    let ok = two_lines(2, 2);
+    let envs = envelopes(&ok, &[]);
+    let held = store
+        .place_order(
+            NewOrder {
+                order: &ok,
+                events: &envs,
+                reservations: &[
+                    Reservation {
+                        sku: sku_a,
+                        quantity: 2,
+                    },
+                    Reservation {
+                        sku: sku_b,
+                        quantity: 2,
+                    },
+                ],
+                member_limits: &[MemberLimit {
+                    sku: sku_b,
+                    limit: 3,
+                }],
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 4);
+    let listed = store.held_cards(&tenant, ok.id()).await.unwrap();
+    let mut want = held.clone();
+    want.sort();
+    assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), want);
+    assert!(listed.iter().all(|c| c.state
+        == CardState::Reserved {
+            order: ok.id(),
+            until: ok.expires_at()
+        }));
+    assert_eq!(listed.iter().filter(|c| c.sku == sku_b).count(), 2);
+    assert_eq!(
+        store.stock(&tenant, sku_b, t0()).await.unwrap().available,
+        0
+    );
+    assert_eq!(
+        store.order(&tenant, ok.id()).await.unwrap().as_ref(),
+        Some(&ok)
+    );
+}
+
+/// A payment that sells cards sells only cards its order holds, with the notice and the order
+/// change in the same step.
+pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    store
+        .insert_cards(&tenant, &cards(sku, 2), t0())
+        .await
+        .unwrap();
+    let (order, _) = order(&goods, &member("jay"), 1);
+    let held = store
+        .place_order(
+            NewOrder {
+                order: &order,
+                events: &[],
+                reservations: &[Reservation { sku, quantity: 1 }],
+                member_limits: &[],
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    let free: Vec<_> = store
+        .cards_sealed_with(&tenant, KeyId(1), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .filter(|c| !held.contains(c))
+        .collect();
+    let n = notice(&tenant, order.id(), "txn-sell", order.total().minor());
+    let mut paid = order.clone();
+    paid.confirm_payment(
+        Payment {
+            provider: n.provider.clone(),
+            transaction_id: n.transaction_id.clone(),
+            amount: n.amount,
+            paid_at: t0(),
+        },
+        t0(),
+    )
+    .unwrap();
+    let change = || OrderChange {
+        order: &paid,
+        expected_version: order.version(),
+        events: &[],
+    };
+    let r = store
+        .record_payment(pay(&n, Some(change()), &free, None), t0())
+        .await;
+    assert_eq!(kind_of(r), quanyi_core::ErrorKind::Conflict);
+    assert!(
+        store
+            .payment_notice(&tenant, "testpay", "txn-sell")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .order(&tenant, order.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .status(),
+        OrderStatus::AwaitingPayment
+    );
+    assert_eq!(store.stock(&tenant, sku, t0()).await.unwrap().available, 1);
+    let r = store.record_payment(pay(&n, None, &held, None), t0()).await;
+    assert_eq!(kind_of(r), quanyi_core::ErrorKind::Invalid);
+    assert_eq!(
+        store
+            .record_payment(pay(&n, Some(change()), &held, None), t0())
+            .await
+            .unwrap(),
+        RecordOutcome::Recorded
+    );
+    let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+    assert_eq!((stock.available, stock.reserved, stock.sold), (1, 0, 1));
+    let listed = store.held_cards(&tenant, order.id()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(matches!(listed[0].state, CardState::Sold { order: o, .. } if o == order.id()));
+    assert_eq!(
+        store.order_cards(&tenant, order.id()).await.unwrap()[0].id,
+        held[0]
+    );
+}
+
+fn pay<'a>(
+    notice: &'a PaymentNotice,
+    change: Option<OrderChange<'a>>,
+    sell: &'a [quanyi_core::CardId],
+    job: Option<&'a quanyi_storage::NewJob>,
+) -> PaymentWrite<'a> {
+    PaymentWrite {
+        notice,
+        change,
+        sell,
+        job,
+    }
 }
 
 fn notice(tenant: &TenantId, order: OrderId, txn: &str, minor: i64) -> PaymentNotice {
@@ -579,7 +857,7 @@ pub async fn payment_notice_recorded_once(store: Arc<dyn Store>) {
     };
     assert_eq!(
         store
-            .record_payment(&n, Some(change), Some(&job))
+            .record_payment(pay(&n, Some(change), &[], Some(&job)), t0())
             .await
             .unwrap(),
         RecordOutcome::Recorded
@@ -588,7 +866,10 @@ pub async fn payment_notice_recorded_once(store: Arc<dyn Store>) {
     let mut again = n.clone();
     again.amount = quanyi_core::Money::from_minor(1, quanyi_core::Currency::CNY);
     assert_eq!(
-        store.record_payment(&again, None, None).await.unwrap(),
+        store
+            .record_payment(pay(&again, None, &[], None), t0())
+            .await
+            .unwrap(),
         RecordOutcome::Duplicate(n.clone())
     );
     let stored = store.order(&tenant, order.id()).await.unwrap().unwrap();
@@ -609,7 +890,10 @@ pub async fn payment_notice_recorded_once(store: Arc<dyn Store>) {
     odd.disposition = NoticeDisposition::Reconcile {
         reason: "unknown_order".into(),
     };
-    store.record_payment(&odd, None, None).await.unwrap();
+    store
+        .record_payment(pay(&odd, None, &[], None), t0())
+        .await
+        .unwrap();
     assert_eq!(
         store.notices_to_reconcile(&tenant, 10).await.unwrap(),
         vec![odd]
@@ -641,7 +925,11 @@ pub async fn payment_with_stale_order_writes_nothing(store: Arc<dyn Store>) {
         events: &envs,
     };
     assert_eq!(
-        kind_of(store.record_payment(&n, Some(change), Some(&job)).await),
+        kind_of(
+            store
+                .record_payment(pay(&n, Some(change), &[], Some(&job)), t0())
+                .await
+        ),
         quanyi_core::ErrorKind::Conflict
     );
     assert!(

@@ -25,6 +25,8 @@ macro_rules! storage_conformance {
             release_returns_cards_to_stock,
             expired_reservation_is_free_again,
             concurrent_buyers_never_oversell,
+            place_order_is_all_or_nothing,
+            payment_sells_only_held_cards,
             payment_notice_recorded_once,
             payment_with_stale_order_writes_nothing,
             unpaid_orders_due_in_deadline_order,

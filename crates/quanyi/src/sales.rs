@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use quanyi_core::{Currency, JobId, MemberId, Money, OrderId, SkuId};
 use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
-use quanyi_order::{NewLine, Order, OrderStatus, Payment};
+use quanyi_order::{LineStatus, NewLine, Order, OrderStatus, Payment};
 use quanyi_storage::{
-    MemberLimit, NewJob, NoticeDisposition, OrderChange, PaymentNotice, RecordOutcome,
+    CardState, HeldCard, MemberLimit, NewJob, NewOrder, NoticeDisposition, OrderChange,
+    PaymentNotice, PaymentWrite, RecordOutcome, Reservation,
 };
 
 use crate::{Error, Result, Shop};
@@ -200,35 +201,31 @@ impl Shop {
                 .checked_add(l.check.quantity)
                 .ok_or(Error::InvalidQuantity(i64::from(l.check.quantity)))?;
         }
-        let store = self.store_ref();
-        for (sku, (quantity, _)) in &per_sku {
-            if let Err(e) = store
-                .reserve_cards(&self.tenant, *sku, id, *quantity, expires_at, now)
-                .await
-            {
-                self.release_quietly(id).await;
-                return Err(e.into());
-            }
-        }
+        let reservations: Vec<Reservation> = per_sku
+            .iter()
+            .map(|(sku, (quantity, _))| Reservation {
+                sku: *sku,
+                quantity: *quantity,
+            })
+            .collect();
         let limits: Vec<MemberLimit> = per_sku
             .iter()
             .filter_map(|(sku, (_, limit))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
             .collect();
         let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
-        if let Err(e) = store.insert_order(&order, &envs, &limits).await {
-            self.release_quietly(id).await;
-            return Err(e.into());
-        }
+        self.store_ref()
+            .place_order(
+                NewOrder {
+                    order: &order,
+                    events: &envs,
+                    reservations: &reservations,
+                    member_limits: &limits,
+                },
+                now,
+            )
+            .await?;
         tracing::info!(order = %id, total = %order.total(), "order placed");
         Ok(order)
-    }
-
-    /// Releases an order's reservations after a failed placement. A failure here is harmless:
-    /// reservations run out at their deadline by themselves.
-    async fn release_quietly(&self, order: OrderId) {
-        if let Err(e) = self.store_ref().release_cards(&self.tenant, order).await {
-            tracing::warn!(%order, error = %e, "release after failed placement");
-        }
     }
 
     /// An order by id.
@@ -285,47 +282,48 @@ impl Shop {
                     record.disposition = NoticeDisposition::Reconcile {
                         reason: reason.to_owned(),
                     };
-                    store.record_payment(&record, None, None).await
+                    let write = PaymentWrite {
+                        notice: &record,
+                        change: None,
+                        sell: &[],
+                        job: None,
+                    };
+                    store.record_payment(write, now).await
                 }
                 (None, None) => continue,
-                (None, Some(mut order)) => {
-                    let expected = order.version();
-                    let events = order.confirm_payment(
-                        Payment {
-                            provider: notice.provider.clone(),
-                            transaction_id: notice.transaction_id.clone(),
-                            amount: notice.amount,
-                            paid_at: now,
-                        },
-                        now,
-                    )?;
+                (None, Some(order)) => {
+                    let payment = Payment {
+                        provider: notice.provider.clone(),
+                        transaction_id: notice.transaction_id.clone(),
+                        amount: notice.amount,
+                        paid_at: now,
+                    };
+                    let plan = self.plan_payment(order, payment, now).await?;
                     let envs = self.envelopes(
                         "order",
-                        order.id().to_string(),
-                        order.version(),
-                        &events,
+                        plan.order.id().to_string(),
+                        plan.order.version(),
+                        &plan.events,
                         now,
                     )?;
-                    let job = NewJob {
-                        id: JobId::generate(now, &mut rand::thread_rng()),
-                        tenant: self.tenant.clone(),
-                        kind: DELIVER_ORDER_JOB.into(),
-                        dedupe_key: format!("deliver:{}", order.id()),
-                        payload: serde_json::json!({ "order": order.id() }),
-                        run_at: now,
+                    let write = PaymentWrite {
+                        notice: &record,
+                        change: Some(OrderChange {
+                            order: &plan.order,
+                            expected_version: plan.expected_version,
+                            events: &envs,
+                        }),
+                        sell: &plan.sell,
+                        job: plan.job.as_ref(),
                     };
-                    let change = OrderChange {
-                        order: &order,
-                        expected_version: expected,
-                        events: &envs,
-                    };
-                    match store
-                        .record_payment(&record, Some(change), Some(&job))
-                        .await
-                    {
+                    match store.record_payment(write, now).await {
                         Ok(RecordOutcome::Recorded) => {
-                            tracing::info!(order = %order.id(), "order paid");
-                            let order = self.deliver_now(job.id, order.id()).await?;
+                            tracing::info!(order = %plan.order.id(), status = %plan.order.status(), "order paid");
+                            let order = match &plan.job {
+                                // Delivery was not possible in the same step: run its job now.
+                                Some(job) => self.deliver_now(job.id, plan.order.id()).await?,
+                                None => plan.order,
+                            };
                             return Ok(PaymentReceipt {
                                 order,
                                 repeated: false,
@@ -348,6 +346,54 @@ impl Shop {
             notice.order,
             "kept changing while applying a payment",
         )))
+    }
+
+    /// Decides what a payment writes. When the order's reserved cards cover every card-key line,
+    /// the order is delivered in the same write that records the payment (one atomic step, no job);
+    /// otherwise the payment is recorded with a delivery job.
+    async fn plan_payment(
+        &self,
+        mut order: Order,
+        payment: Payment,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PaymentPlan> {
+        let expected_version = order.version();
+        let mut events = order.confirm_payment(payment, now)?;
+        let held = self
+            .store_ref()
+            .held_cards(&self.tenant, order.id())
+            .await?;
+        let mut sell = Vec::new();
+        if let Some(assignments) = assign_held_cards(&order, &held) {
+            events.extend(order.start_fulfilment(now)?);
+            for (no, quantity, cards) in assignments {
+                sell.extend(cards.iter().copied());
+                events.extend(order.deliver_line(no, cards, quantity, now)?);
+            }
+            events.extend(order.finish_fulfilment(now)?);
+            return Ok(PaymentPlan {
+                order,
+                expected_version,
+                events,
+                sell,
+                job: None,
+            });
+        }
+        let job = NewJob {
+            id: JobId::generate(now, &mut rand::thread_rng()),
+            tenant: self.tenant.clone(),
+            kind: DELIVER_ORDER_JOB.into(),
+            dedupe_key: format!("deliver:{}", order.id()),
+            payload: serde_json::json!({ "order": order.id() }),
+            run_at: now,
+        };
+        Ok(PaymentPlan {
+            order,
+            expected_version,
+            events,
+            sell,
+            job: Some(job),
+        })
     }
 
     /// The answer to a notice already recorded: the same every time it is repeated.
@@ -449,6 +495,41 @@ impl Shop {
         tracing::info!(order = %id, released, "unpaid order expired");
         Ok(true)
     }
+}
+
+struct PaymentPlan {
+    order: Order,
+    expected_version: u64,
+    events: Vec<quanyi_order::OrderEvent>,
+    sell: Vec<quanyi_core::CardId>,
+    job: Option<NewJob>,
+}
+
+/// The held cards for each pending card-key line (line, quantity, cards), when they cover every
+/// line of the order; `None` when anything is missing or a line is of another kind.
+fn assign_held_cards(
+    order: &Order,
+    held: &[HeldCard],
+) -> Option<Vec<(u16, u32, Vec<quanyi_core::CardId>)>> {
+    let mut pools: HashMap<SkuId, Vec<quanyi_core::CardId>> = HashMap::new();
+    for card in held {
+        if matches!(card.state, CardState::Reserved { .. }) {
+            pools.entry(card.sku).or_default().push(card.id);
+        }
+    }
+    let mut out = Vec::with_capacity(order.lines().len());
+    for line in order.lines() {
+        if line.kind != KindTag::CardKey || line.status != LineStatus::Pending {
+            return None;
+        }
+        let pool = pools.get_mut(&line.sku)?;
+        let n = usize::try_from(line.quantity).ok()?;
+        if pool.len() < n {
+            return None;
+        }
+        out.push((line.no, line.quantity, pool.drain(..n).collect()));
+    }
+    Some(out)
 }
 
 /// Why a notice cannot pay this order, or `None` when it can.

@@ -284,7 +284,9 @@ async fn concurrent_identical_notices_apply_once() {
 #[tokio::test]
 async fn a_paid_order_left_undelivered_is_delivered_by_the_job() {
     use quanyi::crates::order::Payment;
-    use quanyi::crates::storage::{NewJob, NoticeDisposition, OrderChange, PaymentNotice};
+    use quanyi::crates::storage::{
+        NewJob, NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite,
+    };
     let w = world();
     let sku = card_sku(&w.shop, "30.00", PurchaseLimits::default()).await;
     stock_up(&w.shop, sku, &codes(2)).await;
@@ -325,18 +327,17 @@ async fn a_paid_order_left_undelivered_is_delivered_by_the_job() {
         payload: serde_json::json!({ "order": order.id() }),
         run_at: now,
     };
-    w.store
-        .record_payment(
-            &record,
-            Some(OrderChange {
-                order: &order,
-                expected_version: expected,
-                events: &[],
-            }),
-            Some(&job),
-        )
-        .await
-        .unwrap();
+    let write = PaymentWrite {
+        notice: &record,
+        change: Some(OrderChange {
+            order: &order,
+            expected_version: expected,
+            events: &[],
+        }),
+        sell: &[],
+        job: Some(&job),
+    };
+    w.store.record_payment(write, now).await.unwrap();
     assert_eq!(
         w.shop.order(order.id()).await.unwrap().status(),
         OrderStatus::Paid
