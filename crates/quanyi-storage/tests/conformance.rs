@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use quanyi_storage::{MemoryStore, Store};
+use quanyi_storage::MemoryStore;
+use quanyi_testkit::Harness;
 
-async fn memory() -> Option<Arc<dyn Store>> {
-    Some(Arc::new(MemoryStore::new()))
+async fn memory() -> Option<Harness> {
+    Some(Harness::new(Arc::new(MemoryStore::new())))
 }
 
 quanyi_testkit::storage_conformance!(memory);

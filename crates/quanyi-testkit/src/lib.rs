@@ -3,12 +3,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod conformance;
+pub mod durable;
 pub mod fixtures;
+pub mod harness;
+
+pub use harness::{
+    Durable, Harness, run_case, run_durable_case, service_url, services_required, unique_name,
+};
 
 /// Generates one `#[tokio::test]` per conformance case for a storage adapter.
 ///
-/// `$factory` is an async function or closure returning `Option<Arc<dyn Store>>`; `None` means
-/// the adapter's service is not configured and the case is skipped (the factory prints why).
+/// `$factory` is an async function returning `Option<Harness>`; `None` means the adapter's
+/// service is not configured and the case is skipped (see [`service_url`]). Each case runs in a
+/// task of its own; the harness's clean-up runs afterwards whether the case passed or not.
 #[macro_export]
 macro_rules! storage_conformance {
     ($factory:expr) => {
@@ -43,8 +50,32 @@ macro_rules! storage_conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let Some(store) = ($factory)().await else { return };
-                $crate::conformance::$case(store).await;
+                let Some(harness) = ($factory)().await else { return };
+                $crate::run_case(harness, $crate::conformance::$case).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per case of [`durable`]: data that survives a reopen, and two
+/// independent shops on one database.
+///
+/// `$factory` is an async function returning `Option<Arc<dyn Durable>>`.
+#[macro_export]
+macro_rules! durable_conformance {
+    ($factory:expr) => {
+        $crate::durable_conformance!(@cases $factory;
+            reopen_finds_everything,
+            two_shops_never_sell_a_key_twice,
+            a_notice_applied_by_one_shop_is_a_no_op_on_the_other
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(durable) = ($factory)().await else { return };
+                $crate::run_durable_case(durable, $crate::durable::$case).await;
             }
         )*
     };
