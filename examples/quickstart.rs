@@ -3,12 +3,18 @@
 //! payment notice arrives twice, the keys are delivered and revealed to the buyer, a second
 //! member is refused more than is left, and an unpaid order expires and gives its keys back.
 //!
-//! Run it with `cargo run --example quickstart`.
+//! Run it with `cargo run --example quickstart`, or on a durable store with
+//! `-- --store sqlite:/tmp/qs.db` or `-- --store postgres:postgres://postgres@127.0.0.1:5432/test`.
+//! On a durable store each run works in a tenant of its own (`quickstart-<random>`), so runs on
+//! one database never see each other's goods, keys or orders and the transcript is the same.
 
 use std::error::Error;
 use std::sync::Arc;
 
 use quanyi::*;
+
+mod support;
+use support::StoreSpec;
 
 /// The import file: five keys, line 3 repeats line 1 (spaces, dashes and case do not matter),
 /// and line 5 carries a control character.
@@ -22,16 +28,24 @@ const BATCH: &str = "VIP-MONTH-0001-AB12\n\
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let store = parse_store(std::env::args().skip(1))?;
+    let spec = parse_store(std::env::args().skip(1))?;
+    let store = spec.open().await?;
     let keys = root_key_provider()?;
     // A clock the example can move forward, to show expiry without waiting 15 minutes.
     let clock = ManualClock::new(chrono::Utc::now());
+    let mut rng = rand::thread_rng();
+    let tenant = if spec.is_durable() {
+        TenantId::new(format!("quickstart-{:016x}", rand::random::<u64>()))?
+    } else {
+        TenantId::default()
+    };
     let shop = Shop::builder(store, keys)
         .clock(Arc::new(clock.clone()))
+        .tenant(tenant)
         .build()?;
-    let mut rng = rand::thread_rng();
 
     println!("== quanyi quickstart ==");
+    println!("store: {spec}, tenant: {}", shop.tenant());
     let sku = SkuId::generate(clock.now(), &mut rng);
     let goods = shop
         .create_goods(GoodsDraft {
@@ -159,14 +173,12 @@ fn stock_line(s: StockCount) -> String {
     )
 }
 
-/// `--store memory` (the default). Durable stores are added by their adapters.
-fn parse_store(mut args: impl Iterator<Item = String>) -> Result<Arc<dyn Store>, Box<dyn Error>> {
-    match (args.next().as_deref(), args.next().as_deref()) {
-        (None, _) | (Some("--store"), Some("memory")) => Ok(Arc::new(MemoryStore::new())),
-        (Some("--store"), Some(other)) => {
-            Err(format!("unknown store {other:?}; use memory").into())
-        }
-        _ => Err("usage: quickstart [--store memory]".into()),
+/// `--store memory|sqlite:PATH|postgres:URL`, memory by default.
+fn parse_store(mut args: impl Iterator<Item = String>) -> Result<StoreSpec, Box<dyn Error>> {
+    match (args.next(), args.next(), args.next()) {
+        (None, _, _) => Ok(StoreSpec::Memory),
+        (Some(flag), Some(spec), None) if flag == "--store" => StoreSpec::parse(&spec),
+        _ => Err("usage: quickstart [--store memory|sqlite:PATH|postgres:URL]".into()),
     }
 }
 

@@ -12,13 +12,15 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> DateTime<Utc>;
 }
 
-/// The operating system's clock. Only the engine holds one; domain code never calls it.
+/// The operating system's clock, read to the microsecond (the precision every store keeps).
+/// Only the engine holds one; domain code never calls it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        let now = Utc::now();
+        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
     }
 }
 
@@ -68,6 +70,12 @@ impl Clock for ManualClock {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn system_clock_reads_whole_microseconds() {
+        let now = SystemClock.now();
+        assert_eq!(now.timestamp_subsec_nanos() % 1_000, 0);
+    }
 
     #[test]
     fn manual_clock_moves_when_told() {

@@ -1,5 +1,7 @@
 //! The envelope every domain event is stored and published in.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +32,8 @@ pub struct EventEnvelope {
     pub name: String,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
-    /// The event body.
-    pub payload: serde_json::Value,
+    /// The event body. Shared, so that copies of an envelope (stores, outboxes) are cheap.
+    pub payload: Arc<serde_json::Value>,
 }
 
 impl EventEnvelope {
@@ -56,7 +58,7 @@ impl EventEnvelope {
             aggregate_version,
             name: event.name().to_owned(),
             occurred_at,
-            payload: serde_json::to_value(event)?,
+            payload: Arc::new(serde_json::to_value(event)?),
         })
     }
 }

@@ -203,7 +203,7 @@ macro_rules! define_name {
         /// 1 to 64 characters of ASCII letters, digits and `_ - . : @`.
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// Validates and wraps a name.
@@ -213,7 +213,7 @@ macro_rules! define_name {
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 if valid_name(&s) {
-                    Ok($name(s))
+                    Ok($name(s.into()))
                 } else {
                     Err(IdError::new(stringify!($name), &s))
                 }
@@ -253,7 +253,7 @@ macro_rules! define_name {
 
         impl From<$name> for String {
             fn from(n: $name) -> String {
-                n.0
+                n.0.as_ref().to_owned()
             }
         }
     };
@@ -275,7 +275,7 @@ impl TenantId {
 
 impl Default for TenantId {
     fn default() -> Self {
-        TenantId(TenantId::DEFAULT.to_owned())
+        TenantId(TenantId::DEFAULT.into())
     }
 }
 

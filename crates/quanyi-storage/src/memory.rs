@@ -26,30 +26,77 @@ use crate::ports::{
 use crate::{Error, Result};
 
 type Key<T> = (TenantId, T);
+// Keys are internal ids and validated names; a fast seeded hasher is enough.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<T> = HashSet<T, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct State {
-    goods: HashMap<Key<GoodsId>, Goods>,
-    sku_goods: HashMap<Key<SkuId>, GoodsId>,
-    orders: HashMap<Key<OrderId>, Order>,
-    member_orders: HashMap<Key<MemberId>, Vec<OrderId>>,
+    goods: Map<Key<GoodsId>, Goods>,
+    sku_goods: Map<Key<SkuId>, GoodsId>,
+    orders: Map<Key<OrderId>, Order>,
+    member_orders: Map<Key<MemberId>, Vec<OrderId>>,
     unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
-    cards: HashMap<CardId, StoredCard>,
-    pools: HashMap<Key<SkuId>, BTreeSet<CardId>>,
-    sold: HashMap<Key<SkuId>, u64>,
-    order_cards: HashMap<Key<OrderId>, Vec<CardId>>,
-    blind: HashSet<Key<BlindIndex>>,
-    rings: HashMap<TenantId, (WrappedKeyRing, u64)>,
-    notices: HashMap<(TenantId, String, String), PaymentNotice>,
+    cards: Map<CardId, StoredCard>,
+    pools: Map<Key<SkuId>, Pool>,
+    order_cards: Map<Key<OrderId>, Vec<CardId>>,
+    blind: Set<Key<BlindIndex>>,
+    rings: Map<TenantId, (WrappedKeyRing, u64)>,
+    notices: Map<(TenantId, String, String), PaymentNotice>,
     notice_log: Vec<(TenantId, String, String)>,
     events: Vec<EventEnvelope>,
-    event_pos: HashMap<EventId, usize>,
-    aggregate_events: HashMap<(TenantId, String, String), Vec<usize>>,
+    event_pos: Map<EventId, usize>,
+    aggregate_events: Map<(TenantId, String, String), Vec<usize>>,
     audit: Vec<AuditRecord>,
-    jobs: HashMap<JobId, Job>,
-    job_keys: HashMap<Key<String>, JobId>,
+    jobs: Map<JobId, Job>,
+    job_keys: Map<Key<String>, JobId>,
     queue: BTreeSet<(DateTime<Utc>, JobId)>,
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
+}
+
+/// The unsold cards of one SKU, indexed so that finding free cards costs what is taken, not
+/// what is stocked.
+#[derive(Default)]
+struct Pool {
+    /// Available cards, oldest first.
+    free: BTreeSet<CardId>,
+    /// Reserved cards by deadline; those at or before `now` count as free.
+    held: BTreeSet<(DateTime<Utc>, CardId)>,
+    /// How many were sold.
+    sold: u64,
+}
+
+impl Pool {
+    /// Up to `n` free cards at `now`, oldest first, skipping `exclude`.
+    fn take(&self, now: DateTime<Utc>, n: usize, exclude: &[CardId]) -> Vec<CardId> {
+        let mut out: Vec<CardId> = self
+            .free
+            .iter()
+            .filter(|id| !exclude.contains(id))
+            .take(n)
+            .copied()
+            .collect();
+        out.extend(
+            self.held
+                .iter()
+                .take_while(|(until, _)| *until <= now)
+                .map(|(_, id)| *id)
+                .filter(|id| !exclude.contains(id)),
+        );
+        out.sort_unstable();
+        out.truncate(n);
+        out
+    }
+
+    /// How many cards are free at `now`.
+    fn free_count(&self, now: DateTime<Utc>) -> u64 {
+        let expired = self
+            .held
+            .iter()
+            .take_while(|(until, _)| *until <= now)
+            .count();
+        (self.free.len() + expired) as u64
+    }
 }
 
 /// Every storage port in memory. Cheap to create; nothing survives the process.
@@ -93,9 +140,18 @@ fn is_live(status: OrderStatus) -> bool {
 }
 
 impl State {
+    /// The first event id that is stored already or repeats within `events`.
+    fn event_conflict(&self, events: &[EventEnvelope]) -> Option<EventId> {
+        let mut seen = Set::with_capacity_and_hasher(events.len(), Default::default());
+        events
+            .iter()
+            .find(|e| self.event_pos.contains_key(&e.id) || !seen.insert(e.id))
+            .map(|e| e.id)
+    }
+
     fn push_events(&mut self, events: &[EventEnvelope]) -> Result<()> {
-        if let Some(e) = events.iter().find(|e| self.event_pos.contains_key(&e.id)) {
-            return Err(Error::conflict("event", e.id, "id already stored"));
+        if let Some(id) = self.event_conflict(events) {
+            return Err(Error::conflict("event", id, "id already stored"));
         }
         for e in events {
             let pos = self.events.len();
@@ -128,11 +184,7 @@ impl State {
                 change.order.id()
             )));
         }
-        if change
-            .events
-            .iter()
-            .any(|e| self.event_pos.contains_key(&e.id))
-        {
+        if self.event_conflict(change.events).is_some() {
             return Err(Error::conflict(
                 "event",
                 change.order.id(),
@@ -236,16 +288,55 @@ impl State {
         }
     }
 
-    fn free_cards(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Vec<CardId> {
+    /// Moves a card to `state`, keeping its pool's indexes true.
+    fn set_card_state(&mut self, id: CardId, state: CardState) {
+        let Some(card) = self.cards.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut card.state, state);
+        let pool = self
+            .pools
+            .entry((card.tenant.clone(), card.sku))
+            .or_default();
+        match old {
+            CardState::Available => {
+                pool.free.remove(&id);
+            }
+            CardState::Reserved { until, .. } => {
+                pool.held.remove(&(until, id));
+            }
+            CardState::Sold { .. } => {}
+        }
+        match state {
+            CardState::Available => {
+                pool.free.insert(id);
+            }
+            CardState::Reserved { until, .. } => {
+                pool.held.insert((until, id));
+            }
+            CardState::Sold { .. } => pool.sold += 1,
+        }
+    }
+
+    /// Up to `n` free cards of a SKU at `now`, oldest first, skipping `exclude`.
+    fn free_cards(
+        &self,
+        tenant: &TenantId,
+        sku: SkuId,
+        now: DateTime<Utc>,
+        n: usize,
+        exclude: &[CardId],
+    ) -> Vec<CardId> {
         self.pools
             .get(&(tenant.clone(), sku))
-            .map(|pool| {
-                pool.iter()
-                    .filter(|id| self.cards.get(id).is_some_and(|c| c.state.is_free_at(now)))
-                    .copied()
-                    .collect()
-            })
+            .map(|pool| pool.take(now, n, exclude))
             .unwrap_or_default()
+    }
+
+    fn free_count(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> u64 {
+        self.pools
+            .get(&(tenant.clone(), sku))
+            .map_or(0, |pool| pool.free_count(now))
     }
 
     fn held_by(&self, tenant: &TenantId, order: OrderId, sku: SkuId) -> (Vec<CardId>, Vec<CardId>) {
@@ -284,7 +375,7 @@ impl GoodsStore for MemoryStore {
         {
             return Err(Error::conflict("sku", sku.id, "id already stored"));
         }
-        if events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
+        if s.event_conflict(events).is_some() {
             return Err(Error::conflict("event", goods.id(), "id already stored"));
         }
         for sku in goods.skus() {
@@ -317,7 +408,7 @@ impl GoodsStore for MemoryStore {
         }) {
             return Err(Error::conflict("sku", sku.id, "id already stored"));
         }
-        if events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
+        if s.event_conflict(events).is_some() {
             return Err(Error::conflict("event", goods.id(), "id already stored"));
         }
         for sku in goods.skus() {
@@ -378,7 +469,7 @@ impl OrderStore for MemoryStore {
                 });
             }
         }
-        if new.events.iter().any(|e| s.event_pos.contains_key(&e.id)) {
+        if s.event_conflict(new.events).is_some() {
             return Err(Error::conflict("event", order.id(), "id already stored"));
         }
         // Choose every card before changing any, so a shortage changes nothing.
@@ -388,28 +479,25 @@ impl OrderStore for MemoryStore {
                 return Err(Error::Invalid("reserve of zero cards".into()));
             }
             let want = usize::try_from(r.quantity).unwrap_or(usize::MAX);
-            let free: Vec<CardId> = s
-                .free_cards(&tenant, r.sku, now)
-                .into_iter()
-                .filter(|id| !chosen.contains(id))
-                .collect();
+            let free = s.free_cards(&tenant, r.sku, now, want, &chosen);
             if free.len() < want {
                 return Err(Error::OutOfStock {
                     sku: r.sku,
                     requested: r.quantity,
-                    available: free.len() as u64,
+                    available: s.free_count(&tenant, r.sku, now),
                 });
             }
-            chosen.extend(free.into_iter().take(want));
+            chosen.extend(free);
         }
         let until = order.expires_at();
         for id in &chosen {
-            if let Some(card) = s.cards.get_mut(id) {
-                card.state = CardState::Reserved {
+            s.set_card_state(
+                *id,
+                CardState::Reserved {
                     order: order.id(),
                     until,
-                };
-            }
+                },
+            );
         }
         if !chosen.is_empty() {
             s.order_cards
@@ -485,7 +573,11 @@ impl VaultStore for MemoryStore {
         now: DateTime<Utc>,
     ) -> Result<InsertCardsOutcome> {
         let mut s = self.state.lock();
-        if let Some(c) = cards.iter().find(|c| s.cards.contains_key(&c.id)) {
+        let mut ids = HashSet::with_capacity(cards.len());
+        if let Some(c) = cards
+            .iter()
+            .find(|c| s.cards.contains_key(&c.id) || !ids.insert(c.id))
+        {
             return Err(Error::conflict("card", c.id, "id already stored"));
         }
         let mut outcome = InsertCardsOutcome::default();
@@ -506,6 +598,7 @@ impl VaultStore for MemoryStore {
             s.pools
                 .entry((tenant.clone(), c.sku))
                 .or_default()
+                .free
                 .insert(c.id);
             s.cards.insert(
                 c.id,
@@ -543,19 +636,16 @@ impl VaultStore for MemoryStore {
             return Ok(sold.into_iter().chain(reserved).collect());
         }
         let want = usize::try_from(quantity).unwrap_or(usize::MAX);
-        let free = s.free_cards(tenant, sku, now);
-        if free.len() < want {
+        let chosen = s.free_cards(tenant, sku, now, want, &[]);
+        if chosen.len() < want {
             return Err(Error::OutOfStock {
                 sku,
                 requested: quantity,
-                available: free.len() as u64,
+                available: s.free_count(tenant, sku, now),
             });
         }
-        let chosen: Vec<CardId> = free.into_iter().take(want).collect();
         for id in &chosen {
-            if let Some(card) = s.cards.get_mut(id) {
-                card.state = CardState::Reserved { order, until };
-            }
+            s.set_card_state(*id, CardState::Reserved { order, until });
         }
         s.order_cards
             .entry((tenant.clone(), order))
@@ -584,32 +674,24 @@ impl VaultStore for MemoryStore {
         let need = want - sold.len();
         let mut chosen: Vec<CardId> = reserved.into_iter().take(need).collect();
         if chosen.len() < need {
-            let free = s.free_cards(tenant, sku, now);
             let short = need - chosen.len();
-            if free.len() < short {
+            let extra = s.free_cards(tenant, sku, now, short, &chosen);
+            if extra.len() < short {
                 return Err(Error::OutOfStock {
                     sku,
                     requested: quantity,
-                    available: (free.len() + chosen.len() + sold.len()) as u64,
+                    available: (extra.len() + chosen.len() + sold.len()) as u64,
                 });
             }
-            let extra: Vec<CardId> = free.into_iter().take(short).collect();
             s.order_cards
                 .entry((tenant.clone(), order))
                 .or_default()
                 .extend(extra.iter().copied());
             chosen.extend(extra);
         }
-        let pool_key = (tenant.clone(), sku);
         for id in &chosen {
-            if let Some(card) = s.cards.get_mut(id) {
-                card.state = CardState::Sold { order, at: now };
-            }
-            if let Some(pool) = s.pools.get_mut(&pool_key) {
-                pool.remove(id);
-            }
+            s.set_card_state(*id, CardState::Sold { order, at: now });
         }
-        *s.sold.entry(pool_key).or_default() += chosen.len() as u64;
         Ok(sold.into_iter().chain(chosen).collect())
     }
 
@@ -643,12 +725,12 @@ impl VaultStore for MemoryStore {
         let mut released = 0u32;
         let mut kept = Vec::new();
         for id in ids {
-            let Some(card) = s.cards.get_mut(&id) else {
+            let Some(card) = s.cards.get(&id) else {
                 continue;
             };
             match card.state {
                 CardState::Reserved { order: o, .. } if o == order => {
-                    card.state = CardState::Available;
+                    s.set_card_state(id, CardState::Available);
                     released = released.saturating_add(1);
                 }
                 CardState::Sold { order: o, .. } if o == order => kept.push(id),
@@ -688,20 +770,14 @@ impl VaultStore for MemoryStore {
     async fn stock(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Result<StockCount> {
         let s = self.state.lock();
         let key = (tenant.clone(), sku);
-        let mut count = StockCount {
-            sold: s.sold.get(&key).copied().unwrap_or(0),
-            ..StockCount::default()
-        };
-        for id in s.pools.get(&key).into_iter().flatten() {
-            if let Some(card) = s.cards.get(id) {
-                if card.state.is_free_at(now) {
-                    count.available += 1;
-                } else {
-                    count.reserved += 1;
-                }
+        Ok(s.pools.get(&key).map_or_else(StockCount::default, |pool| {
+            let available = pool.free_count(now);
+            StockCount {
+                available,
+                reserved: (pool.free.len() as u64 + pool.held.len() as u64) - available,
+                sold: pool.sold,
             }
-        }
-        Ok(count)
+        }))
     }
 
     async fn cards_sealed_with(
@@ -844,18 +920,13 @@ impl PaymentStore for MemoryStore {
                 }
             }
             for id in write.sell {
-                let Some(card) = s.cards.get_mut(id) else {
-                    continue;
-                };
-                if matches!(card.state, CardState::Sold { .. }) {
-                    continue;
+                let unsold = s
+                    .cards
+                    .get(id)
+                    .is_some_and(|c| !matches!(c.state, CardState::Sold { .. }));
+                if unsold {
+                    s.set_card_state(*id, CardState::Sold { order, at: now });
                 }
-                card.state = CardState::Sold { order, at: now };
-                let pool_key = (card.tenant.clone(), card.sku);
-                if let Some(pool) = s.pools.get_mut(&pool_key) {
-                    pool.remove(id);
-                }
-                *s.sold.entry(pool_key).or_default() += 1;
             }
         }
         if let Some(change) = &write.change {

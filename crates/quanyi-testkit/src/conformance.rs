@@ -29,6 +29,7 @@ pub const CASES: &[&str] = &[
     "commit_is_idempotent_and_final",
     "release_returns_cards_to_stock",
     "expired_reservation_is_free_again",
+    "late_commit_never_takes_a_card_twice",
     "concurrent_buyers_never_oversell",
     "place_order_is_all_or_nothing",
     "payment_sells_only_held_cards",
@@ -491,6 +492,32 @@ pub async fn expired_reservation_is_free_again(store: Arc<dyn Store>) {
             .unwrap(),
         held
     );
+}
+
+/// A commit after the deadline for more cards than were reserved takes each card once.
+pub async fn late_commit_never_takes_a_card_twice(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    store
+        .insert_cards(&tenant, &cards(sku, 3), t0())
+        .await
+        .unwrap();
+    let order_id = id(OrderId::generate);
+    let until = t0() + Duration::minutes(15);
+    let held = store
+        .reserve_cards(&tenant, sku, order_id, 1, until, t0())
+        .await
+        .unwrap();
+    let later = until + Duration::minutes(1);
+    let sold = store
+        .commit_cards(&tenant, sku, order_id, 2, later)
+        .await
+        .unwrap();
+    assert_eq!(sold.len(), 2);
+    assert_eq!(sold.iter().collect::<HashSet<_>>().len(), 2);
+    assert!(sold.contains(&held[0]));
+    let stock = store.stock(&tenant, sku, later).await.unwrap();
+    assert_eq!((stock.available, stock.reserved, stock.sold), (1, 0, 2));
 }
 
 /// 50 tasks racing to buy 10 keys: exactly 10 get keys, no key twice, 40 a clean out-of-stock.

@@ -31,6 +31,7 @@ macro_rules! storage_conformance {
             commit_is_idempotent_and_final,
             release_returns_cards_to_stock,
             expired_reservation_is_free_again,
+            late_commit_never_takes_a_card_twice,
             concurrent_buyers_never_oversell,
             place_order_is_all_or_nothing,
             payment_sells_only_held_cards,

@@ -31,6 +31,11 @@ pub use quanyi_vault::{
     KeyId, KeyProvider, RootKey, StaticKeyProvider,
 };
 
+#[cfg(feature = "postgres")]
+pub use quanyi_storage_postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub use quanyi_storage_sqlite::SqliteStore;
+
 /// The crates behind the facade, for hosts that need more than the re-exports.
 pub mod crates {
     pub use quanyi_core as core;

@@ -1,0 +1,95 @@
+//! Conversions between domain values and column values.
+
+use chrono::{DateTime, Utc};
+use quanyi_core::{EventEnvelope, TenantId};
+use quanyi_storage::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_postgres::Row;
+use tokio_postgres::types::FromSql;
+use uuid::Uuid;
+
+use crate::error::corrupt;
+
+/// Microseconds since the epoch, the column form of every timestamp.
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+/// A timestamp column back to a `DateTime`.
+pub(crate) fn from_micros(value: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(value).ok_or_else(|| corrupt("timestamp", value))
+}
+
+/// A `u64` (version, counter) as a BIGINT.
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Invalid(format!("{what} {value} is too large")))
+}
+
+/// A BIGINT back to a `u64`.
+pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| corrupt(what, value))
+}
+
+/// A `usize` limit as a BIGINT (saturating: a limit past `i64::MAX` means all).
+pub(crate) fn limit(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A document as JSON text.
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| Error::Invalid(format!("{what} does not serialize: {e}")))
+}
+
+/// JSON text back to a document.
+pub(crate) fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+/// A tenant column back to a `TenantId`.
+pub(crate) fn tenant(text: String) -> Result<TenantId> {
+    TenantId::new(text).map_err(|e| corrupt("tenant", e))
+}
+
+/// One column of a row, a decoding failure being `Corrupt`.
+pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
+    row.try_get(idx).map_err(|e| corrupt("column", e))
+}
+
+/// Events as the parallel arrays an `unnest` insert takes.
+#[derive(Debug, Default)]
+pub(crate) struct EventColumns {
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) tenants: Vec<String>,
+    pub(crate) types: Vec<String>,
+    pub(crate) aggregates: Vec<String>,
+    pub(crate) docs: Vec<String>,
+}
+
+impl EventColumns {
+    pub(crate) fn new(events: &[EventEnvelope]) -> Result<Self> {
+        let mut cols = EventColumns::default();
+        for e in events {
+            cols.ids.push(*e.id.as_uuid());
+            cols.tenants.push(e.tenant.as_str().to_owned());
+            cols.types.push(e.aggregate_type.clone());
+            cols.aggregates.push(e.aggregate_id.clone());
+            cols.docs.push(to_json(e, "event")?);
+        }
+        Ok(cols)
+    }
+}
+
+/// The SQL that inserts the events of an [`EventColumns`] bound at `$first..$first+4`, in order,
+/// guarded by `condition`.
+pub(crate) fn insert_events_sql(first: usize, condition: &str) -> String {
+    let (a, b, c, d, e) = (first, first + 1, first + 2, first + 3, first + 4);
+    format!(
+        "INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
+         SELECT u.id, u.tenant, u.aggregate_type, u.aggregate_id, u.doc \
+         FROM unnest(${a}::uuid[], ${b}::text[], ${c}::text[], ${d}::text[], ${e}::text[]) \
+              WITH ORDINALITY AS u(id, tenant, aggregate_type, aggregate_id, doc, ord) \
+         WHERE {condition} ORDER BY u.ord"
+    )
+}

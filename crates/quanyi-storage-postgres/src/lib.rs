@@ -1,0 +1,144 @@
+#![doc = include_str!("../README.md")]
+
+mod codec;
+mod error;
+mod goods;
+mod jobs;
+mod logs;
+mod migrate;
+mod options;
+mod orders;
+mod payments;
+mod ring;
+mod vault;
+
+use std::fmt;
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use quanyi_storage::{Error, Result};
+use tokio_postgres::{NoTls, Statement};
+
+pub use migrate::SCHEMA_VERSION;
+pub use options::{DEFAULT_SCHEMA, PgOptions};
+
+/// Every quanyi storage port over PostgreSQL, on a pool of connections whose `search_path` is
+/// the store's schema. Cheap to clone (clones share the pool).
+///
+/// Each command is one transaction, most of them one statement and one round trip; see the
+/// crate documentation for the design.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    schema: String,
+    target: String,
+    max_connections: usize,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("PgStore")
+            .field("target", &self.shared.target)
+            .field("schema", &self.shared.schema)
+            .field("max_connections", &self.shared.max_connections)
+            .field("open_connections", &status.size)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to a server URL with the default options (schema `quanyi`); see
+    /// [`connect_with`](PgStore::connect_with).
+    ///
+    /// # Errors
+    /// As [`connect_with`](PgStore::connect_with).
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        PgStore::connect_with(PgOptions::new(url)).await
+    }
+
+    /// Builds the pool and opens one connection to check that the server answers. Does not
+    /// create or change any table: run [`migrate`](PgStore::migrate) for that.
+    ///
+    /// # Errors
+    /// `Invalid` for a bad URL, schema name or pool size; `Unavailable` when the server cannot
+    /// be reached.
+    pub async fn connect_with(options: PgOptions) -> Result<PgStore> {
+        let config = options.pg_config()?;
+        let target = options::describe(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.acquire_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| Error::Invalid(format!("connection pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            shared: Arc::new(Shared {
+                schema: options.schema,
+                target,
+                max_connections: options.max_connections,
+            }),
+        };
+        drop(store.conn().await?);
+        Ok(store)
+    }
+
+    /// The schema this store works in.
+    pub fn schema(&self) -> &str {
+        &self.shared.schema
+    }
+
+    /// A pooled connection.
+    async fn conn(&self) -> Result<Conn> {
+        let obj = self.pool.get().await.map_err(error::pool)?;
+        Ok(Conn {
+            obj: Some(obj),
+            in_txn: false,
+        })
+    }
+}
+
+/// A pooled connection that is thrown away, not returned to the pool, if it is dropped inside
+/// an explicit transaction (the caller's future was cancelled mid-way): the server then rolls
+/// the transaction back when the socket closes.
+struct Conn {
+    obj: Option<Object>,
+    in_txn: bool,
+}
+
+impl Conn {
+    fn client(&self) -> &deadpool_postgres::ClientWrapper {
+        // `obj` is only taken in `drop`.
+        match &self.obj {
+            Some(obj) => obj,
+            None => unreachable!("connection used after drop"),
+        }
+    }
+
+    async fn prepare(&self, sql: &str) -> Result<Statement> {
+        self.client().prepare_cached(sql).await.map_err(error::db)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.in_txn {
+            if let Some(obj) = self.obj.take() {
+                drop(Object::take(obj));
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Orders, their lines (for member limits) and placing an order with its reservations.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use quanyi_core::{CardId, MemberId, OrderId, SkuId, TenantId};
+use quanyi_order::Order;
+use quanyi_storage::{Error, NewOrder, OrderChange, OrderStore, Result};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::SqliteStore;
+use crate::cards::{free_cards, reserve};
+use crate::convert::{SqlResult, from_doc, int, limit, to_doc, ts, uint, uuid};
+use crate::logs::{EventRow, check_events_new, event_rows, insert_events};
+
+/// The statuses that do not count toward member limits, as `OrderStatus::as_str` spells them
+/// (a test checks they agree).
+pub(crate) const VOID_STATUSES: [&str; 3] = ["expired", "cancelled", "refunded"];
+
+/// An order encoded for a blocking thread.
+pub(crate) struct OrderRow {
+    pub(crate) tenant: String,
+    pub(crate) id: OrderId,
+    member: String,
+    status: &'static str,
+    expires_at: i64,
+    version: u64,
+    doc: String,
+    lines: Vec<(SkuId, u32)>,
+}
+
+pub(crate) fn order_row(order: &Order) -> Result<OrderRow> {
+    int(order.version(), "order version")?;
+    Ok(OrderRow {
+        tenant: order.tenant().as_str().to_owned(),
+        id: order.id(),
+        member: order.member().as_str().to_owned(),
+        status: order.status().as_str(),
+        expires_at: ts(order.expires_at())?,
+        version: order.version(),
+        doc: to_doc(order, "order")?,
+        lines: order.lines().iter().map(|l| (l.sku, l.quantity)).collect(),
+    })
+}
+
+/// An order change encoded for a blocking thread.
+pub(crate) struct ChangeRow {
+    pub(crate) order: OrderRow,
+    expected_version: u64,
+    events: Vec<EventRow>,
+}
+
+pub(crate) fn change_row(change: &OrderChange<'_>) -> Result<ChangeRow> {
+    Ok(ChangeRow {
+        order: order_row(change.order)?,
+        expected_version: change.expected_version,
+        events: event_rows(change.events)?,
+    })
+}
+
+/// The checks of an order change, in the memory adapter's order: `NotFound`, `Conflict` on a
+/// stale version, `Invalid` without a new version, `Conflict` on a stored event id.
+pub(crate) fn check_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<()> {
+    let o = &c.order;
+    let stored: Option<i64> = tx
+        .prepare_cached("SELECT version FROM orders WHERE tenant = ?1 AND id = ?2")
+        .db()?
+        .query_row(params![o.tenant, o.id.as_bytes()], |r| r.get(0))
+        .optional()
+        .db()?;
+    let stored = stored.ok_or_else(|| Error::not_found("order", o.id))?;
+    if uint(stored, "order version")? != c.expected_version {
+        return Err(Error::conflict("order", o.id, "stale version"));
+    }
+    if o.version <= c.expected_version {
+        return Err(Error::Invalid(format!(
+            "order {} written without a new version",
+            o.id
+        )));
+    }
+    check_events_new(tx, &c.events, "event", o.id)
+}
+
+/// Writes a checked order change and its events.
+pub(crate) fn apply_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<()> {
+    let o = &c.order;
+    tx.prepare_cached(
+        "UPDATE orders SET member = ?3, status = ?4, expires_at = ?5, version = ?6, doc = ?7
+         WHERE tenant = ?1 AND id = ?2",
+    )
+    .db()?
+    .execute(params![
+        o.tenant,
+        o.id.as_bytes(),
+        o.member,
+        o.status,
+        o.expires_at,
+        int(o.version, "order version")?,
+        o.doc
+    ])
+    .db()?;
+    insert_events(tx, &c.events)
+}
+
+/// The quantity of `sku` in the member's live orders.
+fn member_quantity(tx: &Transaction<'_>, tenant: &str, member: &str, sku: SkuId) -> Result<u64> {
+    let sum: i64 = tx
+        .prepare_cached(
+            "SELECT COALESCE(SUM(l.quantity), 0) FROM order_lines l
+             JOIN orders o ON o.tenant = l.tenant AND o.id = l.order_id
+             WHERE l.tenant = ?1 AND l.member = ?2 AND l.sku = ?3
+               AND o.status NOT IN (?4, ?5, ?6)",
+        )
+        .db()?
+        .query_row(
+            params![
+                tenant,
+                member,
+                sku.as_bytes(),
+                VOID_STATUSES[0],
+                VOID_STATUSES[1],
+                VOID_STATUSES[2]
+            ],
+            |r| r.get(0),
+        )
+        .db()?;
+    uint(sum, "member quantity")
+}
+
+fn insert_order(tx: &Transaction<'_>, o: &OrderRow) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .db()?
+    .execute(params![
+        o.tenant,
+        o.id.as_bytes(),
+        o.member,
+        o.status,
+        o.expires_at,
+        int(o.version, "order version")?,
+        o.doc
+    ])
+    .db()?;
+    let mut line = tx
+        .prepare_cached(
+            "INSERT INTO order_lines (tenant, order_id, line, member, sku, quantity)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .db()?;
+    for (n, (sku, quantity)) in o.lines.iter().enumerate() {
+        line.execute(params![
+            o.tenant,
+            o.id.as_bytes(),
+            limit(n),
+            o.member,
+            sku.as_bytes(),
+            quantity
+        ])
+        .db()?;
+    }
+    Ok(())
+}
+
+fn decode(doc: &str) -> Result<Order> {
+    from_doc(doc, "order")
+}
+
+fn tenant_of(text: String) -> Result<TenantId> {
+    TenantId::new(text).map_err(|e| Error::Corrupt(format!("stored tenant: {e}")))
+}
+
+#[async_trait]
+impl OrderStore for SqliteStore {
+    async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
+        let o = order_row(new.order)?;
+        let events = event_rows(new.events)?;
+        let limits: Vec<(SkuId, u32, u32)> = new
+            .member_limits
+            .iter()
+            .map(|l| {
+                let requested = new
+                    .order
+                    .lines()
+                    .iter()
+                    .filter(|line| line.sku == l.sku)
+                    .map(|line| line.quantity)
+                    .fold(0u32, u32::saturating_add);
+                (l.sku, l.limit, requested)
+            })
+            .collect();
+        let reservations: Vec<(SkuId, u32)> = new
+            .reservations
+            .iter()
+            .map(|r| (r.sku, r.quantity))
+            .collect();
+        let now = ts(now)?;
+        self.pool
+            .write(move |tx| {
+                let exists = tx
+                    .prepare_cached("SELECT 1 FROM orders WHERE tenant = ?1 AND id = ?2")
+                    .db()?
+                    .exists(params![o.tenant, o.id.as_bytes()])
+                    .db()?;
+                if exists {
+                    return Err(Error::conflict("order", o.id, "id already stored"));
+                }
+                for &(sku, limit, requested) in &limits {
+                    let already = member_quantity(tx, &o.tenant, &o.member, sku)?;
+                    if already.saturating_add(u64::from(requested)) > u64::from(limit) {
+                        return Err(Error::MemberLimitExceeded {
+                            sku,
+                            limit,
+                            already,
+                            requested,
+                        });
+                    }
+                }
+                check_events_new(tx, &events, "event", o.id)?;
+                // Choose every card before changing any, so a shortage changes nothing.
+                let mut chosen: Vec<CardId> = Vec::new();
+                for &(sku, quantity) in &reservations {
+                    if quantity == 0 {
+                        return Err(Error::Invalid("reserve of zero cards".into()));
+                    }
+                    let want = usize::try_from(quantity).unwrap_or(usize::MAX);
+                    let free = free_cards(tx, &o.tenant, sku, now, want, &chosen)?;
+                    if free.len() < want {
+                        return Err(Error::OutOfStock {
+                            sku,
+                            requested: quantity,
+                            available: free.len() as u64,
+                        });
+                    }
+                    chosen.extend(free);
+                }
+                reserve(tx, o.id, &chosen, o.expires_at)?;
+                insert_order(tx, &o)?;
+                insert_events(tx, &events)?;
+                Ok(chosen)
+            })
+            .await
+    }
+
+    async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
+        let c = change_row(&change)?;
+        self.pool
+            .write(move |tx| {
+                check_order_change(tx, &c)?;
+                apply_order_change(tx, &c)
+            })
+            .await
+    }
+
+    async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {
+        let tenant = tenant.as_str().to_owned();
+        self.pool
+            .read(move |tx| {
+                let doc: Option<String> = tx
+                    .prepare_cached("SELECT doc FROM orders WHERE tenant = ?1 AND id = ?2")
+                    .db()?
+                    .query_row(params![tenant, id.as_bytes()], |r| r.get(0))
+                    .optional()
+                    .db()?;
+                doc.as_deref().map(decode).transpose()
+            })
+            .await
+    }
+
+    async fn member_orders(
+        &self,
+        tenant: &TenantId,
+        member: &MemberId,
+        limit_to: usize,
+    ) -> Result<Vec<Order>> {
+        let tenant = tenant.as_str().to_owned();
+        let member = member.as_str().to_owned();
+        let n = limit(limit_to);
+        self.pool
+            .read(move |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        // Without statistics the planner would rather walk the primary
+                        // key (in id order) over the whole tenant.
+                        "SELECT doc FROM orders INDEXED BY orders_by_member
+                         WHERE tenant = ?1 AND member = ?2
+                         ORDER BY id DESC LIMIT ?3",
+                    )
+                    .db()?;
+                let docs = stmt
+                    .query_map(params![tenant, member, n], |r| r.get::<_, String>(0))
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .db()?;
+                docs.iter().map(|d| decode(d)).collect()
+            })
+            .await
+    }
+
+    async fn unpaid_orders_due(
+        &self,
+        now: DateTime<Utc>,
+        limit_to: usize,
+    ) -> Result<Vec<(TenantId, OrderId)>> {
+        let now = ts(now)?;
+        let n = limit(limit_to);
+        self.pool
+            .read(move |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT tenant, id FROM orders
+                         WHERE status = 'awaiting_payment' AND expires_at <= ?1
+                         ORDER BY expires_at, tenant, id LIMIT ?2",
+                    )
+                    .db()?;
+                let rows = stmt
+                    .query_map(params![now, n], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, [u8; 16]>(1)?))
+                    })
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .db()?;
+                rows.into_iter()
+                    .map(|(t, id)| Ok((tenant_of(t)?, OrderId::from_uuid(uuid(id)))))
+                    .collect()
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quanyi_order::OrderStatus;
+
+    use super::VOID_STATUSES;
+
+    #[test]
+    fn void_statuses_are_spelled_as_the_order_crate_spells_them() {
+        let void = [
+            OrderStatus::Expired,
+            OrderStatus::Cancelled,
+            OrderStatus::Refunded,
+        ];
+        assert_eq!(void.map(OrderStatus::as_str), VOID_STATUSES);
+        assert_eq!(OrderStatus::AwaitingPayment.as_str(), "awaiting_payment");
+    }
+}

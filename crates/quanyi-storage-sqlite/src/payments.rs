@@ -1,0 +1,132 @@
+//! Payment notices, recorded once with the order change, card sales and job they carry.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use quanyi_core::{CardId, TenantId};
+use quanyi_storage::{
+    Error, NoticeDisposition, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Result,
+};
+use rusqlite::{OptionalExtension, params};
+
+use crate::SqliteStore;
+use crate::cards::{is_held_by, sell_held};
+use crate::convert::{SqlResult, from_doc, limit, to_doc, ts};
+use crate::jobs::{JobRow, enqueue, job_row};
+use crate::orders::{ChangeRow, apply_order_change, change_row, check_order_change};
+
+#[async_trait]
+impl PaymentStore for SqliteStore {
+    async fn record_payment(
+        &self,
+        write: PaymentWrite<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<RecordOutcome> {
+        let notice = write.notice;
+        let tenant = notice.tenant.as_str().to_owned();
+        let provider = notice.provider.clone();
+        let transaction_id = notice.transaction_id.clone();
+        let reconcile = !matches!(notice.disposition, NoticeDisposition::Applied);
+        let doc = to_doc(notice, "payment notice")?;
+        let change: Option<ChangeRow> = write.change.as_ref().map(change_row).transpose()?;
+        let sell: Vec<CardId> = write.sell.to_vec();
+        let job: Option<JobRow> = write.job.map(|j| job_row(j, now)).transpose()?;
+        let now = ts(now)?;
+        self.pool
+            .write(move |tx| {
+                let first: Option<String> = tx
+                    .prepare_cached(
+                        "SELECT doc FROM payment_notices
+                         WHERE tenant = ?1 AND provider = ?2 AND transaction_id = ?3",
+                    )
+                    .db()?
+                    .query_row(params![tenant, provider, transaction_id], |r| r.get(0))
+                    .optional()
+                    .db()?;
+                if let Some(first) = first {
+                    return Ok(RecordOutcome::Duplicate(from_doc(
+                        &first,
+                        "payment notice",
+                    )?));
+                }
+                if let Some(change) = &change {
+                    check_order_change(tx, change)?;
+                }
+                if !sell.is_empty() {
+                    let Some(change) = &change else {
+                        return Err(Error::Invalid("cards sold without an order change".into()));
+                    };
+                    let order = &change.order;
+                    for id in &sell {
+                        if !is_held_by(tx, &order.tenant, order.id, *id)? {
+                            return Err(Error::conflict("card", id, "not held by the order"));
+                        }
+                    }
+                    sell_held(tx, &sell, now)?;
+                }
+                if let Some(change) = &change {
+                    apply_order_change(tx, change)?;
+                }
+                if let Some(job) = &job {
+                    enqueue(tx, job)?;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO payment_notices (tenant, provider, transaction_id, reconcile, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .db()?
+                .execute(params![tenant, provider, transaction_id, reconcile, doc])
+                .db()?;
+                Ok(RecordOutcome::Recorded)
+            })
+            .await
+    }
+
+    async fn payment_notice(
+        &self,
+        tenant: &TenantId,
+        provider: &str,
+        transaction_id: &str,
+    ) -> Result<Option<PaymentNotice>> {
+        let tenant = tenant.as_str().to_owned();
+        let provider = provider.to_owned();
+        let transaction_id = transaction_id.to_owned();
+        self.pool
+            .read(move |tx| {
+                let doc: Option<String> = tx
+                    .prepare_cached(
+                        "SELECT doc FROM payment_notices
+                         WHERE tenant = ?1 AND provider = ?2 AND transaction_id = ?3",
+                    )
+                    .db()?
+                    .query_row(params![tenant, provider, transaction_id], |r| r.get(0))
+                    .optional()
+                    .db()?;
+                doc.map(|d| from_doc(&d, "payment notice")).transpose()
+            })
+            .await
+    }
+
+    async fn notices_to_reconcile(
+        &self,
+        tenant: &TenantId,
+        limit_to: usize,
+    ) -> Result<Vec<PaymentNotice>> {
+        let tenant = tenant.as_str().to_owned();
+        let n = limit(limit_to);
+        self.pool
+            .read(move |tx| {
+                let docs: Vec<String> = tx
+                    .prepare_cached(
+                        "SELECT doc FROM payment_notices WHERE tenant = ?1 AND reconcile = 1
+                         ORDER BY seq LIMIT ?2",
+                    )
+                    .db()?
+                    .query_map(params![tenant, n], |r| r.get(0))
+                    .db()?
+                    .collect::<rusqlite::Result<_>>()
+                    .db()?;
+                docs.iter().map(|d| from_doc(d, "payment notice")).collect()
+            })
+            .await
+    }
+}
