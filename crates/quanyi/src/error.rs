@@ -91,6 +91,12 @@ pub enum Error {
     /// to someone else, is not delivered, or a ciphertext fails to open. Every attempt is audited.
     #[error("card keys cannot be revealed")]
     RevealDenied,
+    /// A refund is due but the shop has no payment gateway to make it.
+    #[error("a refund is due but no payment gateway is configured")]
+    NoPaymentGateway,
+    /// The payment gateway refused or failed a refund.
+    #[error(transparent)]
+    Gateway(#[from] crate::GatewayError),
     /// The caller's input is malformed.
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -157,6 +163,9 @@ impl Error {
             Error::ImportRejected { .. } => "import_rejected",
             Error::RevealDenied => "reveal_denied",
             Error::InvalidInput(_) => "invalid_input",
+            Error::NoPaymentGateway => "no_payment_gateway",
+            Error::Gateway(crate::GatewayError::Declined { .. }) => "refund_declined",
+            Error::Gateway(_) => "gateway_unavailable",
             Error::Goods(e) => e.code(),
             Error::Order(e) => e.code(),
             Error::Money(_) => "invalid_amount",
@@ -182,6 +191,8 @@ impl Error {
             Error::OutOfStock { .. } | Error::MemberLimitExceeded { .. } => ErrorKind::Exhausted,
             Error::RevealDenied => ErrorKind::Forbidden,
             Error::NotPayable { .. } => ErrorKind::Conflict,
+            Error::NoPaymentGateway => ErrorKind::Unavailable,
+            Error::Gateway(e) => e.kind(),
             Error::Goods(e) => e.kind(),
             Error::Order(e) => e.kind(),
             Error::Money(e) => e.kind(),

@@ -9,7 +9,7 @@ use quanyi_order::{LineStatus, Order, OrderStatus};
 use quanyi_storage::{Job, OrderChange};
 
 use crate::sales::DELIVER_ORDER_JOB;
-use crate::{Error, Result, Shop};
+use crate::{Error, RefundRequest, Result, Shop};
 
 /// A job is given up (dead-lettered) after this many attempts.
 pub const MAX_JOB_ATTEMPTS: u32 = 10;
@@ -128,6 +128,90 @@ impl Shop {
         )))
     }
 
+    /// Brings a paid order to its end: delivers what can be delivered, then pays back, through
+    /// the payment gateway, every line that could not be. Repeating it is safe: refunds carry a
+    /// stable refund id, and a line is marked refunded only after the gateway confirmed.
+    ///
+    /// # Errors
+    /// [`Error::NoPaymentGateway`] when a refund is due and none is configured;
+    /// [`Error::Gateway`]; [`Error::Storage`].
+    pub async fn settle(&self, id: OrderId) -> Result<Order> {
+        let order = self.deliver(id).await?;
+        self.pay_back(order).await
+    }
+
+    /// Refunds the failed lines of a partially delivered order, or the rest of an order whose
+    /// refund is pending.
+    async fn pay_back(&self, mut order: Order) -> Result<Order> {
+        for _ in 0..10 {
+            let (refund_id, amount, line) = match order.status() {
+                OrderStatus::PartiallyDelivered => {
+                    match order
+                        .lines()
+                        .iter()
+                        .find(|l| l.status == LineStatus::Failed)
+                    {
+                        Some(l) => (format!("{}-L{}", order.id(), l.no), l.amount, Some(l.no)),
+                        None => return Ok(order),
+                    }
+                }
+                OrderStatus::RefundPending => (
+                    format!("{}-all", order.id()),
+                    order.refundable_amount()?,
+                    None,
+                ),
+                _ => return Ok(order),
+            };
+            let gateway = self.inner.gateway.as_ref().ok_or(Error::NoPaymentGateway)?;
+            let payment = order.payment().ok_or_else(|| {
+                Error::InvalidInput(format!("order {} has no payment", order.id()))
+            })?;
+            if amount.is_positive() {
+                let receipt = gateway
+                    .refund(&RefundRequest {
+                        refund_id,
+                        order: order.id(),
+                        provider: payment.provider.clone(),
+                        transaction_id: payment.transaction_id.clone(),
+                        amount,
+                        reason: "not delivered".into(),
+                    })
+                    .await?;
+                tracing::info!(order = %order.id(), refund = %receipt.provider_refund_id, %amount, "refunded");
+            }
+            let expected = order.version();
+            let now = self.now();
+            let events = match line {
+                Some(no) => order.refund_line(no, now)?,
+                None => order.complete_refund(now)?,
+            };
+            let envs = self.envelopes(
+                "order",
+                order.id().to_string(),
+                order.version(),
+                &events,
+                now,
+            )?;
+            match self
+                .store_ref()
+                .update_order(OrderChange {
+                    order: &order,
+                    expected_version: expected,
+                    events: &envs,
+                })
+                .await
+            {
+                Ok(()) => {}
+                // Changed meanwhile: reload; the refund id keeps a repeat from paying twice.
+                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => {
+                    order = self.order(order.id()).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(order)
+    }
+
     /// Claims due jobs of every tenant (delivery of paid orders, including those a stopped
     /// process left behind once their lease ran out) and runs them. Failed jobs are retried with
     /// exponential backoff, and given up after [`MAX_JOB_ATTEMPTS`].
@@ -162,7 +246,7 @@ impl Shop {
                 .and_then(|v| v.as_str())
                 .and_then(|s| s.parse::<OrderId>().ok())
             {
-                Some(order) => shop.deliver(order).await.map(|_| ()),
+                Some(order) => shop.settle(order).await.map(|_| ()),
                 None => {
                     store
                         .dead_letter(job.id, worker, "malformed payload")

@@ -5,16 +5,20 @@ mod catalog;
 mod error;
 mod events;
 mod fulfil;
+mod payments;
 mod sales;
 mod shop;
+mod worker;
 
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
 pub use error::{Error, Result};
 pub use fulfil::{JobRun, MAX_JOB_ATTEMPTS};
+pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use sales::{
     CartLine, DELIVER_ORDER_JOB, PaymentNotification, PaymentReceipt, PriceSource, Quote, QuoteLine,
 };
 pub use shop::{DEFAULT_RESERVATION_TTL_MINUTES, Shop, ShopBuilder};
+pub use worker::Worker;
 
 pub use quanyi_core::{
     CardId, Clock, Currency, Decimal, ErrorKind, EventEnvelope, GoodsId, ManualClock, MemberId,

@@ -256,12 +256,8 @@ impl Shop {
         check_reference("transaction id", &notice.transaction_id)?;
         let store = self.store_ref();
         for _ in 0..5 {
-            if let Some(first) = store
-                .payment_notice(&self.tenant, &notice.provider, &notice.transaction_id)
-                .await?
-            {
-                return self.replay(&first).await;
-            }
+            // A repeated notice is found by `record_payment`, which writes nothing and returns
+            // the first record; whatever is decided below is then discarded.
             let now = self.now();
             let order = store.order(&self.tenant, notice.order).await?;
             let mut record = PaymentNotice {

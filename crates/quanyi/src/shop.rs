@@ -10,7 +10,7 @@ use quanyi_core::{AuditId, Clock, DomainEvent, EventEnvelope, EventId, SystemClo
 use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
-use crate::{Error, Result};
+use crate::{Error, PaymentGateway, Result};
 
 /// How long an unpaid order holds its stock unless told otherwise: 15 minutes.
 pub const DEFAULT_RESERVATION_TTL_MINUTES: i64 = 15;
@@ -36,6 +36,7 @@ pub struct ShopBuilder {
     key_use_limit: u64,
     worker: String,
     lease: Duration,
+    gateway: Option<Arc<dyn PaymentGateway>>,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -87,6 +88,13 @@ impl ShopBuilder {
         self
     }
 
+    /// The payment provider used to pay back what could not be delivered. Without one, a
+    /// refund's job is given up with the reason "no payment gateway", for a person to handle.
+    pub fn payment_gateway(mut self, gateway: Arc<dyn PaymentGateway>) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
     /// Validates the settings and loads the root key.
     ///
     /// # Errors
@@ -122,6 +130,7 @@ impl ShopBuilder {
                 key_use_limit: self.key_use_limit,
                 worker: self.worker,
                 lease: self.lease,
+                gateway: self.gateway,
             }),
             tenant: self.tenant,
         })
@@ -137,6 +146,7 @@ pub(crate) struct Inner {
     pub(crate) key_use_limit: u64,
     pub(crate) worker: String,
     pub(crate) lease: Duration,
+    pub(crate) gateway: Option<Arc<dyn PaymentGateway>>,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -176,6 +186,7 @@ impl Shop {
                     .collect::<String>()
             ),
             lease: Duration::seconds(60),
+            gateway: None,
         }
     }
 

@@ -1,0 +1,84 @@
+//! The background worker hosts run next to their shop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::{JobRun, Result, Shop};
+
+/// Runs the shop's durable jobs: delivery of paid orders and refunds of what could not be
+/// delivered, including jobs a stopped process left behind once their lease ran out. Several
+/// workers, in one process or many, can share one database: each job is claimed by one at a
+/// time.
+///
+/// ```no_run
+/// # async fn demo(shop: quanyi::Shop) -> quanyi::Result<()> {
+/// let worker = quanyi::Worker::new(shop);
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// # drop(stop);
+/// worker.run_until(async { let _ = stopped.await; }).await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Worker {
+    shop: Shop,
+    batch: usize,
+    idle: Duration,
+}
+
+impl Worker {
+    /// A worker for `shop`, claiming up to 32 jobs at a time and polling every 500 ms when idle.
+    pub fn new(shop: Shop) -> Self {
+        Worker {
+            shop,
+            batch: 32,
+            idle: Duration::from_millis(500),
+        }
+    }
+
+    /// How many jobs one pass claims (at least 1).
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// How long to wait after a pass that found nothing to do.
+    pub fn idle_wait(mut self, wait: Duration) -> Self {
+        self.idle = wait;
+        self
+    }
+
+    /// One pass: claims due jobs and runs them.
+    ///
+    /// # Errors
+    /// [`crate::Error::Storage`] when jobs cannot be claimed or recorded.
+    pub async fn run_once(&self) -> Result<JobRun> {
+        self.shop.run_due_jobs(self.batch).await
+    }
+
+    /// Runs passes until `shutdown` completes; a job in progress finishes first. Storage errors
+    /// are logged and the pass is tried again after the idle wait, so a database restart does not
+    /// stop the worker.
+    pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let busy = match self.run_once().await {
+                Ok(run) => run.done + run.retried + run.dead > 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker pass failed");
+                    false
+                }
+            };
+            if busy {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::task::yield_now() => {}
+                }
+            } else {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(self.idle) => {}
+                }
+            }
+        }
+    }
+}
