@@ -56,6 +56,14 @@ pub enum Error {
         /// The stock source given.
         stock: StockSource,
     },
+    /// A supplier route is malformed or does not fit the SKU.
+    #[error("invalid supplier route for sku {sku}: {reason}")]
+    InvalidRoute {
+        /// The SKU.
+        sku: SkuId,
+        /// Why.
+        reason: String,
+    },
     /// A purchase limit, when set, is at least 1.
     #[error("invalid purchase limit for sku {sku}")]
     InvalidLimit {
@@ -154,6 +162,7 @@ impl Error {
             Error::NegativePrice { .. } => "negative_price",
             Error::CurrencyMismatch { .. } => "currency_mismatch",
             Error::StockMismatch { .. } => "stock_mismatch",
+            Error::InvalidRoute { .. } => "invalid_route",
             Error::InvalidLimit { .. } => "invalid_limit",
             Error::InvalidPattern { .. } => "invalid_pattern",
             Error::InvalidBundle { .. } => "invalid_bundle",

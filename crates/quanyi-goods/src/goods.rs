@@ -92,6 +92,9 @@ pub struct Sku {
     pub limits: PurchaseLimits,
     /// On sale or not.
     pub shelf: Shelf,
+    /// Supplier products that fulfil it, in order of preference (for supplier-stocked SKUs).
+    #[serde(default)]
+    pub routes: Vec<SupplierRoute>,
 }
 
 /// The data a new SKU is made from.
@@ -109,6 +112,9 @@ pub struct SkuDraft {
     pub limits: PurchaseLimits,
     /// On sale or not.
     pub shelf: Shelf,
+    /// Supplier products that fulfil it, in order of preference (for supplier-stocked SKUs).
+    #[serde(default)]
+    pub routes: Vec<SupplierRoute>,
 }
 
 impl SkuDraft {
@@ -121,7 +127,15 @@ impl SkuDraft {
             stock: StockSource::Unlimited,
             limits: PurchaseLimits::default(),
             shelf: Shelf::On,
+            routes: Vec::new(),
         }
+    }
+
+    /// Sets the supplier routes, in order of preference.
+    #[must_use]
+    pub fn with_routes(mut self, routes: Vec<SupplierRoute>) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// Sets the stock source.
@@ -269,6 +283,7 @@ impl Goods {
                 });
             }
             check_limits(d.id, d.limits)?;
+            check_routes(d.id, d.stock, currency, &d.routes)?;
             if let GoodsKind::BenefitPack { components } = &kind {
                 if components.iter().any(|c| c.sku == d.id) {
                     return Err(Error::InvalidBundle {
@@ -283,6 +298,7 @@ impl Goods {
                 stock: d.stock,
                 limits: d.limits,
                 shelf: d.shelf,
+                routes: d.routes,
             });
         }
         Ok(Goods {
@@ -450,6 +466,69 @@ fn check_price(sku: SkuId, price: Money, currency: Currency) -> Result<()> {
     }
     if price.is_negative() {
         return Err(Error::NegativePrice { sku });
+    }
+    Ok(())
+}
+
+/// The most supplier routes a SKU may have.
+pub const MAX_ROUTES: usize = 10;
+
+/// One supplier product that can fulfil a SKU, with what it costs the shop per unit. Plain data:
+/// the engine turns it into a route plan of the supplier port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupplierRoute {
+    /// The supplier's id, as the shop registered it.
+    pub supplier: String,
+    /// The supplier's product code.
+    pub product: String,
+    /// The cost of one unit.
+    pub cost: Money,
+}
+
+impl SupplierRoute {
+    /// A route to `supplier`'s `product` at `cost` per unit.
+    pub fn new(supplier: impl Into<String>, product: impl Into<String>, cost: Money) -> Self {
+        SupplierRoute {
+            supplier: supplier.into(),
+            product: product.into(),
+            cost,
+        }
+    }
+}
+
+fn check_routes(
+    sku: SkuId,
+    stock: StockSource,
+    currency: Currency,
+    routes: &[SupplierRoute],
+) -> Result<()> {
+    let bad = |reason: String| Err(Error::InvalidRoute { sku, reason });
+    if !routes.is_empty() && stock != StockSource::Supplier {
+        return bad("routes need a supplier-stocked sku".into());
+    }
+    if routes.len() > MAX_ROUTES {
+        return bad(format!("at most {MAX_ROUTES} routes"));
+    }
+    for (i, r) in routes.iter().enumerate() {
+        for text in [&r.supplier, &r.product] {
+            let printable = text.bytes().all(|b| b.is_ascii_graphic());
+            if text.is_empty() || text.len() > 64 || !printable {
+                return bad(format!(
+                    "route {}: ids are 1 to 64 printable ascii characters, got {}",
+                    i + 1,
+                    quanyi_core::text::clip(text)
+                ));
+            }
+        }
+        if r.cost.currency() != currency || r.cost.is_negative() {
+            return bad(format!(
+                "route {}: cost must be a non-negative {currency}",
+                i + 1
+            ));
+        }
+        if routes[..i].iter().any(|o| o.supplier == r.supplier) {
+            return bad(format!("route {}: supplier listed twice", i + 1));
+        }
     }
     Ok(())
 }

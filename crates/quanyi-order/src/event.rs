@@ -40,6 +40,15 @@ pub enum OrderEvent {
         /// The vault cards committed to the line (ids only).
         cards: Vec<CardId>,
     },
+    /// A supplier was called, or answered, for a line.
+    LineAttempted {
+        /// The line number.
+        line: u16,
+        /// The supplier.
+        supplier: String,
+        /// pending, succeeded, definite or unknown.
+        outcome: String,
+    },
     /// A line could not be delivered.
     LineFailed {
         /// The line number.
@@ -89,6 +98,7 @@ impl DomainEvent for OrderEvent {
             OrderEvent::Paid { .. } => "order.paid",
             OrderEvent::FulfilmentStarted => "order.fulfilment_started",
             OrderEvent::LineDelivered { .. } => "order.line_delivered",
+            OrderEvent::LineAttempted { .. } => "order.line_attempted",
             OrderEvent::LineFailed { .. } => "order.line_failed",
             OrderEvent::LineRefunded { .. } => "order.line_refunded",
             OrderEvent::Delivered => "order.delivered",

@@ -9,7 +9,8 @@ mod status;
 pub use error::{Error, Result};
 pub use event::OrderEvent;
 pub use order::{
-    LineStatus, MAX_LINES, MAX_REASON_CHARS, MAX_TITLE_CHARS, NewLine, Order, OrderLine, Payment,
+    AttemptOutcome, LineAttempt, LineStatus, MAX_LINES, MAX_REASON_CHARS, MAX_TITLE_CHARS, NewLine,
+    Order, OrderLine, Payment,
 };
 pub use status::{OrderStatus, Trigger, next_status};
 

@@ -60,6 +60,57 @@ pub struct OrderLine {
     pub delivered: u32,
     /// Vault cards committed to this line (ids only).
     pub cards: Vec<CardId>,
+    /// Calls made to suppliers for this line, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<LineAttempt>,
+}
+
+/// What became of a call to a supplier for a line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Accepted; it finishes by callback or by query.
+    Pending,
+    /// Done.
+    Succeeded {
+        /// The supplier's receipt.
+        receipt: String,
+    },
+    /// The supplier certainly did not and will not do it: another route may be tried.
+    Definite {
+        /// Why.
+        reason: String,
+    },
+    /// Not known (a timeout after sending): the same supplier must be asked before any other.
+    Unknown {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl AttemptOutcome {
+    /// A stable name: pending, succeeded, definite or unknown.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Pending => "pending",
+            AttemptOutcome::Succeeded { .. } => "succeeded",
+            AttemptOutcome::Definite { .. } => "definite",
+            AttemptOutcome::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// One supplier call for a line, under our request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineAttempt {
+    /// The supplier.
+    pub supplier: String,
+    /// Our request id (the supplier's idempotency key).
+    pub request: String,
+    /// What became of it.
+    pub outcome: AttemptOutcome,
+    /// When the outcome was learned.
+    pub at: DateTime<Utc>,
 }
 
 /// The data a line is placed from.
@@ -213,6 +264,7 @@ impl Order {
                 status: LineStatus::Pending,
                 delivered: 0,
                 cards: Vec::new(),
+                attempts: Vec::new(),
             });
         }
         let order = Order {
@@ -487,6 +539,44 @@ impl Order {
             quantity,
             cards,
         }])
+    }
+
+    /// Records a call to a supplier for a pending line, or its later answer (an attempt with the
+    /// same supplier and request as the last one replaces it).
+    ///
+    /// # Errors
+    /// [`Error::WrongStatus`] unless fulfilling, [`Error::UnknownLine`],
+    /// [`Error::LineNotPending`].
+    pub fn record_attempt(
+        &mut self,
+        no: u16,
+        attempt: LineAttempt,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let version = self.require(OrderStatus::Fulfilling)?;
+        let i = self.line_index(no)?;
+        let line = &mut self.lines[i];
+        if line.status != LineStatus::Pending {
+            return Err(Error::LineNotPending {
+                line: no,
+                status: line.status,
+            });
+        }
+        let event = OrderEvent::LineAttempted {
+            line: no,
+            supplier: attempt.supplier.clone(),
+            outcome: attempt.outcome.as_str().to_owned(),
+        };
+        match line.attempts.last_mut() {
+            // A later answer about the same request replaces the earlier one.
+            Some(last) if last.supplier == attempt.supplier && last.request == attempt.request => {
+                *last = attempt;
+            }
+            _ => line.attempts.push(attempt),
+        }
+        self.version = version;
+        self.updated_at = now;
+        Ok(vec![event])
     }
 
     /// Records that a line cannot be delivered; it is owed a refund. The reason is cut to

@@ -235,6 +235,8 @@ pub enum AuditAction {
     KeyRewrapped,
     /// A data key was retired.
     KeyRetired,
+    /// A supplier's callback was taken or refused.
+    SupplierCallback,
 }
 
 /// Whether an audited action was allowed.

@@ -151,6 +151,18 @@ impl RequestId {
         }
         RequestId(text)
     }
+
+    /// The order and line of an id made by [`RequestId::for_line`], so a supplier's callback can
+    /// be routed to its line without an index. `None` for ids of another shape.
+    pub fn line(&self) -> Option<(OrderId, u16)> {
+        let text = self.0.as_str();
+        if text.len() != 44 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let order = uuid::Uuid::try_parse(text.get(..32)?).ok()?;
+        let line = u16::from_str_radix(text.get(32..36)?, 16).ok()?;
+        Some((OrderId::from_uuid(order), line))
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +177,17 @@ mod tests {
     fn check_code(text: &str, ok: bool) {
         assert_eq!(ProductCode::new(text).is_ok(), ok, "{text:?}");
         assert_eq!(RequestId::new(text).is_ok(), ok, "{text:?}");
+    }
+
+    #[test]
+    fn request_ids_name_their_line() {
+        let order = OrderId::generate(chrono::Utc::now(), &mut rand::thread_rng());
+        let supplier = SupplierId::new("acme").unwrap();
+        let id = RequestId::for_line(order, 7, &supplier);
+        assert_eq!(id.line(), Some((order, 7)));
+        for other in ["abc", "zz", &"g".repeat(44)] {
+            assert_eq!(RequestId::new(other).unwrap().line(), None);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod durable;
 pub mod fixtures;
 pub mod harness;
+pub mod supplier_sim;
 
 pub use harness::{
     Durable, Harness, run_case, run_durable_case, service_url, services_required, unique_name,

@@ -492,7 +492,9 @@ impl SimSupplier {
             ));
         }
         if rolls.after_success {
-            return Err(SupplierError::timeout("simulated read timeout after sending"));
+            return Err(SupplierError::timeout(
+                "simulated read timeout after sending",
+            ));
         }
         Ok(RecordView::of(record))
     }

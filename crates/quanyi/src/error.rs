@@ -91,6 +91,23 @@ pub enum Error {
     /// to someone else, is not delivered, or a ciphertext fails to open. Every attempt is audited.
     #[error("card keys cannot be revealed")]
     RevealDenied,
+    /// No supplier with this id is registered with the shop.
+    #[error("unknown supplier {0}")]
+    UnknownSupplier(String),
+    /// A supplier call or callback failed (a bad signature, a malformed body...).
+    #[error("supplier: {0}")]
+    Supplier(#[source] quanyi_supplier::SupplierError),
+    /// A supplier callback names a request this shop did not make.
+    #[error("unknown supplier request")]
+    UnknownRequest,
+    /// A supplier callback's amount differs from what the route costs for the line.
+    #[error("callback amount mismatch: expected {expected}, got {got}")]
+    CallbackAmountMismatch {
+        /// The route's cost for the line.
+        expected: Money,
+        /// The callback's amount.
+        got: Money,
+    },
     /// A refund is due but the shop has no payment gateway to make it.
     #[error("a refund is due but no payment gateway is configured")]
     NoPaymentGateway,
@@ -164,6 +181,11 @@ impl Error {
             Error::RevealDenied => "reveal_denied",
             Error::InvalidInput(_) => "invalid_input",
             Error::NoPaymentGateway => "no_payment_gateway",
+            Error::UnknownSupplier(_) => "unknown_supplier",
+            Error::Supplier(quanyi_supplier::SupplierError::BadSignature) => "bad_signature",
+            Error::Supplier(_) => "supplier_error",
+            Error::UnknownRequest => "unknown_request",
+            Error::CallbackAmountMismatch { .. } => "callback_amount_mismatch",
             Error::Gateway(crate::GatewayError::Declined { .. }) => "refund_declined",
             Error::Gateway(_) => "gateway_unavailable",
             Error::Goods(e) => e.code(),
@@ -192,6 +214,9 @@ impl Error {
             Error::RevealDenied => ErrorKind::Forbidden,
             Error::NotPayable { .. } => ErrorKind::Conflict,
             Error::NoPaymentGateway => ErrorKind::Unavailable,
+            Error::UnknownSupplier(_) | Error::UnknownRequest => ErrorKind::NotFound,
+            Error::Supplier(e) => e.kind(),
+            Error::CallbackAmountMismatch { .. } => ErrorKind::Invalid,
             Error::Gateway(e) => e.kind(),
             Error::Goods(e) => e.kind(),
             Error::Order(e) => e.kind(),

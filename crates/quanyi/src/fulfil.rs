@@ -97,13 +97,30 @@ impl Shop {
                 }
             }
             for (no, kind) in other {
-                events.extend(order.fail_line(
-                    no,
-                    format!("no fulfilment for {} goods", kind.as_str()),
-                    now,
-                )?);
+                if kind == KindTag::DirectTopUp {
+                    let sku = order
+                        .line(no)
+                        .map(|l| l.sku)
+                        .ok_or(Error::UnknownOrder(id))?;
+                    let goods = self.goods_of(sku).await?;
+                    self.fulfil_supplier_line(&mut order, no, &goods, &mut events, now)
+                        .await?;
+                } else {
+                    events.extend(order.fail_line(
+                        no,
+                        format!("no fulfilment for {} goods", kind.as_str()),
+                        now,
+                    )?);
+                }
             }
-            events.extend(order.finish_fulfilment(now)?);
+            // Lines still waiting for a supplier keep the order fulfilling; the job comes back.
+            if order
+                .lines()
+                .iter()
+                .all(|l| l.status != LineStatus::Pending)
+            {
+                events.extend(order.finish_fulfilment(now)?);
+            }
             let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
             match store
                 .update_order(OrderChange {
@@ -246,7 +263,7 @@ impl Shop {
                 .and_then(|v| v.as_str())
                 .and_then(|s| s.parse::<OrderId>().ok())
             {
-                Some(order) => shop.settle(order).await.map(|_| ()),
+                Some(order) => shop.settle(order).await.map(|o| o.status()),
                 None => {
                     store
                         .dead_letter(job.id, worker, "malformed payload")
@@ -261,7 +278,16 @@ impl Shop {
             }
         };
         match result {
-            Ok(()) => {
+            Ok(OrderStatus::Fulfilling) => {
+                // Waiting for a supplier: poll again with a capped backoff; never given up, since
+                // the supplier's answer (callback or query) decides the line.
+                let wait = Duration::seconds(1_i64 << job.attempts.min(8));
+                store
+                    .retry_job(job.id, worker, self.now() + wait, "waiting for a supplier")
+                    .await?;
+                Ok(JobEnd::Retried)
+            }
+            Ok(_) => {
                 store.complete_job(job.id, worker).await?;
                 Ok(JobEnd::Done)
             }

@@ -8,6 +8,7 @@ mod fulfil;
 mod payments;
 mod sales;
 mod shop;
+mod supply;
 mod worker;
 
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
@@ -18,6 +19,7 @@ pub use sales::{
     CartLine, DELIVER_ORDER_JOB, PaymentNotification, PaymentReceipt, PriceSource, Quote, QuoteLine,
 };
 pub use shop::{DEFAULT_RESERVATION_TTL_MINUTES, Shop, ShopBuilder};
+pub use supply::CallbackOutcome;
 pub use worker::Worker;
 
 pub use quanyi_core::{
@@ -26,10 +28,11 @@ pub use quanyi_core::{
 };
 pub use quanyi_goods::{
     AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, PurchaseLimits, Shelf,
-    Sku, SkuDraft, StockSource,
+    Sku, SkuDraft, StockSource, SupplierRoute,
 };
-pub use quanyi_order::{LineStatus, Order, OrderLine, OrderStatus};
+pub use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderLine, OrderStatus};
 pub use quanyi_storage::{MemoryStore, StockCount, Store};
+pub use quanyi_supplier::{BreakerConfig, RawCallback, Supplier, SupplierId};
 pub use quanyi_vault::{
     CardCode, CardKey, CardSecret, EnvKeyProvider, FileKeyProvider, ImportFormat, ImportOptions,
     KeyId, KeyProvider, RootKey, StaticKeyProvider,
@@ -46,5 +49,6 @@ pub mod crates {
     pub use quanyi_goods as goods;
     pub use quanyi_order as order;
     pub use quanyi_storage as storage;
+    pub use quanyi_supplier as supplier;
     pub use quanyi_vault as vault;
 }

@@ -61,6 +61,8 @@ pub struct QuoteLine {
     pub goods: quanyi_core::GoodsId,
     /// Why this price.
     pub source: PriceSource,
+    /// The supplier routes of the SKU (empty unless it is supplier-stocked).
+    pub routes: Vec<quanyi_goods::SupplierRoute>,
 }
 
 /// A priced cart.
@@ -106,11 +108,17 @@ fn check_reference(what: &str, text: &str) -> Result<()> {
     }
 }
 
-fn can_fulfil(check: &PurchaseCheck) -> bool {
-    check.kind == KindTag::CardKey && check.stock == StockSource::VaultPool
-}
-
 impl Shop {
+    /// True when the engine can deliver the line: vault card keys, or direct top-ups whose
+    /// supplier routes name registered suppliers.
+    fn can_fulfil(&self, line: &QuoteLine) -> bool {
+        match (line.check.kind, line.check.stock) {
+            (KindTag::CardKey, StockSource::VaultPool) => true,
+            (KindTag::DirectTopUp, StockSource::Supplier) => self.fulfillable_routes(&line.routes),
+            _ => false,
+        }
+    }
+
     /// Prices a cart at list prices, checking every line as an order would (shelf, quantity,
     /// per-order limits, top-up accounts, one currency).
     ///
@@ -149,10 +157,15 @@ impl Shop {
                 None => check.amount,
                 Some(t) => t.checked_add(check.amount)?,
             });
+            let routes = goods
+                .sku(line.sku)
+                .map(|s| s.routes.clone())
+                .unwrap_or_default();
             lines.push(QuoteLine {
                 check,
                 goods: goods.id(),
                 source: PriceSource::ListPrice,
+                routes,
             });
         }
         let total = total.ok_or(Error::EmptyCart)?;
@@ -168,7 +181,7 @@ impl Shop {
     /// [`Error::MemberLimitExceeded`]; [`Error::Storage`].
     pub async fn place_order(&self, member: &MemberId, cart: &[CartLine]) -> Result<Order> {
         let quote = self.quote(cart).await?;
-        if let Some(bad) = quote.lines.iter().find(|l| !can_fulfil(&l.check)) {
+        if let Some(bad) = quote.lines.iter().find(|l| !self.can_fulfil(l)) {
             return Err(Error::NotFulfillable {
                 sku: bad.check.sku,
                 kind: bad.check.kind.as_str(),
@@ -190,12 +203,15 @@ impl Shop {
             now,
             expires_at,
         )?;
-        // One reservation per SKU, in a stable order.
-        let mut per_sku: BTreeMap<SkuId, (u32, Option<u32>)> = BTreeMap::new();
+        // Per SKU, in a stable order: the quantity, its member limit, and whether the vault
+        // stocks it (only vault SKUs reserve cards).
+        let mut per_sku: BTreeMap<SkuId, (u32, Option<u32>, bool)> = BTreeMap::new();
         for l in &quote.lines {
-            let entry = per_sku
-                .entry(l.check.sku)
-                .or_insert((0, l.check.per_member_limit));
+            let entry = per_sku.entry(l.check.sku).or_insert((
+                0,
+                l.check.per_member_limit,
+                l.check.stock == StockSource::VaultPool,
+            ));
             entry.0 = entry
                 .0
                 .checked_add(l.check.quantity)
@@ -203,14 +219,15 @@ impl Shop {
         }
         let reservations: Vec<Reservation> = per_sku
             .iter()
-            .map(|(sku, (quantity, _))| Reservation {
+            .filter(|(_, (_, _, vault))| *vault)
+            .map(|(sku, (quantity, _, _))| Reservation {
                 sku: *sku,
                 quantity: *quantity,
             })
             .collect();
         let limits: Vec<MemberLimit> = per_sku
             .iter()
-            .filter_map(|(sku, (_, limit))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
+            .filter_map(|(sku, (_, limit, _))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
             .collect();
         let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
         self.store_ref()

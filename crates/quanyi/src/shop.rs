@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use parking_lot::RwLock;
 use quanyi_core::{AuditId, Clock, DomainEvent, EventEnvelope, EventId, SystemClock, TenantId};
 use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
+use quanyi_supplier::{BreakerConfig, Breakers, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
 use crate::{Error, PaymentGateway, Result};
@@ -37,6 +38,8 @@ pub struct ShopBuilder {
     worker: String,
     lease: Duration,
     gateway: Option<Arc<dyn PaymentGateway>>,
+    suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
+    breakers: BreakerConfig,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -95,6 +98,20 @@ impl ShopBuilder {
         self
     }
 
+    /// A supplier that fulfils SKUs whose routes name it (direct top-ups). Registering a
+    /// second supplier with the same id replaces the first.
+    pub fn supplier(mut self, supplier: Arc<dyn Supplier>) -> Self {
+        self.suppliers.insert(supplier.id().clone(), supplier);
+        self
+    }
+
+    /// When a supplier's circuit breaker opens and how it probes again (default: 5 failures in
+    /// a row, open for 30 s, 1 probe).
+    pub fn breaker_config(mut self, config: BreakerConfig) -> Self {
+        self.breakers = config;
+        self
+    }
+
     /// Validates the settings and loads the root key.
     ///
     /// # Errors
@@ -131,6 +148,8 @@ impl ShopBuilder {
                 worker: self.worker,
                 lease: self.lease,
                 gateway: self.gateway,
+                suppliers: self.suppliers,
+                breakers: Breakers::new(self.breakers),
             }),
             tenant: self.tenant,
         })
@@ -147,6 +166,8 @@ pub(crate) struct Inner {
     pub(crate) worker: String,
     pub(crate) lease: Duration,
     pub(crate) gateway: Option<Arc<dyn PaymentGateway>>,
+    pub(crate) suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
+    pub(crate) breakers: Breakers,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -187,6 +208,8 @@ impl Shop {
             ),
             lease: Duration::seconds(60),
             gateway: None,
+            suppliers: HashMap::new(),
+            breakers: BreakerConfig::default(),
         }
     }
 

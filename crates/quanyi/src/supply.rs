@@ -1,0 +1,349 @@
+//! Fulfilment through suppliers: direct top-ups routed over a SKU's supplier routes, with
+//! failover only after a definite failure, circuit breakers, and callbacks.
+
+use chrono::{DateTime, Utc};
+use quanyi_goods::{Goods, SupplierRoute};
+use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderEvent};
+use quanyi_storage::{AuditAction, AuditOutcome, OrderChange};
+use quanyi_supplier::{
+    Attempt, AttemptResult, CallbackStatus, FailureOutcome, ProductCode, RawCallback, RequestId,
+    RequestStatus, Route, RoutePlan, Step, SupplierError, SupplierId, TopUpOutcome, TopUpRequest,
+    next_step,
+};
+
+use crate::{Error, Result, Shop};
+
+/// Where a supplier line stands after a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LineProgress {
+    /// Delivered in this pass or before.
+    Delivered,
+    /// Every route failed definitively: the line is failed and owed a refund.
+    Failed,
+    /// Waiting for a supplier (a callback, a later query, or an open breaker).
+    Pending,
+}
+
+/// What a supplier callback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// It finished its line (delivered, or failed over to the next route).
+    Applied,
+    /// Its line was settled already (a repeated, late or out-of-order callback); nothing changed.
+    AlreadySettled,
+}
+
+fn to_history(order: &Order, no: u16) -> Vec<Attempt> {
+    order
+        .line(no)
+        .map(|line| {
+            line.attempts
+                .iter()
+                .filter_map(|a| {
+                    let supplier = SupplierId::new(a.supplier.clone()).ok()?;
+                    let result = match &a.outcome {
+                        AttemptOutcome::Pending => AttemptResult::Pending,
+                        AttemptOutcome::Succeeded { .. } => AttemptResult::Succeeded,
+                        AttemptOutcome::Definite { reason } => AttemptResult::Definite {
+                            reason: reason.clone(),
+                        },
+                        AttemptOutcome::Unknown { reason } => AttemptResult::Unknown {
+                            reason: reason.clone(),
+                        },
+                    };
+                    Some(Attempt { supplier, result })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The route plan of a SKU's routes.
+pub(crate) fn plan_of(routes: &[SupplierRoute]) -> Option<RoutePlan> {
+    let routes = routes
+        .iter()
+        .map(|r| {
+            Some(Route {
+                supplier: SupplierId::new(r.supplier.clone()).ok()?,
+                product: ProductCode::new(r.product.clone()).ok()?,
+                cost: r.cost,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    RoutePlan::new(routes).ok()
+}
+
+fn outcome_of_error(e: &SupplierError) -> AttemptOutcome {
+    match e.outcome() {
+        FailureOutcome::Definite => AttemptOutcome::Definite {
+            reason: e.to_string(),
+        },
+        FailureOutcome::Unknown => AttemptOutcome::Unknown {
+            reason: e.to_string(),
+        },
+    }
+}
+
+impl Shop {
+    /// The supplier routes of a SKU, when every supplier they name is registered.
+    pub(crate) fn fulfillable_routes(&self, routes: &[SupplierRoute]) -> bool {
+        !routes.is_empty()
+            && routes.iter().all(|r| {
+                SupplierId::new(r.supplier.clone())
+                    .is_ok_and(|id| self.inner.suppliers.contains_key(&id))
+            })
+    }
+
+    /// One pass over a pending supplier line: calls or queries suppliers as the route planner
+    /// says, records every answer on the line, and delivers or fails it when that is decided.
+    pub(crate) async fn fulfil_supplier_line(
+        &self,
+        order: &mut Order,
+        no: u16,
+        goods: &Goods,
+        events: &mut Vec<OrderEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<LineProgress> {
+        let Some(line) = order.line(no).cloned() else {
+            return Ok(LineProgress::Failed);
+        };
+        if line.status != LineStatus::Pending {
+            return Ok(match line.status {
+                LineStatus::Delivered => LineProgress::Delivered,
+                _ => LineProgress::Failed,
+            });
+        }
+        let plan = goods
+            .sku(line.sku)
+            .and_then(|sku| plan_of(&sku.routes))
+            .filter(|_| {
+                goods
+                    .sku(line.sku)
+                    .is_some_and(|s| self.fulfillable_routes(&s.routes))
+            });
+        let Some(plan) = plan else {
+            events.extend(order.fail_line(no, "no usable supplier route".into(), now)?);
+            return Ok(LineProgress::Failed);
+        };
+        let breakers = &self.inner.breakers;
+        // Each route is called at most once and queried at most once per pass.
+        for _ in 0..(plan.routes().len() * 2 + 2) {
+            let step = next_step(&plan, &to_history(order, no), breakers, now)
+                .map_err(|e| Error::InvalidInput(e.to_string()))?;
+            let (route, query) = match step {
+                Step::Done => {
+                    events.extend(order.deliver_line(no, Vec::new(), line.quantity, now)?);
+                    return Ok(LineProgress::Delivered);
+                }
+                Step::Exhausted => {
+                    events.extend(order.fail_line(
+                        no,
+                        "every supplier route failed".into(),
+                        now,
+                    )?);
+                    return Ok(LineProgress::Failed);
+                }
+                Step::Wait { .. } => return Ok(LineProgress::Pending),
+                Step::Call(route) => (route, false),
+                Step::Query(route) => (route, true),
+            };
+            let Some(supplier) = self.inner.suppliers.get(&route.supplier) else {
+                return Ok(LineProgress::Pending);
+            };
+            if !query && !breakers.try_acquire(&route.supplier, now) {
+                return Ok(LineProgress::Pending);
+            }
+            let request = RequestId::for_line(order.id(), no, &route.supplier);
+            let outcome = if query {
+                match supplier.query(&request).await {
+                    Ok(RequestStatus::NotFound) => AttemptOutcome::Definite {
+                        reason: "the supplier never received the request".into(),
+                    },
+                    Ok(RequestStatus::Pending) => AttemptOutcome::Pending,
+                    Ok(RequestStatus::Succeeded { receipt, .. }) => {
+                        AttemptOutcome::Succeeded { receipt }
+                    }
+                    Ok(RequestStatus::Failed { reason }) => AttemptOutcome::Definite { reason },
+                    // Still unknown: ask again on the next pass, try no one else.
+                    Err(e) => {
+                        tracing::warn!(order = %order.id(), line = no, error = %e, "supplier query failed");
+                        return Ok(LineProgress::Pending);
+                    }
+                }
+            } else {
+                let account = line.account.clone().unwrap_or_default();
+                let request = TopUpRequest {
+                    request: request.clone(),
+                    product: route.product.clone(),
+                    account,
+                    quantity: line.quantity,
+                };
+                match supplier.submit_top_up(&request).await {
+                    Ok(TopUpOutcome::Accepted) => AttemptOutcome::Pending,
+                    Ok(TopUpOutcome::Succeeded { receipt }) => {
+                        AttemptOutcome::Succeeded { receipt }
+                    }
+                    Err(e) => outcome_of_error(&e),
+                }
+            };
+            match &outcome {
+                AttemptOutcome::Succeeded { .. } | AttemptOutcome::Pending => {
+                    breakers.record_success(&route.supplier, now);
+                }
+                AttemptOutcome::Definite { .. } | AttemptOutcome::Unknown { .. } => {
+                    breakers.record_failure(&route.supplier, now);
+                }
+            }
+            let pending = matches!(outcome, AttemptOutcome::Pending);
+            let unknown_after_query = query && matches!(outcome, AttemptOutcome::Unknown { .. });
+            events.extend(order.record_attempt(
+                no,
+                LineAttempt {
+                    supplier: route.supplier.as_str().to_owned(),
+                    request: request.as_str().to_owned(),
+                    outcome,
+                    at: now,
+                },
+                now,
+            )?);
+            if pending || unknown_after_query {
+                return Ok(LineProgress::Pending);
+            }
+        }
+        Ok(LineProgress::Pending)
+    }
+
+    /// Takes a supplier's callback for a direct top-up: verifies its signature, finds the line by
+    /// its request id, and delivers the line or fails over. A repeated, late or out-of-order
+    /// callback for a settled line changes nothing. Every refused callback is audited.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSupplier`]; [`Error::Supplier`] for a bad signature or body;
+    /// [`Error::UnknownRequest`]; [`Error::CallbackAmountMismatch`]; [`Error::Storage`].
+    pub async fn supplier_callback(
+        &self,
+        supplier: &SupplierId,
+        callback: &RawCallback,
+    ) -> Result<CallbackOutcome> {
+        match self.apply_callback(supplier, callback).await {
+            Err(e) if !e.kind().is_transient() => {
+                self.audit(
+                    supplier.as_str(),
+                    AuditAction::SupplierCallback,
+                    supplier.to_string(),
+                    AuditOutcome::Denied,
+                    e.code().to_owned(),
+                )
+                .await?;
+                tracing::warn!(%supplier, error = %e, "supplier callback refused");
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_callback(
+        &self,
+        supplier_id: &SupplierId,
+        callback: &RawCallback,
+    ) -> Result<CallbackOutcome> {
+        let supplier = self
+            .inner
+            .suppliers
+            .get(supplier_id)
+            .ok_or_else(|| Error::UnknownSupplier(supplier_id.to_string()))?;
+        let event = supplier
+            .verify_callback(callback)
+            .map_err(Error::Supplier)?;
+        let (order_id, no) = event.request.line().ok_or(Error::UnknownRequest)?;
+        for _ in 0..5 {
+            let mut order = self
+                .store_ref()
+                .order(&self.tenant, order_id)
+                .await?
+                .ok_or(Error::UnknownRequest)?;
+            let line = order.line(no).cloned().ok_or(Error::UnknownRequest)?;
+            let ours = line
+                .attempts
+                .iter()
+                .any(|a| a.supplier == supplier_id.as_str() && a.request == event.request.as_str());
+            if !ours {
+                return Err(Error::UnknownRequest);
+            }
+            if line.status != LineStatus::Pending {
+                return Ok(CallbackOutcome::AlreadySettled);
+            }
+            if let Some(amount) = event.amount {
+                let goods = self.goods_of(line.sku).await?;
+                let expected = goods
+                    .sku(line.sku)
+                    .and_then(|s| s.routes.iter().find(|r| r.supplier == supplier_id.as_str()))
+                    .map(|r| r.cost.checked_mul(i64::from(line.quantity)))
+                    .transpose()?;
+                if expected.is_some_and(|e| e != amount) {
+                    return Err(Error::CallbackAmountMismatch {
+                        expected: expected.unwrap_or(amount),
+                        got: amount,
+                    });
+                }
+            }
+            let now = self.now();
+            let expected_version = order.version();
+            let (outcome, delivered) = match event.status.clone() {
+                CallbackStatus::Succeeded { receipt } => {
+                    (AttemptOutcome::Succeeded { receipt }, true)
+                }
+                CallbackStatus::Failed { reason } => (AttemptOutcome::Definite { reason }, false),
+            };
+            let mut events = order.record_attempt(
+                no,
+                LineAttempt {
+                    supplier: supplier_id.as_str().to_owned(),
+                    request: event.request.as_str().to_owned(),
+                    outcome,
+                    at: now,
+                },
+                now,
+            )?;
+            if delivered {
+                events.extend(order.deliver_line(no, Vec::new(), line.quantity, now)?);
+                if order
+                    .lines()
+                    .iter()
+                    .all(|l| l.status != LineStatus::Pending)
+                {
+                    events.extend(order.finish_fulfilment(now)?);
+                }
+            }
+            let envs =
+                self.envelopes("order", order_id.to_string(), order.version(), &events, now)?;
+            match self
+                .store_ref()
+                .update_order(OrderChange {
+                    order: &order,
+                    expected_version,
+                    events: &envs,
+                })
+                .await
+            {
+                Ok(()) => {
+                    if !delivered || order.status() != quanyi_order::OrderStatus::Fulfilling {
+                        // Fail over, or pay back what could not be delivered, now rather than at
+                        // the job's next turn; the job finishes it should this fail.
+                        if let Err(e) = self.settle(order_id).await {
+                            tracing::warn!(order = %order_id, error = %e, "settling after a callback");
+                        }
+                    }
+                    return Ok(CallbackOutcome::Applied);
+                }
+                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "order",
+            order_id,
+            "kept changing while applying a callback",
+        )))
+    }
+}

@@ -1,0 +1,449 @@
+//! Direct top-ups through suppliers, on the memory, SQLite and PostgreSQL stores: failover only
+//! after a definite failure, queries after an unknown outcome, breakers, callbacks applied once,
+//! refunds when every route fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use quanyi::crates::storage::AuditOutcome;
+use quanyi::crates::supplier::{ProductCode, RequestId};
+use quanyi::*;
+use quanyi_testkit::fixtures::t0;
+use quanyi_testkit::supplier_sim::{ALWAYS, Faults, SimSupplier, TopUpMode};
+use quanyi_testkit::{service_url, unique_name};
+
+/// A store for one test and what removes it afterwards.
+struct Backing {
+    store: Arc<dyn Store>,
+    cleanup: Option<Box<dyn FnOnce() + Send>>,
+}
+
+async fn memory() -> Option<Backing> {
+    Some(Backing {
+        store: Arc::new(MemoryStore::new()),
+        cleanup: None,
+    })
+}
+
+async fn sqlite() -> Option<Backing> {
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name("quanyi_supply")));
+    let store = quanyi_storage_sqlite::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    Some(Backing {
+        store: Arc::new(store),
+        cleanup: Some(Box::new(move || {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        })),
+    })
+}
+
+async fn postgres() -> Option<Backing> {
+    use quanyi_storage_postgres::{PgOptions, PgStore};
+    let url = service_url("QUANYI_TEST_PG_URL")?;
+    let schema = unique_name("qs");
+    let store = PgStore::connect_with(PgOptions::new(&url).schema(&schema))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    Some(Backing {
+        store: Arc::new(store),
+        cleanup: Some(Box::new(move || {
+            // Dropped on a runtime of its own: the test's runtime is ending.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        })),
+    })
+}
+
+/// A gateway that records refunds by id.
+#[derive(Debug, Default)]
+struct Refunds(Mutex<Vec<RefundRequest>>);
+
+#[async_trait::async_trait]
+impl PaymentGateway for Refunds {
+    async fn refund(&self, r: &RefundRequest) -> Result<RefundReceipt, GatewayError> {
+        let mut all = self.0.lock().unwrap();
+        if !all.iter().any(|x| x.refund_id == r.refund_id) {
+            all.push(r.clone());
+        }
+        Ok(RefundReceipt {
+            provider_refund_id: r.refund_id.clone(),
+        })
+    }
+}
+
+struct World {
+    shop: Shop,
+    clock: ManualClock,
+    a: Arc<SimSupplier>,
+    b: Arc<SimSupplier>,
+    refunds: Arc<Refunds>,
+    sku: SkuId,
+}
+
+fn product() -> ProductCode {
+    ProductCode::new("MOBILE-50").unwrap()
+}
+
+async fn world(store: Arc<dyn Store>, a: SimSupplier, b: SimSupplier) -> World {
+    let clock = ManualClock::new(t0());
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let refunds = Arc::new(Refunds::default());
+    let shop = Shop::builder(
+        store,
+        Arc::new(StaticKeyProvider::new(RootKey::generate(
+            &mut rand::thread_rng(),
+        ))),
+    )
+    .clock(Arc::new(clock.clone()))
+    .tenant(TenantId::new(unique_name("t")).unwrap())
+    .supplier(a.clone())
+    .supplier(b.clone())
+    .payment_gateway(refunds.clone())
+    .breaker_config(BreakerConfig {
+        failure_threshold: 2,
+        open_for: chrono::Duration::seconds(30),
+        half_open_probes: 1,
+    })
+    .build()
+    .unwrap();
+    let sku = SkuId::generate(t0(), &mut rand::thread_rng());
+    let cost = Money::parse("48.00", Currency::CNY).unwrap();
+    shop.create_goods(GoodsDraft {
+        title: "Mobile top-up 50".into(),
+        kind: GoodsKind::DirectTopUp {
+            account: AccountRule::MainlandMobile,
+        },
+        skus: vec![
+            SkuDraft::new(
+                sku,
+                "50 yuan",
+                Money::parse("49.50", Currency::CNY).unwrap(),
+            )
+            .with_stock(StockSource::Supplier)
+            .with_routes(vec![
+                SupplierRoute::new("sim-a", "MOBILE-50", cost),
+                SupplierRoute::new("sim-b", "MOBILE-50", cost),
+            ]),
+        ],
+    })
+    .await
+    .unwrap();
+    World {
+        shop,
+        clock,
+        a,
+        b,
+        refunds,
+        sku,
+    }
+}
+
+fn sim(id: &str, mode: TopUpMode, faults: Faults) -> SimSupplier {
+    SimSupplier::new(SupplierId::new(id).unwrap(), 7)
+        .with_top_up_product(
+            product(),
+            Money::parse("48.00", Currency::CNY).unwrap(),
+            mode,
+        )
+        .with_faults(faults)
+}
+
+async fn buy(w: &World, n: u32) -> Order {
+    let buyer = MemberId::new(format!("buyer-{n}")).unwrap();
+    let order = w
+        .shop
+        .place_order(
+            &buyer,
+            &[CartLine::new(w.sku, 1).with_account("13800138000")],
+        )
+        .await
+        .unwrap();
+    w.shop
+        .confirm_payment(PaymentNotification {
+            provider: "testpay".into(),
+            transaction_id: format!("txn-{}", order.id()),
+            order: order.id(),
+            amount: order.total(),
+        })
+        .await
+        .unwrap()
+        .order
+}
+
+fn request(order: &Order, supplier: &str) -> RequestId {
+    RequestId::for_line(order.id(), 1, &SupplierId::new(supplier).unwrap())
+}
+
+async fn a_timeout_after_success_is_queried_not_failed_over(store: Arc<dyn Store>) {
+    let faults = Faults {
+        timeout_after_success: ALWAYS,
+        ..Faults::NONE
+    };
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Immediate, faults),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    let order = buy(&w, 1).await;
+    assert_eq!(order.status(), OrderStatus::Delivered);
+    assert_eq!(w.a.executed(&request(&order, "sim-a")), 1);
+    assert_eq!(w.a.counts().top_ups_executed, 1);
+    assert_eq!(
+        w.b.counts().calls_submitted,
+        0,
+        "no failover after an unknown outcome"
+    );
+    let outcomes: Vec<&str> = order.lines()[0]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["succeeded"]);
+}
+
+async fn a_definite_failure_fails_over_and_the_breaker_cycles(store: Arc<dyn Store>) {
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    w.a.set_down(true);
+    for n in 0..2 {
+        let order = buy(&w, n).await;
+        assert_eq!(order.status(), OrderStatus::Delivered);
+        assert_eq!(w.b.executed(&request(&order, "sim-b")), 1);
+    }
+    assert_eq!(w.a.counts().calls_submitted, 2);
+    // A's breaker is open: the next order goes straight to B.
+    let order = buy(&w, 2).await;
+    assert_eq!(order.status(), OrderStatus::Delivered);
+    assert_eq!(w.a.counts().calls_submitted, 2);
+    // After the open period one probe goes to A; it succeeds and the breaker closes.
+    w.a.set_down(false);
+    w.clock.advance(chrono::Duration::seconds(31));
+    for n in 3..5 {
+        let order = buy(&w, n).await;
+        assert_eq!(order.status(), OrderStatus::Delivered);
+        assert_eq!(w.a.executed(&request(&order, "sim-a")), 1);
+    }
+    assert_eq!(w.b.counts().top_ups_executed, 3);
+}
+
+async fn identical_callbacks_deliver_once(store: Arc<dyn Store>) {
+    let faults = Faults {
+        duplicate_callback: ALWAYS,
+        out_of_order_callback: ALWAYS,
+        ..Faults::NONE
+    };
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Async, faults),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    let order = buy(&w, 1).await;
+    assert_eq!(order.status(), OrderStatus::Fulfilling);
+    let callbacks = w.a.finish_pending();
+    assert!(
+        callbacks.len() >= 3,
+        "success, duplicate and a stale failure"
+    );
+    let (fresh, stale): (Vec<_>, Vec<_>) = callbacks.into_iter().partition(|c| {
+        c.header(quanyi_testkit::supplier_sim::STALE_HEADER)
+            .is_none()
+    });
+    let a_id = SupplierId::new("sim-a").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        for c in &fresh {
+            let (shop, c, id) = (w.shop.clone(), c.clone(), a_id.clone());
+            tasks.push(tokio::spawn(async move {
+                shop.supplier_callback(&id, &c).await
+            }));
+        }
+    }
+    let mut applied = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            CallbackOutcome::Applied => applied += 1,
+            CallbackOutcome::AlreadySettled => {}
+        }
+    }
+    assert_eq!(applied, 1);
+    // The late "failed" after "succeeded" changes nothing.
+    for c in &stale {
+        assert_eq!(
+            w.shop.supplier_callback(&a_id, c).await.unwrap(),
+            CallbackOutcome::AlreadySettled
+        );
+    }
+    let done = w.shop.order(order.id()).await.unwrap();
+    assert_eq!(done.status(), OrderStatus::Delivered);
+    assert_eq!(w.a.executed(&request(&order, "sim-a")), 1);
+    assert_eq!(w.b.counts().calls_submitted, 0);
+    // The job that was polling finds the order done.
+    w.clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(w.shop.run_due_jobs(10).await.unwrap().done, 1);
+    assert!(w.refunds.0.lock().unwrap().is_empty());
+}
+
+async fn bad_callbacks_are_refused_and_deliver_nothing(store: Arc<dyn Store>) {
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Async, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    let order = buy(&w, 1).await;
+    let good = w.a.finish_pending().remove(0);
+    let a_id = SupplierId::new("sim-a").unwrap();
+    let mut unsigned = good.clone();
+    unsigned.headers.clear();
+    let err = w
+        .shop
+        .supplier_callback(&a_id, &unsigned)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_signature");
+    let mut tampered = good.clone();
+    tampered.body.push(b' ');
+    assert_eq!(
+        w.shop
+            .supplier_callback(&a_id, &tampered)
+            .await
+            .unwrap_err()
+            .code(),
+        "bad_signature"
+    );
+    let other = RequestId::for_line(OrderId::generate(t0(), &mut rand::thread_rng()), 1, &a_id);
+    let body = format!(
+        r#"{{"request":"{other}","status":"succeeded","receipt":"x","amount_minor":4800,"currency":"CNY"}}"#
+    );
+    let forged = w.a.signed_callback(body.into_bytes());
+    assert_eq!(
+        w.shop
+            .supplier_callback(&a_id, &forged)
+            .await
+            .unwrap_err()
+            .code(),
+        "unknown_request"
+    );
+    let wrong_amount = format!(
+        r#"{{"request":"{}","status":"succeeded","receipt":"x","amount_minor":1,"currency":"CNY"}}"#,
+        request(&order, "sim-a")
+    );
+    let cb = w.a.signed_callback(wrong_amount.into_bytes());
+    assert_eq!(
+        w.shop
+            .supplier_callback(&a_id, &cb)
+            .await
+            .unwrap_err()
+            .code(),
+        "callback_amount_mismatch"
+    );
+    assert_eq!(
+        w.shop
+            .supplier_callback(&SupplierId::new("nobody").unwrap(), &good)
+            .await
+            .unwrap_err()
+            .code(),
+        "unknown_supplier"
+    );
+    assert_eq!(
+        w.shop.order(order.id()).await.unwrap().status(),
+        OrderStatus::Fulfilling
+    );
+    let audit = w.shop.audit_log(10).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.outcome == AuditOutcome::Denied)
+            .count(),
+        5
+    );
+    assert_eq!(
+        w.shop.supplier_callback(&a_id, &good).await.unwrap(),
+        CallbackOutcome::Applied
+    );
+    assert_eq!(
+        w.shop.order(order.id()).await.unwrap().status(),
+        OrderStatus::Delivered
+    );
+}
+
+async fn when_every_route_fails_the_line_is_refunded_once(store: Arc<dyn Store>) {
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    w.a.set_down(true);
+    w.b.set_down(true);
+    let order = buy(&w, 1).await;
+    assert_eq!(order.status(), OrderStatus::Refunded);
+    let refunds = w.refunds.0.lock().unwrap().clone();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].amount, order.total());
+    assert_eq!(
+        w.a.counts().top_ups_executed + w.b.counts().top_ups_executed,
+        0
+    );
+    assert_eq!(w.shop.run_due_jobs(10).await.unwrap(), JobRun::default());
+    assert_eq!(w.refunds.0.lock().unwrap().len(), 1);
+}
+
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod on_memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::memory, super::$case).await } )* }
+        mod on_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::sqlite, super::$case).await } )* }
+        mod on_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::postgres, super::$case).await } )* }
+    };
+}
+
+async fn run<M, MF, C, CF>(make: M, case: C)
+where
+    M: FnOnce() -> MF,
+    MF: std::future::Future<Output = Option<Backing>>,
+    C: FnOnce(Arc<dyn Store>) -> CF,
+    CF: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(backing) = make().await else { return };
+    let outcome = tokio::spawn(case(backing.store.clone())).await;
+    drop(backing.store);
+    if let Some(cleanup) = backing.cleanup {
+        cleanup();
+    }
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+on_every_store!(
+    a_timeout_after_success_is_queried_not_failed_over,
+    a_definite_failure_fails_over_and_the_breaker_cycles,
+    identical_callbacks_deliver_once,
+    bad_callbacks_are_refused_and_deliver_nothing,
+    when_every_route_fails_the_line_is_refunded_once,
+);
