@@ -113,7 +113,128 @@ struct Placed {
     picked: Vec<Uuid>,
 }
 
+/// $1 tenant, $2 order, $3 now, $4.. the cards: id, sku, batch, blind index, code, secret, key.
+const INSERT_SOLD: &str = "WITH base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $2) \
+     INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret, key_id, state, order_id, \
+                        sold_at, hold_pos, imported_at) \
+     SELECT u.id, $1, u.sku, u.batch, u.bi, u.code, u.secret, u.key_id, 'sold', $2, $3, \
+            (SELECT v FROM base) + u.ord, $3 \
+     FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bigint[]) \
+          WITH ORDINALITY AS u(id, sku, batch, bi, code, secret, key_id, ord) \
+     ORDER BY u.ord \
+     ON CONFLICT DO NOTHING \
+     RETURNING id";
+
 impl PgStore {
+    /// Cards bought for an order, stored sold to it, with the order change, in one transaction.
+    pub(crate) async fn write_sold_cards(
+        &self,
+        tenant_name: &TenantId,
+        cards: &[quanyi_storage::NewCard],
+        change: OrderChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let order = change.order;
+        if order.tenant() != tenant_name {
+            return Err(Error::Invalid("order of another tenant".into()));
+        }
+        let doc = to_json(order, "order")?;
+        let expected = to_i64(change.expected_version, "order version")?;
+        let version = to_i64(order.version(), "order version")?;
+        let ev = EventColumns::new(change.events)?;
+        let newer = is_newer(&change);
+        let ids: Vec<Uuid> = cards.iter().map(|c| *c.id.as_uuid()).collect();
+        let skus: Vec<Uuid> = cards.iter().map(|c| *c.sku.as_uuid()).collect();
+        let batches: Vec<Uuid> = cards.iter().map(|c| *c.batch.as_uuid()).collect();
+        let indexes: Vec<&[u8]> = cards
+            .iter()
+            .map(|c| c.blind_index.as_bytes().as_slice())
+            .collect();
+        let codes: Vec<&[u8]> = cards.iter().map(|c| c.sealed.code.as_bytes()).collect();
+        let secrets: Vec<Option<&[u8]>> = cards
+            .iter()
+            .map(|c| {
+                c.sealed
+                    .secret
+                    .as_ref()
+                    .map(quanyi_vault::SealedValue::as_bytes)
+            })
+            .collect();
+        let keys: Vec<i64> = cards.iter().map(|c| i64::from(c.key_id.0)).collect();
+        let mut conn = self.conn().await?;
+        let insert = conn.prepare(INSERT_SOLD).await?;
+        let update = conn.prepare(&UPDATE).await?;
+        conn.in_txn = true;
+        let c = conn.client();
+        c.batch_execute("BEGIN").await.map_err(db)?;
+        let outcome = async {
+            let stored = c
+                .query(
+                    &insert,
+                    &[
+                        &order.tenant().as_str(),
+                        order.id().as_uuid(),
+                        &micros(now),
+                        &ids,
+                        &skus,
+                        &batches,
+                        &indexes,
+                        &codes,
+                        &secrets,
+                        &keys,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            if stored.len() != cards.len() {
+                return Err(Error::conflict(
+                    "card",
+                    order.id(),
+                    "card id or blind index already stored",
+                ));
+            }
+            let row = c
+                .query_one(
+                    &update,
+                    &[
+                        &order.tenant().as_str(),
+                        order.id().as_uuid(),
+                        &expected,
+                        &version,
+                        &order.status().as_str(),
+                        &micros(order.expires_at()),
+                        &doc,
+                        &newer,
+                        &ev.ids,
+                        &ev.tenants,
+                        &ev.types,
+                        &ev.aggregates,
+                        &ev.docs,
+                    ],
+                )
+                .await
+                .map_err(|e| with_id(db(e), order.id()))?;
+            let current: Option<i64> = get(&row, 0)?;
+            let written: bool = get(&row, 1)?;
+            if written {
+                Ok(())
+            } else {
+                Err(change_error(order, current, expected, newer))
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) => c.batch_execute("COMMIT").await.map_err(db)?,
+            Err(e) => {
+                c.batch_execute("ROLLBACK").await.map_err(db)?;
+                conn.in_txn = false;
+                return Err(e);
+            }
+        }
+        conn.in_txn = false;
+        Ok(())
+    }
+
     async fn run_place(
         &self,
         conn: &mut Conn,

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId, OrderId, SkuId, TenantId};
 use quanyi_storage::{
-    CardState, Error, HeldCard, InsertCardsOutcome, NewCard, Result, StockCount, StoredCard,
-    VaultStore,
+    CardState, Error, HeldCard, InsertCardsOutcome, NewCard, OrderChange, Result, StockCount,
+    StoredCard, VaultStore,
 };
 use quanyi_vault::{BlindIndex, KeyId, SealedCard, SealedValue};
 use tokio_postgres::Row;
@@ -163,6 +163,16 @@ fn stored_card(row: &Row) -> Result<StoredCard> {
 
 #[async_trait]
 impl VaultStore for PgStore {
+    async fn insert_sold_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[NewCard],
+        change: OrderChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.write_sold_cards(tenant, cards, change, now).await
+    }
+
     async fn insert_cards(
         &self,
         tenant: &TenantId,

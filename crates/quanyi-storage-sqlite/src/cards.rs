@@ -6,14 +6,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId, OrderId, SkuId, TenantId};
 use quanyi_storage::{
-    CardState, Error, HeldCard, InsertCardsOutcome, NewCard, Result, StockCount, StoredCard,
-    VaultStore,
+    CardState, Error, HeldCard, InsertCardsOutcome, NewCard, OrderChange, Result, StockCount,
+    StoredCard, VaultStore,
 };
 use quanyi_vault::{BlindIndex, KeyId, SealedCard, SealedValue};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use crate::SqliteStore;
 use crate::convert::{SqlResult, from_ts, limit, ts, uint, uint32, uuid};
+use crate::orders::{apply_order_change, change_row, check_order_change};
 
 /// The columns [`CardCols::read`] expects, in order.
 const CARD_COLUMNS: &str = "id, tenant, sku, batch, blind_index, code, secret, key_id, state, \
@@ -414,6 +415,84 @@ impl VaultStore for SqliteStore {
                     chosen.extend(free);
                 }
                 Ok(sold.into_iter().chain(chosen).collect())
+            })
+            .await
+    }
+
+    async fn insert_sold_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[NewCard],
+        change: OrderChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if change.order.tenant() != tenant {
+            return Err(Error::Invalid("order of another tenant".into()));
+        }
+        let tenant = tenant.as_str().to_owned();
+        let order = change.order.id();
+        let c = change_row(&change)?;
+        let cards = cards.to_vec();
+        let now = ts(now)?;
+        self.pool
+            .write(move |tx| {
+                check_order_change(tx, &c)?;
+                {
+                    let mut exists = tx
+                        .prepare_cached("SELECT 1 FROM cards WHERE id = ?1")
+                        .db()?;
+                    let mut known = tx
+                        .prepare_cached(
+                            "SELECT 1 FROM cards WHERE tenant = ?1 AND blind_index = ?2",
+                        )
+                        .db()?;
+                    let mut ids = HashSet::new();
+                    let mut indexes = HashSet::new();
+                    for card in &cards {
+                        if !ids.insert(card.id)
+                            || exists.exists(params![card.id.as_bytes()]).db()?
+                        {
+                            return Err(Error::conflict("card", card.id, "id already stored"));
+                        }
+                        let index = card.blind_index.as_bytes();
+                        if !indexes.insert(card.blind_index)
+                            || known.exists(params![tenant, index]).db()?
+                        {
+                            return Err(Error::conflict(
+                                "card",
+                                card.id,
+                                "blind index already stored",
+                            ));
+                        }
+                    }
+                }
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret,
+                                                key_id, state, imported_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'available', ?9)",
+                        )
+                        .db()?;
+                    for card in &cards {
+                        insert
+                            .execute(params![
+                                card.id.as_bytes(),
+                                tenant,
+                                card.sku.as_bytes(),
+                                card.batch.as_bytes(),
+                                card.blind_index.as_bytes(),
+                                card.sealed.code.as_bytes(),
+                                card.sealed.secret.as_ref().map(SealedValue::as_bytes),
+                                card.key_id.0,
+                                now
+                            ])
+                            .db()?;
+                    }
+                }
+                let ids: Vec<CardId> = cards.iter().map(|card| card.id).collect();
+                sell_free(tx, order, &ids, now)?;
+                apply_order_change(tx, &c)
             })
             .await
     }

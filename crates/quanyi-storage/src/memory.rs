@@ -695,6 +695,55 @@ impl VaultStore for MemoryStore {
         Ok(sold.into_iter().chain(chosen).collect())
     }
 
+    async fn insert_sold_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[NewCard],
+        change: OrderChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut s = self.state.lock();
+        if change.order.tenant() != tenant {
+            return Err(Error::Invalid("order of another tenant".into()));
+        }
+        s.check_order_change(&change)?;
+        let mut ids = Set::default();
+        let mut indexes = Set::default();
+        for c in cards {
+            if s.cards.contains_key(&c.id) || !ids.insert(c.id) {
+                return Err(Error::conflict("card", c.id, "id already stored"));
+            }
+            if s.blind.contains(&(tenant.clone(), c.blind_index)) || !indexes.insert(c.blind_index)
+            {
+                return Err(Error::conflict("card", c.id, "blind index already stored"));
+            }
+        }
+        let order = change.order.id();
+        for c in cards {
+            s.blind.insert((tenant.clone(), c.blind_index));
+            s.cards.insert(
+                c.id,
+                StoredCard {
+                    id: c.id,
+                    tenant: tenant.clone(),
+                    sku: c.sku,
+                    batch: c.batch,
+                    blind_index: c.blind_index,
+                    sealed: c.sealed.clone(),
+                    key_id: c.key_id,
+                    state: CardState::Available,
+                    imported_at: now,
+                },
+            );
+            s.set_card_state(c.id, CardState::Sold { order, at: now });
+            s.order_cards
+                .entry((tenant.clone(), order))
+                .or_default()
+                .push(c.id);
+        }
+        s.apply_order_change(&change)
+    }
+
     async fn held_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<HeldCard>> {
         let s = self.state.lock();
         let mut held: Vec<HeldCard> = s

@@ -149,6 +149,22 @@ pub trait VaultStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<CardId>>;
 
+    /// Stores cards bought from a supplier for an order as sold to it (at `now`), together with
+    /// the order change that delivers them, in one atomic step: a crash cannot lose bought cards
+    /// or deliver cards that were not stored. Blind indexes stay unique per tenant.
+    ///
+    /// # Errors
+    /// `Conflict` when the order's version is stale, a card id is taken, or a blind index is
+    /// already held by the tenant; `NotFound` for an unknown order. Nothing is written on any
+    /// error.
+    async fn insert_sold_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[NewCard],
+        change: OrderChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
     /// The cards an order holds (reserved for it or sold to it), in card order.
     async fn held_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<HeldCard>>;
 

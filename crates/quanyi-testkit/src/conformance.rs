@@ -33,6 +33,7 @@ pub const CASES: &[&str] = &[
     "concurrent_buyers_never_oversell",
     "place_order_is_all_or_nothing",
     "payment_sells_only_held_cards",
+    "bought_cards_arrive_with_their_order_change",
     "payment_notice_recorded_once",
     "payment_with_stale_order_writes_nothing",
     "unpaid_orders_due_in_deadline_order",
@@ -969,6 +970,117 @@ pub async fn payment_with_stale_order_writes_nothing(store: Arc<dyn Store>) {
     assert!(store.job(job.id).await.unwrap().is_none());
     let stored = store.order(&tenant, order.id()).await.unwrap().unwrap();
     assert_eq!(stored.status(), OrderStatus::AwaitingPayment);
+}
+
+/// Cards bought from a supplier are stored sold to their order in the same step as the order
+/// change, or not at all.
+pub async fn bought_cards_arrive_with_their_order_change(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    let (order, events) = order(&goods, &member("kim"), 2);
+    store
+        .insert_order(&order, &envelopes(&order, &events), &[])
+        .await
+        .unwrap();
+    let mut paid = order.clone();
+    let n = notice(&tenant, order.id(), "txn-bought", order.total().minor());
+    let mut ev = paid
+        .confirm_payment(
+            Payment {
+                provider: n.provider.clone(),
+                transaction_id: n.transaction_id.clone(),
+                amount: n.amount,
+                paid_at: t0(),
+            },
+            t0(),
+        )
+        .unwrap();
+    ev.extend(paid.start_fulfilment(t0()).unwrap());
+    let bought = cards(sku, 2);
+    let ids: Vec<_> = bought.iter().map(|c| c.id).collect();
+    ev.extend(paid.deliver_line(1, ids.clone(), 2, t0()).unwrap());
+    ev.extend(paid.finish_fulfilment(t0()).unwrap());
+    let envs = envelopes(&paid, &ev);
+    // A blind index the tenant already holds refuses the whole step.
+    let taken = store
+        .insert_cards(&tenant, &cards(sku, 1), t0())
+        .await
+        .unwrap()
+        .inserted[0];
+    let taken_index = store
+        .card(&tenant, taken)
+        .await
+        .unwrap()
+        .unwrap()
+        .blind_index;
+    let mut clash = bought.clone();
+    clash[1].blind_index = taken_index;
+    let change = || OrderChange {
+        order: &paid,
+        expected_version: order.version(),
+        events: &envs,
+    };
+    let r = store
+        .insert_sold_cards(&tenant, &clash, change(), t0())
+        .await;
+    assert_eq!(kind_of(r), quanyi_core::ErrorKind::Conflict);
+    assert!(store.card(&tenant, bought[0].id).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .order(&tenant, order.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .status(),
+        OrderStatus::AwaitingPayment
+    );
+    // A stale order version refuses it too.
+    let stale = OrderChange {
+        order: &paid,
+        expected_version: order.version() + 7,
+        events: &envs,
+    };
+    assert_eq!(
+        kind_of(store.insert_sold_cards(&tenant, &bought, stale, t0()).await),
+        quanyi_core::ErrorKind::Conflict
+    );
+    assert!(store.card(&tenant, bought[0].id).await.unwrap().is_none());
+    store
+        .insert_sold_cards(&tenant, &bought, change(), t0())
+        .await
+        .unwrap();
+    let sold = store.order_cards(&tenant, order.id()).await.unwrap();
+    assert_eq!(sold.iter().map(|c| c.id).collect::<Vec<_>>(), ids);
+    assert!(
+        sold.iter()
+            .all(|c| matches!(c.state, CardState::Sold { order: o, .. } if o == order.id()))
+    );
+    assert_eq!(
+        store
+            .order(&tenant, order.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .status(),
+        OrderStatus::Delivered
+    );
+    let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+    assert_eq!((stock.available, stock.sold), (1, 2));
+    // Sold cards are duplicates for later imports.
+    let again = vec![fixtures::card_with_index(
+        sku,
+        id(BatchId::generate),
+        *bought[0].blind_index.as_bytes(),
+    )];
+    assert_eq!(
+        store
+            .insert_cards(&tenant, &again, t0())
+            .await
+            .unwrap()
+            .duplicates,
+        vec![0]
+    );
 }
 
 /// Unpaid orders past their deadline are listed oldest deadline first; paid ones are not.

@@ -36,6 +36,7 @@ macro_rules! storage_conformance {
             concurrent_buyers_never_oversell,
             place_order_is_all_or_nothing,
             payment_sells_only_held_cards,
+            bought_cards_arrive_with_their_order_change,
             payment_notice_recorded_once,
             payment_with_stale_order_writes_nothing,
             unpaid_orders_due_in_deadline_order,

@@ -150,7 +150,7 @@ impl Shop {
 
     /// Reserves `uses` seals on the active data key in storage (the exact, shared counter) and
     /// grants them to the cached ring; rotates first when the key is used up.
-    async fn ring_with_budget(&self, uses: u64) -> Result<Arc<KeyRing>> {
+    pub(crate) async fn ring_with_budget(&self, uses: u64) -> Result<Arc<KeyRing>> {
         let mut ring = self.ring().await?;
         for _ in 0..3 {
             let key = ring.active_key_id();

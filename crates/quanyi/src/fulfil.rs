@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::Duration;
 use quanyi_core::{JobId, OrderId, SkuId};
-use quanyi_goods::KindTag;
+use quanyi_goods::{KindTag, StockSource};
 use quanyi_order::{LineStatus, Order, OrderStatus};
 use quanyi_storage::{Job, OrderChange};
 
@@ -61,11 +61,18 @@ impl Shop {
             // Card-key lines, grouped by SKU: one commit per SKU, split over its lines.
             let mut per_sku: BTreeMap<SkuId, Vec<(u16, u32)>> = BTreeMap::new();
             let mut other = Vec::new();
-            for line in order.lines() {
+            let lines: Vec<_> = order.lines().to_vec();
+            for line in &lines {
                 if line.status != LineStatus::Pending {
                     continue;
                 }
-                if line.kind == KindTag::CardKey {
+                let from_vault = line.kind == KindTag::CardKey
+                    && self
+                        .goods_of(line.sku)
+                        .await?
+                        .sku(line.sku)
+                        .is_some_and(|s| s.stock == StockSource::VaultPool);
+                if from_vault {
                     per_sku
                         .entry(line.sku)
                         .or_default()
@@ -96,15 +103,23 @@ impl Shop {
                     Err(e) => return Err(e.into()),
                 }
             }
+            let mut bought = Vec::new();
             for (no, kind) in other {
-                if kind == KindTag::DirectTopUp {
+                if matches!(kind, KindTag::DirectTopUp | KindTag::CardKey) {
                     let sku = order
                         .line(no)
                         .map(|l| l.sku)
                         .ok_or(Error::UnknownOrder(id))?;
                     let goods = self.goods_of(sku).await?;
-                    self.fulfil_supplier_line(&mut order, no, &goods, &mut events, now)
-                        .await?;
+                    self.fulfil_supplier_line(
+                        &mut order,
+                        no,
+                        &goods,
+                        &mut events,
+                        &mut bought,
+                        now,
+                    )
+                    .await?;
                 } else {
                     events.extend(order.fail_line(
                         no,
@@ -122,14 +137,20 @@ impl Shop {
                 events.extend(order.finish_fulfilment(now)?);
             }
             let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
-            match store
-                .update_order(OrderChange {
-                    order: &order,
-                    expected_version: expected,
-                    events: &envs,
-                })
-                .await
-            {
+            let change = OrderChange {
+                order: &order,
+                expected_version: expected,
+                events: &envs,
+            };
+            // Cards bought from suppliers are stored in the same step that delivers them.
+            let written = if bought.is_empty() {
+                store.update_order(change).await
+            } else {
+                store
+                    .insert_sold_cards(&self.tenant, &bought, change, now)
+                    .await
+            };
+            match written {
                 Ok(()) => {
                     tracing::info!(order = %id, status = %order.status(), "order fulfilled");
                     return Ok(order);

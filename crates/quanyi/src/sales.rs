@@ -109,12 +109,14 @@ fn check_reference(what: &str, text: &str) -> Result<()> {
 }
 
 impl Shop {
-    /// True when the engine can deliver the line: vault card keys, or direct top-ups whose
-    /// supplier routes name registered suppliers.
+    /// True when the engine can deliver the line: vault card keys, or direct top-ups and card
+    /// keys whose supplier routes name registered suppliers.
     fn can_fulfil(&self, line: &QuoteLine) -> bool {
         match (line.check.kind, line.check.stock) {
             (KindTag::CardKey, StockSource::VaultPool) => true,
-            (KindTag::DirectTopUp, StockSource::Supplier) => self.fulfillable_routes(&line.routes),
+            (KindTag::DirectTopUp | KindTag::CardKey, StockSource::Supplier) => {
+                self.fulfillable_routes(&line.routes)
+            }
             _ => false,
         }
     }

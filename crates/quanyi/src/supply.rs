@@ -2,14 +2,17 @@
 //! failover only after a definite failure, circuit breakers, and callbacks.
 
 use chrono::{DateTime, Utc};
-use quanyi_goods::{Goods, SupplierRoute};
+use quanyi_core::{BatchId, CardId};
+use quanyi_goods::{Goods, KindTag, SupplierRoute};
 use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderEvent};
+use quanyi_storage::NewCard;
 use quanyi_storage::{AuditAction, AuditOutcome, OrderChange};
 use quanyi_supplier::{
-    Attempt, AttemptResult, CallbackStatus, FailureOutcome, ProductCode, RawCallback, RequestId,
-    RequestStatus, Route, RoutePlan, Step, SupplierError, SupplierId, TopUpOutcome, TopUpRequest,
-    next_step,
+    Attempt, AttemptResult, CallbackStatus, CardPurchase, FailureOutcome, ProductCode, RawCallback,
+    RequestId, RequestStatus, Route, RoutePlan, Step, SupplierError, SupplierId, TopUpOutcome,
+    TopUpRequest, next_step,
 };
+use quanyi_vault::CardKey;
 
 use crate::{Error, Result, Shop};
 
@@ -102,6 +105,7 @@ impl Shop {
         no: u16,
         goods: &Goods,
         events: &mut Vec<OrderEvent>,
+        bought: &mut Vec<NewCard>,
         now: DateTime<Utc>,
     ) -> Result<LineProgress> {
         let Some(line) = order.line(no).cloned() else {
@@ -126,13 +130,18 @@ impl Shop {
             return Ok(LineProgress::Failed);
         };
         let breakers = &self.inner.breakers;
+        // Card keys a supplier handed over in this pass, sealed when the line is done.
+        let mut handed_over: Vec<CardKey> = Vec::new();
         // Each route is called at most once and queried at most once per pass.
         for _ in 0..(plan.routes().len() * 2 + 2) {
             let step = next_step(&plan, &to_history(order, no), breakers, now)
                 .map_err(|e| Error::InvalidInput(e.to_string()))?;
             let (route, query) = match step {
                 Step::Done => {
-                    events.extend(order.deliver_line(no, Vec::new(), line.quantity, now)?);
+                    let cards = self
+                        .seal_bought(order, &line, bought, &mut handed_over, now)
+                        .await?;
+                    events.extend(order.deliver_line(no, cards, line.quantity, now)?);
                     return Ok(LineProgress::Delivered);
                 }
                 Step::Exhausted => {
@@ -160,7 +169,8 @@ impl Shop {
                         reason: "the supplier never received the request".into(),
                     },
                     Ok(RequestStatus::Pending) => AttemptOutcome::Pending,
-                    Ok(RequestStatus::Succeeded { receipt, .. }) => {
+                    Ok(RequestStatus::Succeeded { receipt, cards }) => {
+                        handed_over = cards;
                         AttemptOutcome::Succeeded { receipt }
                     }
                     Ok(RequestStatus::Failed { reason }) => AttemptOutcome::Definite { reason },
@@ -169,6 +179,21 @@ impl Shop {
                         tracing::warn!(order = %order.id(), line = no, error = %e, "supplier query failed");
                         return Ok(LineProgress::Pending);
                     }
+                }
+            } else if line.kind == KindTag::CardKey {
+                let purchase = CardPurchase {
+                    request: request.clone(),
+                    product: route.product.clone(),
+                    quantity: line.quantity,
+                };
+                match supplier.purchase_cards(&purchase).await {
+                    Ok(outcome) => {
+                        handed_over = outcome.cards;
+                        AttemptOutcome::Succeeded {
+                            receipt: format!("{} card(s)", handed_over.len()),
+                        }
+                    }
+                    Err(e) => outcome_of_error(&e),
                 }
             } else {
                 let account = line.account.clone().unwrap_or_default();
@@ -211,6 +236,70 @@ impl Shop {
             }
         }
         Ok(LineProgress::Pending)
+    }
+
+    /// The card ids for a line that is done: none for a top-up; for supplier card keys, the cards
+    /// the supplier handed over, sealed and queued in `bought` (stored sold to the order in the
+    /// same write that delivers the line). When the hand-over happened in an earlier pass that
+    /// was not stored, the supplier is asked again under the same request id.
+    async fn seal_bought(
+        &self,
+        order: &Order,
+        line: &quanyi_order::OrderLine,
+        bought: &mut Vec<NewCard>,
+        cards: &mut Vec<CardKey>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        if line.kind != KindTag::CardKey {
+            return Ok(Vec::new());
+        }
+        if u32::try_from(cards.len()).ok() != Some(line.quantity) {
+            let route = line
+                .attempts
+                .iter()
+                .rev()
+                .find(|a| matches!(a.outcome, AttemptOutcome::Succeeded { .. }))
+                .and_then(|a| SupplierId::new(a.supplier.clone()).ok())
+                .ok_or_else(|| Error::InvalidInput("a done supplier line has no success".into()))?;
+            let supplier = self
+                .inner
+                .suppliers
+                .get(&route)
+                .ok_or_else(|| Error::UnknownSupplier(route.to_string()))?;
+            let request = RequestId::for_line(order.id(), line.no, &route);
+            if let RequestStatus::Succeeded { cards: again, .. } =
+                supplier.query(&request).await.map_err(Error::Supplier)?
+            {
+                *cards = again;
+            }
+            if u32::try_from(cards.len()).ok() != Some(line.quantity) {
+                return Err(Error::InvalidInput(format!(
+                    "supplier {route} handed over {} card(s) for {}",
+                    cards.len(),
+                    line.quantity
+                )));
+            }
+        }
+        let uses: u64 = cards
+            .iter()
+            .map(|c| 1 + u64::from(c.secret.is_some()))
+            .sum();
+        let ring = self.ring_with_budget(uses).await?;
+        let mut rng = rand::thread_rng();
+        let batch = BatchId::generate(now, &mut rng);
+        let ids = CardId::generate_sequence(now, &mut rng, cards.len());
+        for (card, id) in cards.iter().zip(&ids) {
+            let sealed = ring.seal_card(&self.tenant, line.sku, *id, card, &mut rng)?;
+            bought.push(NewCard {
+                id: *id,
+                sku: line.sku,
+                batch,
+                blind_index: ring.blind_index(card),
+                sealed,
+                key_id: ring.active_key_id(),
+            });
+        }
+        Ok(ids)
     }
 
     /// Takes a supplier's callback for a direct top-up: verifies its signature, finds the line by

@@ -414,6 +414,77 @@ async fn when_every_route_fails_the_line_is_refunded_once(store: Arc<dyn Store>)
     assert_eq!(w.refunds.0.lock().unwrap().len(), 1);
 }
 
+/// Supplier card keys: bought on payment, sealed and stored sold to the order in the same write
+/// that delivers them, revealed to the buyer; a purchase whose answer was lost is queried, not
+/// bought again.
+async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn Store>) {
+    let clock = ManualClock::new(t0());
+    let cost = Money::parse("8.00", Currency::CNY).unwrap();
+    let cards = ProductCode::new("GAME-CARD").unwrap();
+    let faults = Faults {
+        timeout_after_success: ALWAYS,
+        ..Faults::NONE
+    };
+    let a = Arc::new(
+        SimSupplier::new(SupplierId::new("sim-a").unwrap(), 3)
+            .with_card_product(cards.clone(), 10, cost)
+            .with_faults(faults),
+    );
+    let shop = Shop::builder(
+        store,
+        Arc::new(StaticKeyProvider::new(RootKey::generate(
+            &mut rand::thread_rng(),
+        ))),
+    )
+    .clock(Arc::new(clock.clone()))
+    .tenant(TenantId::new(unique_name("t")).unwrap())
+    .supplier(a.clone())
+    .build()
+    .unwrap();
+    let sku = SkuId::generate(t0(), &mut rand::thread_rng());
+    shop.create_goods(GoodsDraft {
+        title: "Game card".into(),
+        kind: GoodsKind::CardKey,
+        skus: vec![
+            SkuDraft::new(
+                sku,
+                "10 credits",
+                Money::parse("9.90", Currency::CNY).unwrap(),
+            )
+            .with_stock(StockSource::Supplier)
+            .with_routes(vec![SupplierRoute::new("sim-a", "GAME-CARD", cost)]),
+        ],
+    })
+    .await
+    .unwrap();
+    let buyer = MemberId::new("gamer").unwrap();
+    let order = shop
+        .place_order(&buyer, &[CartLine::new(sku, 2)])
+        .await
+        .unwrap();
+    let receipt = shop
+        .confirm_payment(PaymentNotification {
+            provider: "testpay".into(),
+            transaction_id: "txn-cards".into(),
+            order: order.id(),
+            amount: order.total(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(receipt.order.status(), OrderStatus::Delivered);
+    assert_eq!(a.counts().purchases_executed, 1);
+    assert_eq!(a.executed(&request(&order, "sim-a")), 1);
+    let revealed = shop.reveal(&buyer, order.id()).await.unwrap();
+    assert_eq!(revealed.cards.len(), 2);
+    assert!(
+        revealed
+            .cards
+            .iter()
+            .all(|c| c.key.code.expose().starts_with("SIM-"))
+    );
+    assert_eq!(shop.stock(sku).await.unwrap().sold, 2);
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod on_memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::memory, super::$case).await } )* }
@@ -446,4 +517,5 @@ on_every_store!(
     identical_callbacks_deliver_once,
     bad_callbacks_are_refused_and_deliver_nothing,
     when_every_route_fails_the_line_is_refunded_once,
+    supplier_card_keys_are_bought_once_sealed_and_revealed,
 );
