@@ -485,6 +485,50 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
     assert_eq!(shop.stock(sku).await.unwrap().sold, 2);
 }
 
+/// A worker that stops in the middle of a job: once its lease runs out another worker finishes
+/// the job, and the supplier did the top-up once.
+async fn a_dropped_worker_is_taken_over_after_its_lease(store: Arc<dyn Store>) {
+    let w = world(
+        store.clone(),
+        sim("sim-a", TopUpMode::Async, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    let order = buy(&w, 1).await;
+    assert_eq!(order.status(), OrderStatus::Fulfilling);
+    // Another worker claims the job and is never heard of again.
+    let later = w.clock.now() + chrono::Duration::minutes(10);
+    let claimed = store
+        .claim_jobs("crashed-worker", later, chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // The supplier finishes, but its callbacks are lost.
+    let _lost = w.a.finish_pending();
+    w.clock.set(later + chrono::Duration::seconds(30));
+    assert_eq!(
+        w.shop.run_due_jobs(10).await.unwrap(),
+        JobRun::default(),
+        "the lease still holds"
+    );
+    w.clock.set(later + chrono::Duration::seconds(61));
+    assert_eq!(w.shop.run_due_jobs(10).await.unwrap().done, 1);
+    assert_eq!(
+        w.shop.order(order.id()).await.unwrap().status(),
+        OrderStatus::Delivered
+    );
+    assert_eq!(w.a.executed(&request(&order, "sim-a")), 1);
+    assert_eq!(w.b.counts().calls_submitted, 0);
+    assert_eq!(
+        store
+            .complete_job(claimed[0].id, "crashed-worker")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Conflict
+    );
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod on_memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::memory, super::$case).await } )* }
@@ -518,4 +562,86 @@ on_every_store!(
     bad_callbacks_are_refused_and_deliver_nothing,
     when_every_route_fails_the_line_is_refunded_once,
     supplier_card_keys_are_bought_once_sealed_and_revealed,
+    a_dropped_worker_is_taken_over_after_its_lease,
 );
+
+/// Two shops with separate pools on one PostgreSQL, each running a worker, drain 500 delivery
+/// jobs: every order is delivered, and no job runs twice to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shops_workers_drain_500_jobs_on_postgres() {
+    use quanyi_storage_postgres::{PgOptions, PgStore};
+    let Some(url) = service_url("QUANYI_TEST_PG_URL") else {
+        return;
+    };
+    let schema = unique_name("qs");
+    let open = || async {
+        let store = PgStore::connect_with(PgOptions::new(&url).schema(&schema).max_connections(8))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        Arc::new(store) as Arc<dyn Store>
+    };
+    let first = open().await;
+    let w = world(
+        first.clone(),
+        sim("sim-a", TopUpMode::Async, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    let mut orders = Vec::new();
+    for n in 0..500 {
+        orders.push(buy(&w, n).await.id());
+    }
+    let _lost = w.a.finish_pending();
+    w.clock.advance(chrono::Duration::minutes(10));
+    // A second shop on its own pool, same tenant, root key and suppliers.
+    let second_store = open().await;
+    let keys = Arc::new(StaticKeyProvider::new(RootKey::generate(
+        &mut rand::thread_rng(),
+    )));
+    let other = Shop::builder(second_store.clone(), keys)
+        .clock(Arc::new(w.clock.clone()))
+        .tenant(w.shop.tenant().clone())
+        .supplier(w.a.clone())
+        .supplier(w.b.clone())
+        .build()
+        .unwrap();
+    let drain = |shop: Shop| async move {
+        let mut done = 0;
+        loop {
+            let run = shop.run_due_jobs(25).await.unwrap();
+            if run == JobRun::default() {
+                return done;
+            }
+            done += run.done;
+        }
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(drain(w.shop.clone())),
+        tokio::spawn(drain(other))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a + b, 500, "each job completed once ({a} + {b})");
+    assert!(a > 0 && b > 0, "both workers took part ({a} + {b})");
+    for id in orders {
+        let events = first
+            .aggregate_events(w.shop.tenant(), "order", &id.to_string())
+            .await
+            .unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.name == "order.delivered")
+                .count(),
+            1
+        );
+    }
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
