@@ -404,7 +404,8 @@ impl Goods {
     }
 
     /// Checks that `quantity` units of `sku` may be bought in one order, with `account` for
-    /// direct top-ups. A blank account counts as none.
+    /// direct top-ups (a benefit pack passes it on to its components unchecked). A blank account
+    /// counts as none.
     ///
     /// # Errors
     /// [`Error::UnknownSku`], [`Error::OffShelf`], [`Error::InvalidQuantity`] (0 or above
@@ -434,6 +435,10 @@ impl Goods {
         let account = account.filter(|a| !a.trim().is_empty());
         let account = match (self.kind.account_rule(), account) {
             (Some(rule), Some(a)) => Some(rule.validate(a)?),
+            // A pack passes the account on to its top-up components, which check it.
+            (None, Some(a)) if matches!(self.kind, GoodsKind::BenefitPack { .. }) => {
+                Some(a.trim().to_owned())
+            }
             (Some(rule), None) => return Err(Error::AccountRequired { rule: rule.name() }),
             (None, Some(_)) => {
                 return Err(Error::UnexpectedAccount {

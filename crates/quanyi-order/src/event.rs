@@ -40,6 +40,19 @@ pub enum OrderEvent {
         /// The vault cards committed to the line (ids only).
         cards: Vec<CardId>,
     },
+    /// A membership line was delivered by granting its entitlement.
+    EntitlementGranted {
+        /// The line number.
+        line: u16,
+        /// The member.
+        member: MemberId,
+        /// The plan.
+        plan: String,
+        /// Days per unit.
+        days: u32,
+        /// Units.
+        quantity: u32,
+    },
     /// A supplier was called, or answered, for a line.
     LineAttempted {
         /// The line number.
@@ -99,6 +112,7 @@ impl DomainEvent for OrderEvent {
             OrderEvent::FulfilmentStarted => "order.fulfilment_started",
             OrderEvent::LineDelivered { .. } => "order.line_delivered",
             OrderEvent::LineAttempted { .. } => "order.line_attempted",
+            OrderEvent::EntitlementGranted { .. } => "order.entitlement_granted",
             OrderEvent::LineFailed { .. } => "order.line_failed",
             OrderEvent::LineRefunded { .. } => "order.line_refunded",
             OrderEvent::Delivered => "order.delivered",

@@ -63,6 +63,9 @@ pub struct OrderLine {
     /// Calls made to suppliers for this line, oldest first.
     #[serde(default)]
     pub attempts: Vec<LineAttempt>,
+    /// The bundle SKU this line is a component of.
+    #[serde(default)]
+    pub bundle: Option<SkuId>,
 }
 
 /// What became of a call to a supplier for a line.
@@ -130,6 +133,11 @@ pub struct NewLine {
     pub unit_price: Money,
     /// The normalised top-up account.
     pub account: Option<String>,
+    /// The line's share of a bundle's price, when the line is a component of a bundle; `None`
+    /// for `unit_price * quantity`.
+    pub allocated: Option<Money>,
+    /// The bundle SKU this line is a component of.
+    pub bundle: Option<SkuId>,
 }
 
 impl NewLine {
@@ -143,6 +151,8 @@ impl NewLine {
             quantity: check.quantity,
             unit_price: check.unit_price,
             account: check.account.clone(),
+            allocated: None,
+            bundle: None,
         }
     }
 }
@@ -249,7 +259,22 @@ impl Order {
                     reason: "negative unit price",
                 });
             }
-            let amount = l.unit_price.checked_mul(i64::from(l.quantity))?;
+            let amount = match l.allocated {
+                Some(share) if share.currency() != currency => {
+                    return Err(Error::CurrencyMismatch {
+                        expected: currency,
+                        got: share.currency(),
+                    });
+                }
+                Some(share) if share.is_negative() => {
+                    return Err(Error::InvalidLine {
+                        line: no,
+                        reason: "negative allocated amount",
+                    });
+                }
+                Some(share) => share,
+                None => l.unit_price.checked_mul(i64::from(l.quantity))?,
+            };
             total = total.checked_add(amount)?;
             out.push(OrderLine {
                 no,
@@ -265,6 +290,7 @@ impl Order {
                 delivered: 0,
                 cards: Vec::new(),
                 attempts: Vec::new(),
+                bundle: l.bundle,
             });
         }
         let order = Order {
@@ -539,6 +565,31 @@ impl Order {
             quantity,
             cards,
         }])
+    }
+
+    /// Delivers a membership line by granting its entitlement: the line is delivered and an
+    /// `order.entitlement_granted` event carries the member, plan, days and quantity, for the
+    /// membership engine (or the host) to act on.
+    ///
+    /// # Errors
+    /// As [`Order::deliver_line`].
+    pub fn grant_entitlement(
+        &mut self,
+        no: u16,
+        plan: String,
+        days: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let quantity = self.lines[self.line_index(no)?].quantity;
+        let mut events = self.deliver_line(no, Vec::new(), quantity, now)?;
+        events.push(OrderEvent::EntitlementGranted {
+            line: no,
+            member: self.member.clone(),
+            plan,
+            days,
+            quantity,
+        });
+        Ok(events)
     }
 
     /// Records a call to a supplier for a pending line, or its later answer (an attempt with the

@@ -34,6 +34,8 @@ fn line(kind: KindTag, quantity: u32, unit_price: Money) -> NewLine {
         quantity,
         unit_price,
         account: None,
+        allocated: None,
+        bundle: None,
     }
 }
 

@@ -624,6 +624,8 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
             quantity: q,
             unit_price: g.skus()[0].price,
             account: None,
+            allocated: None,
+            bundle: None,
         };
         quanyi_order::Order::place(
             id(OrderId::generate),

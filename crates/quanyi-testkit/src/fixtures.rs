@@ -67,6 +67,8 @@ pub fn order(goods: &Goods, member: &MemberId, quantity: u32) -> (Order, Vec<Ord
         quantity,
         unit_price: sku.price,
         account: None,
+        allocated: None,
+        bundle: None,
     };
     Order::place(
         id(OrderId::generate),

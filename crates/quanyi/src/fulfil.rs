@@ -66,12 +66,11 @@ impl Shop {
                 if line.status != LineStatus::Pending {
                     continue;
                 }
-                let from_vault = line.kind == KindTag::CardKey
-                    && self
-                        .goods_of(line.sku)
-                        .await?
-                        .sku(line.sku)
-                        .is_some_and(|s| s.stock == StockSource::VaultPool);
+                let from_vault = self
+                    .goods_of(line.sku)
+                    .await?
+                    .sku(line.sku)
+                    .is_some_and(|s| s.stock == StockSource::VaultPool);
                 if from_vault {
                     per_sku
                         .entry(line.sku)
@@ -105,7 +104,18 @@ impl Shop {
             }
             let mut bought = Vec::new();
             for (no, kind) in other {
-                if matches!(kind, KindTag::DirectTopUp | KindTag::CardKey) {
+                if kind == KindTag::Membership {
+                    let sku = order
+                        .line(no)
+                        .map(|l| l.sku)
+                        .ok_or(Error::UnknownOrder(id))?;
+                    let goods = self.goods_of(sku).await?;
+                    if let quanyi_goods::GoodsKind::Membership { plan, days } = goods.kind() {
+                        events.extend(order.grant_entitlement(no, plan.clone(), *days, now)?);
+                    } else {
+                        events.extend(order.fail_line(no, "not a membership".into(), now)?);
+                    }
+                } else if matches!(kind, KindTag::DirectTopUp | KindTag::CardKey) {
                     let sku = order
                         .line(no)
                         .map(|l| l.sku)

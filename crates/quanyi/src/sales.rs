@@ -109,16 +109,81 @@ fn check_reference(what: &str, text: &str) -> Result<()> {
 }
 
 impl Shop {
-    /// True when the engine can deliver the line: vault card keys, or direct top-ups and card
-    /// keys whose supplier routes name registered suppliers.
-    fn can_fulfil(&self, line: &QuoteLine) -> bool {
-        match (line.check.kind, line.check.stock) {
-            (KindTag::CardKey, StockSource::VaultPool) => true,
+    /// True when the engine can deliver the line: card keys, links and reservation codes from
+    /// the vault pool; direct top-ups and card keys whose supplier routes name registered
+    /// suppliers; memberships (granted as an event).
+    fn can_fulfil(&self, check: &PurchaseCheck, routes: &[quanyi_goods::SupplierRoute]) -> bool {
+        match (check.kind, check.stock) {
+            (
+                KindTag::CardKey | KindTag::Link | KindTag::ReservationCode,
+                StockSource::VaultPool,
+            ) => true,
             (KindTag::DirectTopUp | KindTag::CardKey, StockSource::Supplier) => {
-                self.fulfillable_routes(&line.routes)
+                self.fulfillable_routes(routes)
             }
+            (KindTag::Membership, StockSource::Unlimited) => true,
             _ => false,
         }
+    }
+
+    /// The order's lines: each cart line as quoted, except that a benefit pack becomes one line
+    /// per component, each carrying its share of the pack's price (allocated by the components'
+    /// list prices, so the shares sum to the pack's price) and the pack's SKU.
+    async fn expand_bundles(&self, quote: &Quote, cart: &[CartLine]) -> Result<Vec<Planned>> {
+        let mut out = Vec::with_capacity(quote.lines.len());
+        for (line, asked) in quote.lines.iter().zip(cart) {
+            if line.check.kind != KindTag::BenefitPack {
+                out.push(Planned {
+                    goods: line.goods,
+                    check: line.check.clone(),
+                    routes: line.routes.clone(),
+                    allocated: None,
+                    bundle: None,
+                });
+                continue;
+            }
+            let pack = self.goods_of(line.check.sku).await?;
+            let quanyi_goods::GoodsKind::BenefitPack { components } = pack.kind() else {
+                return Err(Error::InvalidInput(
+                    "benefit pack without components".into(),
+                ));
+            };
+            let mut parts = Vec::with_capacity(components.len());
+            for c in components {
+                let goods = self.goods_of(c.sku).await?;
+                let quantity = c
+                    .quantity
+                    .checked_mul(line.check.quantity)
+                    .ok_or(Error::InvalidQuantity(i64::from(line.check.quantity)))?;
+                let account = goods.kind().account_rule().and(asked.account.as_deref());
+                let check = goods.check_purchase(c.sku, quantity, account)?;
+                let routes = goods
+                    .sku(c.sku)
+                    .map(|s| s.routes.clone())
+                    .unwrap_or_default();
+                parts.push((goods.id(), check, routes));
+            }
+            let weights: Vec<u64> = parts
+                .iter()
+                .map(|(_, check, _)| u64::try_from(check.amount.minor()).unwrap_or(0))
+                .collect();
+            let weights = if weights.iter().all(|w| *w == 0) {
+                vec![1; weights.len()]
+            } else {
+                weights
+            };
+            let shares = line.check.amount.allocate(&weights)?;
+            for ((goods, check, routes), share) in parts.into_iter().zip(shares) {
+                out.push(Planned {
+                    goods,
+                    check,
+                    routes,
+                    allocated: Some(share),
+                    bundle: Some(line.check.sku),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Prices a cart at list prices, checking every line as an order would (shelf, quantity,
@@ -183,7 +248,11 @@ impl Shop {
     /// [`Error::MemberLimitExceeded`]; [`Error::Storage`].
     pub async fn place_order(&self, member: &MemberId, cart: &[CartLine]) -> Result<Order> {
         let quote = self.quote(cart).await?;
-        if let Some(bad) = quote.lines.iter().find(|l| !self.can_fulfil(l)) {
+        let planned = self.expand_bundles(&quote, cart).await?;
+        if let Some(bad) = planned
+            .iter()
+            .find(|l| !self.can_fulfil(&l.check, &l.routes))
+        {
             return Err(Error::NotFulfillable {
                 sku: bad.check.sku,
                 kind: bad.check.kind.as_str(),
@@ -192,10 +261,13 @@ impl Shop {
         let now = self.now();
         let expires_at = now + self.inner.reservation_ttl;
         let id = OrderId::generate(now, &mut rand::thread_rng());
-        let new_lines = quote
-            .lines
+        let new_lines = planned
             .iter()
-            .map(|l| NewLine::from_check(l.goods, &l.check))
+            .map(|l| NewLine {
+                allocated: l.allocated,
+                bundle: l.bundle,
+                ..NewLine::from_check(l.goods, &l.check)
+            })
             .collect();
         let (order, events) = Order::place(
             id,
@@ -208,7 +280,7 @@ impl Shop {
         // Per SKU, in a stable order: the quantity, its member limit, and whether the vault
         // stocks it (only vault SKUs reserve cards).
         let mut per_sku: BTreeMap<SkuId, (u32, Option<u32>, bool)> = BTreeMap::new();
-        for l in &quote.lines {
+        for l in &planned {
             let entry = per_sku.entry(l.check.sku).or_insert((
                 0,
                 l.check.per_member_limit,
@@ -512,6 +584,15 @@ impl Shop {
     }
 }
 
+/// One order line to be: a quoted line, or a component of a benefit pack.
+struct Planned {
+    goods: quanyi_core::GoodsId,
+    check: PurchaseCheck,
+    routes: Vec<quanyi_goods::SupplierRoute>,
+    allocated: Option<Money>,
+    bundle: Option<SkuId>,
+}
+
 struct PaymentPlan {
     order: Order,
     expected_version: u64,
@@ -534,7 +615,7 @@ fn assign_held_cards(
     }
     let mut out = Vec::with_capacity(order.lines().len());
     for line in order.lines() {
-        if line.kind != KindTag::CardKey || line.status != LineStatus::Pending {
+        if line.status != LineStatus::Pending {
             return None;
         }
         let pool = pools.get_mut(&line.sku)?;

@@ -529,6 +529,149 @@ async fn a_dropped_worker_is_taken_over_after_its_lease(store: Arc<dyn Store>) {
     );
 }
 
+/// A benefit pack of a card key, a top-up and a membership: every route of the top-up fails, so
+/// its allocated share is refunded once; the card key and the membership are delivered.
+async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn Store>) {
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    w.a.set_down(true);
+    w.b.set_down(true);
+    let card = SkuId::generate(t0(), &mut rand::thread_rng());
+    w.shop
+        .create_goods(GoodsDraft {
+            title: "Video month card".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(
+                    card,
+                    "1 month",
+                    Money::parse("30.00", Currency::CNY).unwrap(),
+                )
+                .with_stock(StockSource::VaultPool),
+            ],
+        })
+        .await
+        .unwrap();
+    let tag: u32 = rand::random();
+    w.shop
+        .import_card_keys(
+            card,
+            format!("PACK-{tag:08X}\n").as_bytes(),
+            &ImportOptions::default(),
+            BadLines::Reject,
+        )
+        .await
+        .unwrap();
+    let gold = SkuId::generate(t0(), &mut rand::thread_rng());
+    w.shop
+        .create_goods(GoodsDraft {
+            title: "Gold membership".into(),
+            kind: GoodsKind::Membership {
+                plan: "gold".into(),
+                days: 30,
+            },
+            skus: vec![SkuDraft::new(
+                gold,
+                "30 days",
+                Money::parse("20.50", Currency::CNY).unwrap(),
+            )],
+        })
+        .await
+        .unwrap();
+    let pack = SkuId::generate(t0(), &mut rand::thread_rng());
+    w.shop
+        .create_goods(GoodsDraft {
+            title: "Everything pack".into(),
+            kind: GoodsKind::BenefitPack {
+                components: vec![
+                    BundleComponent {
+                        sku: card,
+                        quantity: 1,
+                    },
+                    BundleComponent {
+                        sku: w.sku,
+                        quantity: 1,
+                    },
+                    BundleComponent {
+                        sku: gold,
+                        quantity: 1,
+                    },
+                ],
+            },
+            skus: vec![SkuDraft::new(
+                pack,
+                "pack",
+                Money::parse("80.00", Currency::CNY).unwrap(),
+            )],
+        })
+        .await
+        .unwrap();
+    let buyer = MemberId::new("packer").unwrap();
+    let order = w
+        .shop
+        .place_order(
+            &buyer,
+            &[CartLine::new(pack, 1).with_account("13800138000")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(order.lines().len(), 3);
+    assert!(order.lines().iter().all(|l| l.bundle == Some(pack)));
+    let shares: Vec<i64> = order.lines().iter().map(|l| l.amount.minor()).collect();
+    assert_eq!(
+        shares.iter().sum::<i64>(),
+        8000,
+        "shares sum to the pack's price"
+    );
+    let done = w
+        .shop
+        .confirm_payment(PaymentNotification {
+            provider: "testpay".into(),
+            transaction_id: "txn-pack".into(),
+            order: order.id(),
+            amount: order.total(),
+        })
+        .await
+        .unwrap()
+        .order;
+    assert_eq!(done.status(), OrderStatus::PartiallyDelivered);
+    let status: Vec<LineStatus> = done.lines().iter().map(|l| l.status).collect();
+    assert_eq!(
+        status,
+        [
+            LineStatus::Delivered,
+            LineStatus::Refunded,
+            LineStatus::Delivered
+        ]
+    );
+    let refunds = w.refunds.0.lock().unwrap().clone();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].amount, done.lines()[1].amount);
+    assert_eq!(
+        w.shop.reveal(&buyer, done.id()).await.unwrap().cards.len(),
+        1
+    );
+    let events = w
+        .shop
+        .store()
+        .aggregate_events(w.shop.tenant(), "order", &done.id().to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.name == "order.entitlement_granted")
+            .count(),
+        1
+    );
+    assert_eq!(w.shop.run_due_jobs(10).await.unwrap(), JobRun::default());
+    assert_eq!(w.refunds.0.lock().unwrap().len(), 1);
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod on_memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::memory, super::$case).await } )* }
@@ -563,6 +706,7 @@ on_every_store!(
     when_every_route_fails_the_line_is_refunded_once,
     supplier_card_keys_are_bought_once_sealed_and_revealed,
     a_dropped_worker_is_taken_over_after_its_lease,
+    a_bundle_component_that_fails_is_refunded_for_its_share,
 );
 
 /// Two shops with separate pools on one PostgreSQL, each running a worker, drain 500 delivery
