@@ -258,6 +258,28 @@ impl Shop {
                 kind: bad.check.kind.as_str(),
             });
         }
+        // Supplier card keys are sold only against a fresh supplier stock figure.
+        for l in planned
+            .iter()
+            .filter(|l| l.check.kind == KindTag::CardKey && l.check.stock == StockSource::Supplier)
+        {
+            let wanted: u32 = planned
+                .iter()
+                .filter(|o| o.check.sku == l.check.sku)
+                .map(|o| o.check.quantity)
+                .sum();
+            let available = self.availability(l.check.sku).await?;
+            if !available.covers(u64::from(wanted)) {
+                return Err(Error::OutOfStock {
+                    sku: l.check.sku,
+                    requested: wanted,
+                    available: match available {
+                        quanyi_supplier::Availability::Limited(n) => n,
+                        quanyi_supplier::Availability::Unlimited => u64::MAX,
+                    },
+                });
+            }
+        }
         let now = self.now();
         let expires_at = now + self.inner.reservation_ttl;
         let id = OrderId::generate(now, &mut rand::thread_rng());

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use parking_lot::RwLock;
 use quanyi_core::{AuditId, Clock, DomainEvent, EventEnvelope, EventId, SystemClock, TenantId};
 use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
-use quanyi_supplier::{BreakerConfig, Breakers, Supplier, SupplierId};
+use quanyi_supplier::{BreakerConfig, Breakers, StockCache, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
 use crate::{Error, PaymentGateway, Result};
@@ -40,6 +40,7 @@ pub struct ShopBuilder {
     gateway: Option<Arc<dyn PaymentGateway>>,
     suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
     breakers: BreakerConfig,
+    stock_fresh_for: Duration,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -112,6 +113,12 @@ impl ShopBuilder {
         self
     }
 
+    /// How long a supplier's stock figure is trusted before it is asked again (default 60 s).
+    pub fn supplier_stock_fresh_for(mut self, fresh_for: Duration) -> Self {
+        self.stock_fresh_for = fresh_for;
+        self
+    }
+
     /// Validates the settings and loads the root key.
     ///
     /// # Errors
@@ -150,6 +157,7 @@ impl ShopBuilder {
                 gateway: self.gateway,
                 suppliers: self.suppliers,
                 breakers: Breakers::new(self.breakers),
+                supplier_stock: parking_lot::Mutex::new(StockCache::new(self.stock_fresh_for)),
             }),
             tenant: self.tenant,
         })
@@ -168,6 +176,7 @@ pub(crate) struct Inner {
     pub(crate) gateway: Option<Arc<dyn PaymentGateway>>,
     pub(crate) suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
     pub(crate) breakers: Breakers,
+    pub(crate) supplier_stock: parking_lot::Mutex<StockCache>,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -210,6 +219,7 @@ impl Shop {
             gateway: None,
             suppliers: HashMap::new(),
             breakers: BreakerConfig::default(),
+            stock_fresh_for: Duration::seconds(60),
         }
     }
 

@@ -8,9 +8,9 @@ use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderEvent};
 use quanyi_storage::NewCard;
 use quanyi_storage::{AuditAction, AuditOutcome, OrderChange};
 use quanyi_supplier::{
-    Attempt, AttemptResult, CallbackStatus, CardPurchase, FailureOutcome, ProductCode, RawCallback,
-    RequestId, RequestStatus, Route, RoutePlan, Step, SupplierError, SupplierId, TopUpOutcome,
-    TopUpRequest, next_step,
+    Attempt, AttemptResult, Availability, CallbackStatus, CardPurchase, FailureOutcome, Freshness,
+    ProductCode, RawCallback, RequestId, RequestStatus, Route, RoutePlan, Step, SupplierError,
+    SupplierId, TopUpOutcome, TopUpRequest, next_step,
 };
 use quanyi_vault::CardKey;
 
@@ -300,6 +300,66 @@ impl Shop {
             });
         }
         Ok(ids)
+    }
+
+    /// What a SKU can sell now, as one figure: the vault pool's free cards, the sum of the
+    /// suppliers' fresh stock figures (a stale or missing figure is asked for again, and counts
+    /// as nothing if the supplier does not answer), or unlimited.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`]; [`Error::Storage`].
+    pub async fn availability(&self, sku: quanyi_core::SkuId) -> Result<Availability> {
+        let goods = self.goods_of(sku).await?;
+        let Some(s) = goods.sku(sku) else {
+            return Err(Error::UnknownSku(sku));
+        };
+        match s.stock {
+            quanyi_goods::StockSource::Unlimited => Ok(Availability::Unlimited),
+            quanyi_goods::StockSource::VaultPool => Ok(Availability::Limited(
+                self.store_ref()
+                    .stock(&self.tenant, sku, self.now())
+                    .await?
+                    .available,
+            )),
+            quanyi_goods::StockSource::Supplier => {
+                let Some(plan) = plan_of(&s.routes) else {
+                    return Ok(Availability::Limited(0));
+                };
+                self.refresh_stale_stock(&plan).await;
+                Ok(self
+                    .inner
+                    .supplier_stock
+                    .lock()
+                    .available_for(&plan, self.now()))
+            }
+        }
+    }
+
+    /// Asks each route's supplier whose figure is stale or missing for its stock. A supplier
+    /// that does not answer keeps its old figure, which ages out.
+    pub(crate) async fn refresh_stale_stock(&self, plan: &RoutePlan) {
+        for route in plan.routes() {
+            let now = self.now();
+            let fresh = matches!(
+                self.inner
+                    .supplier_stock
+                    .lock()
+                    .lookup(&route.supplier, &route.product, now),
+                Freshness::Fresh(_)
+            );
+            if fresh {
+                continue;
+            }
+            let Some(supplier) = self.inner.suppliers.get(&route.supplier) else {
+                continue;
+            };
+            match supplier.stock(&route.product).await {
+                Ok(stock) => self.inner.supplier_stock.lock().record(route, stock, now),
+                Err(e) => {
+                    tracing::warn!(supplier = %route.supplier, error = %e, "supplier stock unavailable");
+                }
+            }
+        }
     }
 
     /// Takes a supplier's callback for a direct top-up: verifies its signature, finds the line by

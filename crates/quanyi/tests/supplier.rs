@@ -483,6 +483,27 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
             .all(|c| c.key.code.expose().starts_with("SIM-"))
     );
     assert_eq!(shop.stock(sku).await.unwrap().sold, 2);
+    // Availability is the supplier's figure, trusted while fresh, then asked again.
+    assert_eq!(
+        shop.availability(sku).await.unwrap(),
+        Availability::Limited(10)
+    );
+    clock.advance(chrono::Duration::seconds(61));
+    a.set_stock(&cards, 1);
+    assert_eq!(
+        shop.availability(sku).await.unwrap(),
+        Availability::Limited(1)
+    );
+    let err = shop
+        .place_order(&buyer, &[CartLine::new(sku, 2)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "out_of_stock");
+    assert!(
+        shop.place_order(&buyer, &[CartLine::new(sku, 1)])
+            .await
+            .is_ok()
+    );
 }
 
 /// A worker that stops in the middle of a job: once its lease runs out another worker finishes
