@@ -6,11 +6,17 @@ use crate::PgStore;
 use crate::error::db;
 
 /// The migrations this code ships, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "orders_updated_at",
+        include_str!("../migrations/0002_orders_updated_at.sql"),
+    ),
+];
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

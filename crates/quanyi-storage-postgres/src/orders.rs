@@ -24,7 +24,7 @@ use crate::{Conn, PgStore};
 /// $1 tenant, $2 order id, $3 member, $4 status, $5 expires_at (also the reservation deadline),
 /// $6 version, $7 doc, $8 line numbers, $9 line SKUs, $10 line quantities, $11..$15 events,
 /// $16 reservation SKUs, $17 quantities, $18 now, $19 limit SKUs, $20 limits, $21 requested,
-/// $22 whether the call is well formed.
+/// $22 whether the call is well formed, $23 the order's updated_at.
 static PLACE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH existing AS (SELECT EXISTS (SELECT 1 FROM orders WHERE tenant = $1 AND id = $2) AS v), \
@@ -54,8 +54,8 @@ static PLACE: LazyLock<String> = LazyLock::new(|| {
                    AND NOT EXISTS (SELECT 1 FROM limits WHERE already + req > max) \
                    AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v), \
          new_order AS ( \
-             INSERT INTO orders (tenant, id, member, status, expires_at, version, doc) \
-             SELECT $1, $2, $3, $4, $5, $6, $7 FROM ok WHERE ok.v \
+             INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $23 FROM ok WHERE ok.v \
              RETURNING 1 \
          ), \
          lines AS ( \
@@ -84,12 +84,13 @@ static PLACE: LazyLock<String> = LazyLock::new(|| {
 const MEMBER_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
 /// $1 tenant, $2 id, $3 expected version, $4 new version, $5 status, $6 expires_at, $7 doc,
-/// $8 whether the new version is newer, $9..$13 events.
+/// $8 whether the new version is newer, $9..$13 events, $14 the order's updated_at.
 static UPDATE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH cur AS (SELECT version FROM orders WHERE tenant = $1 AND id = $2 FOR UPDATE), \
          ok AS (SELECT COALESCE((SELECT version FROM cur) = $3, false) AND $8::boolean AS v), \
-         upd AS (UPDATE orders SET version = $4, status = $5, expires_at = $6, doc = $7 \
+         upd AS (UPDATE orders SET version = $4, status = $5, expires_at = $6, doc = $7, \
+                        updated_at = $14 \
                  WHERE tenant = $1 AND id = $2 AND (SELECT v FROM ok) RETURNING 1), \
          ev AS ({}) \
          SELECT (SELECT version FROM cur), EXISTS (SELECT 1 FROM upd)",
@@ -100,6 +101,10 @@ static UPDATE: LazyLock<String> = LazyLock::new(|| {
 const BY_ID: &str = "SELECT doc FROM orders WHERE tenant = $1 AND id = $2";
 const BY_MEMBER: &str =
     "SELECT doc FROM orders WHERE tenant = $1 AND member = $2 ORDER BY id DESC LIMIT $3";
+const UPDATED: &str = "SELECT doc FROM orders \
+     WHERE tenant = $1 AND updated_at >= $2 AND updated_at < $3 \
+       AND (updated_at, id) > ($4, $5) \
+     ORDER BY updated_at, id LIMIT $6";
 const UNPAID_DUE: &str = "SELECT tenant, id FROM orders \
      WHERE status = 'awaiting_payment' AND expires_at <= $1 \
      ORDER BY expires_at, tenant, id LIMIT $2";
@@ -210,6 +215,7 @@ impl PgStore {
                         &ev.types,
                         &ev.aggregates,
                         &ev.docs,
+                        &micros(order.updated_at()),
                     ],
                 )
                 .await
@@ -306,6 +312,7 @@ impl OrderStore for PgStore {
             res_qtys[i] += i64::from(r.quantity);
         }
         let well_formed = new.reservations.iter().all(|r| r.quantity > 0);
+        let updated = micros(order.updated_at());
         let mut lim_skus = Vec::new();
         let mut lim_max = Vec::new();
         let mut lim_req = Vec::new();
@@ -328,7 +335,7 @@ impl OrderStore for PgStore {
         let status = order.status().as_str();
         let expires = micros(order.expires_at());
         let now = micros(now);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 22] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 23] = [
             &tenant_name,
             &order_id,
             &member,
@@ -351,6 +358,7 @@ impl OrderStore for PgStore {
             &lim_max,
             &lim_req,
             &well_formed,
+            &updated,
         ];
         let lock_key = (!new.member_limits.is_empty())
             .then(|| format!("{}:{}:{}", self.schema(), tenant_name, member));
@@ -426,6 +434,7 @@ impl OrderStore for PgStore {
                     &ev.types,
                     &ev.aggregates,
                     &ev.docs,
+                    &micros(order.updated_at()),
                 ],
             )
             .await
@@ -461,6 +470,40 @@ impl OrderStore for PgStore {
         let rows = conn
             .client()
             .query(&stmt, &[&tenant.as_str(), &member.as_str(), &limit(max)])
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| from_json(get::<&str>(r, 0)?, "order"))
+            .collect()
+    }
+
+    async fn orders_updated(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        max: usize,
+    ) -> Result<Vec<Order>> {
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (micros(at), *id.as_uuid()),
+            None => (i64::MIN, Uuid::nil()),
+        };
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(UPDATED).await?;
+        let rows = conn
+            .client()
+            .query(
+                &stmt,
+                &[
+                    &tenant.as_str(),
+                    &micros(from),
+                    &micros(to),
+                    &after_at,
+                    &after_id,
+                    &limit(max),
+                ],
+            )
             .await
             .map_err(db)?;
         rows.iter()

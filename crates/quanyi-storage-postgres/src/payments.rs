@@ -27,7 +27,7 @@ use crate::orders::change_error;
 /// $6 has an order change, $7 order tenant, $8 order id, $9 expected version, $10 new version,
 /// $11 status, $12 expires_at, $13 order doc, $14 the new version is newer, $15 cards to sell,
 /// $16 now, $17..$21 events, $22 has a job, $23 job id, $24 job tenant, $25 kind,
-/// $26 dedupe key, $27 payload, $28 run_at.
+/// $26 dedupe key, $27 payload, $28 run_at, $29 the order's updated_at.
 static RECORD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH prior AS (SELECT doc FROM payment_notices \
@@ -46,7 +46,8 @@ static RECORD: LazyLock<String> = LazyLock::new(|| {
              ON CONFLICT DO NOTHING \
              RETURNING 1), \
          paid AS ( \
-             UPDATE orders SET version = $10, status = $11, expires_at = $12, doc = $13 \
+             UPDATE orders SET version = $10, status = $11, expires_at = $12, doc = $13, \
+                    updated_at = $29 \
              WHERE $6 AND tenant = $7 AND id = $8 AND EXISTS (SELECT 1 FROM notice)), \
          sold AS ( \
              UPDATE cards SET state = 'sold', reserved_until = NULL, \
@@ -110,6 +111,7 @@ impl PaymentStore for PgStore {
         let reconcile = !matches!(notice.disposition, NoticeDisposition::Applied);
         let change = write.change.as_ref();
         let has_change = change.is_some();
+        let updated = change.map_or(0, |c| micros(c.order.updated_at()));
         let (order_tenant, order_id, expected, version, status, expires, order_doc, newer) =
             match change {
                 Some(c) => (
@@ -176,6 +178,7 @@ impl PaymentStore for PgStore {
                     &dedupe,
                     &payload,
                     &run_at,
+                    &updated,
                 ],
             )
             .await

@@ -7,7 +7,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::convert::{SqlResult, ts};
 
 /// The migrations this build knows, version `i + 1` at index `i`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_orders_updated_at.sql"),
+];
 
 /// The schema version this build writes and reads.
 const SCHEMA_VERSION: i64 = crate::SCHEMA_VERSION as i64;

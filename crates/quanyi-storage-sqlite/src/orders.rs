@@ -24,6 +24,7 @@ pub(crate) struct OrderRow {
     status: &'static str,
     expires_at: i64,
     version: u64,
+    updated_at: i64,
     doc: String,
     lines: Vec<(SkuId, u32)>,
 }
@@ -37,6 +38,7 @@ pub(crate) fn order_row(order: &Order) -> Result<OrderRow> {
         status: order.status().as_str(),
         expires_at: ts(order.expires_at())?,
         version: order.version(),
+        updated_at: ts(order.updated_at())?,
         doc: to_doc(order, "order")?,
         lines: order.lines().iter().map(|l| (l.sku, l.quantity)).collect(),
     })
@@ -84,7 +86,8 @@ pub(crate) fn check_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<
 pub(crate) fn apply_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<()> {
     let o = &c.order;
     tx.prepare_cached(
-        "UPDATE orders SET member = ?3, status = ?4, expires_at = ?5, version = ?6, doc = ?7
+        "UPDATE orders SET member = ?3, status = ?4, expires_at = ?5, version = ?6, doc = ?7,
+                           updated_at = ?8
          WHERE tenant = ?1 AND id = ?2",
     )
     .db()?
@@ -95,7 +98,8 @@ pub(crate) fn apply_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<
         o.status,
         o.expires_at,
         int(o.version, "order version")?,
-        o.doc
+        o.doc,
+        o.updated_at
     ])
     .db()?;
     insert_events(tx, &c.events)
@@ -128,8 +132,8 @@ fn member_quantity(tx: &Transaction<'_>, tenant: &str, member: &str, sku: SkuId)
 
 fn insert_order(tx: &Transaction<'_>, o: &OrderRow) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .db()?
     .execute(params![
@@ -139,7 +143,8 @@ fn insert_order(tx: &Transaction<'_>, o: &OrderRow) -> Result<()> {
         o.status,
         o.expires_at,
         int(o.version, "order version")?,
-        o.doc
+        o.doc,
+        o.updated_at
     ])
     .db()?;
     let mut line = tx
@@ -289,6 +294,44 @@ impl OrderStore for SqliteStore {
                     .db()?;
                 let docs = stmt
                     .query_map(params![tenant, member, n], |r| r.get::<_, String>(0))
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .db()?;
+                docs.iter().map(|d| decode(d)).collect()
+            })
+            .await
+    }
+
+    async fn orders_updated(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit_to: usize,
+    ) -> Result<Vec<Order>> {
+        let tenant = tenant.as_str().to_owned();
+        let (from, to) = (ts(from)?, ts(to)?);
+        // Without a cursor, start before everything in the window.
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (ts(at)?, id.as_bytes().to_vec()),
+            None => (i64::MIN, Vec::new()),
+        };
+        let n = limit(limit_to);
+        self.pool
+            .read(move |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT doc FROM orders INDEXED BY orders_updated
+                         WHERE tenant = ?1 AND updated_at >= ?2 AND updated_at < ?3
+                           AND (updated_at > ?4 OR (updated_at = ?4 AND id > ?5))
+                         ORDER BY updated_at, id LIMIT ?6",
+                    )
+                    .db()?;
+                let docs = stmt
+                    .query_map(params![tenant, from, to, after_at, after_id, n], |r| {
+                        r.get::<_, String>(0)
+                    })
                     .db()?
                     .collect::<rusqlite::Result<Vec<String>>>()
                     .db()?;

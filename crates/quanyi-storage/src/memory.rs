@@ -549,6 +549,30 @@ impl OrderStore for MemoryStore {
         Ok(out)
     }
 
+    async fn orders_updated(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        let s = self.state.lock();
+        let mut out: Vec<&Order> = s
+            .orders
+            .iter()
+            .filter(|((t, _), o)| {
+                t == tenant
+                    && o.updated_at() >= from
+                    && o.updated_at() < to
+                    && after.is_none_or(|cursor| (o.updated_at(), o.id()) > cursor)
+            })
+            .map(|(_, o)| o)
+            .collect();
+        out.sort_by_key(|o| (o.updated_at(), o.id()));
+        Ok(out.into_iter().take(limit).cloned().collect())
+    }
+
     async fn unpaid_orders_due(
         &self,
         now: DateTime<Utc>,

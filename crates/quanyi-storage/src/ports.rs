@@ -97,6 +97,18 @@ pub trait OrderStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Order>>;
 
+    /// Up to `limit` orders of a tenant whose last change (`Order::updated_at`) is in
+    /// `[from, to)`, ordered by (last change, id), after the cursor `after` when given: the
+    /// orders a reconciliation of that period must look at.
+    async fn orders_updated(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>>;
+
     /// Orders of any tenant still awaiting payment whose deadline is at or before `now`, oldest
     /// deadline first.
     async fn unpaid_orders_due(

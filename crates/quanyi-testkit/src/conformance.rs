@@ -37,6 +37,7 @@ pub const CASES: &[&str] = &[
     "payment_notice_recorded_once",
     "payment_with_stale_order_writes_nothing",
     "unpaid_orders_due_in_deadline_order",
+    "orders_updated_in_a_period_page_in_order",
     "events_feed_in_write_order",
     "audit_records_newest_first",
     "jobs_lease_retry_and_dead_letter",
@@ -1127,6 +1128,81 @@ pub async fn unpaid_orders_due_in_deadline_order(store: Arc<dyn Store>) {
         .map(|(_, o)| *o)
         .collect();
     assert_eq!(mine, vec![a.id()]);
+}
+
+/// Orders are found by when they last changed, a period at a time, in pages.
+pub async fn orders_updated_in_a_period_page_in_order(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let mut placed = Vec::new();
+    for n in 0..5 {
+        let (order, events) = order(&goods, &member(&format!("p{n}")), 1);
+        store
+            .insert_order(&order, &envelopes(&order, &events), &[])
+            .await
+            .unwrap();
+        placed.push(order);
+    }
+    // Two of them change an hour later.
+    let later = t0() + Duration::hours(1);
+    for o in &placed[3..] {
+        let mut changed = o.clone();
+        let ev = changed.cancel("later".into(), later).unwrap();
+        let envs = envelopes(&changed, &ev);
+        store
+            .update_order(OrderChange {
+                order: &changed,
+                expected_version: o.version(),
+                events: &envs,
+            })
+            .await
+            .unwrap();
+    }
+    let first_hour = store
+        .orders_updated(&tenant, t0(), later, None, 100)
+        .await
+        .unwrap();
+    let mut want: Vec<OrderId> = placed[..3].iter().map(|o| o.id()).collect();
+    want.sort();
+    assert_eq!(first_hour.iter().map(|o| o.id()).collect::<Vec<_>>(), want);
+    // Paging with the cursor walks the same orders.
+    let page = store
+        .orders_updated(&tenant, t0(), later, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2);
+    let last = page.last().unwrap();
+    let rest = store
+        .orders_updated(
+            &tenant,
+            t0(),
+            later,
+            Some((last.updated_at(), last.id())),
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|o| o.id()).collect::<Vec<_>>(),
+        want[2..].to_vec()
+    );
+    let second_hour = store
+        .orders_updated(&tenant, later, later + Duration::hours(1), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(second_hour.len(), 2);
+    assert!(
+        second_hour
+            .iter()
+            .all(|o| o.status() == OrderStatus::Cancelled)
+    );
+    assert!(
+        store
+            .orders_updated(&fixtures::tenant(), t0(), later, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The event feed returns every event once, in write order, from any point.

@@ -40,6 +40,7 @@ macro_rules! storage_conformance {
             payment_notice_recorded_once,
             payment_with_stale_order_writes_nothing,
             unpaid_orders_due_in_deadline_order,
+            orders_updated_in_a_period_page_in_order,
             events_feed_in_write_order,
             audit_records_newest_first,
             jobs_lease_retry_and_dead_letter,

@@ -32,7 +32,9 @@ pub use quanyi_goods::{
 };
 pub use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderLine, OrderStatus};
 pub use quanyi_storage::{MemoryStore, StockCount, Store};
-pub use quanyi_supplier::{Availability, BreakerConfig, RawCallback, Supplier, SupplierId};
+pub use quanyi_supplier::{
+    Availability, BreakerConfig, RawCallback, Reconciliation, Supplier, SupplierId,
+};
 pub use quanyi_vault::{
     CardCode, CardKey, CardSecret, EnvKeyProvider, FileKeyProvider, ImportFormat, ImportOptions,
     KeyId, KeyProvider, RootKey, StaticKeyProvider,

@@ -9,8 +9,9 @@ use quanyi_storage::NewCard;
 use quanyi_storage::{AuditAction, AuditOutcome, OrderChange};
 use quanyi_supplier::{
     Attempt, AttemptResult, Availability, CallbackStatus, CardPurchase, FailureOutcome, Freshness,
-    ProductCode, RawCallback, RequestId, RequestStatus, Route, RoutePlan, Step, SupplierError,
-    SupplierId, TopUpOutcome, TopUpRequest, next_step,
+    OurRecord, ProductCode, RawCallback, Reconciliation, RequestId, RequestStatus, Route,
+    RoutePlan, StatementStatus, Step, SupplierError, SupplierId, TopUpOutcome, TopUpRequest,
+    next_step, reconcile,
 };
 use quanyi_vault::CardKey;
 
@@ -360,6 +361,93 @@ impl Shop {
                 }
             }
         }
+    }
+
+    /// Reconciles (对账) what this shop asked of a supplier in `[from, to)` with the supplier's
+    /// statement for the period: every line attempt at the supplier whose answer came in the
+    /// period (a success as succeeded, a definite failure as failed, at the route's cost) against
+    /// the statement's lines, by request id. A failure the supplier does not list is not reported
+    /// missing: a supplier need not keep what it refused.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSupplier`]; [`Error::Supplier`] when the statement cannot be fetched;
+    /// [`Error::Storage`].
+    pub async fn reconcile_supplier(
+        &self,
+        supplier_id: &SupplierId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Reconciliation> {
+        let supplier = self
+            .inner
+            .suppliers
+            .get(supplier_id)
+            .ok_or_else(|| Error::UnknownSupplier(supplier_id.to_string()))?;
+        let mut ours = Vec::new();
+        let mut routes: std::collections::HashMap<quanyi_core::SkuId, Option<SupplierRoute>> =
+            std::collections::HashMap::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store_ref()
+                .orders_updated(&self.tenant, from, to, after, 500)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.updated_at(), last.id()));
+            for order in &page {
+                for line in order.lines() {
+                    let route = match routes.get(&line.sku) {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r = self.goods_of(line.sku).await.ok().and_then(|g| {
+                                g.sku(line.sku).and_then(|s| {
+                                    s.routes
+                                        .iter()
+                                        .find(|r| r.supplier == supplier_id.as_str())
+                                        .cloned()
+                                })
+                            });
+                            routes.insert(line.sku, r.clone());
+                            r
+                        }
+                    };
+                    let Some(route) = route else { continue };
+                    for a in line
+                        .attempts
+                        .iter()
+                        .filter(|a| a.supplier == supplier_id.as_str() && a.at >= from && a.at < to)
+                    {
+                        let status = match a.outcome {
+                            AttemptOutcome::Succeeded { .. } => StatementStatus::Succeeded,
+                            AttemptOutcome::Definite { .. } => StatementStatus::Failed,
+                            AttemptOutcome::Pending | AttemptOutcome::Unknown { .. } => continue,
+                        };
+                        let (Ok(request), Ok(product)) = (
+                            RequestId::new(a.request.clone()),
+                            ProductCode::new(route.product.clone()),
+                        ) else {
+                            continue;
+                        };
+                        ours.push(OurRecord {
+                            request,
+                            product,
+                            quantity: line.quantity,
+                            amount: route.cost.checked_mul(i64::from(line.quantity))?,
+                            status,
+                        });
+                    }
+                }
+            }
+        }
+        let theirs = supplier
+            .statement(from, to)
+            .await
+            .map_err(Error::Supplier)?;
+        let mut report = reconcile(&ours, &theirs);
+        report
+            .missing
+            .retain(|r| r.status == StatementStatus::Succeeded);
+        Ok(report)
     }
 
     /// Takes a supplier's callback for a direct top-up: verifies its signature, finds the line by

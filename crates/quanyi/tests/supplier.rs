@@ -693,6 +693,51 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
     assert_eq!(w.refunds.0.lock().unwrap().len(), 1);
 }
 
+/// Reconciliation compares the shop's supplier requests of a period with the statement.
+async fn reconciliation_matches_the_statement_and_finds_extras(store: Arc<dyn Store>) {
+    use quanyi::crates::supplier::{Supplier as _, TopUpRequest};
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    for n in 0..2 {
+        assert_eq!(buy(&w, n).await.status(), OrderStatus::Delivered);
+    }
+    let (from, to) = (
+        t0() - chrono::Duration::hours(1),
+        t0() + chrono::Duration::hours(1),
+    );
+    let a_id = SupplierId::new("sim-a").unwrap();
+    let clean = w.shop.reconcile_supplier(&a_id, from, to).await.unwrap();
+    assert_eq!(clean.matched, 2);
+    assert!(clean.is_clean(), "{clean:?}");
+    // The supplier charges a top-up this shop never asked for.
+    let stray = RequestId::for_line(OrderId::generate(t0(), &mut rand::thread_rng()), 1, &a_id);
+    w.a.submit_top_up(&TopUpRequest {
+        request: stray.clone(),
+        product: product(),
+        account: "13800138000".into(),
+        quantity: 1,
+    })
+    .await
+    .unwrap();
+    let report = w.shop.reconcile_supplier(&a_id, from, to).await.unwrap();
+    assert_eq!(report.matched, 2);
+    assert_eq!(report.extra.len(), 1);
+    assert_eq!(report.extra[0].request, stray);
+    assert!(report.missing.is_empty());
+    assert_eq!(
+        w.shop
+            .reconcile_supplier(&SupplierId::new("nobody").unwrap(), from, to)
+            .await
+            .unwrap_err()
+            .code(),
+        "unknown_supplier"
+    );
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod on_memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::memory, super::$case).await } )* }
@@ -728,6 +773,7 @@ on_every_store!(
     supplier_card_keys_are_bought_once_sealed_and_revealed,
     a_dropped_worker_is_taken_over_after_its_lease,
     a_bundle_component_that_fails_is_refunded_for_its_share,
+    reconciliation_matches_the_statement_and_finds_extras,
 );
 
 /// Two shops with separate pools on one PostgreSQL, each running a worker, drain 500 delivery
