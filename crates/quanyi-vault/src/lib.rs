@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(clippy::float_arithmetic)]
 
+mod codes;
 mod error;
 pub mod import;
 mod index;
@@ -9,6 +10,7 @@ mod root;
 mod sealed;
 mod secret;
 
+pub use codes::{CODE_DIGITS, code_checks, generate_code};
 pub use error::{Error, InvalidReason, Result};
 pub use import::{
     DuplicateLine, ImportFormat, ImportOptions, ImportPlan, MalformedLine, MalformedReason,

@@ -104,7 +104,10 @@ impl Shop {
             }
             let mut bought = Vec::new();
             for (no, kind) in other {
-                if kind == KindTag::Membership {
+                if kind == KindTag::ReservationCode {
+                    self.generate_codes(&mut order, no, &mut events, &mut bought, now)
+                        .await?;
+                } else if kind == KindTag::Membership {
                     let sku = order
                         .line(no)
                         .map(|l| l.sku)

@@ -111,7 +111,7 @@ fn check_reference(what: &str, text: &str) -> Result<()> {
 impl Shop {
     /// True when the engine can deliver the line: card keys, links and reservation codes from
     /// the vault pool; direct top-ups and card keys whose supplier routes name registered
-    /// suppliers; memberships (granted as an event).
+    /// suppliers; memberships (granted as an event); generated reservation codes.
     fn can_fulfil(&self, check: &PurchaseCheck, routes: &[quanyi_goods::SupplierRoute]) -> bool {
         match (check.kind, check.stock) {
             (
@@ -121,7 +121,7 @@ impl Shop {
             (KindTag::DirectTopUp | KindTag::CardKey, StockSource::Supplier) => {
                 self.fulfillable_routes(routes)
             }
-            (KindTag::Membership, StockSource::Unlimited) => true,
+            (KindTag::Membership | KindTag::ReservationCode, StockSource::Unlimited) => true,
             _ => false,
         }
     }

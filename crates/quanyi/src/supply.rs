@@ -281,6 +281,18 @@ impl Shop {
                 )));
             }
         }
+        self.seal_new(line.sku, cards, bought, now).await
+    }
+
+    /// Seals card keys that enter the vault already sold (bought from a supplier, or generated)
+    /// and queues them in `bought`; returns their ids.
+    pub(crate) async fn seal_new(
+        &self,
+        sku: quanyi_core::SkuId,
+        cards: &[CardKey],
+        bought: &mut Vec<NewCard>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
         let uses: u64 = cards
             .iter()
             .map(|c| 1 + u64::from(c.secret.is_some()))
@@ -290,10 +302,10 @@ impl Shop {
         let batch = BatchId::generate(now, &mut rng);
         let ids = CardId::generate_sequence(now, &mut rng, cards.len());
         for (card, id) in cards.iter().zip(&ids) {
-            let sealed = ring.seal_card(&self.tenant, line.sku, *id, card, &mut rng)?;
+            let sealed = ring.seal_card(&self.tenant, sku, *id, card, &mut rng)?;
             bought.push(NewCard {
                 id: *id,
-                sku: line.sku,
+                sku,
                 batch,
                 blind_index: ring.blind_index(card),
                 sealed,
@@ -301,6 +313,33 @@ impl Shop {
             });
         }
         Ok(ids)
+    }
+
+    /// Delivers a reservation-code line with freshly generated codes (Crockford base 32 with a
+    /// check character), sealed and stored sold to the order with the delivery.
+    pub(crate) async fn generate_codes(
+        &self,
+        order: &mut Order,
+        no: u16,
+        events: &mut Vec<OrderEvent>,
+        bought: &mut Vec<NewCard>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let Some(line) = order.line(no).cloned() else {
+            return Ok(());
+        };
+        // The generator is not held across an await: the future must stay `Send`.
+        let codes = {
+            let mut rng = rand::thread_rng();
+            (0..line.quantity)
+                .map(|_| {
+                    quanyi_vault::generate_code(&mut rng).map(|code| CardKey { code, secret: None })
+                })
+                .collect::<quanyi_vault::Result<Vec<_>>>()?
+        };
+        let ids = self.seal_new(line.sku, &codes, bought, now).await?;
+        events.extend(order.deliver_line(no, ids, line.quantity, now)?);
+        Ok(())
     }
 
     /// What a SKU can sell now, as one figure: the vault pool's free cards, the sum of the

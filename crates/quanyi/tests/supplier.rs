@@ -738,6 +738,67 @@ async fn reconciliation_matches_the_statement_and_finds_extras(store: Arc<dyn St
     );
 }
 
+/// Reservation codes are generated on payment, with a check character, sealed, unique, and
+/// revealed to the buyer.
+async fn reservation_codes_are_generated_sealed_and_revealed(store: Arc<dyn Store>) {
+    let w = world(
+        store,
+        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await;
+    let sku = SkuId::generate(t0(), &mut rand::thread_rng());
+    w.shop
+        .create_goods(GoodsDraft {
+            title: "Museum entry booking".into(),
+            kind: GoodsKind::ReservationCode,
+            skus: vec![SkuDraft::new(
+                sku,
+                "1 adult",
+                Money::parse("60.00", Currency::CNY).unwrap(),
+            )],
+        })
+        .await
+        .unwrap();
+    let buyer = MemberId::new("visitor").unwrap();
+    let order = w
+        .shop
+        .place_order(&buyer, &[CartLine::new(sku, 3)])
+        .await
+        .unwrap();
+    let done = w
+        .shop
+        .confirm_payment(PaymentNotification {
+            provider: "testpay".into(),
+            transaction_id: "txn-codes".into(),
+            order: order.id(),
+            amount: order.total(),
+        })
+        .await
+        .unwrap()
+        .order;
+    assert_eq!(done.status(), OrderStatus::Delivered);
+    let codes: Vec<String> = w
+        .shop
+        .reveal(&buyer, done.id())
+        .await
+        .unwrap()
+        .cards
+        .into_iter()
+        .map(|c| c.key.code.expose().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 3);
+    assert!(
+        codes.iter().all(|c| quanyi::crates::vault::code_checks(c)),
+        "{}",
+        codes.len()
+    );
+    assert_eq!(
+        codes.iter().collect::<std::collections::HashSet<_>>().len(),
+        3
+    );
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod on_memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::run(super::memory, super::$case).await } )* }
@@ -774,6 +835,7 @@ on_every_store!(
     a_dropped_worker_is_taken_over_after_its_lease,
     a_bundle_component_that_fails_is_refunded_for_its_share,
     reconciliation_matches_the_statement_and_finds_extras,
+    reservation_codes_are_generated_sealed_and_revealed,
 );
 
 /// Two shops with separate pools on one PostgreSQL, each running a worker, drain 500 delivery
