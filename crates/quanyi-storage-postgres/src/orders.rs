@@ -109,6 +109,50 @@ const UNPAID_DUE: &str = "SELECT tenant, id FROM orders \
      WHERE status = 'awaiting_payment' AND expires_at <= $1 \
      ORDER BY expires_at, tenant, id LIMIT $2";
 
+/// Runs [`UPDATE`] for an order change on `client`: writes the order and its events when the
+/// stored version is the expected one, or answers why not.
+async fn write_change(
+    client: &deadpool_postgres::ClientWrapper,
+    stmt: &tokio_postgres::Statement,
+    change: &OrderChange<'_>,
+) -> Result<()> {
+    let order = change.order;
+    let doc = to_json(order, "order")?;
+    let expected = to_i64(change.expected_version, "order version")?;
+    let version = to_i64(order.version(), "order version")?;
+    let ev = EventColumns::new(change.events)?;
+    let newer = is_newer(change);
+    let row = client
+        .query_one(
+            stmt,
+            &[
+                &order.tenant().as_str(),
+                order.id().as_uuid(),
+                &expected,
+                &version,
+                &order.status().as_str(),
+                &micros(order.expires_at()),
+                &doc,
+                &newer,
+                &ev.ids,
+                &ev.tenants,
+                &ev.types,
+                &ev.aggregates,
+                &ev.docs,
+                &micros(order.updated_at()),
+            ],
+        )
+        .await
+        .map_err(|e| with_id(db(e), order.id()))?;
+    let current: Option<i64> = get(&row, 0)?;
+    let written: bool = get(&row, 1)?;
+    if written {
+        Ok(())
+    } else {
+        Err(change_error(order, current, expected, newer))
+    }
+}
+
 /// The result of [`PLACE`].
 struct Placed {
     existing: bool,
@@ -143,11 +187,6 @@ impl PgStore {
         if order.tenant() != tenant_name {
             return Err(Error::Invalid("order of another tenant".into()));
         }
-        let doc = to_json(order, "order")?;
-        let expected = to_i64(change.expected_version, "order version")?;
-        let version = to_i64(order.version(), "order version")?;
-        let ev = EventColumns::new(change.events)?;
-        let newer = is_newer(&change);
         let ids: Vec<Uuid> = cards.iter().map(|c| *c.id.as_uuid()).collect();
         let skus: Vec<Uuid> = cards.iter().map(|c| *c.sku.as_uuid()).collect();
         let batches: Vec<Uuid> = cards.iter().map(|c| *c.batch.as_uuid()).collect();
@@ -198,35 +237,7 @@ impl PgStore {
                     "card id or blind index already stored",
                 ));
             }
-            let row = c
-                .query_one(
-                    &update,
-                    &[
-                        &order.tenant().as_str(),
-                        order.id().as_uuid(),
-                        &expected,
-                        &version,
-                        &order.status().as_str(),
-                        &micros(order.expires_at()),
-                        &doc,
-                        &newer,
-                        &ev.ids,
-                        &ev.tenants,
-                        &ev.types,
-                        &ev.aggregates,
-                        &ev.docs,
-                        &micros(order.updated_at()),
-                    ],
-                )
-                .await
-                .map_err(|e| with_id(db(e), order.id()))?;
-            let current: Option<i64> = get(&row, 0)?;
-            let written: bool = get(&row, 1)?;
-            if written {
-                Ok(())
-            } else {
-                Err(change_error(order, current, expected, newer))
-            }
+            write_change(c, &update, &change).await
         }
         .await;
         match outcome {
@@ -408,43 +419,9 @@ impl OrderStore for PgStore {
     }
 
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
-        let order = change.order;
-        let doc = to_json(order, "order")?;
-        let expected = to_i64(change.expected_version, "order version")?;
-        let version = to_i64(order.version(), "order version")?;
-        let ev = EventColumns::new(change.events)?;
-        let newer = is_newer(&change);
         let conn = self.conn().await?;
         let stmt = conn.prepare(&UPDATE).await?;
-        let row = conn
-            .client()
-            .query_one(
-                &stmt,
-                &[
-                    &order.tenant().as_str(),
-                    order.id().as_uuid(),
-                    &expected,
-                    &version,
-                    &order.status().as_str(),
-                    &micros(order.expires_at()),
-                    &doc,
-                    &newer,
-                    &ev.ids,
-                    &ev.tenants,
-                    &ev.types,
-                    &ev.aggregates,
-                    &ev.docs,
-                    &micros(order.updated_at()),
-                ],
-            )
-            .await
-            .map_err(|e| with_id(db(e), order.id()))?;
-        let current: Option<i64> = get(&row, 0)?;
-        let written: bool = get(&row, 1)?;
-        if written {
-            return Ok(());
-        }
-        Err(change_error(order, current, expected, newer))
+        write_change(conn.client(), &stmt, &change).await
     }
 
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {

@@ -147,6 +147,29 @@ pub(crate) fn free_cards(
     Ok(all)
 }
 
+/// Stores one card as available (a caller may then move it to sold in the same transaction).
+fn insert_card(tx: &Transaction<'_>, tenant: &str, card: &NewCard, now: i64) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret, key_id, state,
+                            imported_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'available', ?9)",
+    )
+    .db()?
+    .execute(params![
+        card.id.as_bytes(),
+        tenant,
+        card.sku.as_bytes(),
+        card.batch.as_bytes(),
+        card.blind_index.as_bytes(),
+        card.sealed.code.as_bytes(),
+        card.sealed.secret.as_ref().map(SealedValue::as_bytes),
+        card.key_id.0,
+        now
+    ])
+    .db()?;
+    Ok(())
+}
+
 /// The next position in the order's list of held cards.
 fn next_hold_seq(tx: &Transaction<'_>, order: OrderId) -> Result<i64> {
     tx.prepare_cached("SELECT COALESCE(MAX(hold_seq), 0) + 1 FROM cards WHERE order_id = ?1")
@@ -310,32 +333,13 @@ impl VaultStore for SqliteStore {
                 let mut known = tx
                     .prepare_cached("SELECT 1 FROM cards WHERE tenant = ?1 AND blind_index = ?2")
                     .db()?;
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret,
-                                            key_id, state, imported_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'available', ?9)",
-                    )
-                    .db()?;
                 for (i, c) in cards.iter().enumerate() {
                     let index = c.blind_index.as_bytes();
                     if !seen.insert(c.blind_index) || known.exists(params![tenant, index]).db()? {
                         outcome.duplicates.push(i);
                         continue;
                     }
-                    insert
-                        .execute(params![
-                            c.id.as_bytes(),
-                            tenant,
-                            c.sku.as_bytes(),
-                            c.batch.as_bytes(),
-                            index,
-                            c.sealed.code.as_bytes(),
-                            c.sealed.secret.as_ref().map(SealedValue::as_bytes),
-                            c.key_id.0,
-                            now
-                        ])
-                        .db()?;
+                    insert_card(tx, &tenant, c, now)?;
                     outcome.inserted.push(c.id);
                 }
                 Ok(outcome)
@@ -466,29 +470,8 @@ impl VaultStore for SqliteStore {
                         }
                     }
                 }
-                {
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret,
-                                                key_id, state, imported_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'available', ?9)",
-                        )
-                        .db()?;
-                    for card in &cards {
-                        insert
-                            .execute(params![
-                                card.id.as_bytes(),
-                                tenant,
-                                card.sku.as_bytes(),
-                                card.batch.as_bytes(),
-                                card.blind_index.as_bytes(),
-                                card.sealed.code.as_bytes(),
-                                card.sealed.secret.as_ref().map(SealedValue::as_bytes),
-                                card.key_id.0,
-                                now
-                            ])
-                            .db()?;
-                    }
+                for card in &cards {
+                    insert_card(tx, &tenant, card, now)?;
                 }
                 let ids: Vec<CardId> = cards.iter().map(|card| card.id).collect();
                 sell_free(tx, order, &ids, now)?;

@@ -132,6 +132,21 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+/// A new card as stored, available.
+fn available(tenant: &TenantId, c: &NewCard, now: DateTime<Utc>) -> StoredCard {
+    StoredCard {
+        id: c.id,
+        tenant: tenant.clone(),
+        sku: c.sku,
+        batch: c.batch,
+        blind_index: c.blind_index,
+        sealed: c.sealed.clone(),
+        key_id: c.key_id,
+        state: CardState::Available,
+        imported_at: now,
+    }
+}
+
 fn is_live(status: OrderStatus) -> bool {
     !matches!(
         status,
@@ -624,20 +639,7 @@ impl VaultStore for MemoryStore {
                 .or_default()
                 .free
                 .insert(c.id);
-            s.cards.insert(
-                c.id,
-                StoredCard {
-                    id: c.id,
-                    tenant: tenant.clone(),
-                    sku: c.sku,
-                    batch: c.batch,
-                    blind_index: c.blind_index,
-                    sealed: c.sealed.clone(),
-                    key_id: c.key_id,
-                    state: CardState::Available,
-                    imported_at: now,
-                },
-            );
+            s.cards.insert(c.id, available(tenant, c, now));
         }
         Ok(outcome)
     }
@@ -745,20 +747,7 @@ impl VaultStore for MemoryStore {
         let order = change.order.id();
         for c in cards {
             s.blind.insert((tenant.clone(), c.blind_index));
-            s.cards.insert(
-                c.id,
-                StoredCard {
-                    id: c.id,
-                    tenant: tenant.clone(),
-                    sku: c.sku,
-                    batch: c.batch,
-                    blind_index: c.blind_index,
-                    sealed: c.sealed.clone(),
-                    key_id: c.key_id,
-                    state: CardState::Available,
-                    imported_at: now,
-                },
-            );
+            s.cards.insert(c.id, available(tenant, c, now));
             s.set_card_state(c.id, CardState::Sold { order, at: now });
             s.order_cards
                 .entry((tenant.clone(), order))
