@@ -5,6 +5,7 @@ mod codes;
 mod error;
 pub mod import;
 mod index;
+mod links;
 mod ring;
 mod root;
 mod sealed;
@@ -17,6 +18,7 @@ pub use import::{
     ParsedCard, ParsedImport, PlannedCard, parse_import,
 };
 pub use index::{BlindIndex, normalise};
+pub use links::{LinkError, LinkSigner};
 pub use ring::{
     DEFAULT_KEY_USE_LIMIT, KeyId, KeyRing, KeyState, WrappedDataKey, WrappedKeyRing, needs_rotation,
 };

@@ -108,6 +108,9 @@ pub enum Error {
         /// The callback's amount.
         got: Money,
     },
+    /// A signed link does not check (changed, expired, malformed or another shop's).
+    #[error("link: {0}")]
+    Link(quanyi_vault::LinkError),
     /// A refund is due but the shop has no payment gateway to make it.
     #[error("a refund is due but no payment gateway is configured")]
     NoPaymentGateway,
@@ -181,6 +184,8 @@ impl Error {
             Error::RevealDenied => "reveal_denied",
             Error::InvalidInput(_) => "invalid_input",
             Error::NoPaymentGateway => "no_payment_gateway",
+            Error::Link(quanyi_vault::LinkError::Expired) => "link_expired",
+            Error::Link(_) => "link_invalid",
             Error::UnknownSupplier(_) => "unknown_supplier",
             Error::Supplier(quanyi_supplier::SupplierError::BadSignature) => "bad_signature",
             Error::Supplier(_) => "supplier_error",
@@ -214,6 +219,7 @@ impl Error {
             Error::RevealDenied => ErrorKind::Forbidden,
             Error::NotPayable { .. } => ErrorKind::Conflict,
             Error::NoPaymentGateway => ErrorKind::Unavailable,
+            Error::Link(_) => ErrorKind::Forbidden,
             Error::UnknownSupplier(_) | Error::UnknownRequest => ErrorKind::NotFound,
             Error::Supplier(e) => e.kind(),
             Error::CallbackAmountMismatch { .. } => ErrorKind::Invalid,

@@ -104,7 +104,10 @@ impl Shop {
             }
             let mut bought = Vec::new();
             for (no, kind) in other {
-                if kind == KindTag::ReservationCode {
+                if kind == KindTag::Link {
+                    self.sign_links(&mut order, no, &mut events, &mut bought, now)
+                        .await?;
+                } else if kind == KindTag::ReservationCode {
                     self.generate_codes(&mut order, no, &mut events, &mut bought, now)
                         .await?;
                 } else if kind == KindTag::Membership {

@@ -111,7 +111,8 @@ fn check_reference(what: &str, text: &str) -> Result<()> {
 impl Shop {
     /// True when the engine can deliver the line: card keys, links and reservation codes from
     /// the vault pool; direct top-ups and card keys whose supplier routes name registered
-    /// suppliers; memberships (granted as an event); generated reservation codes.
+    /// suppliers; memberships (granted as an event); generated reservation codes; signed links
+    /// when the shop is configured for them.
     fn can_fulfil(&self, check: &PurchaseCheck, routes: &[quanyi_goods::SupplierRoute]) -> bool {
         match (check.kind, check.stock) {
             (
@@ -122,6 +123,7 @@ impl Shop {
                 self.fulfillable_routes(routes)
             }
             (KindTag::Membership | KindTag::ReservationCode, StockSource::Unlimited) => true,
+            (KindTag::Link, StockSource::Unlimited) => self.inner.links.is_some(),
             _ => false,
         }
     }

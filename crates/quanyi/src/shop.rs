@@ -41,6 +41,7 @@ pub struct ShopBuilder {
     suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
     breakers: BreakerConfig,
     stock_fresh_for: Duration,
+    links: Option<(String, Duration)>,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -119,6 +120,15 @@ impl ShopBuilder {
         self
     }
 
+    /// Delivers link goods that are not stocked from the vault as signed links: `base` (your
+    /// redemption endpoint, at most 100 characters, http or https) with a subject naming the
+    /// order, line and unit, an expiry `valid_for` after delivery, and a signature that
+    /// [`Shop::verify_link`] checks without a lookup.
+    pub fn signed_links(mut self, base: impl Into<String>, valid_for: Duration) -> Self {
+        self.links = Some((base.into(), valid_for));
+        self
+    }
+
     /// Validates the settings and loads the root key.
     ///
     /// # Errors
@@ -143,6 +153,19 @@ impl ShopBuilder {
                 "worker name must be 1 to 64 bytes".into(),
             ));
         }
+        if let Some((base, valid_for)) = &self.links {
+            let scheme = base.starts_with("https://") || base.starts_with("http://");
+            if !scheme || base.len() > 100 || !base.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Error::InvalidInput(
+                    "signed links need an http(s) base of at most 100 printable characters".into(),
+                ));
+            }
+            if *valid_for <= Duration::zero() {
+                return Err(Error::InvalidInput(
+                    "signed links need a positive lifetime".into(),
+                ));
+            }
+        }
         let root = self.keys.root_key()?;
         Ok(Shop {
             inner: Arc::new(Inner {
@@ -158,6 +181,7 @@ impl ShopBuilder {
                 suppliers: self.suppliers,
                 breakers: Breakers::new(self.breakers),
                 supplier_stock: parking_lot::Mutex::new(StockCache::new(self.stock_fresh_for)),
+                links: self.links,
             }),
             tenant: self.tenant,
         })
@@ -177,6 +201,7 @@ pub(crate) struct Inner {
     pub(crate) suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
     pub(crate) breakers: Breakers,
     pub(crate) supplier_stock: parking_lot::Mutex<StockCache>,
+    pub(crate) links: Option<(String, Duration)>,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -220,6 +245,7 @@ impl Shop {
             suppliers: HashMap::new(),
             breakers: BreakerConfig::default(),
             stock_fresh_for: Duration::seconds(60),
+            links: None,
         }
     }
 

@@ -315,6 +315,56 @@ impl Shop {
         Ok(ids)
     }
 
+    /// Delivers a link line with one signed, expiring link per unit, sealed and stored sold to
+    /// the order with the delivery.
+    pub(crate) async fn sign_links(
+        &self,
+        order: &mut Order,
+        no: u16,
+        events: &mut Vec<OrderEvent>,
+        bought: &mut Vec<NewCard>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (Some(line), Some((base, valid_for))) = (order.line(no).cloned(), &self.inner.links)
+        else {
+            events.extend(order.fail_line(no, "signed links are not configured".into(), now)?);
+            return Ok(());
+        };
+        let signer = quanyi_vault::LinkSigner::new(&self.inner.root, &self.tenant);
+        let mut links = Vec::with_capacity(usize::try_from(line.quantity).unwrap_or(0));
+        for unit in 1..=line.quantity {
+            let subject = format!("{}.{no}.{unit}", order.id());
+            let link = signer
+                .sign(base, &subject, now + *valid_for)
+                .ok_or_else(|| Error::InvalidInput("link subject".into()))?;
+            links.push(CardKey {
+                code: quanyi_vault::CardCode::new(link)?,
+                secret: None,
+            });
+        }
+        let ids = self.seal_new(line.sku, &links, bought, now).await?;
+        events.extend(order.deliver_line(no, ids, line.quantity, now)?);
+        Ok(())
+    }
+
+    /// Checks a signed link for the host's redemption endpoint: which order, line and unit it
+    /// was delivered for, if it is unchanged, unexpired and this tenant's.
+    ///
+    /// # Errors
+    /// [`Error::Link`].
+    pub fn verify_link(&self, link: &str) -> Result<(quanyi_core::OrderId, u16, u32)> {
+        let signer = quanyi_vault::LinkSigner::new(&self.inner.root, &self.tenant);
+        let subject = signer.verify(link, self.now()).map_err(Error::Link)?;
+        let mut parts = subject.split('.');
+        let parsed = (|| {
+            let order = parts.next()?.parse().ok()?;
+            let line = parts.next()?.parse().ok()?;
+            let unit = parts.next()?.parse().ok()?;
+            parts.next().is_none().then_some((order, line, unit))
+        })();
+        parsed.ok_or(Error::Link(quanyi_vault::LinkError::Malformed))
+    }
+
     /// Delivers a reservation-code line with freshly generated codes (Crockford base 32 with a
     /// check character), sealed and stored sold to the order with the delivery.
     pub(crate) async fn generate_codes(

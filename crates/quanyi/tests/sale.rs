@@ -396,3 +396,86 @@ async fn cancelled_orders_release_and_refuse_payment() {
     assert_eq!(err.code(), "not_payable");
     assert_eq!(w.shop.stock(sku).await.unwrap().available, 1);
 }
+
+#[tokio::test]
+async fn signed_links_are_delivered_and_checked_without_a_lookup() {
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(quanyi_testkit::fixtures::t0());
+    let keys = std::sync::Arc::new(StaticKeyProvider::new(RootKey::generate(
+        &mut rand::thread_rng(),
+    )));
+    let shop = Shop::builder(store.clone(), keys.clone())
+        .clock(std::sync::Arc::new(clock.clone()))
+        .signed_links("https://shop.example/redeem", chrono::Duration::days(7))
+        .build()
+        .unwrap();
+    let sku = new_sku();
+    shop.create_goods(GoodsDraft {
+        title: "Online course access".into(),
+        kind: GoodsKind::Link,
+        skus: vec![SkuDraft::new(
+            sku,
+            "lifetime",
+            Money::parse("99.00", Currency::CNY).unwrap(),
+        )],
+    })
+    .await
+    .unwrap();
+    let buyer = member("learner");
+    let order = shop
+        .place_order(&buyer, &[CartLine::new(sku, 2)])
+        .await
+        .unwrap();
+    let done = shop
+        .confirm_payment(notice(&order, "txn-links"))
+        .await
+        .unwrap()
+        .order;
+    assert_eq!(done.status(), OrderStatus::Delivered);
+    let links: Vec<String> = shop
+        .reveal(&buyer, order.id())
+        .await
+        .unwrap()
+        .cards
+        .into_iter()
+        .map(|c| c.key.code.expose().to_owned())
+        .collect();
+    assert_eq!(links.len(), 2);
+    for (unit, link) in links.iter().enumerate() {
+        assert!(link.starts_with("https://shop.example/redeem?t="));
+        let unit = u32::try_from(unit + 1).unwrap();
+        assert_eq!(shop.verify_link(link).unwrap(), (order.id(), 1, unit));
+    }
+    let tampered = links[0].replace(".1.1&", ".1.2&");
+    assert_eq!(
+        shop.verify_link(&tampered).unwrap_err().code(),
+        "link_invalid"
+    );
+    let other_tenant = shop.with_tenant(TenantId::new("other-shop").unwrap());
+    assert_eq!(
+        other_tenant.verify_link(&links[0]).unwrap_err().code(),
+        "link_invalid"
+    );
+    clock.advance(chrono::Duration::days(8));
+    assert_eq!(
+        shop.verify_link(&links[0]).unwrap_err().code(),
+        "link_expired"
+    );
+    // A shop without signed links cannot sell such goods.
+    let plain = Shop::builder(store, keys).build().unwrap();
+    let err = plain
+        .place_order(&buyer, &[CartLine::new(sku, 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "not_fulfillable");
+    let bad = Shop::builder(
+        std::sync::Arc::new(MemoryStore::new()),
+        std::sync::Arc::new(StaticKeyProvider::new(RootKey::generate(
+            &mut rand::thread_rng(),
+        ))),
+    )
+    .signed_links("ftp://nope", chrono::Duration::days(1))
+    .build()
+    .unwrap_err();
+    assert_eq!(bad.code(), "invalid_input");
+}
