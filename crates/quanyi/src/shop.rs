@@ -182,6 +182,7 @@ impl ShopBuilder {
                 breakers: Breakers::new(self.breakers),
                 supplier_stock: parking_lot::Mutex::new(StockCache::new(self.stock_fresh_for)),
                 links: self.links,
+                watched_routes: parking_lot::Mutex::new(Vec::new()),
             }),
             tenant: self.tenant,
         })
@@ -202,6 +203,9 @@ pub(crate) struct Inner {
     pub(crate) breakers: Breakers,
     pub(crate) supplier_stock: parking_lot::Mutex<StockCache>,
     pub(crate) links: Option<(String, Duration)>,
+    /// Every supplier route whose stock this process has been asked about, kept fresh by the
+    /// worker.
+    pub(crate) watched_routes: parking_lot::Mutex<Vec<quanyi_supplier::Route>>,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and

@@ -428,7 +428,31 @@ impl Shop {
     /// Asks each route's supplier whose figure is stale or missing for its stock. A supplier
     /// that does not answer keeps its old figure, which ages out.
     pub(crate) async fn refresh_stale_stock(&self, plan: &RoutePlan) {
-        for route in plan.routes() {
+        {
+            let mut watched = self.inner.watched_routes.lock();
+            for route in plan.routes() {
+                if !watched
+                    .iter()
+                    .any(|w| w.supplier == route.supplier && w.product == route.product)
+                {
+                    watched.push(route.clone());
+                }
+            }
+        }
+        self.refresh_routes(plan.routes()).await;
+    }
+
+    /// Refreshes the stale stock figures of every supplier route this process has been asked
+    /// about; returns how many routes it asked. The [`Worker`](crate::Worker) calls it on every
+    /// pass, so figures stay fresh between orders.
+    pub async fn refresh_supplier_stock(&self) -> usize {
+        let routes = self.inner.watched_routes.lock().clone();
+        self.refresh_routes(&routes).await
+    }
+
+    async fn refresh_routes(&self, routes: &[Route]) -> usize {
+        let mut asked = 0;
+        for route in routes {
             let now = self.now();
             let fresh = matches!(
                 self.inner
@@ -443,6 +467,7 @@ impl Shop {
             let Some(supplier) = self.inner.suppliers.get(&route.supplier) else {
                 continue;
             };
+            asked += 1;
             match supplier.stock(&route.product).await {
                 Ok(stock) => self.inner.supplier_stock.lock().record(route, stock, now),
                 Err(e) => {
@@ -450,6 +475,7 @@ impl Shop {
                 }
             }
         }
+        asked
     }
 
     /// Reconciles (对账) what this shop asked of a supplier in `[from, to)` with the supplier's

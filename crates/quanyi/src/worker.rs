@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::{JobRun, Result, Shop};
 
 /// Runs the shop's durable jobs: delivery of paid orders and refunds of what could not be
-/// delivered, including jobs a stopped process left behind once their lease ran out. Several
+/// delivered, including jobs a stopped process left behind once their lease ran out; and keeps
+/// the supplier stock figures this process uses fresh. Several
 /// workers, in one process or many, can share one database: each job is claimed by one at a
 /// time.
 ///
@@ -47,11 +48,12 @@ impl Worker {
         self
     }
 
-    /// One pass: claims due jobs and runs them.
+    /// One pass: refreshes stale supplier stock figures, then claims due jobs and runs them.
     ///
     /// # Errors
     /// [`crate::Error::Storage`] when jobs cannot be claimed or recorded.
     pub async fn run_once(&self) -> Result<JobRun> {
+        self.shop.refresh_supplier_stock().await;
         self.shop.run_due_jobs(self.batch).await
     }
 

@@ -504,6 +504,24 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
             .await
             .is_ok()
     );
+    // The worker keeps the figure fresh between orders.
+    let checks = a.counts().stock_checks;
+    let worker = Worker::new(shop.clone());
+    worker.run_once().await.unwrap();
+    assert_eq!(a.counts().stock_checks, checks, "still fresh: not asked");
+    clock.advance(chrono::Duration::seconds(61));
+    a.set_stock(&cards, 7);
+    worker.run_once().await.unwrap();
+    assert_eq!(a.counts().stock_checks, checks + 1);
+    assert_eq!(
+        shop.availability(sku).await.unwrap(),
+        Availability::Limited(7)
+    );
+    assert_eq!(
+        a.counts().stock_checks,
+        checks + 1,
+        "the refreshed figure is used"
+    );
 }
 
 /// A worker that stops in the middle of a job: once its lease runs out another worker finishes
