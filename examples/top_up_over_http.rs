@@ -195,12 +195,59 @@ async fn buy_and_pay(shop: &Shop, sku: SkuId, buyer: &str) -> AnyResult<PaymentR
     Ok(receipt)
 }
 
+/// A simulator started on its own (`cargo run --example supplier_sim -- --port 7070 --secret S`)
+/// to use for the immediate route instead of one started here.
+struct External {
+    url: String,
+    secret: Vec<u8>,
+    id: String,
+}
+
+/// `[--supplier URL --secret S [--id sim-http]]`.
+fn external_supplier(mut args: impl Iterator<Item = String>) -> AnyResult<Option<External>> {
+    let (mut url, mut secret, mut id) = (None, None, "sim-http".to_owned());
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--supplier" => url = Some(value()?),
+            "--secret" => secret = Some(value()?),
+            "--id" => id = value()?,
+            other => {
+                return Err(format!(
+                    "unknown option {other}; usage: top_up_over_http [--supplier URL --secret S [--id ID]]"
+                )
+                .into());
+            }
+        }
+    }
+    match (url, secret) {
+        (None, None) => Ok(None),
+        (Some(url), Some(secret)) => {
+            let loopback =
+                url.starts_with("http://127.0.0.1:") || url.starts_with("http://localhost:");
+            if !loopback {
+                return Err("--supplier must be a loopback http address".into());
+            }
+            Ok(Some(External {
+                url,
+                secret: secret.into_bytes(),
+                id,
+            }))
+        }
+        _ => Err("--supplier and --secret go together".into()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> AnyResult<()> {
     let started = chrono::Utc::now();
     // One secret per run, shared by the shop and its suppliers (each direction signs with it).
     let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
-    let now_id = SupplierId::new("sim-now")?;
+    let external = external_supplier(std::env::args().skip(1))?;
+    let now_id = match &external {
+        Some(e) => SupplierId::new(e.id.clone())?,
+        None => SupplierId::new("sim-now")?,
+    };
     let later_id = SupplierId::new("sim-later")?;
     let gone_id = SupplierId::new("sim-gone")?;
 
@@ -209,7 +256,13 @@ async fn main() -> AnyResult<()> {
     let callback_listener = loopback_listener().await?;
     let callbacks_at = format!("http://{}/callbacks", callback_listener.local_addr()?);
     let later_callback = Url::parse(&format!("{callbacks_at}/{later_id}"))?;
-    let (now_base, now_server) = start_sim(&now_id, &secret, TopUpMode::Immediate, None).await?;
+    let (now_base, now_secret, now_server) = match &external {
+        Some(e) => (e.url.clone(), e.secret.clone(), None),
+        None => {
+            let (base, server) = start_sim(&now_id, &secret, TopUpMode::Immediate, None).await?;
+            (base, secret.clone(), Some(server))
+        }
+    };
     let (later_base, later_server) = start_sim(
         &later_id,
         &secret,
@@ -219,12 +272,19 @@ async fn main() -> AnyResult<()> {
     .await?;
     // An address with nothing listening: bind a port, then let it go.
     let gone_base = format!("http://{}", loopback_listener().await?.local_addr()?);
-    println!("supplier {now_id} at {now_base} (tops up at once)");
+    println!(
+        "supplier {now_id} at {now_base} (tops up at once{})",
+        if external.is_some() {
+            ", started separately"
+        } else {
+            ""
+        }
+    );
     println!("supplier {later_id} at {later_base} (accepts, finishes later, calls back)");
     println!("supplier {gone_id} at {gone_base} (nothing listening)");
     println!("shop takes callbacks at {callbacks_at}/{{supplier}}");
 
-    let now = http_supplier(&now_id, &now_base, &secret)?;
+    let now = http_supplier(&now_id, &now_base, &now_secret)?;
     let later = http_supplier(&later_id, &later_base, &secret)?;
     let gone = http_supplier(&gone_id, &gone_base, &secret)?;
     let product = ProductCode::new(TOP_UP_PRODUCT)?;
@@ -372,9 +432,15 @@ async fn main() -> AnyResult<()> {
     }
     ensure(statement.len() == 1, "the statement does not hold one line")?;
 
-    let once_now = now_server
-        .sim()
-        .executed(&RequestId::for_line(first, 1, &now_id));
+    let first_request = RequestId::for_line(first, 1, &now_id);
+    let once_now = match &now_server {
+        Some(server) => server.sim().executed(&first_request),
+        // A separately started simulator is asked over HTTP what it did.
+        None => match now.query(&first_request).await? {
+            quanyi::crates::supplier::RequestStatus::Succeeded { .. } => 1,
+            _ => 0,
+        },
+    };
     let once_later = later_server
         .sim()
         .executed(&RequestId::for_line(second, 1, &later_id));
@@ -383,11 +449,14 @@ async fn main() -> AnyResult<()> {
         once_now == 1 && once_later == 1,
         "a top-up was not done exactly once",
     )?;
-    ensure(
-        now_server.sim().counts().top_ups_executed + later_server.sim().counts().top_ups_executed
-            == 2,
-        "more top-ups than orders",
-    )?;
+    if let Some(now_server) = &now_server {
+        ensure(
+            now_server.sim().counts().top_ups_executed
+                + later_server.sim().counts().top_ups_executed
+                == 2,
+            "more top-ups than orders",
+        )?;
+    }
     println!("ok: both orders delivered over HTTP, each top-up done once");
     Ok(())
 }
