@@ -44,7 +44,7 @@ struct State {
     rings: Map<TenantId, (WrappedKeyRing, u64)>,
     notices: Map<(TenantId, String, String), PaymentNotice>,
     notice_log: Vec<(TenantId, String, String)>,
-    events: Vec<EventEnvelope>,
+    events: EventLog,
     event_pos: Map<EventId, usize>,
     aggregate_events: Map<(TenantId, String, String), Vec<usize>>,
     audit: Vec<AuditRecord>,
@@ -52,6 +52,42 @@ struct State {
     job_keys: Map<Key<String>, JobId>,
     queue: BTreeSet<(DateTime<Utc>, JobId)>,
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
+}
+
+/// The event log in fixed-size chunks: appending never moves what is stored, so a long-lived
+/// store does not copy (and fault in) an ever larger buffer as it grows.
+#[derive(Default)]
+struct EventLog {
+    chunks: Vec<Vec<EventEnvelope>>,
+    len: usize,
+}
+
+impl EventLog {
+    const CHUNK: usize = 4096;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, event: EventEnvelope) {
+        if self.chunks.last().is_none_or(|c| c.len() == Self::CHUNK) {
+            self.chunks.push(Vec::with_capacity(Self::CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(event);
+            self.len += 1;
+        }
+    }
+
+    fn get(&self, pos: usize) -> Option<&EventEnvelope> {
+        self.chunks
+            .get(pos / Self::CHUNK)
+            .and_then(|c| c.get(pos % Self::CHUNK))
+    }
+
+    fn from(&self, start: usize) -> impl Iterator<Item = &EventEnvelope> {
+        (start..self.len).filter_map(|p| self.get(p))
+    }
 }
 
 /// The unsold cards of one SKU, indexed so that finding free cards costs what is taken, not
@@ -1078,7 +1114,7 @@ impl EventStore for MemoryStore {
                 .map(|p| p + 1)
                 .ok_or_else(|| Error::not_found("event", id))?,
         };
-        Ok(s.events.iter().skip(start).take(limit).cloned().collect())
+        Ok(s.events.from(start).take(limit).cloned().collect())
     }
 }
 
