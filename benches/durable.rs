@@ -35,18 +35,16 @@
 // Rates and durations are converted between f64 and integers; all are small and non-negative.
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+mod shop_path;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use quanyi::{
-    BadLines, CartLine, Currency, ErrorKind, GoodsDraft, GoodsKind, ImportOptions, MemberId, Money,
-    OrderStatus, PaymentNotification, RootKey, Shop, SkuDraft, SkuId, SqliteStore,
-    StaticKeyProvider, StockSource, Store,
-};
+use quanyi::{ErrorKind, MemberId, SqliteStore};
 use quanyi_storage_postgres::{PgOptions, PgStore};
+use shop_path::Path;
 use tokio::runtime::Runtime;
 
 /// Concurrent buyers measured.
@@ -72,15 +70,6 @@ const BREAKDOWN: u32 = 300;
 /// The PostgreSQL budget: our orders/s over pgbench's tps.
 const PG_BUDGET: f64 = 0.5;
 
-/// A shop with one card-key SKU stocked from the vault, on some store.
-#[derive(Clone)]
-struct Path {
-    shop: Shop,
-    sku: SkuId,
-    next_code: Arc<AtomicU64>,
-    next_tx: Arc<AtomicU64>,
-}
-
 /// The outcome of one measured run of buyers.
 struct Run {
     orders: u64,
@@ -95,96 +84,11 @@ impl Run {
 }
 
 impl Path {
-    async fn new(store: Arc<dyn Store>) -> Self {
-        let root = RootKey::generate(&mut rand::thread_rng());
-        let shop = Shop::builder(store, Arc::new(StaticKeyProvider::new(root)))
-            .build()
-            .unwrap();
-        let sku = SkuId::generate(chrono::Utc::now(), &mut rand::thread_rng());
-        shop.create_goods(GoodsDraft {
-            title: "Video membership, 1 month".into(),
-            kind: GoodsKind::CardKey,
-            skus: vec![
-                SkuDraft::new(
-                    sku,
-                    "1 month",
-                    Money::parse("19.90", Currency::CNY).unwrap(),
-                )
-                .with_stock(StockSource::VaultPool),
-            ],
-        })
-        .await
-        .unwrap();
-        Path {
-            shop,
-            sku,
-            next_code: Arc::new(AtomicU64::new(0)),
-            next_tx: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Imports keys, untimed, until at least `target` are available.
-    async fn stock_up(&self, target: u64) {
-        let mut available = self.shop.stock(self.sku).await.unwrap().available;
-        while available < target {
-            let n = CHUNK.min(target - available);
-            let first = self.next_code.fetch_add(n, Ordering::Relaxed);
-            let mut text = String::with_capacity(usize::try_from(n).unwrap() * 20);
-            for i in first..first + n {
-                // "ABCD-1234-EFGH-5678"-shaped, unique per key.
-                let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                text.push_str(&format!(
-                    "{:04X}-{:04}-{:04X}-{:04}\n",
-                    h >> 48,
-                    i / 10_000 % 10_000,
-                    (h >> 32) & 0xFFFF,
-                    i % 10_000
-                ));
-            }
-            let report = self
-                .shop
-                .import_card_keys(
-                    self.sku,
-                    text.as_bytes(),
-                    &ImportOptions::default(),
-                    BadLines::Reject,
-                )
-                .await
-                .unwrap();
-            assert_eq!(
-                u64::try_from(report.imported).unwrap(),
-                n,
-                "every generated key is new"
-            );
-            available = report.stock.available;
-        }
-    }
-
-    /// One order: place (reserves one key), pay and deliver (one `confirm_payment`).
-    async fn order(&self, buyer: &MemberId) -> quanyi::Result<()> {
-        let order = self
-            .shop
-            .place_order(buyer, &[CartLine::new(self.sku, 1)])
-            .await?;
-        let tx = self.next_tx.fetch_add(1, Ordering::Relaxed);
-        let receipt = self
-            .shop
-            .confirm_payment(PaymentNotification {
-                provider: "alipay".into(),
-                transaction_id: format!("tx-{tx}"),
-                order: order.id(),
-                amount: order.total(),
-            })
-            .await?;
-        assert_eq!(receipt.order.status(), OrderStatus::Delivered);
-        Ok(())
-    }
-
     /// `buyers` tasks order until `secs` have passed (or the stock runs out). Stock for
     /// `expected` orders/s is imported first, untimed.
     async fn run(&self, buyers: usize, secs: f64, expected: f64) -> Run {
         let want = ((expected * secs * 1.5) as u64).max(200) + STOCK_FLOOR;
-        self.stock_up(want).await;
+        self.stock_up(want, CHUNK).await;
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(secs);
         let handles: Vec<_> = (0..buyers)
@@ -220,27 +124,14 @@ impl Path {
     /// Mean microseconds of `place_order` and of `confirm_payment` (delivery included), one
     /// buyer, over `orders` orders.
     async fn breakdown(&self, orders: u32) -> (f64, f64) {
-        self.stock_up(u64::from(orders) + STOCK_FLOOR).await;
+        self.stock_up(u64::from(orders) + STOCK_FLOOR, CHUNK).await;
         let buyer = MemberId::new("buyer-0").unwrap();
         let (mut place, mut pay) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..orders {
             let t0 = Instant::now();
-            let order = self
-                .shop
-                .place_order(&buyer, &[CartLine::new(self.sku, 1)])
-                .await
-                .unwrap();
+            let order = self.place(&buyer).await.unwrap();
             let t1 = Instant::now();
-            let tx = self.next_tx.fetch_add(1, Ordering::Relaxed);
-            self.shop
-                .confirm_payment(PaymentNotification {
-                    provider: "alipay".into(),
-                    transaction_id: format!("tx-{tx}"),
-                    order: order.id(),
-                    amount: order.total(),
-                })
-                .await
-                .unwrap();
+            self.pay(&order).await.unwrap();
             place += t1 - t0;
             pay += t1.elapsed();
         }
@@ -250,7 +141,7 @@ impl Path {
 
     /// A few orders, for the smoke test.
     async fn smoke(&self) {
-        self.stock_up(20).await;
+        self.stock_up(20, CHUNK).await;
         for buyers in [1, 2] {
             let handles: Vec<_> = (0..buyers)
                 .map(|b| {

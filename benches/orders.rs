@@ -17,17 +17,16 @@
 //! After criterion, both are timed again with plain loops and printed as orders/s and ratios.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod shop_path;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use quanyi::{
-    BadLines, CartLine, Currency, GoodsDraft, GoodsKind, ImportOptions, MemberId, MemoryStore,
-    Money, Order, OrderStatus, PaymentNotification, RootKey, Shop, SkuDraft, SkuId,
-    StaticKeyProvider, StockSource,
-};
+use quanyi::{MemberId, MemoryStore};
+use shop_path::Path;
 use tokio::runtime::Runtime;
 
 /// Lines per import call.
@@ -35,116 +34,10 @@ const CHUNK: u64 = 50_000;
 /// Keys left in stock beyond what a sample sells.
 const STOCK_FLOOR: u64 = 1_000;
 
-/// A shop with one card-key SKU stocked from the vault.
-#[derive(Clone)]
-struct Path {
-    shop: Shop,
-    sku: SkuId,
-    /// Unique card codes and transaction ids.
-    next_code: Arc<AtomicU64>,
-    next_tx: Arc<AtomicU64>,
-}
-
 impl Path {
-    async fn new() -> Self {
-        let root = RootKey::generate(&mut rand::thread_rng());
-        let shop = Shop::builder(
-            Arc::new(MemoryStore::new()),
-            Arc::new(StaticKeyProvider::new(root)),
-        )
-        .build()
-        .unwrap();
-        let sku = SkuId::generate(chrono::Utc::now(), &mut rand::thread_rng());
-        shop.create_goods(GoodsDraft {
-            title: "Video membership, 1 month".into(),
-            kind: GoodsKind::CardKey,
-            skus: vec![
-                SkuDraft::new(
-                    sku,
-                    "1 month",
-                    Money::parse("19.90", Currency::CNY).unwrap(),
-                )
-                .with_stock(StockSource::VaultPool),
-            ],
-        })
-        .await
-        .unwrap();
-        Path {
-            shop,
-            sku,
-            next_code: Arc::new(AtomicU64::new(0)),
-            next_tx: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Imports keys, untimed, until at least `target` are available.
-    async fn stock_up(&self, target: u64) {
-        let mut available = self.shop.stock(self.sku).await.unwrap().available;
-        while available < target {
-            let n = CHUNK.min(target - available);
-            let first = self.next_code.fetch_add(n, Ordering::Relaxed);
-            let mut text = String::with_capacity(usize::try_from(n).unwrap() * 20);
-            for i in first..first + n {
-                // "ABCD-1234-EFGH-5678"-shaped, unique per key.
-                let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                text.push_str(&format!(
-                    "{:04X}-{:04}-{:04X}-{:04}\n",
-                    h >> 48,
-                    i / 10_000 % 10_000,
-                    (h >> 32) & 0xFFFF,
-                    i % 10_000
-                ));
-            }
-            let report = self
-                .shop
-                .import_card_keys(
-                    self.sku,
-                    text.as_bytes(),
-                    &ImportOptions::default(),
-                    BadLines::Reject,
-                )
-                .await
-                .unwrap();
-            assert_eq!(
-                u64::try_from(report.imported).unwrap(),
-                n,
-                "every generated key is new"
-            );
-            available = report.stock.available;
-        }
-    }
-
-    /// One order: place (reserves one key), pay, deliver (inside `confirm_payment`).
-    async fn order(&self, buyer: &MemberId) {
-        let order = self.place(buyer).await;
-        self.pay(&order).await;
-    }
-
-    async fn place(&self, buyer: &MemberId) -> Order {
-        self.shop
-            .place_order(buyer, &[CartLine::new(self.sku, 1)])
-            .await
-            .unwrap()
-    }
-
-    async fn pay(&self, order: &Order) {
-        let tx = self.next_tx.fetch_add(1, Ordering::Relaxed);
-        let receipt = self
-            .shop
-            .confirm_payment(PaymentNotification {
-                provider: "alipay".into(),
-                transaction_id: format!("tx-{tx}"),
-                order: order.id(),
-                amount: order.total(),
-            })
-            .await
-            .unwrap();
-        debug_assert_eq!(receipt.order.status(), OrderStatus::Delivered);
-    }
-
     /// `orders` orders split across `tasks` spawned tasks; stock is bought untimed first.
     async fn run(&self, orders: u64, tasks: u64) -> Duration {
-        self.stock_up(orders + STOCK_FLOOR).await;
+        self.stock_up(orders + STOCK_FLOOR, CHUNK).await;
         let start = Instant::now();
         let handles: Vec<_> = (0..tasks)
             .map(|t| {
@@ -153,7 +46,7 @@ impl Path {
                 tokio::spawn(async move {
                     let buyer = MemberId::new(format!("member-{t}")).unwrap();
                     for _ in 0..n {
-                        path.order(&buyer).await;
+                        path.order(&buyer).await.unwrap();
                     }
                 })
             })
@@ -272,7 +165,7 @@ fn runtime() -> Runtime {
 
 fn bench_orders(c: &mut Criterion) {
     let rt = runtime();
-    let path = rt.block_on(Path::new());
+    let path = rt.block_on(Path::new(Arc::new(MemoryStore::new())));
     let floor = Floor::default();
 
     let mut g = c.benchmark_group("orders");
@@ -302,7 +195,7 @@ fn print_figures() {
     const ORDERS: u64 = 20_000;
     const ROUNDS: usize = 5;
     let rt = runtime();
-    let path = rt.block_on(Path::new());
+    let path = rt.block_on(Path::new(Arc::new(MemoryStore::new())));
     let floor = Floor::default();
     println!();
     println!("medians of {ROUNDS} interleaved rounds of {ORDERS} orders (2 worker threads):");
@@ -334,18 +227,18 @@ fn print_breakdown() {
     println!("breakdown by pool size (keys in stock while ordering), 1 task:");
     for (pool, orders) in [(100u64, 5_000u64), (1_000, 5_000), (10_000, 1_000)] {
         let (place, pay) = rt.block_on(async {
-            let path = Path::new().await;
+            let path = Path::new(Arc::new(MemoryStore::new())).await;
             let buyer = MemberId::new("member-0").unwrap();
             let batch = (pool / 10).max(10);
             let (mut place, mut pay) = (Duration::ZERO, Duration::ZERO);
             let mut done = 0;
             while done < orders {
-                path.stock_up(pool).await;
+                path.stock_up(pool, CHUNK).await;
                 for _ in 0..batch {
                     let t0 = Instant::now();
-                    let order = path.place(&buyer).await;
+                    let order = path.place(&buyer).await.unwrap();
                     let t1 = Instant::now();
-                    path.pay(&order).await;
+                    path.pay(&order).await.unwrap();
                     place += t1 - t0;
                     pay += t1.elapsed();
                 }
