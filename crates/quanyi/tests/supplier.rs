@@ -167,6 +167,28 @@ fn sim(id: &str, mode: TopUpMode, faults: Faults) -> SimSupplier {
         .with_faults(faults)
 }
 
+/// Pays an order in full with a fresh transaction id; returns the order after the payment.
+async fn pay(shop: &Shop, order: &Order) -> PaymentReceipt {
+    shop.confirm_payment(PaymentNotification {
+        provider: "testpay".into(),
+        transaction_id: format!("txn-{}", order.id()),
+        order: order.id(),
+        amount: order.total(),
+    })
+    .await
+    .unwrap()
+}
+
+/// Two suppliers that answer at once, without faults.
+async fn healthy(store: Arc<dyn Store>) -> World {
+    world(
+        store,
+        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
+        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
+    )
+    .await
+}
+
 async fn buy(w: &World, n: u32) -> Order {
     let buyer = MemberId::new(format!("buyer-{n}")).unwrap();
     let order = w
@@ -177,16 +199,7 @@ async fn buy(w: &World, n: u32) -> Order {
         )
         .await
         .unwrap();
-    w.shop
-        .confirm_payment(PaymentNotification {
-            provider: "testpay".into(),
-            transaction_id: format!("txn-{}", order.id()),
-            order: order.id(),
-            amount: order.total(),
-        })
-        .await
-        .unwrap()
-        .order
+    pay(&w.shop, &order).await.order
 }
 
 fn request(order: &Order, supplier: &str) -> RequestId {
@@ -222,12 +235,7 @@ async fn a_timeout_after_success_is_queried_not_failed_over(store: Arc<dyn Store
 }
 
 async fn a_definite_failure_fails_over_and_the_breaker_cycles(store: Arc<dyn Store>) {
-    let w = world(
-        store,
-        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
-        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
-    )
-    .await;
+    let w = healthy(store).await;
     w.a.set_down(true);
     for n in 0..2 {
         let order = buy(&w, n).await;
@@ -393,12 +401,7 @@ async fn bad_callbacks_are_refused_and_deliver_nothing(store: Arc<dyn Store>) {
 }
 
 async fn when_every_route_fails_the_line_is_refunded_once(store: Arc<dyn Store>) {
-    let w = world(
-        store,
-        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
-        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
-    )
-    .await;
+    let w = healthy(store).await;
     w.a.set_down(true);
     w.b.set_down(true);
     let order = buy(&w, 1).await;
@@ -462,15 +465,7 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
         .place_order(&buyer, &[CartLine::new(sku, 2)])
         .await
         .unwrap();
-    let receipt = shop
-        .confirm_payment(PaymentNotification {
-            provider: "testpay".into(),
-            transaction_id: "txn-cards".into(),
-            order: order.id(),
-            amount: order.total(),
-        })
-        .await
-        .unwrap();
+    let receipt = pay(&shop, &order).await;
     assert_eq!(receipt.order.status(), OrderStatus::Delivered);
     assert_eq!(a.counts().purchases_executed, 1);
     assert_eq!(a.executed(&request(&order, "sim-a")), 1);
@@ -571,12 +566,7 @@ async fn a_dropped_worker_is_taken_over_after_its_lease(store: Arc<dyn Store>) {
 /// A benefit pack of a card key, a top-up and a membership: every route of the top-up fails, so
 /// its allocated share is refunded once; the card key and the membership are delivered.
 async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn Store>) {
-    let w = world(
-        store,
-        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
-        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
-    )
-    .await;
+    let w = healthy(store).await;
     w.a.set_down(true);
     w.b.set_down(true);
     let card = SkuId::generate(t0(), &mut rand::thread_rng());
@@ -666,17 +656,7 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
         8000,
         "shares sum to the pack's price"
     );
-    let done = w
-        .shop
-        .confirm_payment(PaymentNotification {
-            provider: "testpay".into(),
-            transaction_id: "txn-pack".into(),
-            order: order.id(),
-            amount: order.total(),
-        })
-        .await
-        .unwrap()
-        .order;
+    let done = pay(&w.shop, &order).await.order;
     assert_eq!(done.status(), OrderStatus::PartiallyDelivered);
     let status: Vec<LineStatus> = done.lines().iter().map(|l| l.status).collect();
     assert_eq!(
@@ -714,12 +694,7 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
 /// Reconciliation compares the shop's supplier requests of a period with the statement.
 async fn reconciliation_matches_the_statement_and_finds_extras(store: Arc<dyn Store>) {
     use quanyi::crates::supplier::{Supplier as _, TopUpRequest};
-    let w = world(
-        store,
-        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
-        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
-    )
-    .await;
+    let w = healthy(store).await;
     for n in 0..2 {
         assert_eq!(buy(&w, n).await.status(), OrderStatus::Delivered);
     }
@@ -759,12 +734,7 @@ async fn reconciliation_matches_the_statement_and_finds_extras(store: Arc<dyn St
 /// Reservation codes are generated on payment, with a check character, sealed, unique, and
 /// revealed to the buyer.
 async fn reservation_codes_are_generated_sealed_and_revealed(store: Arc<dyn Store>) {
-    let w = world(
-        store,
-        sim("sim-a", TopUpMode::Immediate, Faults::NONE),
-        sim("sim-b", TopUpMode::Immediate, Faults::NONE),
-    )
-    .await;
+    let w = healthy(store).await;
     let sku = SkuId::generate(t0(), &mut rand::thread_rng());
     w.shop
         .create_goods(GoodsDraft {
@@ -784,17 +754,7 @@ async fn reservation_codes_are_generated_sealed_and_revealed(store: Arc<dyn Stor
         .place_order(&buyer, &[CartLine::new(sku, 3)])
         .await
         .unwrap();
-    let done = w
-        .shop
-        .confirm_payment(PaymentNotification {
-            provider: "testpay".into(),
-            transaction_id: "txn-codes".into(),
-            order: order.id(),
-            amount: order.total(),
-        })
-        .await
-        .unwrap()
-        .order;
+    let done = pay(&w.shop, &order).await.order;
     assert_eq!(done.status(), OrderStatus::Delivered);
     let codes: Vec<String> = w
         .shop
