@@ -68,9 +68,16 @@ macro_rules! define_id {
         $(#[$doc])*
         ///
         /// Time-ordered (UUID v7); shown as the prefix followed by 32 hex digits.
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(uuid::Uuid);
+
+        // Written as its text straight into the output, without an intermediate string.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
 
         impl $name {
             /// The text prefix of this id type.
@@ -201,9 +208,15 @@ macro_rules! define_name {
         $(#[$doc])*
         ///
         /// 1 to 64 characters of ASCII letters, digits and `_ - . : @`.
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(std::sync::Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Validates and wraps a name.

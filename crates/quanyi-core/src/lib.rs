@@ -10,7 +10,7 @@ pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ErrorKind;
-pub use event::{DomainEvent, EventEnvelope};
+pub use event::{DomainEvent, EventEnvelope, Payload};
 pub use id::{
     AuditId, BatchId, CardId, EventId, GoodsId, IdError, JobId, MAX_NAME_LEN, MemberId, OrderId,
     SkuId, TenantId, uuid_v7, uuid_v7_sequence,

@@ -44,13 +44,13 @@ impl MoneyError {
 
 /// A currency with its ISO 4217 code and minor-unit exponent (CNY has 2, JPY has 0).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "CurrencyRepr", into = "CurrencyRepr")]
+#[serde(try_from = "CurrencyRepr", into = "CurrencyRef")]
 pub struct Currency {
     code: [u8; 3],
     exponent: u8,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct CurrencyRepr {
     code: String,
     exponent: u8,
@@ -63,10 +63,26 @@ impl TryFrom<CurrencyRepr> for Currency {
     }
 }
 
-impl From<Currency> for CurrencyRepr {
+/// The serialized form, borrowing nothing and allocating nothing.
+#[derive(Serialize)]
+struct CurrencyRef {
+    code: CodeText,
+    exponent: u8,
+}
+
+/// A currency's code written as a string.
+struct CodeText(Currency);
+
+impl Serialize for CodeText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.code())
+    }
+}
+
+impl From<Currency> for CurrencyRef {
     fn from(c: Currency) -> Self {
-        CurrencyRepr {
-            code: c.code().to_owned(),
+        CurrencyRef {
+            code: CodeText(c),
             exponent: c.exponent,
         }
     }

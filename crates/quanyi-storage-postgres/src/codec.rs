@@ -73,8 +73,8 @@ impl EventColumns {
         for e in events {
             cols.ids.push(*e.id.as_uuid());
             cols.tenants.push(e.tenant.as_str().to_owned());
-            cols.types.push(e.aggregate_type.clone());
-            cols.aggregates.push(e.aggregate_id.clone());
+            cols.types.push(e.aggregate_type.to_string());
+            cols.aggregates.push(e.aggregate_id.to_string());
             cols.docs.push(to_json(e, "event")?);
         }
         Ok(cols)

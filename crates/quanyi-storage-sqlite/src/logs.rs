@@ -25,8 +25,8 @@ pub(crate) fn event_rows(events: &[EventEnvelope]) -> Result<Vec<EventRow>> {
             Ok(EventRow {
                 id: e.id,
                 tenant: e.tenant.as_str().to_owned(),
-                aggregate_type: e.aggregate_type.clone(),
-                aggregate_id: e.aggregate_id.clone(),
+                aggregate_type: e.aggregate_type.to_string(),
+                aggregate_id: e.aggregate_id.to_string(),
                 doc: to_doc(e, "event")?,
             })
         })

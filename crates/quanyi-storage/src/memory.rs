@@ -2,8 +2,10 @@
 //! reference the conformance suite holds the durable adapters to, and the store of tests,
 //! examples and single-process hosts that keep nothing across restarts.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -34,19 +36,23 @@ type Set<T> = HashSet<T, foldhash::fast::RandomState>;
 struct State {
     goods: Map<Key<GoodsId>, Goods>,
     sku_goods: Map<Key<SkuId>, GoodsId>,
-    orders: Map<Key<OrderId>, Order>,
+    // Orders and notices are boxed: when a map grows it moves pointers, not whole rows.
+    orders: Map<Key<OrderId>, Box<Order>>,
     member_orders: Map<Key<MemberId>, Vec<OrderId>>,
     unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
-    cards: Map<CardId, StoredCard>,
+    cards: BTreeMap<CardId, StoredCard>,
     pools: Map<Key<SkuId>, Pool>,
     order_cards: Map<Key<OrderId>, Vec<CardId>>,
     blind: Set<Key<BlindIndex>>,
     rings: Map<TenantId, (WrappedKeyRing, u64)>,
-    notices: Map<(TenantId, String, String), PaymentNotice>,
-    notice_log: Vec<(TenantId, String, String)>,
+    notices: Map<(TenantId, String, String), Box<PaymentNotice>>,
+    /// The notices kept for reconciliation (not applied), in the order they came. Notices are
+    /// never changed once recorded.
+    to_reconcile: Vec<(TenantId, String, String)>,
     events: EventLog,
-    event_pos: Map<EventId, usize>,
-    aggregate_events: Map<(TenantId, String, String), Vec<usize>>,
+    event_pos: BTreeMap<EventId, usize>,
+    /// Positions in `events` by aggregate; the key shares the envelope's strings.
+    aggregate_events: Map<(TenantId, Cow<'static, str>, Arc<str>), Vec<usize>>,
     audit: Vec<AuditRecord>,
     jobs: Map<JobId, Job>,
     job_keys: Map<Key<String>, JobId>,
@@ -193,31 +199,52 @@ fn is_live(status: OrderStatus) -> bool {
 impl State {
     /// The first event id that is stored already or repeats within `events`.
     fn event_conflict(&self, events: &[EventEnvelope]) -> Option<EventId> {
-        let mut seen = Set::with_capacity_and_hasher(events.len(), Default::default());
+        // A change carries a handful of events: comparing pairs beats building a set.
         events
             .iter()
-            .find(|e| self.event_pos.contains_key(&e.id) || !seen.insert(e.id))
-            .map(|e| e.id)
+            .enumerate()
+            .find(|(i, e)| {
+                self.event_pos.contains_key(&e.id) || events[..*i].iter().any(|p| p.id == e.id)
+            })
+            .map(|(_, e)| e.id)
     }
 
     fn push_events(&mut self, events: &[EventEnvelope]) -> Result<()> {
         if let Some(id) = self.event_conflict(events) {
             return Err(Error::conflict("event", id, "id already stored"));
         }
+        self.push_checked_events(events);
+        Ok(())
+    }
+
+    /// Appends events whose ids were checked with [`State::event_conflict`] under this lock.
+    fn push_checked_events(&mut self, events: &[EventEnvelope]) {
+        // The events of one change usually share their aggregate: look its index up once.
+        let mut run: Option<(&EventEnvelope, &mut Vec<usize>)> = None;
         for e in events {
             let pos = self.events.len();
             self.event_pos.insert(e.id, pos);
-            self.aggregate_events
-                .entry((
-                    e.tenant.clone(),
-                    e.aggregate_type.clone(),
-                    e.aggregate_id.clone(),
-                ))
-                .or_default()
-                .push(pos);
+            let same = run.as_ref().is_some_and(|(first, _)| {
+                first.tenant == e.tenant
+                    && first.aggregate_type == e.aggregate_type
+                    && first.aggregate_id == e.aggregate_id
+            });
+            if !same {
+                let index = self
+                    .aggregate_events
+                    .entry((
+                        e.tenant.clone(),
+                        e.aggregate_type.clone(),
+                        e.aggregate_id.clone(),
+                    ))
+                    .or_default();
+                run = Some((e, index));
+            }
+            if let Some((_, index)) = run.as_mut() {
+                index.push(pos);
+            }
             self.events.push(e.clone());
         }
-        Ok(())
     }
 
     fn check_order_change(&self, change: &OrderChange<'_>) -> Result<()> {
@@ -258,8 +285,14 @@ impl State {
             self.unpaid
                 .insert((order.expires_at(), key.0.clone(), key.1));
         }
-        self.orders.insert(key, order.clone());
-        self.push_events(change.events)
+        match self.orders.get_mut(&key) {
+            Some(slot) => order.clone_into(slot),
+            None => {
+                self.orders.insert(key, Box::new(order.clone()));
+            }
+        }
+        self.push_checked_events(change.events);
+        Ok(())
     }
 
     fn member_quantity(&self, tenant: &TenantId, member: &MemberId, sku: SkuId) -> u64 {
@@ -564,8 +597,9 @@ impl OrderStore for MemoryStore {
             s.unpaid
                 .insert((order.expires_at(), tenant.clone(), order.id()));
         }
-        s.orders.insert((tenant, order.id()), order.clone());
-        s.push_events(new.events)?;
+        s.orders
+            .insert((tenant, order.id()), Box::new(order.clone()));
+        s.push_checked_events(new.events);
         Ok(chosen)
     }
 
@@ -576,7 +610,12 @@ impl OrderStore for MemoryStore {
     }
 
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {
-        Ok(self.state.lock().orders.get(&(tenant.clone(), id)).cloned())
+        Ok(self
+            .state
+            .lock()
+            .orders
+            .get(&(tenant.clone(), id))
+            .map(|o| Order::clone(o)))
     }
 
     async fn member_orders(
@@ -591,7 +630,8 @@ impl OrderStore for MemoryStore {
             .get(&(tenant.clone(), member.clone()))
             .map(|ids| {
                 ids.iter()
-                    .filter_map(|id| s.orders.get(&(tenant.clone(), *id)).cloned())
+                    .filter_map(|id| s.orders.get(&(tenant.clone(), *id)))
+                    .map(|o| Order::clone(o))
                     .collect()
             })
             .unwrap_or_default();
@@ -618,7 +658,7 @@ impl OrderStore for MemoryStore {
                     && o.updated_at() < to
                     && after.is_none_or(|cursor| (o.updated_at(), o.id()) > cursor)
             })
-            .map(|(_, o)| o)
+            .map(|(_, o)| &**o)
             .collect();
         out.sort_by_key(|o| (o.updated_at(), o.id()));
         Ok(out.into_iter().take(limit).cloned().collect())
@@ -999,7 +1039,7 @@ impl PaymentStore for MemoryStore {
             notice.transaction_id.clone(),
         );
         if let Some(first) = s.notices.get(&key) {
-            return Ok(RecordOutcome::Duplicate(first.clone()));
+            return Ok(RecordOutcome::Duplicate(PaymentNotice::clone(first)));
         }
         if let Some(change) = &write.change {
             s.check_order_change(change)?;
@@ -1033,8 +1073,10 @@ impl PaymentStore for MemoryStore {
         if let Some(job) = write.job {
             s.enqueue(job, now);
         }
-        s.notices.insert(key.clone(), notice.clone());
-        s.notice_log.push(key);
+        if !matches!(notice.disposition, crate::NoticeDisposition::Applied) {
+            s.to_reconcile.push(key.clone());
+        }
+        s.notices.insert(key, Box::new(notice.clone()));
         Ok(RecordOutcome::Recorded)
     }
 
@@ -1053,7 +1095,7 @@ impl PaymentStore for MemoryStore {
                 provider.to_owned(),
                 transaction_id.to_owned(),
             ))
-            .cloned())
+            .map(|n| PaymentNotice::clone(n)))
     }
 
     async fn notices_to_reconcile(
@@ -1062,13 +1104,12 @@ impl PaymentStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<PaymentNotice>> {
         let s = self.state.lock();
-        Ok(s.notice_log
+        Ok(s.to_reconcile
             .iter()
             .filter(|k| &k.0 == tenant)
             .filter_map(|k| s.notices.get(k))
-            .filter(|n| !matches!(n.disposition, crate::NoticeDisposition::Applied))
             .take(limit)
-            .cloned()
+            .map(|n| PaymentNotice::clone(n))
             .collect())
     }
 }
@@ -1089,8 +1130,8 @@ impl EventStore for MemoryStore {
         Ok(s.aggregate_events
             .get(&(
                 tenant.clone(),
-                aggregate_type.to_owned(),
-                aggregate_id.to_owned(),
+                Cow::Owned(aggregate_type.to_owned()),
+                Arc::from(aggregate_id),
             ))
             .map(|pos| {
                 pos.iter()

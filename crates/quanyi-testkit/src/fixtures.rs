@@ -84,6 +84,7 @@ pub fn order(goods: &Goods, member: &MemberId, quantity: u32) -> (Order, Vec<Ord
 /// Wraps order events in envelopes numbered from the order's version.
 pub fn envelopes(order: &Order, events: &[OrderEvent]) -> Vec<EventEnvelope> {
     let base = order.version().saturating_sub(events.len() as u64);
+    let aggregate: std::sync::Arc<str> = order.id().to_string().into();
     events
         .iter()
         .enumerate()
@@ -92,7 +93,7 @@ pub fn envelopes(order: &Order, events: &[OrderEvent]) -> Vec<EventEnvelope> {
                 id(EventId::generate),
                 order.tenant().clone(),
                 "order",
-                order.id().to_string(),
+                aggregate.clone(),
                 base + i as u64 + 1,
                 t0(),
                 e,

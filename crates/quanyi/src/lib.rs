@@ -24,7 +24,7 @@ pub use worker::Worker;
 
 pub use quanyi_core::{
     CardId, Clock, Currency, Decimal, ErrorKind, EventEnvelope, GoodsId, ManualClock, MemberId,
-    Money, OrderId, Rounding, SkuId, SystemClock, TenantId, chrono,
+    Money, OrderId, Payload, Rounding, SkuId, SystemClock, TenantId, chrono,
 };
 pub use quanyi_goods::{
     AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, PurchaseLimits, Shelf,

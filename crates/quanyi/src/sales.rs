@@ -631,23 +631,29 @@ fn assign_held_cards(
     order: &Order,
     held: &[HeldCard],
 ) -> Option<Vec<(u16, u32, Vec<quanyi_core::CardId>)>> {
-    let mut pools: HashMap<SkuId, Vec<quanyi_core::CardId>> = HashMap::new();
-    for card in held {
-        if matches!(card.state, CardState::Reserved { .. }) {
-            pools.entry(card.sku).or_default().push(card.id);
-        }
-    }
+    // Reserved cards in the order they are held; each line takes the first unused ones of its
+    // SKU. An order has a few lines, so scanning beats building a map.
+    let mut used = vec![false; held.len()];
     let mut out = Vec::with_capacity(order.lines().len());
     for line in order.lines() {
         if line.status != LineStatus::Pending {
             return None;
         }
-        let pool = pools.get_mut(&line.sku)?;
         let n = usize::try_from(line.quantity).ok()?;
-        if pool.len() < n {
+        let mut cards = Vec::with_capacity(n);
+        for (card, used) in held.iter().zip(used.iter_mut()) {
+            if cards.len() == n {
+                break;
+            }
+            if !*used && card.sku == line.sku && matches!(card.state, CardState::Reserved { .. }) {
+                *used = true;
+                cards.push(card.id);
+            }
+        }
+        if cards.len() < n {
             return None;
         }
-        out.push((line.no, line.quantity, pool.drain(..n).collect()));
+        out.push((line.no, line.quantity, cards));
     }
     Some(out)
 }

@@ -282,13 +282,14 @@ impl Shop {
     /// Wraps domain events of one aggregate change, all at the version the change produced.
     pub(crate) fn envelopes<E: DomainEvent>(
         &self,
-        aggregate_type: &str,
+        aggregate_type: &'static str,
         aggregate_id: String,
         version: u64,
         events: &[E],
         now: DateTime<Utc>,
     ) -> Result<Vec<EventEnvelope>> {
         let mut rng = rand::thread_rng();
+        let aggregate_id: std::sync::Arc<str> = aggregate_id.into();
         events
             .iter()
             .map(|e| {

@@ -60,7 +60,7 @@ async fn a_paid_order_is_delivered_once_and_revealed_to_its_buyer() {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.name)
+        .map(|e| e.name.into_owned())
         .collect();
     assert_eq!(
         names,
