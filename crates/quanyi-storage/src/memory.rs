@@ -36,7 +36,7 @@ type Set<T> = HashSet<T, foldhash::fast::RandomState>;
 struct State {
     goods: Map<Key<GoodsId>, Goods>,
     sku_goods: Map<Key<SkuId>, GoodsId>,
-    // Orders and notices are boxed: when a map grows it moves pointers, not whole rows.
+    // Orders are boxed: when the map grows it moves pointers, not whole orders.
     orders: Map<Key<OrderId>, Box<Order>>,
     member_orders: Map<Key<MemberId>, Vec<OrderId>>,
     unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
@@ -45,10 +45,10 @@ struct State {
     order_cards: Map<Key<OrderId>, Vec<CardId>>,
     blind: Set<Key<BlindIndex>>,
     rings: Map<TenantId, (WrappedKeyRing, u64)>,
-    notices: Map<(TenantId, String, String), Box<PaymentNotice>>,
+    notices: Map<NoticeKey, NoticeRow>,
     /// The notices kept for reconciliation (not applied), in the order they came. Notices are
     /// never changed once recorded.
-    to_reconcile: Vec<(TenantId, String, String)>,
+    to_reconcile: Vec<NoticeKey>,
     events: EventLog,
     event_pos: BTreeMap<EventId, usize>,
     /// Positions in `events` by aggregate; the key shares the envelope's strings.
@@ -58,6 +58,40 @@ struct State {
     job_keys: Map<Key<String>, JobId>,
     queue: BTreeSet<(DateTime<Utc>, JobId)>,
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
+}
+
+/// A payment notice's identity: tenant, provider, transaction id.
+type NoticeKey = (TenantId, String, String);
+
+/// A recorded payment notice without the names its key holds.
+struct NoticeRow {
+    order: OrderId,
+    amount: quanyi_core::Money,
+    received_at: DateTime<Utc>,
+    disposition: crate::NoticeDisposition,
+}
+
+impl NoticeRow {
+    fn of(notice: &PaymentNotice) -> Self {
+        NoticeRow {
+            order: notice.order,
+            amount: notice.amount,
+            received_at: notice.received_at,
+            disposition: notice.disposition.clone(),
+        }
+    }
+
+    fn notice(&self, (tenant, provider, transaction_id): &NoticeKey) -> PaymentNotice {
+        PaymentNotice {
+            tenant: tenant.clone(),
+            provider: provider.clone(),
+            transaction_id: transaction_id.clone(),
+            order: self.order,
+            amount: self.amount,
+            received_at: self.received_at,
+            disposition: self.disposition.clone(),
+        }
+    }
 }
 
 /// The event log in fixed-size chunks: appending never moves what is stored, so a long-lived
@@ -1039,7 +1073,7 @@ impl PaymentStore for MemoryStore {
             notice.transaction_id.clone(),
         );
         if let Some(first) = s.notices.get(&key) {
-            return Ok(RecordOutcome::Duplicate(PaymentNotice::clone(first)));
+            return Ok(RecordOutcome::Duplicate(first.notice(&key)));
         }
         if let Some(change) = &write.change {
             s.check_order_change(change)?;
@@ -1076,7 +1110,7 @@ impl PaymentStore for MemoryStore {
         if !matches!(notice.disposition, crate::NoticeDisposition::Applied) {
             s.to_reconcile.push(key.clone());
         }
-        s.notices.insert(key, Box::new(notice.clone()));
+        s.notices.insert(key, NoticeRow::of(notice));
         Ok(RecordOutcome::Recorded)
     }
 
@@ -1086,16 +1120,17 @@ impl PaymentStore for MemoryStore {
         provider: &str,
         transaction_id: &str,
     ) -> Result<Option<PaymentNotice>> {
+        let key = (
+            tenant.clone(),
+            provider.to_owned(),
+            transaction_id.to_owned(),
+        );
         Ok(self
             .state
             .lock()
             .notices
-            .get(&(
-                tenant.clone(),
-                provider.to_owned(),
-                transaction_id.to_owned(),
-            ))
-            .map(|n| PaymentNotice::clone(n)))
+            .get(&key)
+            .map(|row| row.notice(&key)))
     }
 
     async fn notices_to_reconcile(
@@ -1107,9 +1142,8 @@ impl PaymentStore for MemoryStore {
         Ok(s.to_reconcile
             .iter()
             .filter(|k| &k.0 == tenant)
-            .filter_map(|k| s.notices.get(k))
+            .filter_map(|k| s.notices.get(k).map(|row| row.notice(k)))
             .take(limit)
-            .map(|n| PaymentNotice::clone(n))
             .collect())
     }
 }

@@ -34,7 +34,7 @@ impl Shop {
             kind: goods.kind().tag().as_str(),
             skus: goods.skus().len(),
         };
-        let events = self.envelopes("goods", id.to_string(), goods.version(), &[event], now)?;
+        let events = self.envelopes("goods", id, goods.version(), &[event], now)?;
         self.store_ref().insert_goods(&goods, &events).await?;
         tracing::info!(goods = %id, skus = goods.skus().len(), "goods created");
         Ok(goods)
@@ -63,7 +63,7 @@ impl Shop {
         let now = self.now();
         let events = self.envelopes(
             "goods",
-            goods.id().to_string(),
+            goods.id(),
             goods.version(),
             &[CatalogEvent::ShelfChanged { sku, shelf }],
             now,

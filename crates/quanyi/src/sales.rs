@@ -327,7 +327,7 @@ impl Shop {
             .iter()
             .filter_map(|(sku, (_, limit, _))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
             .collect();
-        let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
+        let envs = self.envelopes("order", id, order.version(), &events, now)?;
         self.store_ref()
             .place_order(
                 NewOrder {
@@ -412,7 +412,7 @@ impl Shop {
                     let plan = self.plan_payment(order, payment, now).await?;
                     let envs = self.envelopes(
                         "order",
-                        plan.order.id().to_string(),
+                        plan.order.id(),
                         plan.order.version(),
                         &plan.events,
                         now,
@@ -539,7 +539,7 @@ impl Shop {
         let expected = order.version();
         let now = self.now();
         let events = order.cancel(reason.to_owned(), now)?;
-        let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
+        let envs = self.envelopes("order", id, order.version(), &events, now)?;
         self.store_ref()
             .update_order(OrderChange {
                 order: &order,
@@ -587,7 +587,7 @@ impl Shop {
         }
         let expected = order.version();
         let events = order.expire(now)?;
-        let envs = self.envelopes("order", id.to_string(), order.version(), &events, now)?;
+        let envs = self.envelopes("order", id, order.version(), &events, now)?;
         match self
             .store_ref()
             .update_order(OrderChange {

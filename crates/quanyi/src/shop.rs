@@ -283,13 +283,13 @@ impl Shop {
     pub(crate) fn envelopes<E: DomainEvent>(
         &self,
         aggregate_type: &'static str,
-        aggregate_id: String,
+        aggregate_id: impl std::fmt::Display,
         version: u64,
         events: &[E],
         now: DateTime<Utc>,
     ) -> Result<Vec<EventEnvelope>> {
         let mut rng = rand::thread_rng();
-        let aggregate_id: std::sync::Arc<str> = aggregate_id.into();
+        let aggregate_id = quanyi_core::text::shared(&aggregate_id);
         events
             .iter()
             .map(|e| {
