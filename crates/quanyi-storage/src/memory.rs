@@ -36,8 +36,9 @@ type Set<T> = HashSet<T, foldhash::fast::RandomState>;
 struct State {
     goods: Map<Key<GoodsId>, Goods>,
     sku_goods: Map<Key<SkuId>, GoodsId>,
-    // Orders are boxed: when the map grows it moves pointers, not whole orders.
-    orders: Map<Key<OrderId>, Box<Order>>,
+    // Orders are shared: a read clones the order after the lock is released, and a growing map
+    // moves pointers, not whole orders.
+    orders: Map<Key<OrderId>, Arc<Order>>,
     member_orders: Map<Key<MemberId>, Vec<OrderId>>,
     unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
     cards: BTreeMap<CardId, StoredCard>,
@@ -52,13 +53,32 @@ struct State {
     events: EventLog,
     event_pos: BTreeMap<EventId, usize>,
     /// Positions in `events` by aggregate; the key shares the envelope's strings.
-    aggregate_events: Map<(TenantId, Cow<'static, str>, Arc<str>), Vec<usize>>,
+    aggregate_events: Map<AggregateKey, Vec<usize>>,
     audit: Vec<AuditRecord>,
     jobs: Map<JobId, Job>,
     job_keys: Map<Key<String>, JobId>,
     queue: BTreeSet<(DateTime<Utc>, JobId)>,
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
 }
+
+/// An order change copied before the store's lock is taken, so that the lock is held for moves
+/// and index updates only.
+struct Staged {
+    order: Arc<Order>,
+    events: Vec<EventEnvelope>,
+}
+
+impl Staged {
+    fn of(order: &Order, events: &[EventEnvelope]) -> Self {
+        Staged {
+            order: Arc::new(order.clone()),
+            events: events.to_vec(),
+        }
+    }
+}
+
+/// An event's aggregate: tenant, type, id.
+type AggregateKey = (TenantId, Cow<'static, str>, Arc<str>);
 
 /// A payment notice's identity: tenant, provider, transaction id.
 type NoticeKey = (TenantId, String, String);
@@ -247,37 +267,33 @@ impl State {
         if let Some(id) = self.event_conflict(events) {
             return Err(Error::conflict("event", id, "id already stored"));
         }
-        self.push_checked_events(events);
+        self.push_checked_events(events.to_vec());
         Ok(())
     }
 
     /// Appends events whose ids were checked with [`State::event_conflict`] under this lock.
-    fn push_checked_events(&mut self, events: &[EventEnvelope]) {
+    fn push_checked_events(&mut self, events: Vec<EventEnvelope>) {
         // The events of one change usually share their aggregate: look its index up once.
-        let mut run: Option<(&EventEnvelope, &mut Vec<usize>)> = None;
+        let mut run: Option<(AggregateKey, &mut Vec<usize>)> = None;
         for e in events {
             let pos = self.events.len();
             self.event_pos.insert(e.id, pos);
-            let same = run.as_ref().is_some_and(|(first, _)| {
-                first.tenant == e.tenant
-                    && first.aggregate_type == e.aggregate_type
-                    && first.aggregate_id == e.aggregate_id
+            let same = run.as_ref().is_some_and(|((tenant, kind, id), _)| {
+                *tenant == e.tenant && *kind == e.aggregate_type && *id == e.aggregate_id
             });
             if !same {
-                let index = self
-                    .aggregate_events
-                    .entry((
-                        e.tenant.clone(),
-                        e.aggregate_type.clone(),
-                        e.aggregate_id.clone(),
-                    ))
-                    .or_default();
-                run = Some((e, index));
+                let key = (
+                    e.tenant.clone(),
+                    e.aggregate_type.clone(),
+                    e.aggregate_id.clone(),
+                );
+                let index = self.aggregate_events.entry(key.clone()).or_default();
+                run = Some((key, index));
             }
             if let Some((_, index)) = run.as_mut() {
                 index.push(pos);
             }
-            self.events.push(e.clone());
+            self.events.push(e);
         }
     }
 
@@ -306,8 +322,10 @@ impl State {
         Ok(())
     }
 
-    fn apply_order_change(&mut self, change: &OrderChange<'_>) -> Result<()> {
-        let order = change.order;
+    /// Applies a change checked with [`State::check_order_change`] under this lock. Returns the
+    /// order it replaces, to be dropped once the lock is released.
+    fn apply_order_change(&mut self, staged: Staged) -> Option<Arc<Order>> {
+        let order = &*staged.order;
         let key = (order.tenant().clone(), order.id());
         if let Some(old) = self.orders.get(&key) {
             if old.status() == OrderStatus::AwaitingPayment {
@@ -319,14 +337,9 @@ impl State {
             self.unpaid
                 .insert((order.expires_at(), key.0.clone(), key.1));
         }
-        match self.orders.get_mut(&key) {
-            Some(slot) => order.clone_into(slot),
-            None => {
-                self.orders.insert(key, Box::new(order.clone()));
-            }
-        }
-        self.push_checked_events(change.events);
-        Ok(())
+        let replaced = self.orders.insert(key, staged.order);
+        self.push_checked_events(staged.events);
+        replaced
     }
 
     fn member_quantity(&self, tenant: &TenantId, member: &MemberId, sku: SkuId) -> u64 {
@@ -564,6 +577,7 @@ impl GoodsStore for MemoryStore {
 #[async_trait]
 impl OrderStore for MemoryStore {
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
+        let staged = Staged::of(new.order, new.events);
         let mut s = self.state.lock();
         let order = new.order;
         let tenant = order.tenant().clone();
@@ -631,25 +645,24 @@ impl OrderStore for MemoryStore {
             s.unpaid
                 .insert((order.expires_at(), tenant.clone(), order.id()));
         }
-        s.orders
-            .insert((tenant, order.id()), Box::new(order.clone()));
-        s.push_checked_events(new.events);
+        s.orders.insert((tenant, order.id()), staged.order);
+        s.push_checked_events(staged.events);
         Ok(chosen)
     }
 
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
+        let staged = Staged::of(change.order, change.events);
         let mut s = self.state.lock();
         s.check_order_change(&change)?;
-        s.apply_order_change(&change)
+        let replaced = s.apply_order_change(staged);
+        drop(s);
+        drop(replaced);
+        Ok(())
     }
 
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {
-        Ok(self
-            .state
-            .lock()
-            .orders
-            .get(&(tenant.clone(), id))
-            .map(|o| Order::clone(o)))
+        let shared = self.state.lock().orders.get(&(tenant.clone(), id)).cloned();
+        Ok(shared.map(|o| Order::clone(&o)))
     }
 
     async fn member_orders(
@@ -838,6 +851,7 @@ impl VaultStore for MemoryStore {
         change: OrderChange<'_>,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let staged = Staged::of(change.order, change.events);
         let mut s = self.state.lock();
         if change.order.tenant() != tenant {
             return Err(Error::Invalid("order of another tenant".into()));
@@ -864,7 +878,10 @@ impl VaultStore for MemoryStore {
                 .or_default()
                 .push(c.id);
         }
-        s.apply_order_change(&change)
+        let replaced = s.apply_order_change(staged);
+        drop(s);
+        drop(replaced);
+        Ok(())
     }
 
     async fn held_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<HeldCard>> {
@@ -1065,13 +1082,14 @@ impl PaymentStore for MemoryStore {
         write: PaymentWrite<'_>,
         now: DateTime<Utc>,
     ) -> Result<RecordOutcome> {
-        let mut s = self.state.lock();
         let notice = write.notice;
         let key = (
             notice.tenant.clone(),
             notice.provider.clone(),
             notice.transaction_id.clone(),
         );
+        let staged = write.change.as_ref().map(|c| Staged::of(c.order, c.events));
+        let mut s = self.state.lock();
         if let Some(first) = s.notices.get(&key) {
             return Ok(RecordOutcome::Duplicate(first.notice(&key)));
         }
@@ -1101,9 +1119,7 @@ impl PaymentStore for MemoryStore {
                 }
             }
         }
-        if let Some(change) = &write.change {
-            s.apply_order_change(change)?;
-        }
+        let replaced = staged.and_then(|staged| s.apply_order_change(staged));
         if let Some(job) = write.job {
             s.enqueue(job, now);
         }
@@ -1111,6 +1127,8 @@ impl PaymentStore for MemoryStore {
             s.to_reconcile.push(key.clone());
         }
         s.notices.insert(key, NoticeRow::of(notice));
+        drop(s);
+        drop(replaced);
         Ok(RecordOutcome::Recorded)
     }
 
