@@ -25,18 +25,27 @@ use crate::{Conn, PgStore};
 /// $6 version, $7 doc, $8 line numbers, $9 line SKUs, $10 line quantities, $11..$15 events,
 /// $16 reservation SKUs, $17 quantities, $18 now, $19 limit SKUs, $20 limits, $21 requested,
 /// $22 whether the call is well formed, $23 the order's updated_at.
-static PLACE: LazyLock<String> = LazyLock::new(|| {
+///
+/// Two shapes: with member limits, and without (most orders), which leaves the member count
+/// out of the statement, since the server sets up every part of a statement on every call; that
+/// shape takes the same parameters and refuses a call that passes limits.
+fn place_sql(with_limits: bool) -> String {
+    let (limits_cte, limits_ok, limits_out) = if with_limits {
+        (
+            LIMITS_CTE,
+            "NOT EXISTS (SELECT 1 FROM limits WHERE already + req > max)",
+            "ARRAY(SELECT already FROM limits ORDER BY ord)",
+        )
+    } else {
+        (
+            "",
+            "cardinality($19::uuid[]) + cardinality($20::bigint[]) + cardinality($21::bigint[]) = 0",
+            "'{}'::bigint[]",
+        )
+    };
     format!(
         "WITH existing AS (SELECT EXISTS (SELECT 1 FROM orders WHERE tenant = $1 AND id = $2) AS v), \
-         limits AS ( \
-             SELECT l.ord, l.max, l.req, COALESCE(( \
-                 SELECT sum(ol.quantity) FROM order_lines ol \
-                 JOIN orders o ON o.tenant = ol.tenant AND o.id = ol.order_id \
-                 WHERE ol.tenant = $1 AND ol.member = $3 AND ol.sku = l.sku \
-                   AND o.status NOT IN ('expired', 'cancelled', 'refunded') \
-             ), 0)::bigint AS already \
-             FROM unnest($19::uuid[], $20::bigint[], $21::bigint[]) WITH ORDINALITY AS l(sku, max, req, ord) \
-         ), \
+         {limits_cte}\
          wanted AS (SELECT r.sku, r.qty, r.ord \
                     FROM unnest($16::uuid[], $17::bigint[]) WITH ORDINALITY AS r(sku, qty, ord)), \
          pick AS ( \
@@ -51,7 +60,7 @@ static PLACE: LazyLock<String> = LazyLock::new(|| {
          ), \
          got AS (SELECT w.ord, w.qty, (SELECT count(*) FROM pick p WHERE p.ord = w.ord) AS n FROM wanted w), \
          ok AS (SELECT $22::boolean AND NOT (SELECT v FROM existing) \
-                   AND NOT EXISTS (SELECT 1 FROM limits WHERE already + req > max) \
+                   AND {limits_ok} \
                    AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v), \
          new_order AS ( \
              INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at) \
@@ -64,7 +73,7 @@ static PLACE: LazyLock<String> = LazyLock::new(|| {
              FROM unnest($8::integer[], $9::uuid[], $10::bigint[]) AS u(no, sku, qty) \
              WHERE EXISTS (SELECT 1 FROM new_order) \
          ), \
-         ev AS ({}), \
+         ev AS ({ev}), \
          base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $2), \
          reserve AS ( \
              UPDATE cards c SET state = 'reserved', order_id = $2, reserved_until = $5, \
@@ -72,12 +81,26 @@ static PLACE: LazyLock<String> = LazyLock::new(|| {
              FROM (SELECT id, row_number() OVER (ORDER BY ord, id) AS pos FROM pick) p \
              WHERE c.id = p.id AND EXISTS (SELECT 1 FROM new_order) \
          ) \
-         SELECT (SELECT v FROM existing), ARRAY(SELECT already FROM limits ORDER BY ord), \
+         SELECT (SELECT v FROM existing), {limits_out}, \
                 ARRAY(SELECT n FROM got ORDER BY ord), \
                 EXISTS (SELECT 1 FROM new_order), ARRAY(SELECT id FROM pick ORDER BY ord, id)",
-        insert_events_sql(11, "EXISTS (SELECT 1 FROM new_order)")
+        ev = insert_events_sql(11, "EXISTS (SELECT 1 FROM new_order)")
     )
-});
+}
+
+/// The per-member count of [`place_sql`]'s shape with limits.
+const LIMITS_CTE: &str = "limits AS ( \
+     SELECT l.ord, l.max, l.req, COALESCE(( \
+         SELECT sum(ol.quantity) FROM order_lines ol \
+         JOIN orders o ON o.tenant = ol.tenant AND o.id = ol.order_id \
+         WHERE ol.tenant = $1 AND ol.member = $3 AND ol.sku = l.sku \
+           AND o.status NOT IN ('expired', 'cancelled', 'refunded') \
+     ), 0)::bigint AS already \
+     FROM unnest($19::uuid[], $20::bigint[], $21::bigint[]) WITH ORDINALITY AS l(sku, max, req, ord) \
+ ), ";
+
+/// [`place_sql`] without and with member limits.
+static PLACE: LazyLock<[String; 2]> = LazyLock::new(|| [place_sql(false), place_sql(true)]);
 
 /// Serializes the limit checks of one member (taken before [`PLACE`], in the same transaction,
 /// so its count sees every order committed before the lock was granted).
@@ -258,7 +281,9 @@ impl PgStore {
         lock_key: Option<String>,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Placed> {
-        let place = conn.prepare(&PLACE).await?;
+        let place = conn
+            .prepare(&PLACE[usize::from(lock_key.is_some())])
+            .await?;
         let row = match lock_key {
             None => conn.client().query_one(&place, params).await.map_err(db)?,
             Some(key) => {

@@ -20,26 +20,49 @@ use crate::orders::change_error;
 
 /// Records a notice with everything it changes, in one statement. Every check (the notice is
 /// new, the order's version, the new version, the sold cards held by the order) comes before
-/// any write (an event id already stored is a unique violation that undoes the statement); the writes hang off the notice insert, so a notice that another
-/// transaction recorded first (`ON CONFLICT DO NOTHING`) writes nothing else either.
+/// any write (an event id already stored is a unique violation that undoes the statement); the
+/// writes hang off the notice insert, so a notice that another transaction recorded first
+/// (`ON CONFLICT DO NOTHING`) writes nothing else either.
+///
+/// The statement comes in shapes by what the write carries (cards to sell, a job): a part that
+/// is not needed is left out of the statement rather than switched off by a parameter, because
+/// the server sets up every part of a statement on every call, used or not (on the order path,
+/// payment with delivery sells cards and enqueues no job).
 ///
 /// $1 notice tenant, $2 provider, $3 transaction id, $4 for reconciliation, $5 notice doc,
 /// $6 has an order change, $7 order tenant, $8 order id, $9 expected version, $10 new version,
-/// $11 status, $12 expires_at, $13 order doc, $14 the new version is newer, $15 cards to sell,
-/// $16 now, $17..$21 events, $22 has a job, $23 job id, $24 job tenant, $25 kind,
-/// $26 dedupe key, $27 payload, $28 run_at, $29 the order's updated_at.
-static RECORD: LazyLock<String> = LazyLock::new(|| {
-    format!(
+/// $11 status, $12 expires_at, $13 order doc, $14 the new version is newer, $15..$19 events,
+/// $20 the order's updated_at; then, when the shape has them, now, the cards to sell, and the
+/// job's id, tenant, kind, dedupe key, payload and run_at, numbered on in that order.
+fn record_sql(shape: RecordShape) -> String {
+    let mut next = 21;
+    let mut take = |n: usize| {
+        let first = next;
+        next += n;
+        first
+    };
+    let now = (shape.sell || shape.job).then(|| take(1));
+    let cards = shape.sell.then(|| take(1));
+    let job = shape.job.then(|| take(6));
+    let mut sql = String::from(
         "WITH prior AS (SELECT doc FROM payment_notices \
                         WHERE tenant = $1 AND provider = $2 AND transaction_id = $3), \
-         cur AS (SELECT version FROM orders WHERE $6 AND tenant = $7 AND id = $8 FOR UPDATE), \
-         held AS (SELECT id FROM cards \
-                  WHERE id = ANY($15) AND tenant = $7 AND order_id = $8 AND state <> 'available' \
-                  FOR UPDATE), \
-         ok AS (SELECT NOT EXISTS (SELECT 1 FROM prior) \
-                   AND (NOT $6 OR COALESCE((SELECT version FROM cur) = $9, false)) \
-                   AND $14::boolean \
-                   AND (SELECT count(*) FROM held) = cardinality($15::uuid[]) AS v), \
+         cur AS (SELECT version FROM orders WHERE $6 AND tenant = $7 AND id = $8 FOR UPDATE), ",
+    );
+    if let Some(c) = cards {
+        sql += &format!(
+            "held AS (SELECT id FROM cards \
+                      WHERE id = ANY(${c}) AND tenant = $7 AND order_id = $8 AND state <> 'available' \
+                      FOR UPDATE), "
+        );
+    }
+    sql += "ok AS (SELECT NOT EXISTS (SELECT 1 FROM prior) \
+                      AND (NOT $6 OR COALESCE((SELECT version FROM cur) = $9, false)) \
+                      AND $14::boolean";
+    if let Some(c) = cards {
+        sql += &format!(" AND (SELECT count(*) FROM held) = cardinality(${c}::uuid[])");
+    }
+    sql += " AS v), \
          notice AS ( \
              INSERT INTO payment_notices (tenant, provider, transaction_id, reconcile, doc) \
              SELECT $1, $2, $3, $4, $5 FROM ok WHERE ok.v \
@@ -47,23 +70,77 @@ static RECORD: LazyLock<String> = LazyLock::new(|| {
              RETURNING 1), \
          paid AS ( \
              UPDATE orders SET version = $10, status = $11, expires_at = $12, doc = $13, \
-                    updated_at = $29 \
-             WHERE $6 AND tenant = $7 AND id = $8 AND EXISTS (SELECT 1 FROM notice)), \
-         sold AS ( \
-             UPDATE cards SET state = 'sold', reserved_until = NULL, \
-                    sold_at = CASE WHEN state = 'sold' THEN sold_at ELSE $16 END \
-             WHERE id IN (SELECT id FROM held) AND EXISTS (SELECT 1 FROM notice)), \
-         ev AS ({}), \
-         job AS ( \
-             INSERT INTO jobs (id, tenant, kind, dedupe_key, payload, run_at, status, attempts, created_at) \
-             SELECT $23, $24, $25, $26, $27, $28, 'queued', 0, $16 \
-             WHERE $22 AND EXISTS (SELECT 1 FROM notice) \
-             ON CONFLICT ON CONSTRAINT jobs_dedupe_key DO NOTHING) \
-         SELECT (SELECT doc FROM prior), (SELECT version FROM cur), ARRAY(SELECT id FROM held), \
-                EXISTS (SELECT 1 FROM notice)",
-        insert_events_sql(17, "EXISTS (SELECT 1 FROM notice)")
-    )
-});
+                    updated_at = $20 \
+             WHERE $6 AND tenant = $7 AND id = $8 AND EXISTS (SELECT 1 FROM notice)), ";
+    if let (Some(_), Some(now)) = (cards, now) {
+        sql += &format!(
+            "sold AS ( \
+                 UPDATE cards SET state = 'sold', reserved_until = NULL, \
+                        sold_at = CASE WHEN state = 'sold' THEN sold_at ELSE ${now} END \
+                 WHERE id IN (SELECT id FROM held) AND EXISTS (SELECT 1 FROM notice)), "
+        );
+    }
+    sql += &format!(
+        "ev AS ({})",
+        insert_events_sql(15, "EXISTS (SELECT 1 FROM notice)")
+    );
+    if let (Some(j), Some(now)) = (job, now) {
+        let (id, tenant, kind, dedupe, payload, run_at) = (j, j + 1, j + 2, j + 3, j + 4, j + 5);
+        sql += &format!(
+            ", job AS ( \
+                 INSERT INTO jobs (id, tenant, kind, dedupe_key, payload, run_at, status, attempts, created_at) \
+                 SELECT ${id}, ${tenant}, ${kind}, ${dedupe}, ${payload}, ${run_at}, 'queued', 0, ${now} \
+                 WHERE EXISTS (SELECT 1 FROM notice) \
+                 ON CONFLICT ON CONSTRAINT jobs_dedupe_key DO NOTHING)"
+        );
+    }
+    sql += " SELECT (SELECT doc FROM prior), (SELECT version FROM cur), ";
+    sql += if cards.is_some() {
+        "ARRAY(SELECT id FROM held), "
+    } else {
+        "'{}'::uuid[], "
+    };
+    sql += "EXISTS (SELECT 1 FROM notice)";
+    sql
+}
+
+/// Which parts a [`record_sql`] statement has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordShape {
+    sell: bool,
+    job: bool,
+}
+
+impl RecordShape {
+    const ALL: [RecordShape; 4] = [
+        RecordShape {
+            sell: false,
+            job: false,
+        },
+        RecordShape {
+            sell: true,
+            job: false,
+        },
+        RecordShape {
+            sell: false,
+            job: true,
+        },
+        RecordShape {
+            sell: true,
+            job: true,
+        },
+    ];
+
+    fn index(self) -> usize {
+        usize::from(self.sell) + 2 * usize::from(self.job)
+    }
+
+    /// The statement of this shape.
+    fn sql(self) -> &'static str {
+        static SQL: LazyLock<[String; 4]> = LazyLock::new(|| RecordShape::ALL.map(record_sql));
+        &SQL[self.index()]
+    }
+}
 
 const NOTICE: &str = "SELECT doc FROM payment_notices \
                       WHERE tenant = $1 AND provider = $2 AND transaction_id = $3";
@@ -143,44 +220,54 @@ impl PaymentStore for PgStore {
             None => (Uuid::nil(), "", "", "", String::new(), 0),
         };
         let now = micros(now);
+        let notice_tenant = notice.tenant.as_str();
+        let shape = RecordShape {
+            sell: !sell.is_empty(),
+            job: has_job,
+        };
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &notice_tenant,
+            &notice.provider,
+            &notice.transaction_id,
+            &reconcile,
+            &doc,
+            &has_change,
+            &order_tenant,
+            &order_id,
+            &expected,
+            &version,
+            &status,
+            &expires,
+            &order_doc,
+            &newer,
+            &ev.ids,
+            &ev.tenants,
+            &ev.types,
+            &ev.aggregates,
+            &ev.docs,
+            &updated,
+        ];
+        if shape.sell || shape.job {
+            params.push(&now);
+        }
+        if shape.sell {
+            params.push(&sell);
+        }
+        if shape.job {
+            params.extend([
+                &job_id as &(dyn tokio_postgres::types::ToSql + Sync),
+                &job_tenant,
+                &kind,
+                &dedupe,
+                &payload,
+                &run_at,
+            ]);
+        }
         let conn = self.conn().await?;
-        let stmt = conn.prepare(&RECORD).await?;
+        let stmt = conn.prepare(shape.sql()).await?;
         let row = conn
             .client()
-            .query_one(
-                &stmt,
-                &[
-                    &notice.tenant.as_str(),
-                    &notice.provider,
-                    &notice.transaction_id,
-                    &reconcile,
-                    &doc,
-                    &has_change,
-                    &order_tenant,
-                    &order_id,
-                    &expected,
-                    &version,
-                    &status,
-                    &expires,
-                    &order_doc,
-                    &newer,
-                    &sell,
-                    &now,
-                    &ev.ids,
-                    &ev.tenants,
-                    &ev.types,
-                    &ev.aggregates,
-                    &ev.docs,
-                    &has_job,
-                    &job_id,
-                    &job_tenant,
-                    &kind,
-                    &dedupe,
-                    &payload,
-                    &run_at,
-                    &updated,
-                ],
-            )
+            .query_one(&stmt, &params)
             .await
             .map_err(|e| with_id(db(e), &notice.transaction_id))?;
         drop(conn);

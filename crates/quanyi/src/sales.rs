@@ -374,7 +374,12 @@ impl Shop {
             // A repeated notice is found by `record_payment`, which writes nothing and returns
             // the first record; whatever is decided below is then discarded.
             let now = self.now();
-            let order = store.order(&self.tenant, notice.order).await?;
+            // The order and the cards it holds are independent reads: both go out at once, so
+            // on a networked store they cost one round trip of waiting instead of two.
+            let (order, held) = tokio::try_join!(
+                store.order(&self.tenant, notice.order),
+                store.held_cards(&self.tenant, notice.order),
+            )?;
             let mut record = PaymentNotice {
                 tenant: self.tenant.clone(),
                 provider: notice.provider.clone(),
@@ -409,7 +414,7 @@ impl Shop {
                         amount: notice.amount,
                         paid_at: now,
                     };
-                    let plan = self.plan_payment(order, payment, now).await?;
+                    let plan = self.plan_payment(order, &held, payment, now)?;
                     let envs = self.envelopes(
                         "order",
                         plan.order.id(),
@@ -461,21 +466,19 @@ impl Shop {
 
     /// Decides what a payment writes. When the order's reserved cards cover every card-key line,
     /// the order is delivered in the same write that records the payment (one atomic step, no job);
-    /// otherwise the payment is recorded with a delivery job.
-    async fn plan_payment(
+    /// otherwise the payment is recorded with a delivery job. `held` are the cards the order
+    /// holds, read with the order.
+    fn plan_payment(
         &self,
         mut order: Order,
+        held: &[HeldCard],
         payment: Payment,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<PaymentPlan> {
         let expected_version = order.version();
         let mut events = order.confirm_payment(payment, now)?;
-        let held = self
-            .store_ref()
-            .held_cards(&self.tenant, order.id())
-            .await?;
         let mut sell = Vec::new();
-        if let Some(assignments) = assign_held_cards(&order, &held) {
+        if let Some(assignments) = assign_held_cards(&order, held) {
             events.extend(order.start_fulfilment(now)?);
             for (no, quantity, cards) in assignments {
                 sell.extend(cards.iter().copied());
