@@ -17,91 +17,123 @@ pub trait DomainEvent: Serialize {
     fn name(&self) -> &'static str;
 }
 
-/// The body of an event as compact JSON text.
+/// The body of an event, written as compact JSON when first needed.
 ///
-/// Kept as text rather than as a `serde_json::Value` tree: an event body is written once and
-/// read rarely, and the text is one shared allocation of the body's own size (a tree costs an
-/// allocation per object and string). Clones share the text. It embeds in a serialized
-/// envelope as JSON, not as a string.
+/// A payload made from a typed event ([`Payload::deferred`]) keeps the event and writes its JSON
+/// text the first time a store or a reader asks for it, once; a store that keeps envelopes in
+/// memory never pays for the text. A payload read back from a store holds the text it was
+/// stored as. Clones share the body and the text. It embeds in a serialized envelope as JSON,
+/// not as a string.
 #[derive(Clone)]
-pub struct Payload(Arc<str>);
+pub struct Payload(Arc<dyn Body>);
+
+/// What a payload holds: its JSON text, or a typed body that writes it on demand.
+trait Body: Send + Sync {
+    /// The JSON text, or why the body cannot be written as JSON.
+    fn text(&self) -> Result<&str, &str>;
+}
+
+/// A body already in JSON text.
+struct Text(Box<str>);
+
+impl Body for Text {
+    fn text(&self) -> Result<&str, &str> {
+        Ok(&self.0)
+    }
+}
+
+/// A typed body and, once written, its JSON text.
+struct Typed<T> {
+    body: T,
+    text: std::sync::OnceLock<Result<Box<str>, String>>,
+}
+
+impl<T: Serialize + Send + Sync> Body for Typed<T> {
+    fn text(&self) -> Result<&str, &str> {
+        match self.text.get_or_init(|| {
+            serde_json::to_string(&self.body)
+                .map(String::into_boxed_str)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(text) => Ok(text),
+            Err(why) => Err(why),
+        }
+    }
+}
 
 impl Payload {
-    /// Serializes `body`.
+    /// Serializes `body` now.
     ///
     /// # Errors
     /// A serialization error if `body` cannot be written as JSON.
     pub fn of<T: Serialize + ?Sized>(body: &T) -> Result<Self, serde_json::Error> {
-        // Written into a per-thread buffer, then copied once into the shared text.
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        BUF.with(|buf| {
-            let mut buf = buf.try_borrow_mut().map_err(serde::ser::Error::custom)?;
-            buf.clear();
-            let written = serde_json::to_writer(&mut *buf, body)
-                .and_then(|()| {
-                    std::str::from_utf8(&buf)
-                        .map(Arc::<str>::from)
-                        .map_err(serde::ser::Error::custom)
-                })
-                .map(Payload);
-            if buf.capacity() > Self::KEPT_BUFFER {
-                *buf = Vec::new();
-            }
-            written
-        })
+        let text = serde_json::to_string(body)?;
+        Ok(Payload(Arc::new(Text(text.into_boxed_str()))))
     }
 
-    /// The largest buffer kept per thread between calls to [`Payload::of`].
-    const KEPT_BUFFER: usize = 16 * 1024;
+    /// Keeps `body` and writes its JSON text when it is first asked for.
+    pub fn deferred<T: Serialize + Send + Sync + 'static>(body: T) -> Self {
+        Payload(Arc::new(Typed {
+            body,
+            text: std::sync::OnceLock::new(),
+        }))
+    }
 
     /// The JSON text.
-    pub fn json(&self) -> &str {
-        &self.0
+    ///
+    /// # Errors
+    /// A serialization error when a deferred body cannot be written as JSON (the event types of
+    /// this project always can).
+    pub fn json(&self) -> Result<&str, serde_json::Error> {
+        self.0.text().map_err(serde::ser::Error::custom)
     }
 
     /// The body as a JSON value.
     ///
     /// # Errors
-    /// Never for a payload built by [`Payload::of`] or read from a store; the error type is
-    /// serde_json's.
+    /// As [`Payload::json`]; the error type is serde_json's.
     pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
-        serde_json::from_str(self.json())
+        serde_json::from_str(self.json()?)
     }
 
     /// The body as `T`.
     ///
     /// # Errors
-    /// A deserialization error if the body does not have the shape of `T`.
+    /// A deserialization error if the body does not have the shape of `T`; as [`Payload::json`].
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.json())
+        serde_json::from_str(self.json()?)
     }
 }
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Self) -> bool {
-        self.json() == other.json()
+        Arc::ptr_eq(&self.0, &other.0)
+            || matches!((self.0.text(), other.0.text()), (Ok(a), Ok(b)) if a == b)
     }
 }
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.json())
+        match self.0.text() {
+            Ok(text) => f.write_str(text),
+            Err(why) => write!(f, "<not writable as JSON: {why}>"),
+        }
     }
 }
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // Embedded as JSON: the text is checked (not copied) on the way out.
-        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        let text = self.0.text().map_err(serde::ser::Error::custom)?;
+        let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
         raw.serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(deserializer).map(|raw| Payload(Arc::from(raw.get())))
+        Box::<RawValue>::deserialize(deserializer)
+            .map(|raw| Payload(Arc::new(Text(Box::<str>::from(raw.get())))))
     }
 }
 
@@ -154,13 +186,38 @@ impl EventEnvelope {
             payload: Payload::of(event)?,
         })
     }
+
+    /// Wraps a domain event whose JSON is written only when a store or reader needs it (see
+    /// [`Payload::deferred`]).
+    pub fn deferred<E: DomainEvent + Send + Sync + 'static>(
+        id: EventId,
+        tenant: TenantId,
+        aggregate_type: &'static str,
+        aggregate_id: Arc<str>,
+        aggregate_version: u64,
+        occurred_at: DateTime<Utc>,
+        event: E,
+    ) -> Self {
+        EventEnvelope {
+            id,
+            tenant,
+            aggregate_type: Cow::Borrowed(aggregate_type),
+            aggregate_id,
+            aggregate_version,
+            name: Cow::Borrowed(event.name()),
+            occurred_at,
+            payload: Payload::deferred(event),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
-    #[derive(Serialize)]
+    #[derive(Serialize, Clone)]
     struct Paid {
         order: &'static str,
         amount: i64,
@@ -172,7 +229,12 @@ mod tests {
         }
     }
 
-    fn envelope() -> EventEnvelope {
+    const PAID: Paid = Paid {
+        order: "o-1",
+        amount: 1990,
+    };
+
+    fn eager() -> EventEnvelope {
         EventEnvelope::wrap(
             EventId::from_uuid(uuid::Uuid::nil()),
             TenantId::default(),
@@ -180,30 +242,44 @@ mod tests {
             Arc::from("o-1"),
             2,
             DateTime::UNIX_EPOCH,
-            &Paid {
-                order: "o-1",
-                amount: 1990,
-            },
+            &PAID,
         )
         .unwrap()
     }
 
+    fn deferred() -> EventEnvelope {
+        EventEnvelope::deferred(
+            EventId::from_uuid(uuid::Uuid::nil()),
+            TenantId::default(),
+            "order",
+            Arc::from("o-1"),
+            2,
+            DateTime::UNIX_EPOCH,
+            PAID,
+        )
+    }
+
     #[test]
     fn the_payload_is_compact_json_embedded_in_the_envelope() {
-        let e = envelope();
-        assert_eq!(e.payload.json(), r#"{"order":"o-1","amount":1990}"#);
-        assert_eq!(e.payload.to_value().unwrap()["amount"], 1990);
-        let doc = serde_json::to_string(&e).unwrap();
-        assert!(
-            doc.contains(r#""payload":{"order":"o-1","amount":1990}"#),
-            "{doc}"
-        );
-        let back: EventEnvelope = serde_json::from_str(&doc).unwrap();
-        assert_eq!(back, e);
-        assert_eq!(
-            format!("{:?}", back.payload),
-            r#"{"order":"o-1","amount":1990}"#
-        );
+        for e in [eager(), deferred()] {
+            assert_eq!(
+                e.payload.json().unwrap(),
+                r#"{"order":"o-1","amount":1990}"#
+            );
+            assert_eq!(e.payload.to_value().unwrap()["amount"], 1990);
+            let doc = serde_json::to_string(&e).unwrap();
+            assert!(
+                doc.contains(r#""payload":{"order":"o-1","amount":1990}"#),
+                "{doc}"
+            );
+            let back: EventEnvelope = serde_json::from_str(&doc).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(
+                format!("{:?}", back.payload),
+                r#"{"order":"o-1","amount":1990}"#
+            );
+        }
+        assert_eq!(eager(), deferred());
     }
 
     #[test]
@@ -213,7 +289,21 @@ mod tests {
             #[allow(dead_code)]
             missing: u32,
         }
-        assert!(envelope().payload.parse::<Other>().is_err());
+        assert!(eager().payload.parse::<Other>().is_err());
+        assert!(deferred().payload.parse::<Other>().is_err());
         assert!(serde_json::from_str::<EventEnvelope>(r#"{"payload": nope}"#).is_err());
+    }
+
+    #[test]
+    fn a_deferred_body_that_is_not_json_is_an_error_when_asked_for() {
+        // JSON object keys must be strings: this map cannot be written.
+        let body: BTreeMap<(u8, u8), u8> = BTreeMap::from([((1, 2), 3)]);
+        assert!(Payload::of(&body).is_err());
+        let payload = Payload::deferred(body);
+        assert!(payload.json().is_err());
+        assert!(payload.to_value().is_err());
+        assert!(serde_json::to_string(&payload).is_err());
+        assert!(format!("{payload:?}").starts_with("<not writable as JSON"));
+        assert_ne!(payload, Payload::of(&3).unwrap());
     }
 }

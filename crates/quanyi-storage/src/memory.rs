@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use parking_lot::Mutex;
 use quanyi_core::{
-    CardId, EventEnvelope, EventId, GoodsId, JobId, MemberId, OrderId, SkuId, TenantId,
+    AuditId, CardId, EventEnvelope, EventId, GoodsId, JobId, MemberId, OrderId, SkuId, TenantId,
 };
 use quanyi_goods::Goods;
 use quanyi_order::{Order, OrderStatus};
@@ -55,6 +55,7 @@ struct State {
     /// Positions in `events` by aggregate; the key shares the envelope's strings.
     aggregate_events: Map<AggregateKey, Vec<usize>>,
     audit: Vec<AuditRecord>,
+    audit_ids: BTreeSet<AuditId>,
     jobs: Map<JobId, Job>,
     job_keys: Map<Key<String>, JobId>,
     queue: BTreeSet<(DateTime<Utc>, JobId)>,
@@ -1215,7 +1216,7 @@ impl EventStore for MemoryStore {
 impl AuditStore for MemoryStore {
     async fn append_audit(&self, record: &AuditRecord) -> Result<()> {
         let mut s = self.state.lock();
-        if s.audit.iter().any(|r| r.id == record.id) {
+        if !s.audit_ids.insert(record.id) {
             return Err(Error::conflict(
                 "audit record",
                 record.id,

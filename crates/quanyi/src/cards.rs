@@ -268,7 +268,7 @@ impl Shop {
             duplicates: report.duplicates.len(),
             malformed: report.malformed.len(),
         };
-        let events = self.envelopes("card_batch", batch, 1, &[event], now)?;
+        let events = self.envelopes("card_batch", batch, 1, vec![event], now);
         self.store_ref().append_events(&events).await?;
         self.audit(
             "system",
@@ -555,7 +555,7 @@ impl Shop {
 
     async fn vault_event(&self, event: VaultEvent) -> Result<()> {
         let now = self.now();
-        let events = self.envelopes("key_ring", &self.tenant, 0, &[event], now)?;
+        let events = self.envelopes("key_ring", &self.tenant, 0, vec![event], now);
         self.store_ref().append_events(&events).await?;
         Ok(())
     }

@@ -34,7 +34,7 @@ impl Shop {
             kind: goods.kind().tag().as_str(),
             skus: goods.skus().len(),
         };
-        let events = self.envelopes("goods", id, goods.version(), &[event], now)?;
+        let events = self.envelopes("goods", id, goods.version(), vec![event], now);
         self.store_ref().insert_goods(&goods, &events).await?;
         tracing::info!(goods = %id, skus = goods.skus().len(), "goods created");
         Ok(goods)
@@ -65,9 +65,9 @@ impl Shop {
             "goods",
             goods.id(),
             goods.version(),
-            &[CatalogEvent::ShelfChanged { sku, shelf }],
+            vec![CatalogEvent::ShelfChanged { sku, shelf }],
             now,
-        )?;
+        );
         self.store_ref()
             .update_goods(&goods, expected, &events)
             .await?;

@@ -152,7 +152,7 @@ impl Shop {
             {
                 events.extend(order.finish_fulfilment(now)?);
             }
-            let envs = self.envelopes("order", id, order.version(), &events, now)?;
+            let envs = self.envelopes("order", id, order.version(), events, now);
             let change = OrderChange {
                 order: &order,
                 expected_version: expected,
@@ -239,7 +239,7 @@ impl Shop {
                 Some(no) => order.refund_line(no, now)?,
                 None => order.complete_refund(now)?,
             };
-            let envs = self.envelopes("order", order.id(), order.version(), &events, now)?;
+            let envs = self.envelopes("order", order.id(), order.version(), events, now);
             match self
                 .store_ref()
                 .update_order(OrderChange {

@@ -327,7 +327,7 @@ impl Shop {
             .iter()
             .filter_map(|(sku, (_, limit, _))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
             .collect();
-        let envs = self.envelopes("order", id, order.version(), &events, now)?;
+        let envs = self.envelopes("order", id, order.version(), events, now);
         self.store_ref()
             .place_order(
                 NewOrder {
@@ -419,9 +419,9 @@ impl Shop {
                         "order",
                         plan.order.id(),
                         plan.order.version(),
-                        &plan.events,
+                        plan.events,
                         now,
-                    )?;
+                    );
                     let write = PaymentWrite {
                         notice: &record,
                         change: Some(OrderChange {
@@ -542,7 +542,7 @@ impl Shop {
         let expected = order.version();
         let now = self.now();
         let events = order.cancel(reason.to_owned(), now)?;
-        let envs = self.envelopes("order", id, order.version(), &events, now)?;
+        let envs = self.envelopes("order", id, order.version(), events, now);
         self.store_ref()
             .update_order(OrderChange {
                 order: &order,
@@ -590,7 +590,7 @@ impl Shop {
         }
         let expected = order.version();
         let events = order.expire(now)?;
-        let envs = self.envelopes("order", id, order.version(), &events, now)?;
+        let envs = self.envelopes("order", id, order.version(), events, now);
         match self
             .store_ref()
             .update_order(OrderChange {

@@ -280,20 +280,21 @@ impl Shop {
     }
 
     /// Wraps domain events of one aggregate change, all at the version the change produced.
-    pub(crate) fn envelopes<E: DomainEvent>(
+    /// Their JSON is written only if the store needs it (a durable store, when it writes them).
+    pub(crate) fn envelopes<E: DomainEvent + Send + Sync + 'static>(
         &self,
         aggregate_type: &'static str,
         aggregate_id: impl std::fmt::Display,
         version: u64,
-        events: &[E],
+        events: Vec<E>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<EventEnvelope>> {
+    ) -> Vec<EventEnvelope> {
         let mut rng = rand::thread_rng();
         let aggregate_id = quanyi_core::text::shared(&aggregate_id);
         events
-            .iter()
+            .into_iter()
             .map(|e| {
-                EventEnvelope::wrap(
+                EventEnvelope::deferred(
                     EventId::generate(now, &mut rng),
                     self.tenant.clone(),
                     aggregate_type,
@@ -302,7 +303,6 @@ impl Shop {
                     now,
                     e,
                 )
-                .map_err(|err| Error::InvalidInput(format!("event not serializable: {err}")))
             })
             .collect()
     }

@@ -667,7 +667,7 @@ impl Shop {
                     events.extend(order.finish_fulfilment(now)?);
                 }
             }
-            let envs = self.envelopes("order", order_id, order.version(), &events, now)?;
+            let envs = self.envelopes("order", order_id, order.version(), events, now);
             match self
                 .store_ref()
                 .update_order(OrderChange {
