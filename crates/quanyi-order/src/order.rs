@@ -1,6 +1,7 @@
 //! The order aggregate.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, Currency, GoodsId, MemberId, Money, OrderId, SkuId, TenantId};
@@ -178,14 +179,30 @@ pub struct Order {
     id: OrderId,
     tenant: TenantId,
     member: MemberId,
-    lines: Vec<OrderLine>,
+    // Shared with copies of the order (a store's, a reader's); a command that changes a line
+    // copies them first (`Arc::make_mut`).
+    lines: Arc<Vec<OrderLine>>,
     total: Money,
     status: OrderStatus,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-    payment: Option<Payment>,
+    payment: Option<Arc<Payment>>,
     version: u64,
     updated_at: DateTime<Utc>,
+}
+
+/// The first of `new` that is already on a line or repeats within `new`.
+fn first_repeat(lines: &[OrderLine], new: &[CardId]) -> Option<CardId> {
+    let held = lines.iter().map(|l| l.cards.len()).sum::<usize>();
+    // Orders hold a few cards: comparing pairs beats hashing them.
+    if held + new.len() <= 32 {
+        return new.iter().enumerate().find_map(|(i, c)| {
+            let repeated = new[..i].contains(c) || lines.iter().any(|l| l.cards.contains(c));
+            repeated.then_some(*c)
+        });
+    }
+    let mut seen: HashSet<CardId> = lines.iter().flat_map(|l| l.cards.iter().copied()).collect();
+    new.iter().find(|c| !seen.insert(**c)).copied()
 }
 
 fn text_ok(text: &str, max: usize) -> bool {
@@ -297,7 +314,7 @@ impl Order {
             id,
             tenant,
             member,
-            lines: out,
+            lines: Arc::new(out),
             total,
             status: OrderStatus::AwaitingPayment,
             created_at: now,
@@ -367,7 +384,7 @@ impl Order {
 
     /// The confirmed payment.
     pub fn payment(&self) -> Option<&Payment> {
-        self.payment.as_ref()
+        self.payment.as_deref()
     }
 
     /// Starts at 1 and grows by one per command (optimistic concurrency).
@@ -493,7 +510,7 @@ impl Order {
             transaction_id: payment.transaction_id.clone(),
             amount: payment.amount,
         };
-        self.payment = Some(payment);
+        self.payment = Some(Arc::new(payment));
         self.commit(to, version, now);
         Ok(vec![event])
     }
@@ -546,15 +563,10 @@ impl Order {
                 got: cards.len(),
             });
         }
-        let mut seen: HashSet<CardId> = self
-            .lines
-            .iter()
-            .flat_map(|l| l.cards.iter().copied())
-            .collect();
-        if let Some(card) = cards.iter().find(|c| !seen.insert(**c)) {
-            return Err(Error::DuplicateCard { card: *card });
+        if let Some(card) = first_repeat(&self.lines, &cards) {
+            return Err(Error::DuplicateCard { card });
         }
-        let line = &mut self.lines[i];
+        let line = &mut Arc::make_mut(&mut self.lines)[i];
         line.status = LineStatus::Delivered;
         line.delivered = quantity;
         line.cards.clone_from(&cards);
@@ -606,7 +618,7 @@ impl Order {
     ) -> Result<Vec<OrderEvent>> {
         let version = self.require(OrderStatus::Fulfilling)?;
         let i = self.line_index(no)?;
-        let line = &mut self.lines[i];
+        let line = &mut Arc::make_mut(&mut self.lines)[i];
         if line.status != LineStatus::Pending {
             return Err(Error::LineNotPending {
                 line: no,
@@ -644,7 +656,7 @@ impl Order {
     ) -> Result<Vec<OrderEvent>> {
         let version = self.require(OrderStatus::Fulfilling)?;
         let i = self.line_index(no)?;
-        let line = &mut self.lines[i];
+        let line = &mut Arc::make_mut(&mut self.lines)[i];
         if line.status != LineStatus::Pending {
             return Err(Error::LineNotPending {
                 line: no,
@@ -711,7 +723,7 @@ impl Order {
     pub fn refund_line(&mut self, no: u16, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
         let version = self.require(OrderStatus::PartiallyDelivered)?;
         let i = self.line_index(no)?;
-        let line = &mut self.lines[i];
+        let line = &mut Arc::make_mut(&mut self.lines)[i];
         if line.status != LineStatus::Failed {
             return Err(Error::LineNotFailed {
                 line: no,
@@ -778,7 +790,7 @@ impl Order {
     pub fn complete_refund(&mut self, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
         let (to, version) = self.prepare(Trigger::CompleteRefund)?;
         let amount = self.refundable_amount()?;
-        for line in &mut self.lines {
+        for line in Arc::make_mut(&mut self.lines) {
             line.status = LineStatus::Refunded;
         }
         self.commit(to, version, now);

@@ -631,3 +631,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn repeated_cards_are_refused_in_small_and_large_deliveries() {
+    let big = || {
+        let mut o = place(vec![line(KindTag::CardKey, 40, cny(100))]).unwrap().0;
+        o.confirm_payment(payment(cny(4000)), later(1)).unwrap();
+        o.start_fulfilment(later(2)).unwrap();
+        o
+    };
+    let mut cards: Vec<CardId> = (1..=40).map(card).collect();
+    cards[39] = card(7);
+    let err = big().deliver_line(1, cards, 40, later(3)).unwrap_err();
+    assert!(matches!(err, Error::DuplicateCard { card: c } if c == card(7)));
+    let mut ok = big();
+    ok.deliver_line(1, (1..=40).map(card).collect(), 40, later(3))
+        .unwrap();
+    assert_eq!(ok.lines()[0].cards.len(), 40);
+
+    let mut small = paid_fulfilling();
+    let err = small
+        .deliver_line(1, vec![card(5), card(5)], 2, later(3))
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateCard { card: c } if c == card(5)));
+}
+
+#[test]
+fn a_copy_of_an_order_does_not_change_with_the_original() {
+    let mut o = paid_fulfilling();
+    let copy = o.clone();
+    o.deliver_line(1, vec![card(1), card(2)], 2, later(3))
+        .unwrap();
+    assert_eq!(copy.lines()[0].status, LineStatus::Pending);
+    assert!(copy.lines()[0].cards.is_empty());
+    assert_eq!(o.lines()[0].status, LineStatus::Delivered);
+    assert_eq!(copy.payment(), o.payment());
+}

@@ -41,7 +41,7 @@ struct State {
     orders: Map<Key<OrderId>, Arc<Order>>,
     member_orders: Map<Key<MemberId>, Vec<OrderId>>,
     unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
-    cards: BTreeMap<CardId, StoredCard>,
+    cards: IdMap<CardId, StoredCard>,
     pools: Map<Key<SkuId>, Pool>,
     order_cards: Map<Key<OrderId>, Vec<CardId>>,
     blind: Set<Key<BlindIndex>>,
@@ -51,7 +51,9 @@ struct State {
     /// never changed once recorded.
     to_reconcile: Vec<NoticeKey>,
     events: EventLog,
-    event_pos: BTreeMap<EventId, usize>,
+    event_pos: IdMap<EventId, usize>,
+    /// The greatest event id stored: a newer id cannot be stored already.
+    last_event: u128,
     /// Positions in `events` by aggregate; the key shares the envelope's strings.
     aggregate_events: Map<AggregateKey, Vec<usize>>,
     audit: Vec<AuditRecord>,
@@ -60,6 +62,65 @@ struct State {
     job_keys: Map<Key<String>, JobId>,
     queue: BTreeSet<(DateTime<Utc>, JobId)>,
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
+}
+
+/// A time-ordered id (UUID v7) as one big-endian integer: the same order as the id's bytes.
+trait Seq: Copy {
+    fn seq(&self) -> u128;
+}
+
+impl Seq for CardId {
+    fn seq(&self) -> u128 {
+        u128::from_be_bytes(*self.as_bytes())
+    }
+}
+
+impl Seq for EventId {
+    fn seq(&self) -> u128 {
+        u128::from_be_bytes(*self.as_bytes())
+    }
+}
+
+/// A map keyed by time-ordered ids, kept in id order: recent entries sit together as the store
+/// grows, and comparing two keys is one integer comparison.
+struct IdMap<K, V> {
+    map: BTreeMap<u128, V>,
+    key: std::marker::PhantomData<K>,
+}
+
+impl<K, V> Default for IdMap<K, V> {
+    fn default() -> Self {
+        IdMap {
+            map: BTreeMap::new(),
+            key: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: Seq, V> IdMap<K, V> {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn get(&self, id: &K) -> Option<&V> {
+        self.map.get(&id.seq())
+    }
+
+    fn get_mut(&mut self, id: &K) -> Option<&mut V> {
+        self.map.get_mut(&id.seq())
+    }
+
+    fn contains_key(&self, id: &K) -> bool {
+        self.map.contains_key(&id.seq())
+    }
+
+    fn insert(&mut self, id: K, value: V) -> Option<V> {
+        self.map.insert(id.seq(), value)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values()
+    }
 }
 
 /// An order change copied before the store's lock is taken, so that the lock is held for moves
@@ -259,7 +320,8 @@ impl State {
             .iter()
             .enumerate()
             .find(|(i, e)| {
-                self.event_pos.contains_key(&e.id) || events[..*i].iter().any(|p| p.id == e.id)
+                let stored = e.id.seq() <= self.last_event && self.event_pos.contains_key(&e.id);
+                stored || events[..*i].iter().any(|p| p.id == e.id)
             })
             .map(|(_, e)| e.id)
     }
@@ -279,6 +341,7 @@ impl State {
         for e in events {
             let pos = self.events.len();
             self.event_pos.insert(e.id, pos);
+            self.last_event = self.last_event.max(e.id.seq());
             let same = run.as_ref().is_some_and(|((tenant, kind, id), _)| {
                 *tenant == e.tenant && *kind == e.aggregate_type && *id == e.aggregate_id
             });
