@@ -208,6 +208,17 @@ fn print_figures() {
                 rt.block_on(floor.run(ORDERS, tasks)),
             ));
         }
+        let rounds = |xs: &[f64]| {
+            xs.iter()
+                .map(|x| format!("{:.0}k", x / 1000.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "  {tasks} task(s) rounds: path {}   floor {}",
+            rounds(&p),
+            rounds(&f)
+        );
         let (p, f) = (median(p), median(f));
         println!("  {tasks} task(s): path {p:>10.0} orders/s   floor {f:>10.0} orders/s");
         println!("ratio path / floor ({tasks} task) = {:.4}", p / f);
