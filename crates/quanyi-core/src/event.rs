@@ -15,6 +15,13 @@ use crate::{EventId, TenantId};
 pub trait DomainEvent: Serialize {
     /// The stable name of the event.
     fn name(&self) -> &'static str;
+
+    /// The body, when every event of this kind has the same one (a kind without fields): one
+    /// shared payload then serves every envelope, which keeps no body of its own. `None`, the
+    /// default, gives each envelope its own body.
+    fn shared_payload(&self) -> Option<Payload> {
+        None
+    }
 }
 
 /// The body of an event, written as compact JSON when first needed.
@@ -206,7 +213,9 @@ impl EventEnvelope {
             aggregate_version,
             name: Cow::Borrowed(event.name()),
             occurred_at,
-            payload: Payload::deferred(event),
+            payload: event
+                .shared_payload()
+                .unwrap_or_else(|| Payload::deferred(event)),
         }
     }
 }

@@ -63,6 +63,43 @@ pub fn uuid_v7_sequence(now: DateTime<Utc>, rng: &mut dyn RngCore, n: usize) -> 
     out
 }
 
+/// The random bits below a version 7 UUID's variant bits.
+const RAND_B: u128 = (1 << 62) - 1;
+
+/// Time-ordered ids (UUID version 7) that also sort in the order one generator handed them
+/// out, across threads: an id that would not sort after the last one becomes the last one plus
+/// one (RFC 9562, monotonic random). Readers that keep ids in order, such as an event log, then
+/// see them arrive in order.
+#[derive(Debug, Default)]
+pub struct IdSequence {
+    last: std::sync::Mutex<u128>,
+}
+
+impl IdSequence {
+    /// A generator that has handed out nothing yet.
+    pub fn new() -> Self {
+        IdSequence::default()
+    }
+
+    /// A new id that sorts after every id this generator handed out before.
+    pub fn next(&self, now: DateTime<Utc>, rng: &mut dyn RngCore) -> uuid::Uuid {
+        let candidate = uuid_v7(now, rng).as_u128();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The last id plus one keeps its time, version and variant unless its random bits
+        // are all ones, which a random id almost never is; then the fresh id is used as it is.
+        let id = if candidate > *last || *last & RAND_B == RAND_B {
+            candidate
+        } else {
+            *last + 1
+        };
+        *last = (*last).max(id);
+        uuid::Uuid::from_u128(id)
+    }
+}
+
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -91,6 +128,11 @@ macro_rules! define_id {
             /// `n` new ids ordered by `now` that also sort in generation order.
             pub fn generate_sequence(now: DateTime<Utc>, rng: &mut dyn RngCore, n: usize) -> Vec<Self> {
                 uuid_v7_sequence(now, rng, n).into_iter().map($name).collect()
+            }
+
+            /// A new id from `sequence`: it sorts after every id `sequence` handed out before.
+            pub fn next_in(sequence: &IdSequence, now: DateTime<Utc>, rng: &mut dyn RngCore) -> Self {
+                $name(sequence.next(now, rng))
             }
 
             /// Wraps an existing UUID.
@@ -323,6 +365,41 @@ mod tests {
                 ids[999].as_uuid().get_timestamp()
             );
         }
+    }
+
+    #[test]
+    fn a_sequence_hands_out_ids_in_order_across_threads_and_a_clock_going_back() {
+        let seq = std::sync::Arc::new(IdSequence::new());
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        // Two threads, one millisecond: each thread's ids sort in the order it took them.
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let seq = seq.clone();
+                std::thread::spawn(move || {
+                    let mut rng = rand::thread_rng();
+                    (0..2_000)
+                        .map(|_| EventId::next_in(&seq, t0, &mut rng))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            let ids = t.join().unwrap();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]));
+            all.extend(ids);
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 4_000, "no id twice");
+        // A clock set back still gives a later id, still a valid version 7 UUID.
+        let mut rng = rand::thread_rng();
+        let last = *all.last().unwrap();
+        let back = EventId::next_in(&seq, t0 - chrono::Duration::hours(1), &mut rng);
+        assert!(back > last);
+        assert_eq!(back.as_uuid().get_version_num(), 7);
+        assert_eq!(back.as_uuid().get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(back.to_string().parse::<EventId>().unwrap(), back);
     }
 
     #[test]

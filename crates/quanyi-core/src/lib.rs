@@ -12,8 +12,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ErrorKind;
 pub use event::{DomainEvent, EventEnvelope, Payload};
 pub use id::{
-    AuditId, BatchId, CardId, EventId, GoodsId, IdError, JobId, MAX_NAME_LEN, MemberId, OrderId,
-    SkuId, TenantId, uuid_v7, uuid_v7_sequence,
+    AuditId, BatchId, CardId, EventId, GoodsId, IdError, IdSequence, JobId, MAX_NAME_LEN, MemberId,
+    OrderId, SkuId, TenantId, uuid_v7, uuid_v7_sequence,
 };
 pub use money::{Currency, MAX_EXPONENT, Money, MoneyError, Rounding};
 

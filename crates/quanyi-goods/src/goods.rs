@@ -1,6 +1,7 @@
 //! The goods aggregate: a product with its SKUs.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use quanyi_core::{Currency, GoodsId, Money, SkuId, TenantId};
@@ -196,8 +197,16 @@ pub struct PurchaseCheck {
 
 /// A good: a product page with its kind and SKUs. Every change goes through its methods and
 /// bumps [`Goods::version`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Goods {
+///
+/// Copies share one body until one of them changes (copy on write), so reading goods from a
+/// store that keeps them in memory does not copy titles and SKUs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Goods(Arc<Body>);
+
+/// What goods hold, shared by their copies.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Body {
     id: GoodsId,
     tenant: TenantId,
     title: String,
@@ -224,6 +233,21 @@ fn check_limits(sku: SkuId, limits: PurchaseLimits) -> Result<()> {
         return Err(Error::InvalidLimit { sku });
     }
     Ok(())
+}
+
+impl fmt::Debug for Goods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &*self.0;
+        f.debug_struct("Goods")
+            .field("id", &b.id)
+            .field("tenant", &b.tenant)
+            .field("title", &b.title)
+            .field("kind", &b.kind)
+            .field("skus", &b.skus)
+            .field("version", &b.version)
+            .field("created_at", &b.created_at)
+            .finish()
+    }
 }
 
 impl Goods {
@@ -301,7 +325,7 @@ impl Goods {
                 routes: d.routes,
             });
         }
-        Ok(Goods {
+        Ok(Goods(Arc::new(Body {
             id,
             tenant,
             title,
@@ -309,63 +333,70 @@ impl Goods {
             skus: out,
             version: 1,
             created_at: now,
-        })
+        })))
     }
 
     /// The good's id.
     pub fn id(&self) -> GoodsId {
-        self.id
+        self.0.id
     }
 
     /// The tenant it belongs to.
     pub fn tenant(&self) -> &TenantId {
-        &self.tenant
+        &self.0.tenant
     }
 
     /// The title shown to buyers.
     pub fn title(&self) -> &str {
-        &self.title
+        &self.0.title
     }
 
     /// What is sold.
     pub fn kind(&self) -> &GoodsKind {
-        &self.kind
+        &self.0.kind
     }
 
     /// Its SKUs.
     pub fn skus(&self) -> &[Sku] {
-        &self.skus
+        &self.0.skus
     }
 
     /// One SKU by id.
     pub fn sku(&self, id: SkuId) -> Option<&Sku> {
-        self.skus.iter().find(|s| s.id == id)
+        self.0.skus.iter().find(|s| s.id == id)
     }
 
     /// The currency every SKU is priced in.
     pub fn currency(&self) -> Option<Currency> {
-        self.skus.first().map(|s| s.price.currency())
+        self.0.skus.first().map(|s| s.price.currency())
     }
 
     /// Starts at 1 and grows by one per change (optimistic concurrency).
     pub fn version(&self) -> u64 {
-        self.version
+        self.0.version
     }
 
     /// When it was created.
     pub fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+        self.0.created_at
     }
 
     fn sku_index(&self, id: SkuId) -> Result<usize> {
-        self.skus
+        self.0
+            .skus
             .iter()
             .position(|s| s.id == id)
             .ok_or(Error::UnknownSku { sku: id })
     }
 
+    /// The body to change, copied first if another copy shares it.
+    fn body_mut(&mut self) -> &mut Body {
+        Arc::make_mut(&mut self.0)
+    }
+
     fn bump(&mut self) {
-        self.version = self.version.saturating_add(1);
+        let body = self.body_mut();
+        body.version = body.version.saturating_add(1);
     }
 
     /// Puts a SKU on or off shelf.
@@ -374,7 +405,7 @@ impl Goods {
     /// [`Error::UnknownSku`].
     pub fn set_shelf(&mut self, sku: SkuId, shelf: Shelf) -> Result<()> {
         let i = self.sku_index(sku)?;
-        self.skus[i].shelf = shelf;
+        self.body_mut().skus[i].shelf = shelf;
         self.bump();
         Ok(())
     }
@@ -385,8 +416,8 @@ impl Goods {
     /// [`Error::UnknownSku`], [`Error::NegativePrice`], [`Error::CurrencyMismatch`].
     pub fn set_price(&mut self, sku: SkuId, price: Money) -> Result<()> {
         let i = self.sku_index(sku)?;
-        check_price(sku, price, self.skus[i].price.currency())?;
-        self.skus[i].price = price;
+        check_price(sku, price, self.0.skus[i].price.currency())?;
+        self.body_mut().skus[i].price = price;
         self.bump();
         Ok(())
     }
@@ -398,7 +429,7 @@ impl Goods {
     pub fn set_limits(&mut self, sku: SkuId, limits: PurchaseLimits) -> Result<()> {
         let i = self.sku_index(sku)?;
         check_limits(sku, limits)?;
-        self.skus[i].limits = limits;
+        self.body_mut().skus[i].limits = limits;
         self.bump();
         Ok(())
     }
@@ -433,16 +464,16 @@ impl Goods {
             }
         }
         let account = account.filter(|a| !a.trim().is_empty());
-        let account = match (self.kind.account_rule(), account) {
+        let account = match (self.0.kind.account_rule(), account) {
             (Some(rule), Some(a)) => Some(rule.validate(a)?),
             // A pack passes the account on to its top-up components, which check it.
-            (None, Some(a)) if matches!(self.kind, GoodsKind::BenefitPack { .. }) => {
+            (None, Some(a)) if matches!(self.0.kind, GoodsKind::BenefitPack { .. }) => {
                 Some(a.trim().to_owned())
             }
             (Some(rule), None) => return Err(Error::AccountRequired { rule: rule.name() }),
             (None, Some(_)) => {
                 return Err(Error::UnexpectedAccount {
-                    kind: self.kind.tag(),
+                    kind: self.0.kind.tag(),
                 });
             }
             (None, None) => None,
@@ -456,8 +487,8 @@ impl Goods {
             account,
             per_member_limit: s.limits.per_member,
             stock: s.stock,
-            kind: self.kind.tag(),
-            title: self.title.clone(),
+            kind: self.0.kind.tag(),
+            title: self.0.title.clone(),
         })
     }
 }

@@ -1,6 +1,8 @@
 //! Events the order aggregate emits.
 
-use quanyi_core::{CardId, DomainEvent, MemberId, Money, OrderId};
+use std::sync::{Arc, LazyLock};
+
+use quanyi_core::{CardId, DomainEvent, MemberId, Money, OrderId, Payload};
 use serde::{Deserialize, Serialize};
 
 /// What happened to an order. Events carry card ids, never card key text.
@@ -23,9 +25,9 @@ pub enum OrderEvent {
         /// The order.
         order: OrderId,
         /// The payment provider.
-        provider: String,
+        provider: Arc<str>,
         /// The provider's transaction id.
-        transaction_id: String,
+        transaction_id: Arc<str>,
         /// The amount paid.
         amount: Money,
     },
@@ -122,5 +124,23 @@ impl DomainEvent for OrderEvent {
             OrderEvent::RefundRequested { .. } => "order.refund_requested",
             OrderEvent::Refunded { .. } => "order.refunded",
         }
+    }
+
+    fn shared_payload(&self) -> Option<Payload> {
+        /// The bodies of the kinds without fields, written once per process.
+        static BODIES: LazyLock<Option<[Payload; 3]>> = LazyLock::new(|| {
+            Some([
+                Payload::of(&OrderEvent::FulfilmentStarted).ok()?,
+                Payload::of(&OrderEvent::Delivered).ok()?,
+                Payload::of(&OrderEvent::Expired).ok()?,
+            ])
+        });
+        let i = match self {
+            OrderEvent::FulfilmentStarted => 0,
+            OrderEvent::Delivered => 1,
+            OrderEvent::Expired => 2,
+            _ => return None,
+        };
+        BODIES.as_ref().and_then(|bodies| bodies.get(i)).cloned()
     }
 }

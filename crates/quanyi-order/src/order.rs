@@ -162,9 +162,9 @@ impl NewLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     /// The payment provider, such as `alipay`.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// The provider's transaction id.
-    pub transaction_id: String,
+    pub transaction_id: Arc<str>,
     /// The amount paid.
     pub amount: Money,
     /// When the provider says it was paid.

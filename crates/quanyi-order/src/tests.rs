@@ -52,8 +52,8 @@ fn place(lines: Vec<NewLine>) -> Result<(Order, Vec<OrderEvent>)> {
 
 fn payment(amount: Money) -> Payment {
     Payment {
-        provider: "alipay".to_owned(),
-        transaction_id: "tx-1".to_owned(),
+        provider: "alipay".into(),
+        transaction_id: "tx-1".into(),
         amount,
         paid_at: later(1),
     }
@@ -210,7 +210,7 @@ fn refused_payments_change_nothing() {
     let mut paid = base.clone();
     paid.confirm_payment(payment(cny(2500)), later(1)).unwrap();
     let mut blank_tx = payment(cny(2500));
-    blank_tx.transaction_id = String::new();
+    blank_tx.transaction_id = "".into();
     let cases: Vec<(&Order, Payment, DateTime<Utc>, &str, ErrorKind)> = vec![
         (
             &base,
@@ -278,7 +278,7 @@ fn happy_path() {
     let mut names = vec![];
     let mut push = |events: Vec<OrderEvent>| names.extend(events.iter().map(|e| e.name()));
     push(o.confirm_payment(payment(cny(2500)), later(1)).unwrap());
-    assert_eq!(o.payment().unwrap().transaction_id, "tx-1");
+    assert_eq!(o.payment().unwrap().transaction_id.as_ref(), "tx-1");
     push(o.start_fulfilment(later(2)).unwrap());
     push(
         o.deliver_line(1, vec![card(1), card(2)], 2, later(3))
@@ -666,4 +666,25 @@ fn a_copy_of_an_order_does_not_change_with_the_original() {
     assert!(copy.lines()[0].cards.is_empty());
     assert_eq!(o.lines()[0].status, LineStatus::Delivered);
     assert_eq!(copy.payment(), o.payment());
+}
+
+#[test]
+fn events_without_fields_share_one_body_that_equals_their_own_json() {
+    for event in [
+        OrderEvent::FulfilmentStarted,
+        OrderEvent::Delivered,
+        OrderEvent::Expired,
+    ] {
+        let shared = event.shared_payload().unwrap();
+        assert_eq!(
+            shared.json().unwrap(),
+            serde_json::to_string(&event).unwrap()
+        );
+        assert_eq!(shared.parse::<OrderEvent>().unwrap(), event);
+        assert_eq!(event.shared_payload().unwrap(), shared);
+    }
+    let refunded = OrderEvent::Refunded {
+        amount: Money::parse("1.00", Currency::CNY).unwrap(),
+    };
+    assert!(refunded.shared_payload().is_none());
 }

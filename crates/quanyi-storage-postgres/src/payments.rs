@@ -225,10 +225,11 @@ impl PaymentStore for PgStore {
             sell: !sell.is_empty(),
             job: has_job,
         };
+        let (provider, transaction_id) = (&*notice.provider, &*notice.transaction_id);
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
             &notice_tenant,
-            &notice.provider,
-            &notice.transaction_id,
+            &provider,
+            &transaction_id,
             &reconcile,
             &doc,
             &has_change,

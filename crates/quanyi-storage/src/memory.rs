@@ -16,6 +16,7 @@ use quanyi_core::{
 use quanyi_goods::Goods;
 use quanyi_order::{Order, OrderStatus};
 use quanyi_vault::{BlindIndex, KeyId, KeyState, SealedCard, WrappedKeyRing};
+use smallvec::SmallVec;
 
 use crate::model::{
     AuditRecord, CardState, HeldCard, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob,
@@ -51,11 +52,10 @@ struct State {
     /// never changed once recorded.
     to_reconcile: Vec<NoticeKey>,
     events: EventLog,
-    event_pos: IdMap<EventId, usize>,
-    /// The greatest event id stored: a newer id cannot be stored already.
-    last_event: u128,
-    /// Positions in `events` by aggregate; the key shares the envelope's strings.
-    aggregate_events: Map<AggregateKey, Vec<usize>>,
+    event_pos: EventIndex,
+    /// Positions in `events` by aggregate; the key shares the envelope's strings. An order's
+    /// usual events fit inline.
+    aggregate_events: Map<AggregateKey, SmallVec<[usize; 5]>>,
     audit: Vec<AuditRecord>,
     audit_ids: BTreeSet<AuditId>,
     jobs: Map<JobId, Job>,
@@ -123,6 +123,49 @@ impl<K: Seq, V> IdMap<K, V> {
     }
 }
 
+/// Where each stored event is in the log, by id. Events that arrive in id order (the events of
+/// one shop, whose ids come from one sequence) are found by binary search over a plain list;
+/// the others in an ordered map.
+#[derive(Default)]
+struct EventIndex {
+    /// Ids of the events that sorted after every event stored before them, in arrival order,
+    /// so ascending.
+    in_order: Vec<u128>,
+    /// Their positions in the log.
+    in_order_pos: Vec<usize>,
+    /// The events that arrived out of id order.
+    others: BTreeMap<u128, usize>,
+}
+
+impl EventIndex {
+    /// The greatest id stored.
+    fn last(&self) -> Option<u128> {
+        self.in_order.last().copied()
+    }
+
+    fn get(&self, id: &EventId) -> Option<usize> {
+        let id = id.seq();
+        if self.last().is_none_or(|last| id > last) {
+            return None;
+        }
+        match self.in_order.binary_search(&id) {
+            Ok(i) => self.in_order_pos.get(i).copied(),
+            Err(_) => self.others.get(&id).copied(),
+        }
+    }
+
+    /// Records a new id (checked with [`EventIndex::get`] first).
+    fn insert(&mut self, id: &EventId, pos: usize) {
+        let id = id.seq();
+        if self.last().is_none_or(|last| id > last) {
+            self.in_order.push(id);
+            self.in_order_pos.push(pos);
+        } else {
+            self.others.insert(id, pos);
+        }
+    }
+}
+
 /// An order change copied before the store's lock is taken, so that the lock is held for moves
 /// and index updates only.
 struct Staged {
@@ -143,7 +186,7 @@ impl Staged {
 type AggregateKey = (TenantId, Cow<'static, str>, Arc<str>);
 
 /// A payment notice's identity: tenant, provider, transaction id.
-type NoticeKey = (TenantId, String, String);
+type NoticeKey = (TenantId, Arc<str>, Arc<str>);
 
 /// A recorded payment notice without the names its key holds.
 struct NoticeRow {
@@ -320,8 +363,7 @@ impl State {
             .iter()
             .enumerate()
             .find(|(i, e)| {
-                let stored = e.id.seq() <= self.last_event && self.event_pos.contains_key(&e.id);
-                stored || events[..*i].iter().any(|p| p.id == e.id)
+                self.event_pos.get(&e.id).is_some() || events[..*i].iter().any(|p| p.id == e.id)
             })
             .map(|(_, e)| e.id)
     }
@@ -337,11 +379,10 @@ impl State {
     /// Appends events whose ids were checked with [`State::event_conflict`] under this lock.
     fn push_checked_events(&mut self, events: Vec<EventEnvelope>) {
         // The events of one change usually share their aggregate: look its index up once.
-        let mut run: Option<(AggregateKey, &mut Vec<usize>)> = None;
+        let mut run: Option<(AggregateKey, &mut SmallVec<[usize; 5]>)> = None;
         for e in events {
             let pos = self.events.len();
-            self.event_pos.insert(e.id, pos);
-            self.last_event = self.last_event.max(e.id.seq());
+            self.event_pos.insert(&e.id, pos);
             let same = run.as_ref().is_some_and(|((tenant, kind, id), _)| {
                 *tenant == e.tenant && *kind == e.aggregate_type && *id == e.aggregate_id
             });
@@ -1202,17 +1243,17 @@ impl PaymentStore for MemoryStore {
         provider: &str,
         transaction_id: &str,
     ) -> Result<Option<PaymentNotice>> {
-        let key = (
+        let key: NoticeKey = (
             tenant.clone(),
-            provider.to_owned(),
-            transaction_id.to_owned(),
+            Arc::from(provider),
+            Arc::from(transaction_id),
         );
         Ok(self
             .state
             .lock()
             .notices
-            .get(&key)
-            .map(|row| row.notice(&key)))
+            .get_key_value(&key)
+            .map(|(key, row)| row.notice(key)))
     }
 
     async fn notices_to_reconcile(

@@ -1,5 +1,7 @@
 //! Plain records that cross the storage ports.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use quanyi_core::{
     AuditId, BatchId, CardId, EventEnvelope, JobId, Money, OrderId, SkuId, TenantId,
@@ -198,9 +200,9 @@ pub struct PaymentNotice {
     /// The tenant.
     pub tenant: TenantId,
     /// The payment provider, for example `alipay`.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// The provider's transaction id.
-    pub transaction_id: String,
+    pub transaction_id: Arc<str>,
     /// The order the notice names (it may not exist).
     pub order: OrderId,
     /// The amount the provider says was paid.

@@ -1218,6 +1218,17 @@ pub async fn events_feed_in_write_order(store: Arc<dyn Store>) {
     }
     let extra = envelopes(&order(&goods, &member("g9"), 1).0, &[]);
     store.append_events(&extra).await.unwrap();
+    // A batch whose ids descend is stored and listed in write order all the same.
+    let mut backwards: Vec<EventEnvelope> = (0..3)
+        .flat_map(|n| {
+            let (o, ev) = order(&goods, &member(&format!("b{n}")), 1);
+            envelopes(&o, &ev)
+        })
+        .collect();
+    backwards.sort_by_key(|e| std::cmp::Reverse(e.id));
+    assert!(backwards.len() >= 3);
+    store.append_events(&backwards).await.unwrap();
+    written.extend(backwards.iter().cloned());
     // Walk the whole feed in pages and keep this tenant's events.
     let mut seen = Vec::new();
     let mut after = None;
@@ -1228,10 +1239,15 @@ pub async fn events_feed_in_write_order(store: Arc<dyn Store>) {
         seen.extend(page.into_iter().filter(|e| e.tenant == tenant));
     }
     assert_eq!(seen, written);
-    assert_eq!(
-        kind_of(store.append_events(&written[..1]).await),
-        quanyi_core::ErrorKind::Conflict
-    );
+    // Every stored id is refused again, in or out of order, and the feed starts after any.
+    for e in [&written[0], &backwards[0], &backwards[1], &backwards[2]] {
+        assert_eq!(
+            kind_of(store.append_events(std::slice::from_ref(e)).await),
+            quanyi_core::ErrorKind::Conflict
+        );
+    }
+    let after_middle = store.events_after(Some(backwards[1].id), 10).await.unwrap();
+    assert_eq!(after_middle.first(), Some(&backwards[2]));
 }
 
 /// Audit records are kept and listed newest first, per tenant.

@@ -225,8 +225,8 @@ impl Shop {
                     .refund(&RefundRequest {
                         refund_id,
                         order: order.id(),
-                        provider: payment.provider.clone(),
-                        transaction_id: payment.transaction_id.clone(),
+                        provider: payment.provider.to_string(),
+                        transaction_id: payment.transaction_id.to_string(),
                         amount,
                         reason: "not delivered".into(),
                     })

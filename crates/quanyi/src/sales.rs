@@ -370,6 +370,10 @@ impl Shop {
         check_reference("provider", &notice.provider)?;
         check_reference("transaction id", &notice.transaction_id)?;
         let store = self.store_ref();
+        // Shared by the notice record, the payment and its event: one copy each.
+        let provider: std::sync::Arc<str> = std::sync::Arc::from(notice.provider.as_str());
+        let transaction_id: std::sync::Arc<str> =
+            std::sync::Arc::from(notice.transaction_id.as_str());
         for _ in 0..5 {
             // A repeated notice is found by `record_payment`, which writes nothing and returns
             // the first record; whatever is decided below is then discarded.
@@ -382,8 +386,8 @@ impl Shop {
             )?;
             let mut record = PaymentNotice {
                 tenant: self.tenant.clone(),
-                provider: notice.provider.clone(),
-                transaction_id: notice.transaction_id.clone(),
+                provider: provider.clone(),
+                transaction_id: transaction_id.clone(),
                 order: notice.order,
                 amount: notice.amount,
                 received_at: now,
@@ -409,8 +413,8 @@ impl Shop {
                 (None, None) => continue,
                 (None, Some(order)) => {
                     let payment = Payment {
-                        provider: notice.provider.clone(),
-                        transaction_id: notice.transaction_id.clone(),
+                        provider: provider.clone(),
+                        transaction_id: transaction_id.clone(),
                         amount: notice.amount,
                         paid_at: now,
                     };

@@ -183,6 +183,7 @@ impl ShopBuilder {
                 supplier_stock: parking_lot::Mutex::new(StockCache::new(self.stock_fresh_for)),
                 links: self.links,
                 watched_routes: parking_lot::Mutex::new(Vec::new()),
+                event_ids: quanyi_core::IdSequence::new(),
             }),
             tenant: self.tenant,
         })
@@ -206,6 +207,8 @@ pub(crate) struct Inner {
     /// Every supplier route whose stock this process has been asked about, kept fresh by the
     /// worker.
     pub(crate) watched_routes: parking_lot::Mutex<Vec<quanyi_supplier::Route>>,
+    /// Event ids, handed out in order: a store's log then receives them in order.
+    pub(crate) event_ids: quanyi_core::IdSequence,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -295,7 +298,7 @@ impl Shop {
             .into_iter()
             .map(|e| {
                 EventEnvelope::deferred(
-                    EventId::generate(now, &mut rng),
+                    EventId::next_in(&self.inner.event_ids, now, &mut rng),
                     self.tenant.clone(),
                     aggregate_type,
                     aggregate_id.clone(),
