@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use parking_lot::Mutex;
 use quanyi_core::{
-    AuditId, CardId, EventEnvelope, EventId, GoodsId, JobId, MemberId, OrderId, SkuId, TenantId,
+    AuditId, CardId, EventEnvelope, EventId, GoodsId, JobId, MemberId, OrderId, Payload, SkuId,
+    TenantId,
 };
 use quanyi_goods::Goods;
 use quanyi_order::{Order, OrderStatus};
@@ -220,37 +221,97 @@ impl NoticeRow {
 }
 
 /// The event log in fixed-size chunks: appending never moves what is stored, so a long-lived
-/// store does not copy (and fault in) an ever larger buffer as it grows.
+/// store does not copy (and fault in) an ever larger buffer as it grows. Events are kept without
+/// the names most of them repeat (tenant, aggregate type, event name), which are stored once.
 #[derive(Default)]
 struct EventLog {
-    chunks: Vec<Vec<EventEnvelope>>,
+    chunks: Vec<Vec<StoredEvent>>,
     len: usize,
+    /// Every (tenant, aggregate type, event name) stored, by position.
+    kinds: Vec<EventKind>,
+    kind_pos: Map<EventKind, usize>,
+}
+
+/// The names an event shares with many others.
+type EventKind = (TenantId, Cow<'static, str>, Cow<'static, str>);
+
+/// An event as the log keeps it, without its names: 80 bytes where an envelope takes 136.
+struct StoredEvent {
+    id: EventId,
+    payload: Payload,
+    aggregate_id: Arc<str>,
+    aggregate_version: u64,
+    occurred_at: DateTime<Utc>,
+    /// Position in [`EventLog::kinds`].
+    kind: usize,
 }
 
 impl EventLog {
     const CHUNK: usize = 4096;
+    /// Kinds looked for by comparison before the map is asked.
+    const SCANNED_KINDS: usize = 16;
 
     fn len(&self) -> usize {
         self.len
     }
 
+    /// The position of an event's names, stored first if new.
+    fn kind_of(&mut self, e: &EventEnvelope) -> usize {
+        // A shop writes a handful of kinds: the first few are found by comparing short strings.
+        let same = |(tenant, kind, name): &EventKind| {
+            *name == e.name && *kind == e.aggregate_type && *tenant == e.tenant
+        };
+        if let Some(pos) = self.kinds.iter().take(Self::SCANNED_KINDS).position(same) {
+            return pos;
+        }
+        let key: EventKind = (e.tenant.clone(), e.aggregate_type.clone(), e.name.clone());
+        if let Some(pos) = self.kind_pos.get(&key) {
+            return *pos;
+        }
+        let pos = self.kinds.len();
+        self.kinds.push(key.clone());
+        self.kind_pos.insert(key, pos);
+        pos
+    }
+
     fn push(&mut self, event: EventEnvelope) {
+        let kind = self.kind_of(&event);
         if self.chunks.last().is_none_or(|c| c.len() == Self::CHUNK) {
             self.chunks.push(Vec::with_capacity(Self::CHUNK));
         }
         if let Some(chunk) = self.chunks.last_mut() {
-            chunk.push(event);
+            chunk.push(StoredEvent {
+                id: event.id,
+                payload: event.payload,
+                aggregate_id: event.aggregate_id,
+                aggregate_version: event.aggregate_version,
+                occurred_at: event.occurred_at,
+                kind,
+            });
             self.len += 1;
         }
     }
 
-    fn get(&self, pos: usize) -> Option<&EventEnvelope> {
-        self.chunks
+    /// The envelope at `pos`, rebuilt from what is stored (copies share their strings).
+    fn get(&self, pos: usize) -> Option<EventEnvelope> {
+        let e = self
+            .chunks
             .get(pos / Self::CHUNK)
-            .and_then(|c| c.get(pos % Self::CHUNK))
+            .and_then(|c| c.get(pos % Self::CHUNK))?;
+        let (tenant, aggregate_type, name) = self.kinds.get(e.kind)?;
+        Some(EventEnvelope {
+            id: e.id,
+            tenant: tenant.clone(),
+            aggregate_type: aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+            aggregate_version: e.aggregate_version,
+            name: name.clone(),
+            occurred_at: e.occurred_at,
+            payload: e.payload.clone(),
+        })
     }
 
-    fn from(&self, start: usize) -> impl Iterator<Item = &EventEnvelope> {
+    fn from(&self, start: usize) -> impl Iterator<Item = EventEnvelope> + '_ {
         (start..self.len).filter_map(|p| self.get(p))
     }
 }
@@ -1290,11 +1351,7 @@ impl EventStore for MemoryStore {
                 Cow::Owned(aggregate_type.to_owned()),
                 Arc::from(aggregate_id),
             ))
-            .map(|pos| {
-                pos.iter()
-                    .filter_map(|p| s.events.get(*p).cloned())
-                    .collect()
-            })
+            .map(|pos| pos.iter().filter_map(|p| s.events.get(*p)).collect())
             .unwrap_or_default())
     }
 
@@ -1312,7 +1369,7 @@ impl EventStore for MemoryStore {
                 .map(|p| p + 1)
                 .ok_or_else(|| Error::not_found("event", id))?,
         };
-        Ok(s.events.from(start).take(limit).cloned().collect())
+        Ok(s.events.from(start).take(limit).collect())
     }
 }
 
@@ -1458,5 +1515,45 @@ impl JobStore for MemoryStore {
         out.sort_by_key(|j| j.id);
         out.truncate(limit);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_event_is_smaller_than_its_envelope() {
+        assert!(std::mem::size_of::<StoredEvent>() <= 80);
+        assert!(std::mem::size_of::<EventEnvelope>() > std::mem::size_of::<StoredEvent>());
+    }
+
+    #[test]
+    fn the_log_gives_back_what_it_was_given() {
+        let mut log = EventLog::default();
+        let mut rng = rand::thread_rng();
+        let now = Utc::now();
+        let tenants = [TenantId::default(), TenantId::new("other").unwrap()];
+        let mut written = Vec::new();
+        // More kinds than are found by comparison, so the map is used too.
+        for n in 0..40u64 {
+            let name: Cow<'static, str> = Cow::Owned(format!("thing.happened_{}", n % 20));
+            let e = EventEnvelope {
+                id: EventId::generate(now, &mut rng),
+                tenant: tenants[usize::from(n % 3 == 0)].clone(),
+                aggregate_type: Cow::Borrowed(if n % 2 == 0 { "order" } else { "goods" }),
+                aggregate_id: Arc::from(format!("agg-{}", n % 7)),
+                aggregate_version: n,
+                name,
+                occurred_at: now + Duration::seconds(i64::try_from(n).unwrap()),
+                payload: Payload::of(&n).unwrap(),
+            };
+            log.push(e.clone());
+            written.push(e);
+        }
+        assert_eq!(log.len(), written.len());
+        assert_eq!(log.from(0).collect::<Vec<_>>(), written);
+        assert_eq!(log.get(17), written.get(17).cloned());
+        assert_eq!(log.get(40), None);
     }
 }
