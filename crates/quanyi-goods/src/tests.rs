@@ -479,3 +479,22 @@ fn errors_are_send_sync_static() {
     fn check<E: std::error::Error + Send + Sync + 'static>() {}
     check::<Error>();
 }
+
+#[test]
+fn a_changed_copy_leaves_the_original_as_it_was() {
+    let original = goods(GoodsKind::CardKey, vec![card_sku(1)]).unwrap();
+    let mut copy = original.clone();
+    copy.set_price(sku(1), cny(2000)).unwrap();
+    copy.set_shelf(sku(1), Shelf::Off).unwrap();
+    assert_eq!(original.version(), 1);
+    assert_eq!(original.sku(sku(1)).unwrap().price, card_sku(1).price);
+    assert_eq!(original.sku(sku(1)).unwrap().shelf, Shelf::On);
+    assert_eq!(copy.version(), 3);
+    assert_eq!(copy.sku(sku(1)).unwrap().price, cny(2000));
+    assert_ne!(copy, original);
+    // Serialized as before: the fields, not a wrapper.
+    let json = serde_json::to_value(&original).unwrap();
+    assert_eq!(json["version"], 1);
+    assert_eq!(serde_json::from_value::<Goods>(json).unwrap(), original);
+    assert!(format!("{original:?}").starts_with("Goods {"));
+}
