@@ -1,6 +1,7 @@
 //! Quote, place order, payment notices, cancel and expiry.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use quanyi_core::{Currency, JobId, MemberId, Money, OrderId, SkuId};
 use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
@@ -371,9 +372,8 @@ impl Shop {
         check_reference("transaction id", &notice.transaction_id)?;
         let store = self.store_ref();
         // Shared by the notice record, the payment and its event: one copy each.
-        let provider: std::sync::Arc<str> = std::sync::Arc::from(notice.provider.as_str());
-        let transaction_id: std::sync::Arc<str> =
-            std::sync::Arc::from(notice.transaction_id.as_str());
+        let provider: Arc<str> = Arc::from(notice.provider.as_str());
+        let transaction_id: Arc<str> = Arc::from(notice.transaction_id.as_str());
         for _ in 0..5 {
             // A repeated notice is found by `record_payment`, which writes nothing and returns
             // the first record; whatever is decided below is then discarded.
