@@ -13,10 +13,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "orders_updated_at",
         include_str!("../migrations/0002_orders_updated_at.sql"),
     ),
+    (
+        3,
+        "free_cards",
+        include_str!("../migrations/0003_free_cards.sql"),
+    ),
 ];
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

@@ -6,15 +6,16 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use quanyi_core::{CardId, MemberId, OrderId, SkuId, TenantId};
+use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
-use quanyi_storage::{Error, NewOrder, OrderChange, OrderStore, Result};
+use quanyi_storage::{Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
 use uuid::Uuid;
 
 use crate::codec::{
     EventColumns, from_json, get, insert_events_sql, limit, micros, tenant, to_i64, to_json, to_u64,
 };
 use crate::error::{db, with_id};
+use crate::vault::{pick_ctes, take_free_sql};
 use crate::{Conn, PgStore};
 
 /// Places an order in one statement: checks the id and the member limits, picks each SKU's
@@ -24,7 +25,8 @@ use crate::{Conn, PgStore};
 /// $1 tenant, $2 order id, $3 member, $4 status, $5 expires_at (also the reservation deadline),
 /// $6 version, $7 doc, $8 line numbers, $9 line SKUs, $10 line quantities, $11..$15 events,
 /// $16 reservation SKUs, $17 quantities, $18 now, $19 limit SKUs, $20 limits, $21 requested,
-/// $22 whether the call is well formed, $23 the order's updated_at.
+/// $22 whether the call is well formed, $23 the order's updated_at, $24 and $25 the goods the
+/// order was priced from and their versions (checked against the statement's snapshot).
 ///
 /// Two shapes: with member limits, and without (most orders), which leaves the member count
 /// out of the statement, since the server sets up every part of a statement on every call; that
@@ -45,21 +47,17 @@ fn place_sql(with_limits: bool) -> String {
     };
     format!(
         "WITH existing AS (SELECT EXISTS (SELECT 1 FROM orders WHERE tenant = $1 AND id = $2) AS v), \
+         changed AS (SELECT (SELECT p.id FROM unnest($24::uuid[], $25::bigint[]) AS p(id, version) \
+                             WHERE NOT EXISTS (SELECT 1 FROM goods g WHERE g.tenant = $1 \
+                                               AND g.id = p.id AND g.version = p.version) \
+                             LIMIT 1) AS id), \
          {limits_cte}\
          wanted AS (SELECT r.sku, r.qty, r.ord \
                     FROM unnest($16::uuid[], $17::bigint[]) WITH ORDINALITY AS r(sku, qty, ord)), \
-         pick AS ( \
-             SELECT w.ord, c.id FROM wanted w \
-             CROSS JOIN LATERAL ( \
-                 SELECT id FROM cards \
-                 WHERE tenant = $1 AND sku = w.sku AND state <> 'sold' \
-                   AND (reserved_until IS NULL OR reserved_until <= $18) \
-                 ORDER BY id LIMIT w.qty \
-                 FOR UPDATE SKIP LOCKED \
-             ) c \
-         ), \
+         {pick}, \
          got AS (SELECT w.ord, w.qty, (SELECT count(*) FROM pick p WHERE p.ord = w.ord) AS n FROM wanted w), \
          ok AS (SELECT $22::boolean AND NOT (SELECT v FROM existing) \
+                   AND (SELECT id FROM changed) IS NULL \
                    AND {limits_ok} \
                    AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v), \
          new_order AS ( \
@@ -74,6 +72,7 @@ fn place_sql(with_limits: bool) -> String {
              WHERE EXISTS (SELECT 1 FROM new_order) \
          ), \
          ev AS ({ev}), \
+         take AS ({take}), \
          base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $2), \
          reserve AS ( \
              UPDATE cards c SET state = 'reserved', order_id = $2, reserved_until = $5, \
@@ -83,8 +82,11 @@ fn place_sql(with_limits: bool) -> String {
          ) \
          SELECT (SELECT v FROM existing), {limits_out}, \
                 ARRAY(SELECT n FROM got ORDER BY ord), \
-                EXISTS (SELECT 1 FROM new_order), ARRAY(SELECT id FROM pick ORDER BY ord, id)",
-        ev = insert_events_sql(11, "EXISTS (SELECT 1 FROM new_order)")
+                EXISTS (SELECT 1 FROM new_order), ARRAY(SELECT id FROM pick ORDER BY ord, id), \
+                (SELECT id FROM changed)",
+        ev = insert_events_sql(11, "EXISTS (SELECT 1 FROM new_order)"),
+        pick = pick_ctes("wanted", "$1", "$18", ""),
+        take = take_free_sql("$1", "EXISTS (SELECT 1 FROM new_order)"),
     )
 }
 
@@ -183,6 +185,7 @@ struct Placed {
     got: Vec<i64>,
     inserted: bool,
     picked: Vec<Uuid>,
+    changed_goods: Option<Uuid>,
 }
 
 /// $1 tenant, $2 order, $3 now, $4.. the cards: id, sku, batch, blind index, code, secret, key.
@@ -315,6 +318,7 @@ impl PgStore {
             got: get(&row, 2)?,
             inserted: get(&row, 3)?,
             picked: get(&row, 4)?,
+            changed_goods: get(&row, 5)?,
         })
     }
 }
@@ -371,7 +375,13 @@ impl OrderStore for PgStore {
         let status = order.status().as_str();
         let expires = micros(order.expires_at());
         let now = micros(now);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 23] = [
+        let goods_ids: Vec<Uuid> = new.priced_from.iter().map(|g| *g.id.as_uuid()).collect();
+        let goods_versions = new
+            .priced_from
+            .iter()
+            .map(|g| to_i64(g.version, "goods version"))
+            .collect::<Result<Vec<i64>>>()?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
             &tenant_name,
             &order_id,
             &member,
@@ -395,6 +405,8 @@ impl OrderStore for PgStore {
             &lim_req,
             &well_formed,
             &updated,
+            &goods_ids,
+            &goods_versions,
         ];
         let lock_key = (!new.member_limits.is_empty())
             .then(|| format!("{}:{}:{}", self.schema(), tenant_name, member));
@@ -407,6 +419,13 @@ impl OrderStore for PgStore {
 
         if placed.existing {
             return Err(Error::conflict("order", order.id(), "id already stored"));
+        }
+        if let Some(goods) = placed.changed_goods {
+            return Err(Error::conflict(
+                "goods",
+                GoodsId::from_uuid(goods),
+                GOODS_CHANGED,
+            ));
         }
         for (i, l) in new.member_limits.iter().enumerate() {
             let already = to_u64(placed.already.get(i).copied().unwrap_or(0), "quantity")?;

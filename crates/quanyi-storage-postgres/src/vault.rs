@@ -2,6 +2,7 @@
 //! `FOR UPDATE SKIP LOCKED` in card order.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -32,75 +33,133 @@ const INSERT: &str = "WITH taken AS (SELECT id FROM cards WHERE id = ANY($2) LIM
          WHERE NOT EXISTS (SELECT 1 FROM taken) \
          ORDER BY u.ord \
          ON CONFLICT ON CONSTRAINT cards_blind_index_key DO NOTHING \
-         RETURNING id \
-     ) \
+         RETURNING id, sku \
+     ), \
+     free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM ins) \
      SELECT (SELECT id FROM taken), ARRAY(SELECT id FROM ins)";
 
+/// The CTEs that pick cards for the rows of `wanted` (columns `sku`, `qty`, `ord`), oldest card
+/// first, among the free ones (`free_cards`) and the reservations that lapsed at `now` (the
+/// first two parameters are SQL expressions for the tenant and now; `lapsed_filter` narrows
+/// the lapsed ones further). Defines `free_pick`, `lapsed_pick` and `pick (ord, sku, id, free)`:
+/// at most `qty` cards per row, each locked (rows other transactions hold are skipped).
+/// The caller deletes the picked free rows from `free_cards` when it takes them.
+pub(crate) fn pick_ctes(wanted: &str, tenant: &str, now: &str, lapsed_filter: &str) -> String {
+    format!(
+        "free_pick AS ( \
+             SELECT w.ord, w.sku, f.id FROM {wanted} w \
+             CROSS JOIN LATERAL ( \
+                 SELECT id FROM free_cards WHERE tenant = {tenant} AND sku = w.sku \
+                 ORDER BY id LIMIT w.qty \
+                 FOR UPDATE SKIP LOCKED \
+             ) f), \
+         lapsed_pick AS ( \
+             SELECT w.ord, w.sku, c.id FROM {wanted} w \
+             CROSS JOIN LATERAL ( \
+                 SELECT id FROM cards \
+                 WHERE tenant = {tenant} AND sku = w.sku AND state = 'reserved' \
+                   AND reserved_until <= {now}{lapsed_filter} \
+                 ORDER BY id LIMIT w.qty \
+                 FOR UPDATE SKIP LOCKED \
+             ) c), \
+         pick AS ( \
+             SELECT u.ord, u.sku, u.id, u.free FROM ( \
+                 SELECT a.ord, a.sku, a.id, a.free, w.qty, \
+                        row_number() OVER (PARTITION BY a.ord ORDER BY a.id) AS rn \
+                 FROM (SELECT ord, sku, id, true AS free FROM free_pick \
+                       UNION ALL SELECT ord, sku, id, false FROM lapsed_pick) a \
+                 JOIN {wanted} w ON w.ord = a.ord) u \
+             WHERE u.rn <= u.qty)"
+    )
+}
+
+/// Deletes the free cards of `pick` from the queue when `condition` holds.
+pub(crate) fn take_free_sql(tenant: &str, condition: &str) -> String {
+    format!(
+        "DELETE FROM free_cards f USING pick p \
+         WHERE p.free AND f.tenant = {tenant} AND f.sku = p.sku AND f.id = p.id AND {condition}"
+    )
+}
+
 /// $1 tenant, $2 SKU, $3 order, $4 quantity, $5 until, $6 now.
-const RESERVE: &str = "WITH held AS ( \
-         SELECT id, state, hold_pos FROM cards \
-         WHERE order_id = $3 AND tenant = $1 AND sku = $2 AND state <> 'available'), \
-     pick AS ( \
-         SELECT id FROM cards \
-         WHERE tenant = $1 AND sku = $2 AND state <> 'sold' \
-           AND (reserved_until IS NULL OR reserved_until <= $6) \
-           AND NOT EXISTS (SELECT 1 FROM held) \
-         ORDER BY id LIMIT $4 \
-         FOR UPDATE SKIP LOCKED), \
-     ok AS (SELECT count(*) = $4 AS v FROM pick), \
-     base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $3), \
-     upd AS ( \
-         UPDATE cards c SET state = 'reserved', order_id = $3, reserved_until = $5, \
-                hold_pos = (SELECT v FROM base) + p.pos \
-         FROM (SELECT id, row_number() OVER (ORDER BY id) AS pos FROM pick) p \
-         WHERE c.id = p.id AND (SELECT v FROM ok)) \
-     SELECT ARRAY(SELECT id FROM held ORDER BY state = 'reserved', hold_pos), \
-            ARRAY(SELECT id FROM pick ORDER BY id), (SELECT v FROM ok)";
+static RESERVE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH held AS ( \
+             SELECT id, state, hold_pos FROM cards \
+             WHERE order_id = $3 AND tenant = $1 AND sku = $2 AND state <> 'available'), \
+         wanted AS (SELECT $2::uuid AS sku, \
+                           CASE WHEN EXISTS (SELECT 1 FROM held) THEN 0 ELSE $4::bigint END AS qty, \
+                           1 AS ord), \
+         {pick}, \
+         ok AS (SELECT count(*) = $4 AS v FROM pick), \
+         base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $3), \
+         take AS ({take}), \
+         upd AS ( \
+             UPDATE cards c SET state = 'reserved', order_id = $3, reserved_until = $5, \
+                    hold_pos = (SELECT v FROM base) + p.pos \
+             FROM (SELECT id, row_number() OVER (ORDER BY id) AS pos FROM pick) p \
+             WHERE c.id = p.id AND (SELECT v FROM ok)) \
+         SELECT ARRAY(SELECT id FROM held ORDER BY state = 'reserved', hold_pos), \
+                ARRAY(SELECT id FROM pick ORDER BY id), (SELECT v FROM ok)",
+        pick = pick_ctes("wanted", "$1", "$6", ""),
+        take = take_free_sql("$1", "(SELECT v FROM ok)"),
+    )
+});
 
 /// $1 tenant, $2 SKU, $3 order, $4 quantity, $5 now. The order's reserved cards first (any
 /// deadline), then free ones.
-const COMMIT: &str = "WITH held AS ( \
-         SELECT id, state, hold_pos FROM cards \
-         WHERE order_id = $3 AND tenant = $1 AND sku = $2 AND state <> 'available' \
-         FOR UPDATE), \
-     nsold AS (SELECT count(*) AS n FROM held WHERE state = 'sold'), \
-     need AS (SELECT GREATEST($4 - (SELECT n FROM nsold), 0) AS v), \
-     mine AS (SELECT id, hold_pos FROM held WHERE state = 'reserved' \
-              ORDER BY hold_pos LIMIT (SELECT v FROM need)), \
-     pick AS ( \
-         SELECT id FROM cards \
-         WHERE tenant = $1 AND sku = $2 AND state <> 'sold' \
-           AND (reserved_until IS NULL OR reserved_until <= $5) \
-           AND order_id IS DISTINCT FROM $3 \
-         ORDER BY id LIMIT (SELECT v FROM need) - (SELECT count(*) FROM mine) \
-         FOR UPDATE SKIP LOCKED), \
-     ok AS (SELECT (SELECT count(*) FROM mine) + (SELECT count(*) FROM pick) \
-                   = (SELECT v FROM need) AS v), \
-     base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $3), \
-     upd AS ( \
-         UPDATE cards c SET state = 'sold', sold_at = $5, reserved_until = NULL, order_id = $3, \
-                hold_pos = COALESCE((SELECT v FROM base) + p.pos, c.hold_pos) \
-         FROM (SELECT id, NULL::bigint AS pos FROM mine \
-               UNION ALL \
-               SELECT id, row_number() OVER (ORDER BY id) FROM pick) p \
-         WHERE c.id = p.id AND (SELECT v FROM ok)) \
-     SELECT (SELECT n FROM nsold), ARRAY(SELECT id FROM held WHERE state = 'sold' ORDER BY hold_pos), \
-            ARRAY(SELECT id FROM mine ORDER BY hold_pos), ARRAY(SELECT id FROM pick ORDER BY id), \
-            (SELECT v FROM ok)";
+static COMMIT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH held AS ( \
+             SELECT id, state, hold_pos FROM cards \
+             WHERE order_id = $3 AND tenant = $1 AND sku = $2 AND state <> 'available' \
+             FOR UPDATE), \
+         nsold AS (SELECT count(*) AS n FROM held WHERE state = 'sold'), \
+         need AS (SELECT GREATEST($4 - (SELECT n FROM nsold), 0) AS v), \
+         mine AS (SELECT id, hold_pos FROM held WHERE state = 'reserved' \
+                  ORDER BY hold_pos LIMIT (SELECT v FROM need)), \
+         wanted AS (SELECT $2::uuid AS sku, \
+                           (SELECT v FROM need) - (SELECT count(*) FROM mine) AS qty, 1 AS ord), \
+         {pick}, \
+         ok AS (SELECT (SELECT count(*) FROM mine) + (SELECT count(*) FROM pick) \
+                       = (SELECT v FROM need) AS v), \
+         base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $3), \
+         take AS ({take}), \
+         upd AS ( \
+             UPDATE cards c SET state = 'sold', sold_at = $5, reserved_until = NULL, order_id = $3, \
+                    hold_pos = COALESCE((SELECT v FROM base) + p.pos, c.hold_pos) \
+             FROM (SELECT id, NULL::bigint AS pos FROM mine \
+                   UNION ALL \
+                   SELECT id, row_number() OVER (ORDER BY id) FROM pick) p \
+             WHERE c.id = p.id AND (SELECT v FROM ok)) \
+         SELECT (SELECT n FROM nsold), \
+                ARRAY(SELECT id FROM held WHERE state = 'sold' ORDER BY hold_pos), \
+                ARRAY(SELECT id FROM mine ORDER BY hold_pos), ARRAY(SELECT id FROM pick ORDER BY id), \
+                (SELECT v FROM ok)",
+        pick = pick_ctes("wanted", "$1", "$5", " AND order_id <> $3"),
+        take = take_free_sql("$1", "(SELECT v FROM ok)"),
+    )
+});
 
 const HELD: &str = "SELECT id, sku, state, order_id, reserved_until, sold_at FROM cards \
                     WHERE order_id = $2 AND tenant = $1 ORDER BY id";
 
-const RELEASE: &str = "UPDATE cards SET state = 'available', order_id = NULL, \
-                       reserved_until = NULL, hold_pos = NULL \
-                       WHERE order_id = $2 AND tenant = $1 AND state = 'reserved'";
+/// Returns the order's reserved cards to stock (and to the free queue); answers how many.
+const RELEASE: &str = "WITH rel AS ( \
+         UPDATE cards SET state = 'available', order_id = NULL, reserved_until = NULL, \
+                hold_pos = NULL \
+         WHERE order_id = $2 AND tenant = $1 AND state = 'reserved' \
+         RETURNING sku, id), \
+     free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM rel) \
+     SELECT count(*) FROM rel";
 
-const STOCK: &str = "SELECT u.available, u.reserved, \
-        (SELECT count(*) FROM cards WHERE tenant = $1 AND sku = $2 AND state = 'sold') \
-     FROM (SELECT \
-             count(*) FILTER (WHERE reserved_until IS NULL OR reserved_until <= $3) AS available, \
-             count(*) FILTER (WHERE reserved_until > $3) AS reserved \
-           FROM cards WHERE tenant = $1 AND sku = $2 AND state <> 'sold') u";
+const STOCK: &str = "SELECT \
+        (SELECT count(*) FROM free_cards WHERE tenant = $1 AND sku = $2) \
+          + (SELECT count(*) FROM cards \
+             WHERE tenant = $1 AND sku = $2 AND state = 'reserved' AND reserved_until <= $3), \
+        (SELECT count(*) FROM cards \
+         WHERE tenant = $1 AND sku = $2 AND state = 'reserved' AND reserved_until > $3), \
+        (SELECT count(*) FROM cards WHERE tenant = $1 AND sku = $2 AND state = 'sold')";
 
 /// $1 tenant, $2 card, $3 expected key, $4 code, $5 secret, $6 new key.
 const REPLACE: &str = "WITH cur AS (SELECT key_id FROM cards WHERE id = $2 AND tenant = $1 FOR UPDATE), \
@@ -250,7 +309,7 @@ impl VaultStore for PgStore {
             return Err(Error::Invalid("reserve of zero cards".into()));
         }
         let conn = self.conn().await?;
-        let stmt = conn.prepare(RESERVE).await?;
+        let stmt = conn.prepare(&RESERVE).await?;
         let row = conn
             .client()
             .query_one(
@@ -294,7 +353,7 @@ impl VaultStore for PgStore {
             return Err(Error::Invalid("commit of zero cards".into()));
         }
         let conn = self.conn().await?;
-        let stmt = conn.prepare(COMMIT).await?;
+        let stmt = conn.prepare(&COMMIT).await?;
         let row = conn
             .client()
             .query_one(
@@ -351,11 +410,12 @@ impl VaultStore for PgStore {
     async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32> {
         let conn = self.conn().await?;
         let stmt = conn.prepare(RELEASE).await?;
-        let n = conn
+        let row = conn
             .client()
-            .execute(&stmt, &[&tenant.as_str(), order.as_uuid()])
+            .query_one(&stmt, &[&tenant.as_str(), order.as_uuid()])
             .await
             .map_err(db)?;
+        let n = to_u64(get(&row, 0)?, "count")?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 

@@ -206,6 +206,7 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
                         events: &envs,
                         reservations: &[Reservation { sku, quantity: 1 }],
                         member_limits: &limits,
+                        priced_from: &[],
                     },
                     t0(),
                 )
@@ -267,6 +268,7 @@ async fn a_payment_cut_off_mid_statement_writes_nothing() {
                 events: &[],
                 reservations: &[Reservation { sku, quantity: 1 }],
                 member_limits: &[],
+                priced_from: &[],
             },
             t0(),
         )
@@ -417,5 +419,97 @@ async fn timestamps_round_trip_to_the_microsecond() {
     let card = store.card(&tenant, held[0]).await.unwrap().unwrap();
     assert_eq!(card.state, CardState::Reserved { order: id, until });
     assert_eq!(card.imported_at, t0());
+    common::drop_schema(url, schema).await;
+}
+
+/// A schema at version 2 (before `free_cards`) with cards in every state: after `migrate`,
+/// stock counts are unchanged and allocation takes the available cards, then a lapsed
+/// reservation.
+#[tokio::test]
+async fn migration_3_queues_the_available_cards_of_an_older_schema() {
+    let Some(url) = common::url() else { return };
+    let schema = quanyi_testkit::unique_name("qt");
+    let admin = common::admin(&url).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema}; \
+             CREATE TABLE schema_version (version integer PRIMARY KEY, name text NOT NULL, \
+                                          applied_at timestamptz NOT NULL DEFAULT now()); \
+             {} {} \
+             INSERT INTO schema_version (version, name) VALUES (1, 'init'), (2, 'orders_updated_at');",
+            include_str!("../migrations/0001_init.sql"),
+            include_str!("../migrations/0002_orders_updated_at.sql"),
+        ))
+        .await
+        .unwrap();
+    let tenant = fixtures::tenant();
+    let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
+    let new = cards(sku, 4);
+    let (holder, buyer) = (
+        fixtures::id(OrderId::generate),
+        fixtures::id(OrderId::generate),
+    );
+    let until = t0() + Span::minutes(15);
+    for (i, c) in new.iter().enumerate() {
+        let (state, order, reserved_until, sold_at) = match i {
+            0 => ("sold", Some(holder), None, Some(t0().timestamp_micros())),
+            1 => (
+                "reserved",
+                Some(holder),
+                Some(until.timestamp_micros()),
+                None,
+            ),
+            _ => ("available", None, None, None),
+        };
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.cards (id, tenant, sku, batch, blind_index, code, key_id, \
+                     state, order_id, reserved_until, sold_at, hold_pos, imported_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $10, NULL, $11)"
+                ),
+                &[
+                    c.id.as_uuid(),
+                    &tenant.as_str(),
+                    sku.as_uuid(),
+                    c.batch.as_uuid(),
+                    &c.blind_index.as_bytes().as_slice(),
+                    &c.sealed.code.as_bytes(),
+                    &state,
+                    &order.map(|o| *o.as_uuid()),
+                    &reserved_until,
+                    &sold_at,
+                    &t0().timestamp_micros(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let store = PgStore::connect_with(common::options(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(2));
+    store.migrate().await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
+
+    let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+    assert_eq!((stock.available, stock.reserved, stock.sold), (2, 1, 1));
+    let taken = store
+        .reserve_cards(&tenant, sku, buyer, 2, t0() + Span::hours(2), t0())
+        .await
+        .unwrap();
+    let mut free: Vec<_> = new[2..].iter().map(|c| c.id).collect();
+    free.sort();
+    assert_eq!(taken, free);
+    let later = until + Span::seconds(1);
+    let other = fixtures::id(OrderId::generate);
+    let lapsed = store
+        .reserve_cards(&tenant, sku, other, 1, later + Span::minutes(15), later)
+        .await
+        .unwrap();
+    assert_eq!(lapsed, vec![new[1].id]);
+    let stock = store.stock(&tenant, sku, later).await.unwrap();
+    assert_eq!((stock.available, stock.reserved, stock.sold), (0, 3, 1));
+    drop(store);
     common::drop_schema(url, schema).await;
 }

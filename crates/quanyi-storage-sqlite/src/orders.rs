@@ -2,9 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use quanyi_core::{CardId, MemberId, OrderId, SkuId, TenantId};
+use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
-use quanyi_storage::{Error, NewOrder, OrderChange, OrderStore, Result};
+use quanyi_storage::{Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
@@ -199,6 +199,8 @@ impl OrderStore for SqliteStore {
             .iter()
             .map(|r| (r.sku, r.quantity))
             .collect();
+        let priced_from: Vec<(GoodsId, u64)> =
+            new.priced_from.iter().map(|g| (g.id, g.version)).collect();
         let now = ts(now)?;
         self.pool
             .write(move |tx| {
@@ -209,6 +211,17 @@ impl OrderStore for SqliteStore {
                     .db()?;
                 if exists {
                     return Err(Error::conflict("order", o.id, "id already stored"));
+                }
+                for &(goods, version) in &priced_from {
+                    let stored: Option<i64> = tx
+                        .prepare_cached("SELECT version FROM goods WHERE tenant = ?1 AND id = ?2")
+                        .db()?
+                        .query_row(params![o.tenant, goods.as_bytes()], |r| r.get(0))
+                        .optional()
+                        .db()?;
+                    if stored.map(|v| uint(v, "goods version")).transpose()? != Some(version) {
+                        return Err(Error::conflict("goods", goods, GOODS_CHANGED));
+                    }
                 }
                 for &(sku, limit, requested) in &limits {
                     let already = member_quantity(tx, &o.tenant, &o.member, sku)?;

@@ -2,6 +2,12 @@
 
 use quanyi_core::{ErrorKind, SkuId};
 
+/// The reason of the `Conflict` on `"goods"` that [`OrderStore::place_order`] answers when
+/// goods the order was priced from changed since.
+///
+/// [`OrderStore::place_order`]: crate::OrderStore::place_order
+pub const GOODS_CHANGED: &str = "changed since the order was priced";
+
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

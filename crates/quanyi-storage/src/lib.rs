@@ -5,11 +5,11 @@ pub mod memory;
 mod model;
 mod ports;
 
-pub use error::{Error, Result};
+pub use error::{Error, GOODS_CHANGED, Result};
 pub use memory::MemoryStore;
 pub use model::{
-    AuditAction, AuditOutcome, AuditRecord, CardState, HeldCard, InsertCardsOutcome, Job,
-    JobStatus, MemberLimit, NewCard, NewJob, NewOrder, NoticeDisposition, OrderChange,
+    AuditAction, AuditOutcome, AuditRecord, CardState, GoodsVersion, HeldCard, InsertCardsOutcome,
+    Job, JobStatus, MemberLimit, NewCard, NewJob, NewOrder, NoticeDisposition, OrderChange,
     PaymentNotice, PaymentWrite, RecordOutcome, Reservation, StockCount, StoredCard,
 };
 pub use ports::{

@@ -27,7 +27,7 @@ use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
     VaultStore,
 };
-use crate::{Error, Result};
+use crate::{Error, GOODS_CHANGED, Result};
 
 type Key<T> = (TenantId, T);
 // Keys are internal ids and validated names; a fast seeded hasher is enough.
@@ -749,6 +749,13 @@ impl OrderStore for MemoryStore {
         let tenant = order.tenant().clone();
         if s.orders.contains_key(&(tenant.clone(), order.id())) {
             return Err(Error::conflict("order", order.id(), "id already stored"));
+        }
+        if let Some(changed) = new.priced_from.iter().find(|g| {
+            s.goods
+                .get(&(tenant.clone(), g.id))
+                .is_none_or(|stored| stored.version() != g.version)
+        }) {
+            return Err(Error::conflict("goods", changed.id, GOODS_CHANGED));
         }
         for limit in new.member_limits {
             let requested: u32 = order

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use quanyi_core::{
-    AuditId, BatchId, CardId, EventEnvelope, JobId, Money, OrderId, SkuId, TenantId,
+    AuditId, BatchId, CardId, EventEnvelope, GoodsId, JobId, Money, OrderId, SkuId, TenantId,
 };
 use quanyi_order::Order;
 use quanyi_vault::{BlindIndex, KeyId, SealedCard};
@@ -142,6 +142,19 @@ pub struct NewOrder<'a> {
     pub reservations: &'a [Reservation],
     /// Limits on what the member may hold in live orders.
     pub member_limits: &'a [MemberLimit],
+    /// The goods the order was priced and checked from, at the versions read. The order is
+    /// refused (`Conflict` on `"goods"`, nothing written) when any of them changed or is gone
+    /// since: a price or shelf change never meets an order priced before it. Empty: no check.
+    pub priced_from: &'a [GoodsVersion],
+}
+
+/// Goods at the version a decision was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GoodsVersion {
+    /// The goods.
+    pub id: GoodsId,
+    /// The version read.
+    pub version: u64,
 }
 
 /// A card an order holds: reserved for it (even past the deadline, until another order takes

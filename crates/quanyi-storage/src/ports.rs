@@ -56,8 +56,9 @@ pub trait OrderStore: Send + Sync {
     /// exceed the limit.
     ///
     /// # Errors
-    /// `Conflict` when the id is taken; `MemberLimitExceeded`; `OutOfStock` for the first SKU
-    /// short of cards. Nothing is written on any error.
+    /// `Conflict` when the id is taken, or on `"goods"` when goods in `priced_from` changed;
+    /// `MemberLimitExceeded`; `OutOfStock` for the first SKU short of cards. Nothing is written
+    /// on any error.
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>>;
 
     /// Stores a new order that reserves nothing: [`place_order`](OrderStore::place_order)
@@ -76,6 +77,7 @@ pub trait OrderStore: Send + Sync {
             events,
             reservations: &[],
             member_limits,
+            priced_from: &[],
         };
         self.place_order(new, order.created_at()).await.map(|_| ())
     }

@@ -9,8 +9,9 @@ use quanyi_core::{BatchId, EventEnvelope, OrderId, TenantId};
 use quanyi_goods::{PurchaseLimits, Shelf};
 use quanyi_order::{OrderStatus, Payment};
 use quanyi_storage::{
-    AuditAction, AuditOutcome, AuditRecord, CardState, Error, JobStatus, MemberLimit, NewOrder,
-    NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reservation, Store,
+    AuditAction, AuditOutcome, AuditRecord, CardState, Error, GOODS_CHANGED, GoodsVersion,
+    JobStatus, MemberLimit, NewOrder, NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite,
+    RecordOutcome, Reservation, Store,
 };
 use quanyi_vault::{KeyId, SealedCard, SealedValue};
 
@@ -32,6 +33,7 @@ pub const CASES: &[&str] = &[
     "late_commit_never_takes_a_card_twice",
     "concurrent_buyers_never_oversell",
     "place_order_is_all_or_nothing",
+    "place_order_checks_goods_versions",
     "payment_sells_only_held_cards",
     "bought_cards_arrive_with_their_order_change",
     "payment_notice_recorded_once",
@@ -543,6 +545,7 @@ pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
                 events: &envs,
                 reservations: &[Reservation { sku, quantity: 1 }],
                 member_limits: &[],
+                priced_from: &[],
             };
             let held = store.place_order(new, t0()).await?;
             let mut paid = order.clone();
@@ -656,6 +659,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                     },
                 ],
                 member_limits: &[],
+                priced_from: &[],
             },
             t0(),
         )
@@ -690,6 +694,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                     },
                 ],
                 member_limits: &limits,
+                priced_from: &[],
             },
             t0(),
         )
@@ -720,6 +725,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                     sku: sku_b,
                     limit: 3,
                 }],
+                priced_from: &[],
             },
             t0(),
         )
@@ -746,6 +752,85 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
     );
 }
 
+/// An order priced from goods that changed since (or are gone) is refused as a conflict on the
+/// goods and writes nothing; priced from the current version it is placed.
+pub async fn place_order_checks_goods_versions(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let mut goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 2), t0())
+        .await
+        .unwrap();
+    let read = GoodsVersion {
+        id: goods.id(),
+        version: goods.version(),
+    };
+    goods.set_shelf(sku, Shelf::Off).unwrap();
+    store.update_goods(&goods, read.version, &[]).await.unwrap();
+    let buyer = member("quinn");
+    let place = |order: quanyi_order::Order, priced_from: Vec<GoodsVersion>| {
+        let store = store.clone();
+        async move {
+            let envs = envelopes(&order, &[]);
+            let r = store
+                .place_order(
+                    NewOrder {
+                        order: &order,
+                        events: &envs,
+                        reservations: &[Reservation { sku, quantity: 1 }],
+                        member_limits: &[],
+                        priced_from: &priced_from,
+                    },
+                    t0(),
+                )
+                .await;
+            (order.id(), r)
+        }
+    };
+    let gone = GoodsVersion {
+        id: card_goods(&tenant, PurchaseLimits::default()).id(),
+        version: 1,
+    };
+    for stale in [
+        vec![read],
+        vec![gone],
+        vec![
+            GoodsVersion {
+                id: goods.id(),
+                version: goods.version(),
+            },
+            read,
+        ],
+    ] {
+        let (order_id, r) = place(order(&goods, &buyer, 1).0, stale).await;
+        assert!(
+            matches!(&r, Err(Error::Conflict { what: "goods", reason, .. }) if *reason == GOODS_CHANGED),
+            "{r:?}"
+        );
+        assert!(store.order(&tenant, order_id).await.unwrap().is_none());
+        assert!(
+            store
+                .held_cards(&tenant, order_id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+        assert_eq!((stock.available, stock.reserved), (2, 0));
+    }
+    let current = GoodsVersion {
+        id: goods.id(),
+        version: goods.version(),
+    };
+    let (order_id, r) = place(order(&goods, &buyer, 1).0, vec![current]).await;
+    assert_eq!(r.unwrap().len(), 1);
+    assert!(store.order(&tenant, order_id).await.unwrap().is_some());
+    let stock = store.stock(&tenant, sku, t0()).await.unwrap();
+    assert_eq!((stock.available, stock.reserved), (1, 1));
+}
+
 /// A payment that sells cards sells only cards its order holds, with the notice and the order
 /// change in the same step.
 pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
@@ -764,6 +849,7 @@ pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
                 events: &[],
                 reservations: &[Reservation { sku, quantity: 1 }],
                 member_limits: &[],
+                priced_from: &[],
             },
             t0(),
         )

@@ -35,6 +35,7 @@ macro_rules! storage_conformance {
             late_commit_never_takes_a_card_twice,
             concurrent_buyers_never_oversell,
             place_order_is_all_or_nothing,
+            place_order_checks_goods_versions,
             payment_sells_only_held_cards,
             bought_cards_arrive_with_their_order_change,
             payment_notice_recorded_once,

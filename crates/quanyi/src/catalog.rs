@@ -36,6 +36,7 @@ impl Shop {
         };
         let events = self.envelopes("goods", id, goods.version(), vec![event], now);
         self.store_ref().insert_goods(&goods, &events).await?;
+        self.inner.goods_memo.put(&goods);
         tracing::info!(goods = %id, skus = goods.skus().len(), "goods created");
         Ok(goods)
     }
@@ -45,10 +46,23 @@ impl Shop {
     /// # Errors
     /// [`Error::UnknownSku`]; [`Error::Storage`].
     pub async fn goods_of(&self, sku: SkuId) -> Result<Goods> {
-        self.store_ref()
+        let goods = self
+            .store_ref()
             .goods_by_sku(&self.tenant, sku)
             .await?
-            .ok_or(Error::UnknownSku(sku))
+            .ok_or(Error::UnknownSku(sku))?;
+        self.inner.goods_memo.put(&goods);
+        Ok(goods)
+    }
+
+    /// The goods of a SKU for pricing an order, and whether they came from memory: as this
+    /// process last saw them when `memo` is set and it saw them (the order then names their
+    /// version and the store refuses it if they changed), otherwise read from the store.
+    pub(crate) async fn goods_for_order(&self, sku: SkuId, memo: bool) -> Result<(Goods, bool)> {
+        if memo && let Some(goods) = self.inner.goods_memo.get(&self.tenant, sku) {
+            return Ok((goods, true));
+        }
+        Ok((self.goods_of(sku).await?, false))
     }
 
     /// Puts a SKU on or off the shelf. Off-shelf SKUs cannot be quoted or ordered.
@@ -68,9 +82,15 @@ impl Shop {
             vec![CatalogEvent::ShelfChanged { sku, shelf }],
             now,
         );
-        self.store_ref()
+        let written = self
+            .store_ref()
             .update_goods(&goods, expected, &events)
-            .await?;
+            .await;
+        match written {
+            Ok(()) => self.inner.goods_memo.put(&goods),
+            Err(_) => self.inner.goods_memo.forget(&self.tenant, sku),
+        }
+        written?;
         Ok(goods)
     }
 }

@@ -5,6 +5,7 @@ mod catalog;
 mod error;
 mod events;
 mod fulfil;
+mod memo;
 mod payments;
 mod sales;
 mod shop;

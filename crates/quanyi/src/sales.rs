@@ -7,10 +7,11 @@ use quanyi_core::{Currency, JobId, MemberId, Money, OrderId, SkuId};
 use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
 use quanyi_order::{LineStatus, NewLine, Order, OrderStatus, Payment};
 use quanyi_storage::{
-    CardState, HeldCard, MemberLimit, NewJob, NewOrder, NoticeDisposition, OrderChange,
-    PaymentNotice, PaymentWrite, RecordOutcome, Reservation,
+    CardState, GoodsVersion, HeldCard, MemberLimit, NewJob, NewOrder, NoticeDisposition,
+    OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reservation,
 };
 
+use crate::memo::PlacedOrder;
 use crate::{Error, Result, Shop};
 
 /// The job kind that delivers a paid order.
@@ -132,7 +133,12 @@ impl Shop {
     /// The order's lines: each cart line as quoted, except that a benefit pack becomes one line
     /// per component, each carrying its share of the pack's price (allocated by the components'
     /// list prices, so the shares sum to the pack's price) and the pack's SKU.
-    async fn expand_bundles(&self, quote: &Quote, cart: &[CartLine]) -> Result<Vec<Planned>> {
+    async fn expand_bundles(
+        &self,
+        quote: &Quote,
+        cart: &[CartLine],
+        pricing: &mut Pricing,
+    ) -> Result<Vec<Planned>> {
         let mut out = Vec::with_capacity(quote.lines.len());
         for (line, asked) in quote.lines.iter().zip(cart) {
             if line.check.kind != KindTag::BenefitPack {
@@ -145,7 +151,7 @@ impl Shop {
                 });
                 continue;
             }
-            let pack = self.goods_of(line.check.sku).await?;
+            let pack = self.priced_goods(line.check.sku, pricing).await?;
             let quanyi_goods::GoodsKind::BenefitPack { components } = pack.kind() else {
                 return Err(Error::InvalidInput(
                     "benefit pack without components".into(),
@@ -153,7 +159,7 @@ impl Shop {
             };
             let mut parts = Vec::with_capacity(components.len());
             for c in components {
-                let goods = self.goods_of(c.sku).await?;
+                let goods = self.priced_goods(c.sku, pricing).await?;
                 let quantity = c
                     .quantity
                     .checked_mul(line.check.quantity)
@@ -196,6 +202,25 @@ impl Shop {
     /// [`Error::EmptyCart`]; [`Error::InvalidQuantity`]; [`Error::UnknownSku`];
     /// [`Error::Goods`] (off shelf, limit, account); [`Error::CurrencyMismatch`]; [`Error::Money`].
     pub async fn quote(&self, cart: &[CartLine]) -> Result<Quote> {
+        self.price_cart(cart, &mut Pricing::fresh()).await
+    }
+
+    /// The goods of a SKU for pricing, noting the version it was priced from.
+    async fn priced_goods(&self, sku: SkuId, pricing: &mut Pricing) -> Result<Goods> {
+        let (goods, remembered) = self.goods_for_order(sku, pricing.memo).await?;
+        pricing.remembered |= remembered;
+        let seen = GoodsVersion {
+            id: goods.id(),
+            version: goods.version(),
+        };
+        if !pricing.priced_from.contains(&seen) {
+            pricing.priced_from.push(seen);
+        }
+        Ok(goods)
+    }
+
+    /// [`quote`](Shop::quote), with the goods taken as `pricing` says.
+    async fn price_cart(&self, cart: &[CartLine], pricing: &mut Pricing) -> Result<Quote> {
         if cart.is_empty() {
             return Err(Error::EmptyCart);
         }
@@ -211,7 +236,7 @@ impl Shop {
             let goods = match goods_cache.get(&line.sku) {
                 Some(g) => g,
                 None => {
-                    let g = self.goods_of(line.sku).await?;
+                    let g = self.priced_goods(line.sku, pricing).await?;
                     goods_cache.entry(line.sku).or_insert(g)
                 }
             };
@@ -250,8 +275,67 @@ impl Shop {
     /// As [`quote`](Shop::quote); [`Error::NotFulfillable`]; [`Error::OutOfStock`];
     /// [`Error::MemberLimitExceeded`]; [`Error::Storage`].
     pub async fn place_order(&self, member: &MemberId, cart: &[CartLine]) -> Result<Order> {
-        let quote = self.quote(cart).await?;
-        let planned = self.expand_bundles(&quote, cart).await?;
+        // First from the goods this process remembers. The store refuses the order if they
+        // changed since; then, and when a check fails on remembered goods, decide again from
+        // fresh reads.
+        let mut pricing = Pricing::remembered();
+        for _ in 0..3 {
+            let plan = match self.plan_order(member, cart, &mut pricing).await {
+                Ok(plan) => plan,
+                Err(_) if pricing.remembered => {
+                    pricing = Pricing::fresh();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let placed = self
+                .store_ref()
+                .place_order(
+                    NewOrder {
+                        order: &plan.order,
+                        events: &plan.events,
+                        reservations: &plan.reservations,
+                        member_limits: &plan.limits,
+                        priced_from: &pricing.priced_from,
+                    },
+                    plan.now,
+                )
+                .await;
+            match placed {
+                Ok(cards) => {
+                    let order = plan.order;
+                    tracing::info!(order = %order.id(), total = %order.total(), "order placed");
+                    if let Some(held) = reserved_cards(&order, &plan.reservations, &cards) {
+                        self.inner.placed.put(PlacedOrder {
+                            order: order.clone(),
+                            held,
+                        });
+                    }
+                    return Ok(order);
+                }
+                Err(quanyi_storage::Error::Conflict { what: "goods", .. }) => {
+                    pricing = Pricing::fresh();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "goods",
+            cart.first().map(|l| l.sku.to_string()).unwrap_or_default(),
+            "kept changing while placing an order",
+        )))
+    }
+
+    /// Checks and prices a cart and builds the order that [`place_order`](Shop::place_order)
+    /// stores, with the goods taken as `pricing` says.
+    async fn plan_order(
+        &self,
+        member: &MemberId,
+        cart: &[CartLine],
+        pricing: &mut Pricing,
+    ) -> Result<OrderPlan> {
+        let quote = self.price_cart(cart, pricing).await?;
+        let planned = self.expand_bundles(&quote, cart, pricing).await?;
         if let Some(bad) = planned
             .iter()
             .find(|l| !self.can_fulfil(&l.check, &l.routes))
@@ -329,19 +413,13 @@ impl Shop {
             .filter_map(|(sku, (_, limit, _))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
             .collect();
         let envs = self.envelopes("order", id, order.version(), events, now);
-        self.store_ref()
-            .place_order(
-                NewOrder {
-                    order: &order,
-                    events: &envs,
-                    reservations: &reservations,
-                    member_limits: &limits,
-                },
-                now,
-            )
-            .await?;
-        tracing::info!(order = %id, total = %order.total(), "order placed");
-        Ok(order)
+        Ok(OrderPlan {
+            order,
+            events: envs,
+            reservations,
+            limits,
+            now,
+        })
     }
 
     /// An order by id.
@@ -380,10 +458,17 @@ impl Shop {
             let now = self.now();
             // The order and the cards it holds are independent reads: both go out at once, so
             // on a networked store they cost one round trip of waiting instead of two.
-            let (order, held) = tokio::try_join!(
-                store.order(&self.tenant, notice.order),
-                store.held_cards(&self.tenant, notice.order),
-            )?;
+            // An order this process placed is remembered with its cards until its payment;
+            // the write below is checked against the store's copy either way.
+            let remembered = self.inner.placed.take(&self.tenant, notice.order);
+            let from_memory = remembered.is_some();
+            let (order, held) = match remembered {
+                Some(placed) => (Some(placed.order), placed.held),
+                None => tokio::try_join!(
+                    store.order(&self.tenant, notice.order),
+                    store.held_cards(&self.tenant, notice.order),
+                )?,
+            };
             let mut record = PaymentNotice {
                 tenant: self.tenant.clone(),
                 provider: provider.clone(),
@@ -397,6 +482,10 @@ impl Shop {
                 None => Some("unknown_order"),
                 Some(o) => payability(o, &notice, now),
             };
+            if reason.is_some() && from_memory {
+                // A refusal is decided from the store's copy, never from memory.
+                continue;
+            }
             let outcome = match (reason, order) {
                 (Some(reason), _) => {
                     record.disposition = NoticeDisposition::Reconcile {
@@ -622,6 +711,74 @@ struct Planned {
     routes: Vec<quanyi_goods::SupplierRoute>,
     allocated: Option<Money>,
     bundle: Option<SkuId>,
+}
+
+/// How an order is priced: from remembered goods or fresh reads, and the goods versions it
+/// was priced from (which the store checks when it places the order).
+struct Pricing {
+    /// Take goods from memory when this process has them.
+    memo: bool,
+    /// Some goods came from memory.
+    remembered: bool,
+    priced_from: Vec<GoodsVersion>,
+}
+
+impl Pricing {
+    fn remembered() -> Self {
+        Pricing {
+            memo: true,
+            remembered: false,
+            priced_from: Vec::new(),
+        }
+    }
+
+    fn fresh() -> Self {
+        Pricing {
+            memo: false,
+            remembered: false,
+            priced_from: Vec::new(),
+        }
+    }
+}
+
+/// An order ready to store.
+struct OrderPlan {
+    order: Order,
+    events: Vec<quanyi_core::EventEnvelope>,
+    reservations: Vec<Reservation>,
+    limits: Vec<MemberLimit>,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+/// The cards a placed order holds, from what the store returned: each reservation's cards in
+/// turn (the port's order), listed in card order as [`VaultStore::held_cards`] lists them.
+/// `None` when the count does not match.
+///
+/// [`VaultStore::held_cards`]: quanyi_storage::VaultStore::held_cards
+fn reserved_cards(
+    order: &Order,
+    reservations: &[Reservation],
+    cards: &[quanyi_core::CardId],
+) -> Option<Vec<HeldCard>> {
+    let mut ids = cards.iter();
+    let mut held = Vec::with_capacity(cards.len());
+    for r in reservations {
+        for _ in 0..r.quantity {
+            held.push(HeldCard {
+                id: *ids.next()?,
+                sku: r.sku,
+                state: CardState::Reserved {
+                    order: order.id(),
+                    until: order.expires_at(),
+                },
+            });
+        }
+    }
+    if ids.next().is_some() {
+        return None;
+    }
+    held.sort_by_key(|c| c.id);
+    Some(held)
 }
 
 struct PaymentPlan {

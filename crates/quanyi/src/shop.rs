@@ -11,6 +11,7 @@ use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
 use quanyi_supplier::{BreakerConfig, Breakers, StockCache, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
+use crate::memo::{GoodsMemo, PlacedOrders};
 use crate::{Error, PaymentGateway, Result};
 
 /// How long an unpaid order holds its stock unless told otherwise: 15 minutes.
@@ -184,6 +185,8 @@ impl ShopBuilder {
                 links: self.links,
                 watched_routes: parking_lot::Mutex::new(Vec::new()),
                 event_ids: quanyi_core::IdSequence::new(),
+                goods_memo: GoodsMemo::default(),
+                placed: PlacedOrders::default(),
             }),
             tenant: self.tenant,
         })
@@ -209,6 +212,10 @@ pub(crate) struct Inner {
     pub(crate) watched_routes: parking_lot::Mutex<Vec<quanyi_supplier::Route>>,
     /// Event ids, handed out in order: a store's log then receives them in order.
     pub(crate) event_ids: quanyi_core::IdSequence,
+    /// Goods this process priced orders from (checked by the store at placement).
+    pub(crate) goods_memo: GoodsMemo,
+    /// Orders this process placed, until their payment (checked by the store at payment).
+    pub(crate) placed: PlacedOrders,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
