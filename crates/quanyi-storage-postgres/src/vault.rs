@@ -1,5 +1,6 @@
-//! `VaultStore`: one row per card key, its state and holding order in columns; allocation with
-//! `FOR UPDATE SKIP LOCKED` in card order.
+//! `VaultStore`: one row per card key, its state and holding order in columns, and the available
+//! ones also in the `free_cards` queue; allocation deletes the oldest queue rows it can lock
+//! (`FOR UPDATE SKIP LOCKED`, card order), merged with lapsed reservations.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;

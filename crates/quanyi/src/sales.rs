@@ -278,7 +278,7 @@ impl Shop {
         // First from the goods this process remembers. The store refuses the order if they
         // changed since; then, and when a check fails on remembered goods, decide again from
         // fresh reads.
-        let mut pricing = Pricing::remembered();
+        let mut pricing = Pricing::from_memory();
         for _ in 0..3 {
             let plan = match self.plan_order(member, cart, &mut pricing).await {
                 Ok(plan) => plan,
@@ -456,10 +456,10 @@ impl Shop {
             // A repeated notice is found by `record_payment`, which writes nothing and returns
             // the first record; whatever is decided below is then discarded.
             let now = self.now();
-            // The order and the cards it holds are independent reads: both go out at once, so
-            // on a networked store they cost one round trip of waiting instead of two.
-            // An order this process placed is remembered with its cards until its payment;
-            // the write below is checked against the store's copy either way.
+            // An order this process placed is remembered with its cards until its payment (the
+            // write below is checked against the store's copy either way). Otherwise the order
+            // and its cards are read: independent reads, sent at once, so on a networked store
+            // they cost one round trip of waiting instead of two.
             let remembered = self.inner.placed.take(&self.tenant, notice.order);
             let from_memory = remembered.is_some();
             let (order, held) = match remembered {
@@ -724,7 +724,7 @@ struct Pricing {
 }
 
 impl Pricing {
-    fn remembered() -> Self {
+    fn from_memory() -> Self {
         Pricing {
             memo: true,
             remembered: false,
