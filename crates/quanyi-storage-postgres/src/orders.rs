@@ -18,9 +18,10 @@ use crate::error::{db, with_id};
 use crate::vault::{pick_ctes, take_free_sql};
 use crate::{Conn, PgStore};
 
-/// Places an order in one statement: checks the id and the member limits, picks each SKU's
-/// cards (oldest first, skipping rows other transactions hold), and only if
-/// everything fits inserts the order, its lines and events and reserves the cards.
+/// Places an order in one statement: checks the id, the versions of the goods it was priced
+/// from and the member limits, picks each SKU's cards (oldest first from the `free_cards` queue
+/// and lapsed reservations, skipping rows other transactions hold), and only if everything fits
+/// inserts the order, its lines and events, takes the cards out of the queue and reserves them.
 ///
 /// $1 tenant, $2 order id, $3 member, $4 status, $5 expires_at (also the reservation deadline),
 /// $6 version, $7 doc, $8 line numbers, $9 line SKUs, $10 line quantities, $11..$15 events,
