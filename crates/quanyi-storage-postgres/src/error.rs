@@ -50,6 +50,47 @@ pub(crate) fn db(e: tokio_postgres::Error) -> Error {
     }
 }
 
+/// Why a combined write (see `combine`) decided none of its requests.
+pub(crate) enum Batch {
+    /// The server refused the statement (a unique violation, a lost race, a bad value): it
+    /// wrote nothing, and each request runs alone for its own answer.
+    Refused,
+    /// No answer from the server (a lost connection, a pool timeout) or an answer that does not
+    /// decode: whether the batch committed is unknown, and every request gets this error.
+    Failed(Error),
+}
+
+impl Batch {
+    /// The error of a failed batch for each of its requests: the first gets the error itself,
+    /// the others a copy that keeps its kind and message (the driver's error is not `Clone`).
+    pub(crate) fn errors(e: Error, n: usize) -> impl Iterator<Item = Error> {
+        let copy = || match &e {
+            Error::Unavailable { message, source } => Error::Unavailable {
+                message: match source {
+                    Some(source) => format!("{message}: {source}"),
+                    None => message.clone(),
+                },
+                source: None,
+            },
+            Error::Corrupt(what) => Error::Corrupt(what.clone()),
+            other => Error::Unavailable {
+                message: other.to_string(),
+                source: None,
+            },
+        };
+        let copies: Vec<Error> = (1..n).map(|_| copy()).collect();
+        std::iter::once(e).chain(copies)
+    }
+
+    pub(crate) fn of(e: tokio_postgres::Error) -> Batch {
+        if e.as_db_error().is_some() {
+            Batch::Refused
+        } else {
+            Batch::Failed(db(e))
+        }
+    }
+}
+
 /// A pool error (timeout, closed pool, failed connect) as `Unavailable`.
 pub(crate) fn pool(e: deadpool_postgres::PoolError) -> Error {
     if let deadpool_postgres::PoolError::Backend(inner) = e {

@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(test)]
+mod batch_tests;
 mod codec;
+mod combine;
 mod error;
 mod goods;
 mod jobs;
@@ -19,7 +22,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use quanyi_storage::{Error, Result};
 use tokio_postgres::{NoTls, Statement};
 
+pub use combine::BatchCount;
 pub use migrate::SCHEMA_VERSION;
+
+/// The most requests one combined write carries.
+const MAX_BATCH: usize = 64;
 pub use options::{DEFAULT_SCHEMA, PgOptions};
 
 /// Every quanyi storage port over PostgreSQL, on a pool of connections whose `search_path` is
@@ -37,6 +44,10 @@ struct Shared {
     schema: String,
     target: String,
     max_connections: usize,
+    /// Concurrent placements, combined.
+    placements: combine::Combiner<orders::PlaceRequest, Vec<quanyi_core::CardId>>,
+    /// Concurrent payment records, combined.
+    payments: combine::Combiner<payments::RecordRequest, quanyi_storage::RecordOutcome>,
 }
 
 impl fmt::Debug for PgStore {
@@ -90,6 +101,8 @@ impl PgStore {
                 schema: options.schema,
                 target,
                 max_connections: options.max_connections,
+                placements: combine::Combiner::new(options.write_batches, MAX_BATCH),
+                payments: combine::Combiner::new(options.write_batches, MAX_BATCH),
             }),
         };
         drop(store.conn().await?);
@@ -101,6 +114,16 @@ impl PgStore {
         &self.shared.schema
     }
 
+    /// How this store's combined writes went so far: batches of placements and of payment
+    /// records, and the calls they carried (see [`PgOptions::write_batches`]). The mean batch
+    /// size is `requests / batches`; 1.0 means calls never overlapped.
+    pub fn batch_counts(&self) -> BatchCounts {
+        BatchCounts {
+            placements: self.shared.placements.count(),
+            payments: self.shared.payments.count(),
+        }
+    }
+
     /// A pooled connection.
     async fn conn(&self) -> Result<Conn> {
         let obj = self.pool.get().await.map_err(error::pool)?;
@@ -109,6 +132,15 @@ impl PgStore {
             in_txn: false,
         })
     }
+}
+
+/// The combined writes of a store so far, by kind; see [`PgStore::batch_counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// `place_order` calls.
+    pub placements: BatchCount,
+    /// `record_payment` calls that pay an order.
+    pub payments: BatchCount,
 }
 
 /// A pooled connection that is thrown away, not returned to the pool, if it is dropped inside

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::codec::{
     EventColumns, from_json, get, insert_events_sql, limit, micros, tenant, to_i64, to_json, to_u64,
 };
-use crate::error::{db, with_id};
+use crate::combine::{Answer, Pending};
+use crate::error::{Batch, db, with_id};
 use crate::vault::{pick_ctes, take_free_sql};
 use crate::{Conn, PgStore};
 
@@ -175,7 +176,7 @@ async fn write_change(
     if written {
         Ok(())
     } else {
-        Err(change_error(order, current, expected, newer))
+        Err(change_error(order.id(), current, expected, newer))
     }
 }
 
@@ -324,26 +325,45 @@ impl PgStore {
     }
 }
 
-fn is_newer(change: &OrderChange<'_>) -> bool {
-    change.order.version() > change.expected_version
+/// A placement with everything it binds owned, so that a batch task can carry it.
+pub(crate) struct PlaceRequest {
+    order: OrderId,
+    tenant: String,
+    member: String,
+    status: &'static str,
+    expires: i64,
+    version: i64,
+    doc: String,
+    updated: i64,
+    now: i64,
+    nos: Vec<i32>,
+    line_skus: Vec<Uuid>,
+    line_qtys: Vec<i64>,
+    ev: EventColumns,
+    /// One entry per SKU reserved (repeated SKUs, outside the port's contract, merged).
+    res_skus: Vec<Uuid>,
+    res_qtys: Vec<i64>,
+    /// The reservations as the call gave them, with their SKU's entry in `res_skus`.
+    reservations: Vec<(SkuId, u32, usize)>,
+    well_formed: bool,
+    /// Per member limit: SKU, limit, quantity the order asks for.
+    limits: Vec<(SkuId, u32, u32)>,
+    goods_ids: Vec<Uuid>,
+    goods_versions: Vec<i64>,
 }
 
-#[async_trait]
-impl OrderStore for PgStore {
-    async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
+impl PlaceRequest {
+    fn new(new: &NewOrder<'_>, now: DateTime<Utc>) -> Result<Self> {
         let order = new.order;
-        let doc = to_json(order, "order")?;
-        let version = to_i64(order.version(), "order version")?;
         let (mut nos, mut line_skus, mut line_qtys) = (Vec::new(), Vec::new(), Vec::new());
         for l in order.lines() {
             nos.push(i32::from(l.no));
             line_skus.push(*l.sku.as_uuid());
             line_qtys.push(i64::from(l.quantity));
         }
-        let ev = EventColumns::new(new.events)?;
-        // One pick per SKU: repeated SKUs (outside the port's contract) are merged.
         let mut slot: HashMap<SkuId, usize> = HashMap::new();
         let (mut res_skus, mut res_qtys): (Vec<Uuid>, Vec<i64>) = (Vec::new(), Vec::new());
+        let mut reservations = Vec::with_capacity(new.reservations.len());
         for r in new.reservations {
             let i = *slot.entry(r.sku).or_insert_with(|| {
                 res_skus.push(*r.sku.as_uuid());
@@ -351,75 +371,54 @@ impl OrderStore for PgStore {
                 res_qtys.len() - 1
             });
             res_qtys[i] += i64::from(r.quantity);
+            reservations.push((r.sku, r.quantity, i));
         }
-        let well_formed = new.reservations.iter().all(|r| r.quantity > 0);
-        let updated = micros(order.updated_at());
-        let mut lim_skus = Vec::new();
-        let mut lim_max = Vec::new();
-        let mut lim_req = Vec::new();
-        let mut requested_of = Vec::new();
-        for l in new.member_limits {
-            let requested: u32 = order
-                .lines()
-                .iter()
-                .filter(|line| line.sku == l.sku)
-                .map(|line| line.quantity)
-                .fold(0u32, u32::saturating_add);
-            lim_skus.push(*l.sku.as_uuid());
-            lim_max.push(i64::from(l.limit));
-            lim_req.push(i64::from(requested));
-            requested_of.push(requested);
-        }
-        let tenant_name = order.tenant().as_str();
-        let order_id = *order.id().as_uuid();
-        let member = order.member().as_str();
-        let status = order.status().as_str();
-        let expires = micros(order.expires_at());
-        let now = micros(now);
-        let goods_ids: Vec<Uuid> = new.priced_from.iter().map(|g| *g.id.as_uuid()).collect();
-        let goods_versions = new
-            .priced_from
+        let limits = new
+            .member_limits
             .iter()
-            .map(|g| to_i64(g.version, "goods version"))
-            .collect::<Result<Vec<i64>>>()?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
-            &tenant_name,
-            &order_id,
-            &member,
-            &status,
-            &expires,
-            &version,
-            &doc,
-            &nos,
-            &line_skus,
-            &line_qtys,
-            &ev.ids,
-            &ev.tenants,
-            &ev.types,
-            &ev.aggregates,
-            &ev.docs,
-            &res_skus,
-            &res_qtys,
-            &now,
-            &lim_skus,
-            &lim_max,
-            &lim_req,
-            &well_formed,
-            &updated,
-            &goods_ids,
-            &goods_versions,
-        ];
-        let lock_key = (!new.member_limits.is_empty())
-            .then(|| format!("{}:{}:{}", self.schema(), tenant_name, member));
-        let mut conn = self.conn().await?;
-        let placed = self
-            .run_place(&mut conn, lock_key, &params)
-            .await
-            .map_err(|e| with_id(e, order.id()))?;
-        drop(conn);
+            .map(|l| {
+                let requested = order
+                    .lines()
+                    .iter()
+                    .filter(|line| line.sku == l.sku)
+                    .map(|line| line.quantity)
+                    .fold(0u32, u32::saturating_add);
+                (l.sku, l.limit, requested)
+            })
+            .collect();
+        Ok(PlaceRequest {
+            order: order.id(),
+            tenant: order.tenant().as_str().to_owned(),
+            member: order.member().as_str().to_owned(),
+            status: order.status().as_str(),
+            expires: micros(order.expires_at()),
+            version: to_i64(order.version(), "order version")?,
+            doc: to_json(order, "order")?,
+            updated: micros(order.updated_at()),
+            now: micros(now),
+            nos,
+            line_skus,
+            line_qtys,
+            ev: EventColumns::new(new.events)?,
+            res_skus,
+            res_qtys,
+            reservations,
+            well_formed: new.reservations.iter().all(|r| r.quantity > 0),
+            limits,
+            goods_ids: new.priced_from.iter().map(|g| *g.id.as_uuid()).collect(),
+            goods_versions: new
+                .priced_from
+                .iter()
+                .map(|g| to_i64(g.version, "goods version"))
+                .collect::<Result<Vec<i64>>>()?,
+        })
+    }
 
+    /// The answer to a call, from what [`PLACE`] reported, in the reference adapter's order
+    /// of checks.
+    fn outcome(&self, placed: Placed) -> Result<Vec<CardId>> {
         if placed.existing {
-            return Err(Error::conflict("order", order.id(), "id already stored"));
+            return Err(Error::conflict("order", self.order, "id already stored"));
         }
         if let Some(goods) = placed.changed_goods {
             return Err(Error::conflict(
@@ -428,39 +427,362 @@ impl OrderStore for PgStore {
                 GOODS_CHANGED,
             ));
         }
-        for (i, l) in new.member_limits.iter().enumerate() {
+        for (i, &(sku, limit, requested)) in self.limits.iter().enumerate() {
             let already = to_u64(placed.already.get(i).copied().unwrap_or(0), "quantity")?;
-            let requested = requested_of.get(i).copied().unwrap_or(0);
-            if already.saturating_add(u64::from(requested)) > u64::from(l.limit) {
+            if already.saturating_add(u64::from(requested)) > u64::from(limit) {
                 return Err(Error::MemberLimitExceeded {
-                    sku: l.sku,
-                    limit: l.limit,
+                    sku,
+                    limit,
                     already,
                     requested,
                 });
             }
         }
-        let mut used = vec![0u64; res_skus.len()];
-        for r in new.reservations {
-            if r.quantity == 0 {
+        let mut used = vec![0u64; self.res_skus.len()];
+        for &(sku, quantity, i) in &self.reservations {
+            if quantity == 0 {
                 return Err(Error::Invalid("reserve of zero cards".into()));
             }
-            let i = slot.get(&r.sku).copied().unwrap_or(0);
             let got = to_u64(placed.got.get(i).copied().unwrap_or(0), "count")?;
             let available = got.saturating_sub(used[i]);
-            if available < u64::from(r.quantity) {
+            if available < u64::from(quantity) {
                 return Err(Error::OutOfStock {
-                    sku: r.sku,
-                    requested: r.quantity,
+                    sku,
+                    requested: quantity,
                     available,
                 });
             }
-            used[i] += u64::from(r.quantity);
+            used[i] += u64::from(quantity);
         }
         if !placed.inserted {
-            return Err(Error::conflict("order", order.id(), "not written"));
+            return Err(Error::conflict("order", self.order, "not written"));
         }
         Ok(placed.picked.into_iter().map(CardId::from_uuid).collect())
+    }
+}
+
+/// The columns of a [`PLACE_BATCH`] call: every request's values, and the lines, events,
+/// reservations and goods versions of all of them, each tagged with its request's position
+/// (from 1, as `WITH ORDINALITY` counts).
+#[derive(Default)]
+struct PlaceColumns<'a> {
+    tenants: Vec<&'a str>,
+    ids: Vec<Uuid>,
+    members: Vec<&'a str>,
+    statuses: Vec<&'a str>,
+    expires: Vec<i64>,
+    versions: Vec<i64>,
+    docs: Vec<&'a str>,
+    updated: Vec<i64>,
+    line_k: Vec<i64>,
+    nos: Vec<i32>,
+    line_skus: Vec<Uuid>,
+    line_qtys: Vec<i64>,
+    ev_k: Vec<i64>,
+    ev_ids: Vec<Uuid>,
+    ev_tenants: Vec<&'a str>,
+    ev_types: Vec<&'a str>,
+    ev_aggregates: Vec<&'a str>,
+    ev_docs: Vec<&'a str>,
+    res_k: Vec<i64>,
+    res_skus: Vec<Uuid>,
+    res_qtys: Vec<i64>,
+    goods_k: Vec<i64>,
+    goods_ids: Vec<Uuid>,
+    goods_versions: Vec<i64>,
+}
+
+impl<'a> PlaceColumns<'a> {
+    fn new(requests: &[&'a PlaceRequest]) -> Self {
+        let mut c = PlaceColumns::default();
+        for (k, r) in (1i64..).zip(requests) {
+            c.tenants.push(&r.tenant);
+            c.ids.push(*r.order.as_uuid());
+            c.members.push(&r.member);
+            c.statuses.push(r.status);
+            c.expires.push(r.expires);
+            c.versions.push(r.version);
+            c.docs.push(&r.doc);
+            c.updated.push(r.updated);
+            c.line_k.extend(std::iter::repeat_n(k, r.nos.len()));
+            c.nos.extend(&r.nos);
+            c.line_skus.extend(&r.line_skus);
+            c.line_qtys.extend(&r.line_qtys);
+            c.ev_k.extend(std::iter::repeat_n(k, r.ev.ids.len()));
+            c.ev_ids.extend(&r.ev.ids);
+            c.ev_tenants.extend(r.ev.tenants.iter().map(String::as_str));
+            c.ev_types.extend(r.ev.types.iter().map(String::as_str));
+            c.ev_aggregates
+                .extend(r.ev.aggregates.iter().map(String::as_str));
+            c.ev_docs.extend(r.ev.docs.iter().map(String::as_str));
+            c.res_k.extend(std::iter::repeat_n(k, r.res_skus.len()));
+            c.res_skus.extend(&r.res_skus);
+            c.res_qtys.extend(&r.res_qtys);
+            c.goods_k.extend(std::iter::repeat_n(k, r.goods_ids.len()));
+            c.goods_ids.extend(&r.goods_ids);
+            c.goods_versions.extend(&r.goods_versions);
+        }
+        c
+    }
+}
+
+/// Places several orders (no member limits, well formed, distinct ids) in one statement. Each
+/// request passes the checks of [`PLACE`] on its own: id not stored, goods unchanged, every
+/// SKU's cards found. The cards of a SKU are picked once for the whole batch, oldest first, as
+/// many as all its requests want, and handed out in request order; a request that does not get
+/// all it wants takes none and is not written. Returns the position of each placed request
+/// (from 1) with its cards in [`PLACE`]'s order; requests not returned wrote nothing.
+///
+/// $1..$8 per request: tenant, id, member, status, expires_at, version, doc, updated_at;
+/// $9 now; lines $10 request, $11 no, $12 SKU, $13 quantity; events $14 request, $15..$19
+/// id, tenant, aggregate type, aggregate id, doc; reservations $20 request, $21 SKU,
+/// $22 quantity; goods $23 request, $24 id, $25 version.
+static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
+    "WITH o AS ( \
+         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
+                              $6::bigint[], $7::text[], $8::bigint[]) \
+              WITH ORDINALITY AS o(tenant, id, member, status, expires_at, version, doc, updated_at, k)), \
+     checked AS ( \
+         SELECT o.k, o.tenant, \
+                (SELECT EXISTS (SELECT 1 FROM orders x WHERE x.tenant = o.tenant AND x.id = o.id)) AS stored, \
+                (SELECT count(*) FROM unnest($23::bigint[], $24::uuid[], $25::bigint[]) AS p(k, id, version) \
+                 WHERE p.k = o.k \
+                   AND NOT (SELECT EXISTS (SELECT 1 FROM goods g WHERE g.tenant = o.tenant \
+                                           AND g.id = p.id AND g.version = p.version))) AS changed \
+         FROM o), \
+     pre AS (SELECT k, tenant FROM checked WHERE NOT stored AND changed = 0), \
+     want AS ( \
+         SELECT r.k, r.ord, pre.tenant, r.sku, r.qty \
+         FROM unnest($20::bigint[], $21::uuid[], $22::bigint[]) WITH ORDINALITY AS r(k, sku, qty, ord) \
+         JOIN pre ON pre.k = r.k), \
+     demand AS (SELECT tenant, sku, sum(qty)::bigint AS qty FROM want GROUP BY tenant, sku), \
+     free_pick AS ( \
+         SELECT d.tenant, d.sku, f.id FROM demand d \
+         CROSS JOIN LATERAL ( \
+             SELECT id FROM free_cards WHERE tenant = d.tenant AND sku = d.sku \
+             ORDER BY id LIMIT d.qty \
+             FOR UPDATE SKIP LOCKED) f), \
+     lapsed_pick AS ( \
+         SELECT d.tenant, d.sku, c.id FROM demand d \
+         CROSS JOIN LATERAL ( \
+             SELECT id FROM cards \
+             WHERE tenant = d.tenant AND sku = d.sku AND state = 'reserved' AND reserved_until <= $9 \
+             ORDER BY id LIMIT d.qty \
+             FOR UPDATE SKIP LOCKED) c), \
+     pool AS ( \
+         SELECT a.tenant, a.sku, a.id, a.free, \
+                row_number() OVER (PARTITION BY a.tenant, a.sku ORDER BY a.id) AS rn \
+         FROM (SELECT tenant, sku, id, true AS free FROM free_pick \
+               UNION ALL SELECT tenant, sku, id, false FROM lapsed_pick) a), \
+     span AS ( \
+         SELECT w.k, w.ord, w.tenant, w.sku, w.qty, \
+                (sum(w.qty) OVER (PARTITION BY w.tenant, w.sku ORDER BY w.ord))::bigint - w.qty AS start \
+         FROM want w), \
+     given AS ( \
+         SELECT s.k, s.ord, p.tenant, p.sku, p.id, p.free FROM span s \
+         JOIN pool p ON p.tenant = s.tenant AND p.sku = s.sku \
+                    AND p.rn > s.start AND p.rn <= s.start + s.qty), \
+     ok AS ( \
+         SELECT pre.k FROM pre \
+         WHERE NOT EXISTS (SELECT 1 FROM span s WHERE s.k = pre.k \
+                           AND s.qty > (SELECT count(*) FROM given g WHERE g.k = s.k AND g.ord = s.ord))), \
+     new_orders AS ( \
+         INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at) \
+         SELECT o.tenant, o.id, o.member, o.status, o.expires_at, o.version, o.doc, o.updated_at \
+         FROM o WHERE o.k IN (SELECT k FROM ok) ORDER BY o.k), \
+     lines AS ( \
+         INSERT INTO order_lines (tenant, order_id, no, member, sku, quantity) \
+         SELECT o.tenant, o.id, l.no, o.member, l.sku, l.qty \
+         FROM unnest($10::bigint[], $11::integer[], $12::uuid[], $13::bigint[]) AS l(k, no, sku, qty) \
+         JOIN o ON o.k = l.k WHERE l.k IN (SELECT k FROM ok)), \
+     ev AS ( \
+         INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
+         SELECT e.id, e.tenant, e.aggregate_type, e.aggregate_id, e.doc \
+         FROM unnest($14::bigint[], $15::uuid[], $16::text[], $17::text[], $18::text[], $19::text[]) \
+              WITH ORDINALITY AS e(k, id, tenant, aggregate_type, aggregate_id, doc, ord) \
+         WHERE e.k IN (SELECT k FROM ok) ORDER BY e.ord), \
+     taken AS (SELECT * FROM given WHERE k IN (SELECT k FROM ok)), \
+     take AS ( \
+         DELETE FROM free_cards f USING taken t \
+         WHERE t.free AND f.tenant = t.tenant AND f.sku = t.sku AND f.id = t.id), \
+     reserve AS ( \
+         UPDATE cards c SET state = 'reserved', order_id = o.id, reserved_until = o.expires_at, \
+                hold_pos = COALESCE((SELECT max(h.hold_pos) FROM cards h WHERE h.order_id = o.id), 0) + t.pos \
+         FROM (SELECT k, id, row_number() OVER (PARTITION BY k ORDER BY ord, id) AS pos FROM taken) t \
+         JOIN o ON o.k = t.k \
+         WHERE c.id = ANY(ARRAY(SELECT id FROM taken)) AND c.id = t.id) \
+     SELECT ok.k, ARRAY(SELECT t.id FROM taken t WHERE t.k = ok.k ORDER BY t.ord, t.id) FROM ok"
+        .to_owned()
+});
+
+impl PgStore {
+    /// Runs one placement on its own: [`PLACE`], under the member's lock when it has limits.
+    async fn place_alone(&self, request: &PlaceRequest) -> Result<Vec<CardId>> {
+        let r = request;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
+            &r.tenant,
+            r.order.as_uuid(),
+            &r.member,
+            &r.status,
+            &r.expires,
+            &r.version,
+            &r.doc,
+            &r.nos,
+            &r.line_skus,
+            &r.line_qtys,
+            &r.ev.ids,
+            &r.ev.tenants,
+            &r.ev.types,
+            &r.ev.aggregates,
+            &r.ev.docs,
+            &r.res_skus,
+            &r.res_qtys,
+            &r.now,
+            &r.limits
+                .iter()
+                .map(|l| *l.0.as_uuid())
+                .collect::<Vec<Uuid>>(),
+            &r.limits
+                .iter()
+                .map(|l| i64::from(l.1))
+                .collect::<Vec<i64>>(),
+            &r.limits
+                .iter()
+                .map(|l| i64::from(l.2))
+                .collect::<Vec<i64>>(),
+            &r.well_formed,
+            &r.updated,
+            &r.goods_ids,
+            &r.goods_versions,
+        ];
+        let lock_key =
+            (!r.limits.is_empty()).then(|| format!("{}:{}:{}", self.schema(), r.tenant, r.member));
+        let mut conn = self.conn().await?;
+        let placed = self
+            .run_place(&mut conn, lock_key, &params)
+            .await
+            .map_err(|e| with_id(e, r.order))?;
+        drop(conn);
+        r.outcome(placed)
+    }
+
+    /// Runs a batch of placements: one alone as [`PLACE`], more in one [`PLACE_BATCH`]
+    /// statement. Requests the batch does not place go back to run alone; so do all of them
+    /// when the statement fails on the server (it then wrote nothing). A lost connection is the
+    /// answer of every request (whether the batch committed is unknown, as for one call).
+    async fn place_batch(&self, batch: Vec<Pending<PlaceRequest, Vec<CardId>>>) {
+        if let [_] = batch.as_slice() {
+            for p in batch {
+                let result = self.place_alone(&p.request).await;
+                p.done(result);
+            }
+            return;
+        }
+        // One request per order id; a repeat runs alone (and finds the id taken).
+        let mut seen = std::collections::HashSet::new();
+        let (batch, repeats): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|p| seen.insert((p.request.tenant.clone(), p.request.order)));
+        for p in repeats {
+            p.alone();
+        }
+        let requests: Vec<&PlaceRequest> = batch.iter().map(|p| &p.request).collect();
+        let placed = self.run_place_batch(&requests).await;
+        drop(requests);
+        match placed {
+            Ok(mut placed) => {
+                for (k, p) in (1i64..).zip(batch) {
+                    match placed.remove(&k) {
+                        Some(cards) => {
+                            p.done(Ok(cards.into_iter().map(CardId::from_uuid).collect()))
+                        }
+                        None => p.alone(),
+                    }
+                }
+            }
+            Err(Batch::Refused) => batch.into_iter().for_each(Pending::alone),
+            Err(Batch::Failed(e)) => {
+                let n = batch.len();
+                for (p, e) in batch.into_iter().zip(Batch::errors(e, n)) {
+                    p.done(Err(e));
+                }
+            }
+        }
+    }
+
+    async fn run_place_batch(
+        &self,
+        requests: &[&PlaceRequest],
+    ) -> std::result::Result<HashMap<i64, Vec<Uuid>>, Batch> {
+        let c = PlaceColumns::new(requests);
+        let now = requests.first().map_or(0, |r| r.now);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
+            &c.tenants,
+            &c.ids,
+            &c.members,
+            &c.statuses,
+            &c.expires,
+            &c.versions,
+            &c.docs,
+            &c.updated,
+            &now,
+            &c.line_k,
+            &c.nos,
+            &c.line_skus,
+            &c.line_qtys,
+            &c.ev_k,
+            &c.ev_ids,
+            &c.ev_tenants,
+            &c.ev_types,
+            &c.ev_aggregates,
+            &c.ev_docs,
+            &c.res_k,
+            &c.res_skus,
+            &c.res_qtys,
+            &c.goods_k,
+            &c.goods_ids,
+            &c.goods_versions,
+        ];
+        let conn = self.conn().await.map_err(Batch::Failed)?;
+        let stmt = conn.prepare(&PLACE_BATCH).await.map_err(Batch::Failed)?;
+        let rows = conn
+            .client()
+            .query(&stmt, &params)
+            .await
+            .map_err(Batch::of)?;
+        rows.iter()
+            .map(|row| Ok((get::<i64>(row, 0)?, get::<Vec<Uuid>>(row, 1)?)))
+            .collect::<Result<_>>()
+            .map_err(Batch::Failed)
+    }
+}
+
+fn is_newer(change: &OrderChange<'_>) -> bool {
+    change.order.version() > change.expected_version
+}
+
+#[async_trait]
+impl OrderStore for PgStore {
+    async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
+        let request = PlaceRequest::new(&new, now)?;
+        if !request.limits.is_empty() || !request.well_formed {
+            // Member limits count under a per-member lock, and a malformed call is refused
+            // with its reason: both alone.
+            return self.place_alone(&request).await;
+        }
+        let store = self.clone();
+        let answer = self
+            .shared
+            .placements
+            .submit(request, move |batch| {
+                let store = store.clone();
+                async move { store.place_batch(batch).await }
+            })
+            .await;
+        match answer {
+            Answer::Done(result) => result,
+            Answer::Alone(request) => self.place_alone(&request).await,
+        }
     }
 
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
@@ -553,18 +875,15 @@ impl OrderStore for PgStore {
 
 /// Why an order change was not written, checked in the reference adapter's order.
 pub(crate) fn change_error(
-    order: &Order,
+    order: OrderId,
     current: Option<i64>,
     expected: i64,
     newer: bool,
 ) -> Error {
     match current {
-        None => Error::not_found("order", order.id()),
-        Some(v) if v != expected => Error::conflict("order", order.id(), "stale version"),
-        Some(_) if !newer => Error::Invalid(format!(
-            "order {} written without a new version",
-            order.id()
-        )),
-        Some(_) => Error::conflict("order", order.id(), "not written"),
+        None => Error::not_found("order", order),
+        Some(v) if v != expected => Error::conflict("order", order, "stale version"),
+        Some(_) if !newer => Error::Invalid(format!("order {order} written without a new version")),
+        Some(_) => Error::conflict("order", order, "not written"),
     }
 }

@@ -1,11 +1,12 @@
 //! `PaymentStore`: notices keyed by (tenant, provider, transaction id), and `record_payment` as
 //! one statement.
 
+use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use quanyi_core::{CardId, TenantId};
+use quanyi_core::{CardId, OrderId, TenantId};
 use quanyi_storage::{
     Error, NoticeDisposition, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Result,
 };
@@ -15,7 +16,8 @@ use crate::PgStore;
 use crate::codec::{
     EventColumns, from_json, get, insert_events_sql, limit, micros, to_i64, to_json,
 };
-use crate::error::{db, with_id};
+use crate::combine::{Answer, Pending};
+use crate::error::{Batch, db, with_id};
 use crate::orders::change_error;
 
 /// Records a notice with everything it changes, in one statement. Every check (the notice is
@@ -166,6 +168,471 @@ impl PgStore {
     }
 }
 
+/// A payment record with everything it binds owned, so that a batch task can carry it.
+pub(crate) struct RecordRequest {
+    notice_tenant: TenantId,
+    provider: String,
+    transaction_id: String,
+    reconcile: bool,
+    doc: String,
+    /// The order change, when the notice pays an order.
+    change: Option<ChangeColumns>,
+    /// The cards to sell, sorted, without repeats.
+    sell: Vec<Uuid>,
+    ev: EventColumns,
+    job: Option<JobColumns>,
+    now: i64,
+}
+
+/// An order change as [`record_sql`] binds it.
+struct ChangeColumns {
+    tenant: String,
+    order: OrderId,
+    expected: i64,
+    version: i64,
+    status: &'static str,
+    expires: i64,
+    doc: String,
+    newer: bool,
+    updated: i64,
+}
+
+/// A job as [`record_sql`] binds it.
+struct JobColumns {
+    id: Uuid,
+    tenant: String,
+    kind: String,
+    dedupe_key: String,
+    payload: String,
+    run_at: i64,
+}
+
+impl RecordRequest {
+    fn new(write: &PaymentWrite<'_>, now: DateTime<Utc>) -> Result<Self> {
+        let notice = write.notice;
+        let change = write
+            .change
+            .as_ref()
+            .map(|c| {
+                Ok::<_, Error>(ChangeColumns {
+                    tenant: c.order.tenant().as_str().to_owned(),
+                    order: c.order.id(),
+                    expected: to_i64(c.expected_version, "order version")?,
+                    version: to_i64(c.order.version(), "order version")?,
+                    status: c.order.status().as_str(),
+                    expires: micros(c.order.expires_at()),
+                    doc: to_json(c.order, "order")?,
+                    newer: c.order.version() > c.expected_version,
+                    updated: micros(c.order.updated_at()),
+                })
+            })
+            .transpose()?;
+        let mut sell: Vec<Uuid> = write.sell.iter().map(|c| *c.as_uuid()).collect();
+        sell.sort_unstable();
+        sell.dedup();
+        let job = write
+            .job
+            .map(|j| {
+                Ok::<_, Error>(JobColumns {
+                    id: *j.id.as_uuid(),
+                    tenant: j.tenant.as_str().to_owned(),
+                    kind: j.kind.clone(),
+                    dedupe_key: j.dedupe_key.clone(),
+                    payload: to_json(&j.payload, "job payload")?,
+                    run_at: micros(j.run_at),
+                })
+            })
+            .transpose()?;
+        Ok(RecordRequest {
+            notice_tenant: notice.tenant.clone(),
+            provider: notice.provider.to_string(),
+            transaction_id: notice.transaction_id.to_string(),
+            reconcile: !matches!(notice.disposition, NoticeDisposition::Applied),
+            doc: to_json(notice, "payment notice")?,
+            change,
+            sell,
+            ev: EventColumns::new(write.change.as_ref().map_or(&[][..], |c| c.events))?,
+            job,
+            now: micros(now),
+        })
+    }
+
+    /// Whether a batch can carry it: it pays an order with a new version (the usual record).
+    fn combinable(&self) -> bool {
+        self.change.as_ref().is_some_and(|c| c.newer)
+    }
+}
+
+impl PgStore {
+    /// Records one payment on its own with the [`record_sql`] statement of its shape.
+    async fn record_alone(&self, r: &RecordRequest) -> Result<RecordOutcome> {
+        let shape = RecordShape {
+            sell: !r.sell.is_empty(),
+            job: r.job.is_some(),
+        };
+        let has_change = r.change.is_some();
+        let (order_tenant, order_id, expected, version, status, expires, order_doc, newer, updated) =
+            match &r.change {
+                Some(c) => (
+                    c.tenant.as_str(),
+                    *c.order.as_uuid(),
+                    c.expected,
+                    c.version,
+                    c.status,
+                    c.expires,
+                    c.doc.as_str(),
+                    c.newer,
+                    c.updated,
+                ),
+                None => ("", Uuid::nil(), 0, 0, "", 0, "", true, 0),
+            };
+        let notice_tenant = r.notice_tenant.as_str();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &notice_tenant,
+            &r.provider,
+            &r.transaction_id,
+            &r.reconcile,
+            &r.doc,
+            &has_change,
+            &order_tenant,
+            &order_id,
+            &expected,
+            &version,
+            &status,
+            &expires,
+            &order_doc,
+            &newer,
+            &r.ev.ids,
+            &r.ev.tenants,
+            &r.ev.types,
+            &r.ev.aggregates,
+            &r.ev.docs,
+            &updated,
+        ];
+        if shape.sell || shape.job {
+            params.push(&r.now);
+        }
+        if shape.sell {
+            params.push(&r.sell);
+        }
+        if let Some(j) = &r.job {
+            params.extend([
+                &j.id as &(dyn tokio_postgres::types::ToSql + Sync),
+                &j.tenant,
+                &j.kind,
+                &j.dedupe_key,
+                &j.payload,
+                &j.run_at,
+            ]);
+        }
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(shape.sql()).await?;
+        let row = conn
+            .client()
+            .query_one(&stmt, &params)
+            .await
+            .map_err(|e| with_id(db(e), &r.transaction_id))?;
+        drop(conn);
+        if let Some(first) = get::<Option<&str>>(&row, 0)? {
+            return Ok(RecordOutcome::Duplicate(from_json(
+                first,
+                "payment notice",
+            )?));
+        }
+        if get::<bool>(&row, 3)? {
+            return Ok(RecordOutcome::Recorded);
+        }
+        // Not written: a concurrent call may have recorded the same notice after this
+        // statement's snapshot (it then also moved the order on). A repeat is not an error.
+        if let Some(first) = self
+            .notice_doc(&r.notice_tenant, &r.provider, &r.transaction_id)
+            .await?
+        {
+            return Ok(RecordOutcome::Duplicate(first));
+        }
+        let current: Option<i64> = get(&row, 1)?;
+        let held: Vec<Uuid> = get(&row, 2)?;
+
+        if let Some(c) = &r.change {
+            let e = change_error(c.order, current, c.expected, c.newer);
+            if !matches!(
+                &e,
+                Error::Conflict {
+                    reason: "not written",
+                    ..
+                }
+            ) {
+                return Err(e);
+            }
+        }
+        if let Some(missing) = r.sell.iter().find(|id| !held.contains(id)) {
+            return Err(Error::conflict(
+                "card",
+                CardId::from_uuid(*missing),
+                "not held by the order",
+            ));
+        }
+        Err(Error::conflict(
+            "payment notice",
+            &r.transaction_id,
+            "not written",
+        ))
+    }
+
+    /// Runs a batch of payment records: one alone, more in one [`RECORD_BATCH`] statement.
+    /// Requests the batch does not record go back to run alone (where a repeat is answered as
+    /// such and a refusal gets its reason); so do all of them when the statement fails on the
+    /// server (it then wrote nothing). A lost connection is the answer of every request.
+    async fn record_batch(&self, batch: Vec<Pending<RecordRequest, RecordOutcome>>) {
+        if let [_] = batch.as_slice() {
+            for p in batch {
+                let result = self.record_alone(&p.request).await;
+                p.done(result);
+            }
+            return;
+        }
+        // One request per notice and per order: a second one runs alone, after this batch's
+        // snapshot would have hidden the first one's write from it.
+        let mut notices = HashSet::new();
+        let mut orders = HashSet::new();
+        let (batch, repeats): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| {
+            let r = &p.request;
+            let order = r.change.as_ref().map(|c| (c.tenant.clone(), c.order));
+            notices.insert((
+                r.notice_tenant.clone(),
+                r.provider.clone(),
+                r.transaction_id.clone(),
+            )) && order.is_some_and(|o| orders.insert(o))
+        });
+        let recorded = self.run_record_batch(&batch).await;
+        match recorded {
+            Ok(recorded) => {
+                for (k, p) in (1i64..).zip(batch) {
+                    if recorded.contains(&k) {
+                        p.done(Ok(RecordOutcome::Recorded));
+                    } else {
+                        p.alone();
+                    }
+                }
+            }
+            Err(Batch::Refused) => batch.into_iter().for_each(Pending::alone),
+            Err(Batch::Failed(e)) => {
+                let n = batch.len();
+                for (p, e) in batch.into_iter().zip(Batch::errors(e, n)) {
+                    p.done(Err(e));
+                }
+            }
+        }
+        // After the batch, so that each finds the write it repeats.
+        for p in repeats {
+            p.alone();
+        }
+    }
+
+    async fn run_record_batch(
+        &self,
+        batch: &[Pending<RecordRequest, RecordOutcome>],
+    ) -> std::result::Result<HashSet<i64>, Batch> {
+        let mut c = RecordColumns::default();
+        for (k, p) in (1i64..).zip(batch) {
+            c.push(k, &p.request);
+        }
+        let now = batch.first().map_or(0, |p| p.request.now);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 29] = [
+            &c.tenants,
+            &c.providers,
+            &c.transaction_ids,
+            &c.reconcile,
+            &c.docs,
+            &c.order_tenants,
+            &c.order_ids,
+            &c.expected,
+            &c.versions,
+            &c.statuses,
+            &c.expires,
+            &c.order_docs,
+            &c.updated,
+            &now,
+            &c.sell_k,
+            &c.sell,
+            &c.ev_k,
+            &c.ev_ids,
+            &c.ev_tenants,
+            &c.ev_types,
+            &c.ev_aggregates,
+            &c.ev_docs,
+            &c.job_k,
+            &c.job_ids,
+            &c.job_tenants,
+            &c.job_kinds,
+            &c.job_dedupe,
+            &c.job_payloads,
+            &c.job_run_at,
+        ];
+        let conn = self.conn().await.map_err(Batch::Failed)?;
+        let stmt = conn.prepare(&RECORD_BATCH).await.map_err(Batch::Failed)?;
+        let rows = conn
+            .client()
+            .query(&stmt, &params)
+            .await
+            .map_err(Batch::of)?;
+        rows.iter()
+            .map(|row| get::<i64>(row, 0))
+            .collect::<Result<_>>()
+            .map_err(Batch::Failed)
+    }
+}
+
+/// The columns of a [`RECORD_BATCH`] call.
+#[derive(Default)]
+struct RecordColumns<'a> {
+    tenants: Vec<&'a str>,
+    providers: Vec<&'a str>,
+    transaction_ids: Vec<&'a str>,
+    reconcile: Vec<bool>,
+    docs: Vec<&'a str>,
+    order_tenants: Vec<&'a str>,
+    order_ids: Vec<Uuid>,
+    expected: Vec<i64>,
+    versions: Vec<i64>,
+    statuses: Vec<&'a str>,
+    expires: Vec<i64>,
+    order_docs: Vec<&'a str>,
+    updated: Vec<i64>,
+    sell_k: Vec<i64>,
+    sell: Vec<Uuid>,
+    ev_k: Vec<i64>,
+    ev_ids: Vec<Uuid>,
+    ev_tenants: Vec<&'a str>,
+    ev_types: Vec<&'a str>,
+    ev_aggregates: Vec<&'a str>,
+    ev_docs: Vec<&'a str>,
+    job_k: Vec<i64>,
+    job_ids: Vec<Uuid>,
+    job_tenants: Vec<&'a str>,
+    job_kinds: Vec<&'a str>,
+    job_dedupe: Vec<&'a str>,
+    job_payloads: Vec<&'a str>,
+    job_run_at: Vec<i64>,
+}
+
+impl<'a> RecordColumns<'a> {
+    /// Adds request `k` (from 1); it has an order change (see [`RecordRequest::combinable`]).
+    fn push(&mut self, k: i64, r: &'a RecordRequest) {
+        self.tenants.push(r.notice_tenant.as_str());
+        self.providers.push(&r.provider);
+        self.transaction_ids.push(&r.transaction_id);
+        self.reconcile.push(r.reconcile);
+        self.docs.push(&r.doc);
+        if let Some(c) = &r.change {
+            self.order_tenants.push(&c.tenant);
+            self.order_ids.push(*c.order.as_uuid());
+            self.expected.push(c.expected);
+            self.versions.push(c.version);
+            self.statuses.push(c.status);
+            self.expires.push(c.expires);
+            self.order_docs.push(&c.doc);
+            self.updated.push(c.updated);
+        }
+        self.sell_k.extend(std::iter::repeat_n(k, r.sell.len()));
+        self.sell.extend(&r.sell);
+        self.ev_k.extend(std::iter::repeat_n(k, r.ev.ids.len()));
+        self.ev_ids.extend(&r.ev.ids);
+        self.ev_tenants
+            .extend(r.ev.tenants.iter().map(String::as_str));
+        self.ev_types.extend(r.ev.types.iter().map(String::as_str));
+        self.ev_aggregates
+            .extend(r.ev.aggregates.iter().map(String::as_str));
+        self.ev_docs.extend(r.ev.docs.iter().map(String::as_str));
+        if let Some(j) = &r.job {
+            self.job_k.push(k);
+            self.job_ids.push(j.id);
+            self.job_tenants.push(&j.tenant);
+            self.job_kinds.push(&j.kind);
+            self.job_dedupe.push(&j.dedupe_key);
+            self.job_payloads.push(&j.payload);
+            self.job_run_at.push(j.run_at);
+        }
+    }
+}
+
+/// Records several notices, each paying a different order with a new version, in one
+/// statement. Each request passes the checks of [`record_sql`] on its own (notice new, order at
+/// the expected version, every card to sell held by the order), and only then writes its
+/// notice; its order, cards, events and job hang off that notice insert, as in
+/// [`record_sql`]. Returns the position (from 1) of each request recorded; the others wrote
+/// nothing.
+///
+/// Per request: $1 notice tenant, $2 provider, $3 transaction id, $4 for reconciliation,
+/// $5 notice doc, $6 order tenant, $7 order id, $8 expected version, $9 new version,
+/// $10 status, $11 expires_at, $12 order doc, $13 updated_at; $14 now; cards to sell
+/// $15 request, $16 card; events $17 request, $18..$22 id, tenant, aggregate type, aggregate id,
+/// doc; jobs $23 request, $24..$29 id, tenant, kind, dedupe key, payload, run_at.
+static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
+    "WITH n AS ( \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[], \
+                              $6::text[], $7::uuid[], $8::bigint[], $9::bigint[], $10::text[], \
+                              $11::bigint[], $12::text[], $13::bigint[]) \
+              WITH ORDINALITY AS n(tenant, provider, transaction_id, reconcile, doc, otenant, oid, \
+                                   expected, version, status, expires_at, odoc, updated_at, k)), \
+     s AS (SELECT * FROM unnest($15::bigint[], $16::uuid[]) AS s(k, id)), \
+     cur AS ( \
+         SELECT n.k, o.version FROM n \
+         CROSS JOIN LATERAL (SELECT version FROM orders \
+                             WHERE tenant = n.otenant AND id = n.oid FOR UPDATE) o), \
+     held AS ( \
+         SELECT s.k, c.id FROM s JOIN n ON n.k = s.k \
+         CROSS JOIN LATERAL (SELECT id FROM cards \
+                             WHERE id = s.id AND tenant = n.otenant AND order_id = n.oid \
+                               AND state <> 'available' \
+                             FOR UPDATE) c), \
+     checked AS ( \
+         SELECT n.k, \
+                (SELECT EXISTS (SELECT 1 FROM payment_notices p WHERE p.tenant = n.tenant \
+                                AND p.provider = n.provider \
+                                AND p.transaction_id = n.transaction_id)) AS seen \
+         FROM n), \
+     ok AS ( \
+         SELECT n.k FROM n JOIN checked USING (k) \
+         WHERE NOT checked.seen \
+           AND EXISTS (SELECT 1 FROM cur WHERE cur.k = n.k AND cur.version = n.expected) \
+           AND (SELECT count(*) FROM held h WHERE h.k = n.k) = (SELECT count(*) FROM s WHERE s.k = n.k)), \
+     notice AS ( \
+         INSERT INTO payment_notices (tenant, provider, transaction_id, reconcile, doc) \
+         SELECT n.tenant, n.provider, n.transaction_id, n.reconcile, n.doc FROM n \
+         WHERE n.k IN (SELECT k FROM ok) ORDER BY n.k \
+         ON CONFLICT DO NOTHING \
+         RETURNING tenant, provider, transaction_id), \
+     done AS ( \
+         SELECT n.k, n.otenant, n.oid FROM n \
+         JOIN notice x ON x.tenant = n.tenant AND x.provider = n.provider \
+                      AND x.transaction_id = n.transaction_id), \
+     paid AS ( \
+         UPDATE orders o SET version = n.version, status = n.status, expires_at = n.expires_at, \
+                doc = n.odoc, updated_at = n.updated_at \
+         FROM n \
+         WHERE n.k IN (SELECT k FROM done) AND o.tenant = n.otenant AND o.id = n.oid), \
+     sold AS ( \
+         UPDATE cards SET state = 'sold', reserved_until = NULL, \
+                sold_at = CASE WHEN state = 'sold' THEN sold_at ELSE $14 END \
+         WHERE id = ANY(ARRAY(SELECT h.id FROM held h WHERE h.k IN (SELECT k FROM done)))), \
+     ev AS ( \
+         INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
+         SELECT e.id, e.tenant, e.aggregate_type, e.aggregate_id, e.doc \
+         FROM unnest($17::bigint[], $18::uuid[], $19::text[], $20::text[], $21::text[], $22::text[]) \
+              WITH ORDINALITY AS e(k, id, tenant, aggregate_type, aggregate_id, doc, ord) \
+         WHERE e.k IN (SELECT k FROM done) ORDER BY e.ord), \
+     job AS ( \
+         INSERT INTO jobs (id, tenant, kind, dedupe_key, payload, run_at, status, attempts, created_at) \
+         SELECT j.id, j.tenant, j.kind, j.dedupe_key, j.payload, j.run_at, 'queued', 0, $14 \
+         FROM unnest($23::bigint[], $24::uuid[], $25::text[], $26::text[], $27::text[], $28::text[], \
+                     $29::bigint[]) AS j(k, id, tenant, kind, dedupe_key, payload, run_at) \
+         WHERE j.k IN (SELECT k FROM done) ORDER BY j.k \
+         ON CONFLICT ON CONSTRAINT jobs_dedupe_key DO NOTHING) \
+     SELECT k FROM done"
+        .to_owned()
+});
+
 #[async_trait]
 impl PaymentStore for PgStore {
     async fn record_payment(
@@ -184,138 +651,23 @@ impl PaymentStore for PgStore {
                 None => Err(Error::Invalid("cards sold without an order change".into())),
             };
         }
-        let doc = to_json(notice, "payment notice")?;
-        let reconcile = !matches!(notice.disposition, NoticeDisposition::Applied);
-        let change = write.change.as_ref();
-        let has_change = change.is_some();
-        let updated = change.map_or(0, |c| micros(c.order.updated_at()));
-        let (order_tenant, order_id, expected, version, status, expires, order_doc, newer) =
-            match change {
-                Some(c) => (
-                    c.order.tenant().as_str(),
-                    *c.order.id().as_uuid(),
-                    to_i64(c.expected_version, "order version")?,
-                    to_i64(c.order.version(), "order version")?,
-                    c.order.status().as_str(),
-                    micros(c.order.expires_at()),
-                    to_json(c.order, "order")?,
-                    c.order.version() > c.expected_version,
-                ),
-                None => ("", Uuid::nil(), 0, 0, "", 0, String::new(), true),
-            };
-        let mut sell: Vec<Uuid> = write.sell.iter().map(|c| *c.as_uuid()).collect();
-        sell.sort_unstable();
-        sell.dedup();
-        let ev = EventColumns::new(change.map_or(&[][..], |c| c.events))?;
-        let has_job = write.job.is_some();
-        let (job_id, job_tenant, kind, dedupe, payload, run_at) = match write.job {
-            Some(j) => (
-                *j.id.as_uuid(),
-                j.tenant.as_str(),
-                j.kind.as_str(),
-                j.dedupe_key.as_str(),
-                to_json(&j.payload, "job payload")?,
-                micros(j.run_at),
-            ),
-            None => (Uuid::nil(), "", "", "", String::new(), 0),
-        };
-        let now = micros(now);
-        let notice_tenant = notice.tenant.as_str();
-        let shape = RecordShape {
-            sell: !sell.is_empty(),
-            job: has_job,
-        };
-        let (provider, transaction_id) = (&*notice.provider, &*notice.transaction_id);
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-            &notice_tenant,
-            &provider,
-            &transaction_id,
-            &reconcile,
-            &doc,
-            &has_change,
-            &order_tenant,
-            &order_id,
-            &expected,
-            &version,
-            &status,
-            &expires,
-            &order_doc,
-            &newer,
-            &ev.ids,
-            &ev.tenants,
-            &ev.types,
-            &ev.aggregates,
-            &ev.docs,
-            &updated,
-        ];
-        if shape.sell || shape.job {
-            params.push(&now);
+        let request = RecordRequest::new(&write, now)?;
+        if !request.combinable() {
+            return self.record_alone(&request).await;
         }
-        if shape.sell {
-            params.push(&sell);
+        let store = self.clone();
+        let answer = self
+            .shared
+            .payments
+            .submit(request, move |batch| {
+                let store = store.clone();
+                async move { store.record_batch(batch).await }
+            })
+            .await;
+        match answer {
+            Answer::Done(result) => result,
+            Answer::Alone(request) => self.record_alone(&request).await,
         }
-        if shape.job {
-            params.extend([
-                &job_id as &(dyn tokio_postgres::types::ToSql + Sync),
-                &job_tenant,
-                &kind,
-                &dedupe,
-                &payload,
-                &run_at,
-            ]);
-        }
-        let conn = self.conn().await?;
-        let stmt = conn.prepare(shape.sql()).await?;
-        let row = conn
-            .client()
-            .query_one(&stmt, &params)
-            .await
-            .map_err(|e| with_id(db(e), &notice.transaction_id))?;
-        drop(conn);
-        if let Some(first) = get::<Option<&str>>(&row, 0)? {
-            return Ok(RecordOutcome::Duplicate(from_json(
-                first,
-                "payment notice",
-            )?));
-        }
-        if get::<bool>(&row, 3)? {
-            return Ok(RecordOutcome::Recorded);
-        }
-        // Not written: a concurrent call may have recorded the same notice after this
-        // statement's snapshot (it then also moved the order on). A repeat is not an error.
-        if let Some(first) = self
-            .notice_doc(&notice.tenant, &notice.provider, &notice.transaction_id)
-            .await?
-        {
-            return Ok(RecordOutcome::Duplicate(first));
-        }
-        let current: Option<i64> = get(&row, 1)?;
-        let held: Vec<Uuid> = get(&row, 2)?;
-
-        if let Some(c) = change {
-            let e = change_error(c.order, current, expected, newer);
-            if !matches!(
-                &e,
-                Error::Conflict {
-                    reason: "not written",
-                    ..
-                }
-            ) {
-                return Err(e);
-            }
-        }
-        if let Some(missing) = sell.iter().find(|id| !held.contains(id)) {
-            return Err(Error::conflict(
-                "card",
-                CardId::from_uuid(*missing),
-                "not held by the order",
-            ));
-        }
-        Err(Error::conflict(
-            "payment notice",
-            &notice.transaction_id,
-            "not written",
-        ))
     }
 
     async fn payment_notice(

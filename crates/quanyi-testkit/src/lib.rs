@@ -34,6 +34,7 @@ macro_rules! storage_conformance {
             expired_reservation_is_free_again,
             late_commit_never_takes_a_card_twice,
             concurrent_buyers_never_oversell,
+            concurrent_writes_get_their_own_answers,
             place_order_is_all_or_nothing,
             place_order_checks_goods_versions,
             payment_sells_only_held_cards,
