@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
 
 use quanyi_core::{CardId, ErrorKind};
 use quanyi_goods::{Goods, PurchaseLimits};
@@ -38,12 +40,24 @@ async fn setup() -> Option<(PgStore, tokio_postgres::Client, String)> {
     Some((store, admin, schema))
 }
 
-async fn teardown(store: PgStore, admin: tokio_postgres::Client, schema: String) {
-    drop(store);
+/// Runs `body` on a fresh store, then drops the schema whether `body` passed or not.
+async fn with_store<F, Fut>(body: F)
+where
+    F: FnOnce(PgStore, Arc<tokio_postgres::Client>, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some((store, admin, schema)) = setup().await else {
+        return;
+    };
+    let admin = Arc::new(admin);
+    let outcome = tokio::spawn(body(store, Arc::clone(&admin), schema.clone())).await;
     admin
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 /// Holds `orders` locked while `first` starts a batch and `rest` queue behind it, then lets go.
@@ -139,9 +153,7 @@ async fn stocked(store: &PgStore, n: usize) -> (Goods, GoodsVersion) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_placements_share_one_statement_and_keep_their_answers() {
-    let Some((store, admin, schema)) = setup().await else {
-        return;
-    };
+    with_store(|store, admin, schema| async move {
     let (goods, current) = stocked(&store, 10).await;
     let (scarce, scarce_version) = stocked(&store, 1).await;
     let (sku, scarce_sku) = (first_sku(&goods), first_sku(&scarce));
@@ -232,77 +244,77 @@ async fn overlapping_placements_share_one_statement_and_keep_their_answers() {
         .await
         .unwrap();
     assert_eq!((stock.available, stock.reserved), (0, 1));
-    teardown(store, admin, schema).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_the_server_refuses_is_decided_call_by_call() {
-    let Some((store, admin, schema)) = setup().await else {
-        return;
-    };
-    let (goods, current) = stocked(&store, 10).await;
-    let buy = |who: &str| {
-        (
-            order(&goods, &member(who), 1).0,
-            vec![current],
-            first_sku(&goods),
+    with_store(|store, admin, schema| async move {
+        let (goods, current) = stocked(&store, 10).await;
+        let buy = |who: &str| {
+            (
+                order(&goods, &member(who), 1).0,
+                vec![current],
+                first_sku(&goods),
+            )
+        };
+        // Two orders whose events share an id: the batch statement fails on the unique index.
+        let (a, placed_a) = order(&goods, &member("a"), 1);
+        let (b, placed_b) = order(&goods, &member("b"), 1);
+        let events_a = envelopes(&a, &placed_a);
+        let mut events_b = envelopes(&b, &placed_b);
+        let (a, b) = (
+            (a, vec![current], first_sku(&goods)),
+            (b, vec![current], first_sku(&goods)),
+        );
+        events_b[0].id = events_a[0].id;
+        let (first, rest) = hold_then_release(
+            &store,
+            &admin,
+            &schema,
+            placements,
+            || place(&store, buy("first"), None),
+            || {
+                vec![
+                    place(&store, a.clone(), Some(events_a.clone())),
+                    place(&store, b.clone(), Some(events_b.clone())),
+                    place(&store, buy("plain"), None),
+                ]
+            },
         )
-    };
-    // Two orders whose events share an id: the batch statement fails on the unique index.
-    let (a, placed_a) = order(&goods, &member("a"), 1);
-    let (b, placed_b) = order(&goods, &member("b"), 1);
-    let events_a = envelopes(&a, &placed_a);
-    let mut events_b = envelopes(&b, &placed_b);
-    let (a, b) = (
-        (a, vec![current], first_sku(&goods)),
-        (b, vec![current], first_sku(&goods)),
-    );
-    events_b[0].id = events_a[0].id;
-    let (first, rest) = hold_then_release(
-        &store,
-        &admin,
-        &schema,
-        placements,
-        || place(&store, buy("first"), None),
-        || {
-            vec![
-                place(&store, a.clone(), Some(events_a.clone())),
-                place(&store, b.clone(), Some(events_b.clone())),
-                place(&store, buy("plain"), None),
-            ]
-        },
-    )
+        .await;
+        assert!(first.1.is_ok());
+        assert_eq!(store.batch_counts().placements.batches, 2);
+        assert!(rest[2].1.is_ok(), "{:?}", rest[2].1);
+        let shared: Vec<_> = rest[..2].iter().collect();
+        assert_eq!(shared.iter().filter(|p| p.1.is_ok()).count(), 1);
+        let (lost, e) = shared
+            .iter()
+            .find_map(|p| p.1.as_ref().err().map(|e| (&p.0, e)))
+            .unwrap();
+        assert!(matches!(e, Error::Conflict { what: "event", .. }), "{e:?}");
+        assert!(
+            store
+                .order(lost.tenant(), lost.id())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .held_cards(lost.tenant(), lost.id())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let stock = store
+            .stock(goods.tenant(), first_sku(&goods), t0())
+            .await
+            .unwrap();
+        assert_eq!((stock.available, stock.reserved), (7, 3));
+    })
     .await;
-    assert!(first.1.is_ok());
-    assert_eq!(store.batch_counts().placements.batches, 2);
-    assert!(rest[2].1.is_ok(), "{:?}", rest[2].1);
-    let shared: Vec<_> = rest[..2].iter().collect();
-    assert_eq!(shared.iter().filter(|p| p.1.is_ok()).count(), 1);
-    let (lost, e) = shared
-        .iter()
-        .find_map(|p| p.1.as_ref().err().map(|e| (&p.0, e)))
-        .unwrap();
-    assert!(matches!(e, Error::Conflict { what: "event", .. }), "{e:?}");
-    assert!(
-        store
-            .order(lost.tenant(), lost.id())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .held_cards(lost.tenant(), lost.id())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let stock = store
-        .stock(goods.tenant(), first_sku(&goods), t0())
-        .await
-        .unwrap();
-    assert_eq!((stock.available, stock.reserved), (7, 3));
-    teardown(store, admin, schema).await;
 }
 
 fn notice(o: &Order, txn: &str) -> PaymentNotice {
@@ -355,119 +367,116 @@ fn pay(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_payments_share_one_statement_and_keep_their_answers() {
-    let Some((store, admin, schema)) = setup().await else {
-        return;
-    };
-    let (goods, current) = stocked(&store, 10).await;
-    let mut orders = Vec::new();
-    for i in 0..6 {
-        let (o, r) = place(
-            &store,
-            (
-                order(&goods, &member(&format!("m{i}")), 1).0,
-                vec![current],
-                first_sku(&goods),
-            ),
-            None,
-        )
-        .await
-        .unwrap();
-        orders.push((o, r.unwrap()));
-    }
-    let (first, rest) = hold_then_release(
-        &store,
-        &admin,
-        &schema,
-        payments,
-        || pay(&store, &orders[0].0, "txn-first", orders[0].1.clone()),
-        || {
-            vec![
-                pay(&store, &orders[1].0, "txn-1", orders[1].1.clone()),
-                pay(&store, &orders[2].0, "txn-2", orders[2].1.clone()),
-                // The same notice twice.
-                pay(&store, &orders[3].0, "txn-3", orders[3].1.clone()),
-                pay(&store, &orders[3].0, "txn-3", orders[3].1.clone()),
-                // Two notices for one order.
-                pay(&store, &orders[4].0, "txn-4a", orders[4].1.clone()),
-                pay(&store, &orders[4].0, "txn-4b", orders[4].1.clone()),
-                // A card another order holds.
-                pay(&store, &orders[5].0, "txn-5", orders[1].1.clone()),
-            ]
-        },
-    )
-    .await;
-    assert_eq!(first.unwrap(), RecordOutcome::Recorded);
-    assert_eq!(
-        store.batch_counts().payments,
-        BatchCount {
-            batches: 2,
-            requests: 8
+    with_store(|store, admin, schema| async move {
+        let (goods, current) = stocked(&store, 10).await;
+        let mut orders = Vec::new();
+        for i in 0..6 {
+            let (o, r) = place(
+                &store,
+                (
+                    order(&goods, &member(&format!("m{i}")), 1).0,
+                    vec![current],
+                    first_sku(&goods),
+                ),
+                None,
+            )
+            .await
+            .unwrap();
+            orders.push((o, r.unwrap()));
         }
-    );
-    assert_eq!(rest[0].as_ref().unwrap(), &RecordOutcome::Recorded);
-    assert_eq!(rest[1].as_ref().unwrap(), &RecordOutcome::Recorded);
-    // Which of a pair queued first is not fixed: one is recorded, the other answered.
-    let pair = |i: usize| [&rest[i], &rest[i + 1]];
-    let same_notice = pair(2);
-    assert!(
-        same_notice
-            .iter()
-            .any(|r| matches!(r, Ok(RecordOutcome::Recorded)))
-    );
-    assert!(
-        same_notice
-            .iter()
-            .any(|r| matches!(r, Ok(RecordOutcome::Duplicate(n)) if &*n.transaction_id == "txn-3"))
-    );
-    let one_order = pair(4);
-    let won = one_order
-        .iter()
-        .position(|r| matches!(r, Ok(RecordOutcome::Recorded)))
-        .unwrap();
-    assert!(matches!(
-        one_order[1 - won],
-        Err(Error::Conflict {
-            what: "order",
-            reason: "stale version",
-            ..
-        })
-    ));
-    assert!(
-        matches!(&rest[6], Err(Error::Conflict { what: "card", .. })),
-        "{:?}",
-        rest[6]
-    );
-    let (winner, loser) = if won == 0 {
-        ("txn-4a", "txn-4b")
-    } else {
-        ("txn-4b", "txn-4a")
-    };
-    let tenant = goods.tenant();
-    for txn in [loser, "txn-5"] {
-        assert!(
-            store
-                .payment_notice(tenant, "testpay", txn)
-                .await
-                .unwrap()
-                .is_none()
+        let (first, rest) = hold_then_release(
+            &store,
+            &admin,
+            &schema,
+            payments,
+            || pay(&store, &orders[0].0, "txn-first", orders[0].1.clone()),
+            || {
+                vec![
+                    pay(&store, &orders[1].0, "txn-1", orders[1].1.clone()),
+                    pay(&store, &orders[2].0, "txn-2", orders[2].1.clone()),
+                    // The same notice twice.
+                    pay(&store, &orders[3].0, "txn-3", orders[3].1.clone()),
+                    pay(&store, &orders[3].0, "txn-3", orders[3].1.clone()),
+                    // Two notices for one order.
+                    pay(&store, &orders[4].0, "txn-4a", orders[4].1.clone()),
+                    pay(&store, &orders[4].0, "txn-4b", orders[4].1.clone()),
+                    // A card another order holds.
+                    pay(&store, &orders[5].0, "txn-5", orders[1].1.clone()),
+                ]
+            },
+        )
+        .await;
+        assert_eq!(first.unwrap(), RecordOutcome::Recorded);
+        assert_eq!(
+            store.batch_counts().payments,
+            BatchCount {
+                batches: 2,
+                requests: 8
+            }
         );
-    }
-    let stored = store
-        .order(tenant, orders[4].0.id())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        stored.payment().map(|p| p.transaction_id.to_string()),
-        Some(winner.to_owned())
-    );
-    let unpaid = store
-        .order(tenant, orders[5].0.id())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(unpaid.status(), orders[5].0.status());
-    let stock = store.stock(tenant, first_sku(&goods), t0()).await.unwrap();
-    assert_eq!((stock.available, stock.reserved, stock.sold), (4, 1, 5));
-    teardown(store, admin, schema).await;
+        assert_eq!(rest[0].as_ref().unwrap(), &RecordOutcome::Recorded);
+        assert_eq!(rest[1].as_ref().unwrap(), &RecordOutcome::Recorded);
+        // Which of a pair queued first is not fixed: one is recorded, the other answered.
+        let pair = |i: usize| [&rest[i], &rest[i + 1]];
+        let same_notice = pair(2);
+        assert!(
+            same_notice
+                .iter()
+                .any(|r| matches!(r, Ok(RecordOutcome::Recorded)))
+        );
+        assert!(same_notice.iter().any(
+            |r| matches!(r, Ok(RecordOutcome::Duplicate(n)) if &*n.transaction_id == "txn-3")
+        ));
+        let one_order = pair(4);
+        let won = one_order
+            .iter()
+            .position(|r| matches!(r, Ok(RecordOutcome::Recorded)))
+            .unwrap();
+        assert!(matches!(
+            one_order[1 - won],
+            Err(Error::Conflict {
+                what: "order",
+                reason: "stale version",
+                ..
+            })
+        ));
+        assert!(
+            matches!(&rest[6], Err(Error::Conflict { what: "card", .. })),
+            "{:?}",
+            rest[6]
+        );
+        let (winner, loser) = if won == 0 {
+            ("txn-4a", "txn-4b")
+        } else {
+            ("txn-4b", "txn-4a")
+        };
+        let tenant = goods.tenant();
+        for txn in [loser, "txn-5"] {
+            assert!(
+                store
+                    .payment_notice(tenant, "testpay", txn)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        let stored = store
+            .order(tenant, orders[4].0.id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.payment().map(|p| p.transaction_id.to_string()),
+            Some(winner.to_owned())
+        );
+        let unpaid = store
+            .order(tenant, orders[5].0.id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(unpaid.status(), orders[5].0.status());
+        let stock = store.stock(tenant, first_sku(&goods), t0()).await.unwrap();
+        assert_eq!((stock.available, stock.reserved, stock.sold), (4, 1, 5));
+    })
+    .await;
 }
