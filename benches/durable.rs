@@ -3,7 +3,9 @@
 //! write. On SQLite (a fresh temporary file, removed afterwards) and on PostgreSQL (a fresh
 //! schema `bench_<random>`, dropped afterwards), at 1, 8 and 32 concurrent buyers: tokio tasks
 //! on a multi-thread runtime with 2 workers, each buyer its own member id. Both stores get a
-//! pool of 32 connections (>= the most buyers). Reported as paid-and-delivered orders per second.
+//! pool of 32 connections (>= the most buyers) and otherwise their default options (on
+//! PostgreSQL that includes combined writes: concurrent placements, and concurrent payments,
+//! share statements and commits). Reported as paid-and-delivered orders per second.
 //!
 //! Budget (DESIGN.md "Performance budgets"), PostgreSQL: at least 0.5x the transactions per
 //! second of PostgreSQL's own `pgbench -N` (simple-update: per transaction one UPDATE, one

@@ -44,7 +44,7 @@ impl PgOptions {
             max_connections: 16,
             connect_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(30),
-            write_batches: 2,
+            write_batches: 1,
         }
     }
 
@@ -75,7 +75,7 @@ impl PgOptions {
     }
 
     /// How many combined writes of one kind (order placements; payment records) run at once
-    /// (default 2, at least 1). Concurrent `place_order` calls of one store share one statement
+    /// (default 1, at least 1). Concurrent `place_order` calls of one store share one statement
     /// and one commit, as do concurrent `record_payment` calls: while these batches run, new
     /// calls gather into the next ones. A lone caller never waits for company. More batches at
     /// once let more server cores work; fewer make larger batches, which cost the server less
