@@ -678,14 +678,12 @@ impl PgStore {
             }
             return;
         }
-        // One request per order id; a repeat runs alone (and finds the id taken).
+        // One request per order id; a repeat runs alone after the batch (and finds the id
+        // taken if the batch stored it).
         let mut seen = std::collections::HashSet::new();
         let (batch, repeats): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|p| seen.insert((p.request.tenant.clone(), p.request.order)));
-        for p in repeats {
-            p.alone();
-        }
         let requests: Vec<&PlaceRequest> = batch.iter().map(|p| &p.request).collect();
         let placed = self.run_place_batch(&requests).await;
         drop(requests);
@@ -708,6 +706,7 @@ impl PgStore {
                 }
             }
         }
+        repeats.into_iter().for_each(Pending::alone);
     }
 
     async fn run_place_batch(

@@ -404,6 +404,18 @@ impl PgStore {
                 r.transaction_id.clone(),
             )) && order.is_some_and(|o| orders.insert(o))
         });
+        // Every batch locks its orders in key order, so two batches (of two stores) that pay
+        // some of the same orders do not wait on each other in a cycle.
+        let mut batch = batch;
+        batch.sort_by(|a, b| {
+            let key = |p: &Pending<RecordRequest, RecordOutcome>| {
+                p.request
+                    .change
+                    .as_ref()
+                    .map(|c| (c.tenant.clone(), *c.order.as_uuid()))
+            };
+            key(a).cmp(&key(b))
+        });
         let recorded = self.run_record_batch(&batch).await;
         match recorded {
             Ok(recorded) => {
