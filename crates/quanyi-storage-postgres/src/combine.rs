@@ -158,33 +158,63 @@ mod tests {
     use super::*;
     use quanyi_core::ErrorKind;
     use tokio::sync::mpsc;
-
-    /// A batch runner that reports each batch's requests on `seen`, waits until `gate` lets it
-    /// go on, then answers every request with the batch size.
-    fn gated(
-        seen: mpsc::UnboundedSender<Vec<u32>>,
-        gate: Arc<Semaphore>,
-    ) -> impl Fn(Vec<Pending<u32, usize>>) -> BoxedBatch {
-        move |batch| {
-            let (seen, gate) = (seen.clone(), Arc::clone(&gate));
-            Box::pin(async move {
-                let _ = seen.send(batch.iter().map(|p| p.request).collect());
-                if let Ok(permit) = gate.acquire().await {
-                    permit.forget();
-                }
-                let n = batch.len();
-                for p in batch {
-                    p.done(Ok(n));
-                }
-            })
-        }
-    }
+    use tokio::task::JoinHandle;
 
     type BoxedBatch = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+    type Run = Box<dyn Fn(Vec<Pending<u32, usize>>) -> BoxedBatch + Send + Sync>;
 
-    async fn until_queued<R, T>(c: &Combiner<R, T>, n: usize) {
-        while c.queued() < n {
-            tokio::task::yield_now().await;
+    /// A combiner whose batches report their requests on `seen`, wait until `gate` lets them go
+    /// on, then answer every request with the batch size.
+    struct Rig {
+        combiner: Arc<Combiner<u32, usize>>,
+        seen: mpsc::UnboundedReceiver<Vec<u32>>,
+        gate: Arc<Semaphore>,
+        run: Arc<Run>,
+    }
+
+    impl Rig {
+        fn new(max_batch: usize, open: usize) -> Rig {
+            let (tx, seen) = mpsc::unbounded_channel();
+            let gate = Arc::new(Semaphore::new(open));
+            let g = Arc::clone(&gate);
+            let run: Run = Box::new(move |batch| {
+                let (tx, gate) = (tx.clone(), Arc::clone(&g));
+                Box::pin(async move {
+                    let _ = tx.send(batch.iter().map(|p| p.request).collect());
+                    if let Ok(permit) = gate.acquire().await {
+                        permit.forget();
+                    }
+                    let n = batch.len();
+                    for p in batch {
+                        p.done(Ok(n));
+                    }
+                })
+            });
+            Rig {
+                combiner: Arc::new(Combiner::new(1, max_batch)),
+                seen,
+                gate,
+                run: Arc::new(run),
+            }
+        }
+
+        /// A call in a task of its own; its answer is the size of the batch that carried it.
+        fn call(&self, n: u32) -> JoinHandle<usize> {
+            let (c, run) = (Arc::clone(&self.combiner), Arc::clone(&self.run));
+            tokio::spawn(async move { done(c.submit(n, &**run).await) })
+        }
+
+        /// Starts a first call and returns once its batch runs (held at the gate).
+        async fn first_running(&mut self) -> JoinHandle<usize> {
+            let first = self.call(1);
+            assert_eq!(self.seen.recv().await, Some(vec![1]));
+            first
+        }
+
+        async fn until_queued(&self, n: usize) {
+            while self.combiner.queued() < n {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
@@ -198,15 +228,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_call_is_a_batch_of_one_at_once() {
-        let c: Combiner<u32, usize> = Combiner::new(1, 8);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let run = gated(tx, Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)));
-        assert_eq!(done(c.submit(7, &run).await), 1);
-        assert_eq!(done(c.submit(8, &run).await), 1);
-        assert_eq!(rx.recv().await, Some(vec![7]));
-        assert_eq!(rx.recv().await, Some(vec![8]));
+        let mut rig = Rig::new(8, Semaphore::MAX_PERMITS);
+        assert_eq!(rig.call(7).await.unwrap(), 1);
+        assert_eq!(rig.call(8).await.unwrap(), 1);
+        assert_eq!(rig.seen.recv().await, Some(vec![7]));
+        assert_eq!(rig.seen.recv().await, Some(vec![8]));
         assert_eq!(
-            c.count(),
+            rig.combiner.count(),
             BatchCount {
                 batches: 2,
                 requests: 2
@@ -216,28 +244,20 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_that_overlap_a_running_batch_share_the_next_one() {
-        let c = Arc::new(Combiner::<u32, usize>::new(1, 8));
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(0));
-        let run = Arc::new(gated(tx, Arc::clone(&gate)));
-        let call = |n: u32| {
-            let (c, run) = (Arc::clone(&c), Arc::clone(&run));
-            tokio::spawn(async move { done(c.submit(n, &*run).await) })
-        };
-        let first = call(1);
-        assert_eq!(rx.recv().await, Some(vec![1]));
-        let rest: Vec<_> = (2..=4).map(call).collect();
-        until_queued(&c, 3).await;
-        gate.add_permits(2);
+        let mut rig = Rig::new(8, 0);
+        let first = rig.first_running().await;
+        let rest: Vec<_> = (2..=4).map(|n| rig.call(n)).collect();
+        rig.until_queued(3).await;
+        rig.gate.add_permits(2);
         assert_eq!(first.await.unwrap(), 1);
-        let mut second = rx.recv().await.unwrap();
+        let mut second = rig.seen.recv().await.unwrap();
         second.sort_unstable();
         assert_eq!(second, vec![2, 3, 4]);
         for r in rest {
             assert_eq!(r.await.unwrap(), 3);
         }
         assert_eq!(
-            c.count(),
+            rig.combiner.count(),
             BatchCount {
                 batches: 2,
                 requests: 4
@@ -247,23 +267,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_hold_at_most_max_batch_requests() {
-        let c = Arc::new(Combiner::<u32, usize>::new(1, 2));
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(0));
-        let run = Arc::new(gated(tx, Arc::clone(&gate)));
-        let call = |n: u32| {
-            let (c, run) = (Arc::clone(&c), Arc::clone(&run));
-            tokio::spawn(async move { done(c.submit(n, &*run).await) })
-        };
-        let first = call(1);
-        assert_eq!(rx.recv().await, Some(vec![1]));
-        let rest: Vec<_> = (2..=6).map(call).collect();
-        until_queued(&c, 5).await;
-        gate.add_permits(10);
+        let mut rig = Rig::new(2, 0);
+        let first = rig.first_running().await;
+        let rest: Vec<_> = (2..=6).map(|n| rig.call(n)).collect();
+        rig.until_queued(5).await;
+        rig.gate.add_permits(10);
         assert_eq!(first.await.unwrap(), 1);
         let mut sizes = vec![];
         for _ in 0..3 {
-            sizes.push(rx.recv().await.unwrap().len());
+            sizes.push(rig.seen.recv().await.unwrap().len());
         }
         assert_eq!(sizes, vec![2, 2, 1]);
         for r in rest {
@@ -273,24 +285,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_gone_before_its_batch_starts_is_left_out() {
-        let c = Arc::new(Combiner::<u32, usize>::new(1, 8));
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(0));
-        let run = Arc::new(gated(tx, Arc::clone(&gate)));
-        let call = |n: u32| {
-            let (c, run) = (Arc::clone(&c), Arc::clone(&run));
-            tokio::spawn(async move { done(c.submit(n, &*run).await) })
-        };
-        let first = call(1);
-        assert_eq!(rx.recv().await, Some(vec![1]));
-        let gone = call(2);
-        let kept = call(3);
-        until_queued(&c, 2).await;
+        let mut rig = Rig::new(8, 0);
+        let first = rig.first_running().await;
+        let gone = rig.call(2);
+        let kept = rig.call(3);
+        rig.until_queued(2).await;
         gone.abort();
         assert!(gone.await.unwrap_err().is_cancelled());
-        gate.add_permits(2);
+        rig.gate.add_permits(2);
         assert_eq!(first.await.unwrap(), 1);
-        assert_eq!(rx.recv().await, Some(vec![3]));
+        assert_eq!(rig.seen.recv().await, Some(vec![3]));
         assert_eq!(kept.await.unwrap(), 1);
     }
 

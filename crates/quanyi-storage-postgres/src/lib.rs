@@ -124,6 +124,31 @@ impl PgStore {
         }
     }
 
+    /// Sends `request` through `combiner` (see `combine`): its batches run `batch` on a clone of
+    /// this store, and a request a batch gives back runs `alone`.
+    async fn combined<R, T, B, BF, A, AF>(
+        &self,
+        combiner: &combine::Combiner<R, T>,
+        request: R,
+        batch: B,
+        alone: A,
+    ) -> Result<T>
+    where
+        B: Fn(PgStore, Vec<combine::Pending<R, T>>) -> BF,
+        BF: std::future::Future<Output = ()> + Send + 'static,
+        A: FnOnce(R) -> AF,
+        AF: std::future::Future<Output = Result<T>>,
+    {
+        let store = self.clone();
+        match combiner
+            .submit(request, move |pending| batch(store.clone(), pending))
+            .await
+        {
+            combine::Answer::Done(result) => result,
+            combine::Answer::Alone(request) => alone(request).await,
+        }
+    }
+
     /// A pooled connection.
     async fn conn(&self) -> Result<Conn> {
         let obj = self.pool.get().await.map_err(error::pool)?;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::codec::{
     EventColumns, from_json, get, insert_events_sql, limit, micros, tenant, to_i64, to_json, to_u64,
 };
-use crate::combine::{Answer, Pending};
+use crate::combine::Pending;
 use crate::error::{Batch, db, with_id};
 use crate::vault::{pick_ctes, take_free_sql};
 use crate::{Conn, PgStore};
@@ -769,19 +769,13 @@ impl OrderStore for PgStore {
             // with its reason: both alone.
             return self.place_alone(&request).await;
         }
-        let store = self.clone();
-        let answer = self
-            .shared
-            .placements
-            .submit(request, move |batch| {
-                let store = store.clone();
-                async move { store.place_batch(batch).await }
-            })
-            .await;
-        match answer {
-            Answer::Done(result) => result,
-            Answer::Alone(request) => self.place_alone(&request).await,
-        }
+        self.combined(
+            &self.shared.placements,
+            request,
+            |store, batch| async move { store.place_batch(batch).await },
+            |request| async move { self.place_alone(&request).await },
+        )
+        .await
     }
 
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {

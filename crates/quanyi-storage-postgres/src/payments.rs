@@ -16,7 +16,7 @@ use crate::PgStore;
 use crate::codec::{
     EventColumns, from_json, get, insert_events_sql, limit, micros, to_i64, to_json,
 };
-use crate::combine::{Answer, Pending};
+use crate::combine::Pending;
 use crate::error::{Batch, db, with_id};
 use crate::orders::change_error;
 
@@ -667,19 +667,13 @@ impl PaymentStore for PgStore {
         if !request.combinable() {
             return self.record_alone(&request).await;
         }
-        let store = self.clone();
-        let answer = self
-            .shared
-            .payments
-            .submit(request, move |batch| {
-                let store = store.clone();
-                async move { store.record_batch(batch).await }
-            })
-            .await;
-        match answer {
-            Answer::Done(result) => result,
-            Answer::Alone(request) => self.record_alone(&request).await,
-        }
+        self.combined(
+            &self.shared.payments,
+            request,
+            |store, batch| async move { store.record_batch(batch).await },
+            |request| async move { self.record_alone(&request).await },
+        )
+        .await
     }
 
     async fn payment_notice(

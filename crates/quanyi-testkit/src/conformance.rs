@@ -629,16 +629,17 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
 
     // Placements: (what, order, its events, SKU, goods priced from).
     let mut placements = Vec::new();
-    let mut add = |what: &'static str, goods: &quanyi_goods::Goods, n: usize, priced: &[GoodsVersion]| {
-        let mut made = Vec::new();
-        for i in 0..n {
-            let (o, ev) = order(goods, &member(&format!("{what}-{i}")), 1);
-            let envs = envelopes(&o, &ev);
-            made.push((o.clone(), envs.clone()));
-            placements.push((what, o, envs, first_sku(goods), priced.to_vec()));
-        }
-        made
-    };
+    let mut add =
+        |what: &'static str, goods: &quanyi_goods::Goods, n: usize, priced: &[GoodsVersion]| {
+            let mut made = Vec::new();
+            for i in 0..n {
+                let (o, ev) = order(goods, &member(&format!("{what}-{i}")), 1);
+                let envs = envelopes(&o, &ev);
+                made.push((o.clone(), envs.clone()));
+                placements.push((what, o, envs, first_sku(goods), priced.to_vec()));
+            }
+            made
+        };
     let plain = add("plain", &goods, 4, &[current]);
     add("scarce", &scarce, 8, &[]);
     add("stale", &goods, 3, &[stale]);
@@ -742,16 +743,41 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
     let twin_order = placed.iter().find(|p| p.0 == "twin").unwrap().1.clone();
     let mut payments = Vec::new();
     for (i, (o, _)) in plain.iter().enumerate() {
-        payments.push(("plain", o.clone(), format!("txn-plain-{i}"), held_by(o.id())));
+        payments.push((
+            "plain",
+            o.clone(),
+            format!("txn-plain-{i}"),
+            held_by(o.id()),
+        ));
     }
-    payments.push(("again", plain[0].0.clone(), "txn-plain-0".to_owned(), held_by(plain[0].0.id())));
+    payments.push((
+        "again",
+        plain[0].0.clone(),
+        "txn-plain-0".to_owned(),
+        held_by(plain[0].0.id()),
+    ));
     for txn in ["txn-twin-a", "txn-twin-b"] {
-        payments.push(("twin", twin_order.clone(), txn.to_owned(), held_by(twin_order.id())));
+        payments.push((
+            "twin",
+            twin_order.clone(),
+            txn.to_owned(),
+            held_by(twin_order.id()),
+        ));
     }
     // The first scarce winner offers another order's card.
-    payments.push(("foreign", scarce_placed[0].1.clone(), "txn-foreign".to_owned(), scarce_placed[1].2.clone()));
+    payments.push((
+        "foreign",
+        scarce_placed[0].1.clone(),
+        "txn-foreign".to_owned(),
+        scarce_placed[1].2.clone(),
+    ));
     for (i, p) in scarce_placed.iter().enumerate().skip(1) {
-        payments.push(("scarce", p.1.clone(), format!("txn-scarce-{i}"), p.2.clone()));
+        payments.push((
+            "scarce",
+            p.1.clone(),
+            format!("txn-scarce-{i}"),
+            p.2.clone(),
+        ));
     }
     let mut tasks = Vec::new();
     for (what, o, txn, sell) in payments {
@@ -795,10 +821,17 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(plain_0.len(), 2);
     assert_eq!(
-        plain_0.iter().filter(|r| matches!(r, RecordOutcome::Recorded)).count(),
+        plain_0
+            .iter()
+            .filter(|r| matches!(r, RecordOutcome::Recorded))
+            .count(),
         1
     );
-    assert!(plain_0.iter().any(|r| matches!(r, RecordOutcome::Duplicate(n) if &*n.transaction_id == "txn-plain-0")));
+    assert!(
+        plain_0.iter().any(
+            |r| matches!(r, RecordOutcome::Duplicate(n) if &*n.transaction_id == "txn-plain-0")
+        )
+    );
     assert_eq!(recorded("plain") + recorded("again"), 4);
     assert_eq!((recorded("twin"), conflicts("twin")), (1, 1));
     assert_eq!((recorded("foreign"), conflicts("foreign")), (0, 1));
@@ -815,7 +848,11 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
         .find(|o| o.0 == "twin" && o.2.is_ok())
         .map(|o| o.1.clone())
         .unwrap();
-    let stored_twin = store.order(&tenant, twin_order.id()).await.unwrap().unwrap();
+    let stored_twin = store
+        .order(&tenant, twin_order.id())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         stored_twin.payment().map(|p| p.transaction_id.to_string()),
         Some(twin_txn)
