@@ -24,7 +24,18 @@ use crate::{BatchCount, PgOptions, PgStore};
 /// A migrated store in a fresh schema that runs one batch of each kind at a time, and a plain
 /// connection; `None` when no server is configured.
 async fn setup() -> Option<(PgStore, tokio_postgres::Client, String)> {
-    let url = quanyi_testkit::service_url("QUANYI_TEST_PG_URL")?;
+    let Some(url) = quanyi_testkit::service_url("QUANYI_TEST_PG_URL") else {
+        // The harness captures `println!` of passing tests; say it where a person sees it.
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout(),
+                "skipped: QUANYI_TEST_PG_URL is not set, so the PostgreSQL batch tests do not run"
+            );
+        });
+        return None;
+    };
     let schema = quanyi_testkit::unique_name("qt");
     let store = PgStore::connect_with(
         PgOptions::new(url.as_str())
