@@ -534,7 +534,7 @@ impl<'a> PlaceColumns<'a> {
 /// (from 1) with its cards in [`PLACE`]'s order; requests not returned wrote nothing.
 ///
 /// $1..$8 per request: tenant, id, member, status, expires_at, version, doc, updated_at;
-/// $9 now; lines $10 request, $11 no, $12 SKU, $13 quantity; events $14 request, $15..$19
+/// $9 now (the earliest of the calls'); lines $10 request, $11 no, $12 SKU, $13 quantity; events $14 request, $15..$19
 /// id, tenant, aggregate type, aggregate id, doc; reservations $20 request, $21 SKU,
 /// $22 quantity; goods $23 request, $24 id, $25 version.
 static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
@@ -714,7 +714,8 @@ impl PgStore {
         requests: &[&PlaceRequest],
     ) -> std::result::Result<HashMap<i64, Vec<Uuid>>, Batch> {
         let c = PlaceColumns::new(requests);
-        let now = requests.first().map_or(0, |r| r.now);
+        // A reservation counts as lapsed only if it had lapsed at every call's own time.
+        let now = requests.iter().map(|r| r.now).min().unwrap_or(0);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
             &c.tenants,
             &c.ids,

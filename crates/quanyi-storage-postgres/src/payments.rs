@@ -449,7 +449,6 @@ impl PgStore {
         for (k, p) in (1i64..).zip(batch) {
             c.push(k, &p.request);
         }
-        let now = batch.first().map_or(0, |p| p.request.now);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 29] = [
             &c.tenants,
             &c.providers,
@@ -464,7 +463,7 @@ impl PgStore {
             &c.expires,
             &c.order_docs,
             &c.updated,
-            &now,
+            &c.now,
             &c.sell_k,
             &c.sell,
             &c.ev_k,
@@ -511,6 +510,7 @@ struct RecordColumns<'a> {
     expires: Vec<i64>,
     order_docs: Vec<&'a str>,
     updated: Vec<i64>,
+    now: Vec<i64>,
     sell_k: Vec<i64>,
     sell: Vec<Uuid>,
     ev_k: Vec<i64>,
@@ -546,6 +546,7 @@ impl<'a> RecordColumns<'a> {
             self.order_docs.push(&c.doc);
             self.updated.push(c.updated);
         }
+        self.now.push(r.now);
         self.sell_k.extend(std::iter::repeat_n(k, r.sell.len()));
         self.sell.extend(&r.sell);
         self.ev_k.extend(std::iter::repeat_n(k, r.ev.ids.len()));
@@ -577,16 +578,16 @@ impl<'a> RecordColumns<'a> {
 ///
 /// Per request: $1 notice tenant, $2 provider, $3 transaction id, $4 for reconciliation,
 /// $5 notice doc, $6 order tenant, $7 order id, $8 expected version, $9 new version,
-/// $10 status, $11 expires_at, $12 order doc, $13 updated_at; $14 now; cards to sell
+/// $10 status, $11 expires_at, $12 order doc, $13 updated_at, $14 now; cards to sell
 /// $15 request, $16 card; events $17 request, $18..$22 id, tenant, aggregate type, aggregate id,
 /// doc; jobs $23 request, $24..$29 id, tenant, kind, dedupe key, payload, run_at.
 static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
     "WITH n AS ( \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[], \
                               $6::text[], $7::uuid[], $8::bigint[], $9::bigint[], $10::text[], \
-                              $11::bigint[], $12::text[], $13::bigint[]) \
+                              $11::bigint[], $12::text[], $13::bigint[], $14::bigint[]) \
               WITH ORDINALITY AS n(tenant, provider, transaction_id, reconcile, doc, otenant, oid, \
-                                   expected, version, status, expires_at, odoc, updated_at, k)), \
+                                   expected, version, status, expires_at, odoc, updated_at, now, k)), \
      s AS (SELECT * FROM unnest($15::bigint[], $16::uuid[]) AS s(k, id)), \
      cur AS ( \
          SELECT n.k, o.version FROM n \
@@ -625,9 +626,12 @@ static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
          FROM n \
          WHERE n.k IN (SELECT k FROM done) AND o.tenant = n.otenant AND o.id = n.oid), \
      sold AS ( \
-         UPDATE cards SET state = 'sold', reserved_until = NULL, \
-                sold_at = CASE WHEN state = 'sold' THEN sold_at ELSE $14 END \
-         WHERE id = ANY(ARRAY(SELECT h.id FROM held h WHERE h.k IN (SELECT k FROM done)))), \
+         UPDATE cards c SET state = 'sold', reserved_until = NULL, \
+                sold_at = CASE WHEN c.state = 'sold' THEN c.sold_at ELSE x.now END \
+         FROM (SELECT h.id, n.now FROM held h JOIN n ON n.k = h.k \
+               WHERE h.k IN (SELECT k FROM done)) x \
+         WHERE c.id = ANY(ARRAY(SELECT h.id FROM held h WHERE h.k IN (SELECT k FROM done))) \
+           AND c.id = x.id), \
      ev AS ( \
          INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
          SELECT e.id, e.tenant, e.aggregate_type, e.aggregate_id, e.doc \
@@ -636,9 +640,10 @@ static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
          WHERE e.k IN (SELECT k FROM done) ORDER BY e.ord), \
      job AS ( \
          INSERT INTO jobs (id, tenant, kind, dedupe_key, payload, run_at, status, attempts, created_at) \
-         SELECT j.id, j.tenant, j.kind, j.dedupe_key, j.payload, j.run_at, 'queued', 0, $14 \
+         SELECT j.id, j.tenant, j.kind, j.dedupe_key, j.payload, j.run_at, 'queued', 0, n.now \
          FROM unnest($23::bigint[], $24::uuid[], $25::text[], $26::text[], $27::text[], $28::text[], \
                      $29::bigint[]) AS j(k, id, tenant, kind, dedupe_key, payload, run_at) \
+         JOIN n ON n.k = j.k \
          WHERE j.k IN (SELECT k FROM done) ORDER BY j.k \
          ON CONFLICT ON CONSTRAINT jobs_dedupe_key DO NOTHING) \
      SELECT k FROM done"
