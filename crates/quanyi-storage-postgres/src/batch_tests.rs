@@ -12,8 +12,9 @@ use quanyi_core::{CardId, ErrorKind};
 use quanyi_goods::{Goods, PurchaseLimits};
 use quanyi_order::{Order, Payment};
 use quanyi_storage::{
-    Error, GOODS_CHANGED, GoodsStore, GoodsVersion, NewOrder, NoticeDisposition, OrderChange,
-    OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reservation, VaultStore,
+    Error, GOODS_CHANGED, GoodsStore, GoodsVersion, JobStore, NewJob, NewOrder, NoticeDisposition,
+    OrderChange, OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reservation,
+    VaultStore,
 };
 use quanyi_testkit::fixtures::{card_goods, cards, envelopes, first_sku, member, order, t0};
 use tokio::task::JoinHandle;
@@ -346,6 +347,16 @@ fn pay(
     txn: &str,
     sell: Vec<CardId>,
 ) -> JoinHandle<Result<RecordOutcome, Error>> {
+    pay_with_job(store, o, txn, sell, None)
+}
+
+fn pay_with_job(
+    store: &PgStore,
+    o: &Order,
+    txn: &str,
+    sell: Vec<CardId>,
+    job: Option<NewJob>,
+) -> JoinHandle<Result<RecordOutcome, Error>> {
     let store = store.clone();
     let (o, n) = (o.clone(), notice(o, txn));
     tokio::spawn(async move {
@@ -370,7 +381,7 @@ fn pay(
                 events: &envs,
             }),
             sell: &sell,
-            job: None,
+            job: job.as_ref(),
         };
         store.record_payment(write, t0()).await
     })
@@ -395,6 +406,7 @@ async fn overlapping_payments_share_one_statement_and_keep_their_answers() {
             .unwrap();
             orders.push((o, r.unwrap()));
         }
+        let job = quanyi_testkit::fixtures::job(goods.tenant(), "deliver:txn-2", t0());
         let (first, rest) = hold_then_release(
             &store,
             &admin,
@@ -404,7 +416,14 @@ async fn overlapping_payments_share_one_statement_and_keep_their_answers() {
             || {
                 vec![
                     pay(&store, &orders[1].0, "txn-1", orders[1].1.clone()),
-                    pay(&store, &orders[2].0, "txn-2", orders[2].1.clone()),
+                    // With a delivery job.
+                    pay_with_job(
+                        &store,
+                        &orders[2].0,
+                        "txn-2",
+                        orders[2].1.clone(),
+                        Some(job.clone()),
+                    ),
                     // The same notice twice.
                     pay(&store, &orders[3].0, "txn-3", orders[3].1.clone()),
                     pay(&store, &orders[3].0, "txn-3", orders[3].1.clone()),
@@ -488,6 +507,14 @@ async fn overlapping_payments_share_one_statement_and_keep_their_answers() {
         assert_eq!(unpaid.status(), orders[5].0.status());
         let stock = store.stock(tenant, first_sku(&goods), t0()).await.unwrap();
         assert_eq!((stock.available, stock.reserved, stock.sold), (4, 1, 5));
+        // The job came with its payment, once.
+        let claimed = store
+            .claim_job(job.id, "w", t0(), chrono::Duration::seconds(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(claimed.dedupe_key, "deliver:txn-2");
+        assert_eq!(store.enqueue(&job, t0()).await.unwrap(), job.id);
     })
     .await;
 }
