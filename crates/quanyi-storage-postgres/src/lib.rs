@@ -149,6 +149,20 @@ impl PgStore {
         }
     }
 
+    /// Runs one combined write's statement (autocommit) and returns its rows.
+    async fn batch_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, error::Batch> {
+        let conn = self.conn().await.map_err(error::Batch::Failed)?;
+        let stmt = conn.prepare(sql).await.map_err(error::Batch::Failed)?;
+        conn.client()
+            .query(&stmt, params)
+            .await
+            .map_err(error::Batch::of)
+    }
+
     /// A pooled connection.
     async fn conn(&self) -> Result<Conn> {
         let obj = self.pool.get().await.map_err(error::pool)?;

@@ -743,13 +743,7 @@ impl PgStore {
             &c.goods_ids,
             &c.goods_versions,
         ];
-        let conn = self.conn().await.map_err(Batch::Failed)?;
-        let stmt = conn.prepare(&PLACE_BATCH).await.map_err(Batch::Failed)?;
-        let rows = conn
-            .client()
-            .query(&stmt, &params)
-            .await
-            .map_err(Batch::of)?;
+        let rows = self.batch_rows(&PLACE_BATCH, &params).await?;
         rows.iter()
             .map(|row| Ok((get::<i64>(row, 0)?, get::<Vec<Uuid>>(row, 1)?)))
             .collect::<Result<_>>()

@@ -480,13 +480,7 @@ impl PgStore {
             &c.job_payloads,
             &c.job_run_at,
         ];
-        let conn = self.conn().await.map_err(Batch::Failed)?;
-        let stmt = conn.prepare(&RECORD_BATCH).await.map_err(Batch::Failed)?;
-        let rows = conn
-            .client()
-            .query(&stmt, &params)
-            .await
-            .map_err(Batch::of)?;
+        let rows = self.batch_rows(&RECORD_BATCH, &params).await?;
         rows.iter()
             .map(|row| get::<i64>(row, 0))
             .collect::<Result<_>>()
