@@ -10,13 +10,15 @@ use std::sync::Arc;
 
 use quanyi_core::{CardId, ErrorKind};
 use quanyi_goods::{Goods, PurchaseLimits};
-use quanyi_order::{Order, Payment};
+use quanyi_order::Order;
 use quanyi_storage::{
     Error, GOODS_CHANGED, GoodsStore, GoodsVersion, JobStore, NewJob, NewOrder, NoticeDisposition,
     OrderChange, OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reservation,
     VaultStore,
 };
-use quanyi_testkit::fixtures::{card_goods, cards, envelopes, first_sku, member, order, t0};
+use quanyi_testkit::fixtures::{
+    card_goods, cards, envelopes, first_sku, member, order, paid_by, t0,
+};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
@@ -360,19 +362,7 @@ fn pay_with_job(
     let store = store.clone();
     let (o, n) = (o.clone(), notice(o, txn));
     tokio::spawn(async move {
-        let mut paid = o.clone();
-        let ev = paid
-            .confirm_payment(
-                Payment {
-                    provider: n.provider.clone(),
-                    transaction_id: n.transaction_id.clone(),
-                    amount: n.amount,
-                    paid_at: t0(),
-                },
-                t0(),
-            )
-            .unwrap();
-        let envs = envelopes(&paid, &ev);
+        let (paid, envs) = paid_by(&o, &n);
         let write = PaymentWrite {
             notice: &n,
             change: Some(OrderChange {

@@ -81,6 +81,31 @@ impl EventColumns {
     }
 }
 
+/// The events of several requests as the parallel arrays a batch statement takes, each tagged
+/// with its request's position (from 1).
+#[derive(Debug, Default)]
+pub(crate) struct TaggedEvents<'a> {
+    pub(crate) k: Vec<i64>,
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) tenants: Vec<&'a str>,
+    pub(crate) types: Vec<&'a str>,
+    pub(crate) aggregates: Vec<&'a str>,
+    pub(crate) docs: Vec<&'a str>,
+}
+
+impl<'a> TaggedEvents<'a> {
+    /// Adds the events of request `k`.
+    pub(crate) fn push(&mut self, k: i64, ev: &'a EventColumns) {
+        let text = |v: &'a [String]| v.iter().map(String::as_str);
+        self.k.extend(std::iter::repeat_n(k, ev.ids.len()));
+        self.ids.extend(&ev.ids);
+        self.tenants.extend(text(&ev.tenants));
+        self.types.extend(text(&ev.types));
+        self.aggregates.extend(text(&ev.aggregates));
+        self.docs.extend(text(&ev.docs));
+    }
+}
+
 /// The SQL that inserts the events of an [`EventColumns`] bound at `$first..$first+4`, in order,
 /// guarded by `condition`.
 pub(crate) fn insert_events_sql(first: usize, condition: &str) -> String {

@@ -12,7 +12,8 @@ use quanyi_storage::{Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Re
 use uuid::Uuid;
 
 use crate::codec::{
-    EventColumns, from_json, get, insert_events_sql, limit, micros, tenant, to_i64, to_json, to_u64,
+    EventColumns, TaggedEvents, from_json, get, insert_events_sql, limit, micros, tenant, to_i64,
+    to_json, to_u64,
 };
 use crate::combine::Pending;
 use crate::error::{Batch, db, with_id};
@@ -478,12 +479,7 @@ struct PlaceColumns<'a> {
     nos: Vec<i32>,
     line_skus: Vec<Uuid>,
     line_qtys: Vec<i64>,
-    ev_k: Vec<i64>,
-    ev_ids: Vec<Uuid>,
-    ev_tenants: Vec<&'a str>,
-    ev_types: Vec<&'a str>,
-    ev_aggregates: Vec<&'a str>,
-    ev_docs: Vec<&'a str>,
+    ev: TaggedEvents<'a>,
     res_k: Vec<i64>,
     res_skus: Vec<Uuid>,
     res_qtys: Vec<i64>,
@@ -508,13 +504,7 @@ impl<'a> PlaceColumns<'a> {
             c.nos.extend(&r.nos);
             c.line_skus.extend(&r.line_skus);
             c.line_qtys.extend(&r.line_qtys);
-            c.ev_k.extend(std::iter::repeat_n(k, r.ev.ids.len()));
-            c.ev_ids.extend(&r.ev.ids);
-            c.ev_tenants.extend(r.ev.tenants.iter().map(String::as_str));
-            c.ev_types.extend(r.ev.types.iter().map(String::as_str));
-            c.ev_aggregates
-                .extend(r.ev.aggregates.iter().map(String::as_str));
-            c.ev_docs.extend(r.ev.docs.iter().map(String::as_str));
+            c.ev.push(k, &r.ev);
             c.res_k.extend(std::iter::repeat_n(k, r.res_skus.len()));
             c.res_skus.extend(&r.res_skus);
             c.res_qtys.extend(&r.res_qtys);
@@ -730,12 +720,12 @@ impl PgStore {
             &c.nos,
             &c.line_skus,
             &c.line_qtys,
-            &c.ev_k,
-            &c.ev_ids,
-            &c.ev_tenants,
-            &c.ev_types,
-            &c.ev_aggregates,
-            &c.ev_docs,
+            &c.ev.k,
+            &c.ev.ids,
+            &c.ev.tenants,
+            &c.ev.types,
+            &c.ev.aggregates,
+            &c.ev.docs,
             &c.res_k,
             &c.res_skus,
             &c.res_qtys,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::PgStore;
 use crate::codec::{
-    EventColumns, from_json, get, insert_events_sql, limit, micros, to_i64, to_json,
+    EventColumns, TaggedEvents, from_json, get, insert_events_sql, limit, micros, to_i64, to_json,
 };
 use crate::combine::Pending;
 use crate::error::{Batch, db, with_id};
@@ -466,12 +466,12 @@ impl PgStore {
             &c.now,
             &c.sell_k,
             &c.sell,
-            &c.ev_k,
-            &c.ev_ids,
-            &c.ev_tenants,
-            &c.ev_types,
-            &c.ev_aggregates,
-            &c.ev_docs,
+            &c.ev.k,
+            &c.ev.ids,
+            &c.ev.tenants,
+            &c.ev.types,
+            &c.ev.aggregates,
+            &c.ev.docs,
             &c.job_k,
             &c.job_ids,
             &c.job_tenants,
@@ -507,12 +507,7 @@ struct RecordColumns<'a> {
     now: Vec<i64>,
     sell_k: Vec<i64>,
     sell: Vec<Uuid>,
-    ev_k: Vec<i64>,
-    ev_ids: Vec<Uuid>,
-    ev_tenants: Vec<&'a str>,
-    ev_types: Vec<&'a str>,
-    ev_aggregates: Vec<&'a str>,
-    ev_docs: Vec<&'a str>,
+    ev: TaggedEvents<'a>,
     job_k: Vec<i64>,
     job_ids: Vec<Uuid>,
     job_tenants: Vec<&'a str>,
@@ -543,14 +538,7 @@ impl<'a> RecordColumns<'a> {
         self.now.push(r.now);
         self.sell_k.extend(std::iter::repeat_n(k, r.sell.len()));
         self.sell.extend(&r.sell);
-        self.ev_k.extend(std::iter::repeat_n(k, r.ev.ids.len()));
-        self.ev_ids.extend(&r.ev.ids);
-        self.ev_tenants
-            .extend(r.ev.tenants.iter().map(String::as_str));
-        self.ev_types.extend(r.ev.types.iter().map(String::as_str));
-        self.ev_aggregates
-            .extend(r.ev.aggregates.iter().map(String::as_str));
-        self.ev_docs.extend(r.ev.docs.iter().map(String::as_str));
+        self.ev.push(k, &r.ev);
         if let Some(j) = &r.job {
             self.job_k.push(k);
             self.job_ids.push(j.id);

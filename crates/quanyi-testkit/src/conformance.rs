@@ -716,22 +716,6 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
     assert_eq!((stock.available, stock.reserved), (0, 3));
 
     // Payments: (order, notice, cards to sell).
-    let paid_version = |o: &quanyi_order::Order, n: &PaymentNotice| {
-        let mut paid = o.clone();
-        let ev = paid
-            .confirm_payment(
-                Payment {
-                    provider: n.provider.clone(),
-                    transaction_id: n.transaction_id.clone(),
-                    amount: n.amount,
-                    paid_at: t0(),
-                },
-                t0(),
-            )
-            .unwrap();
-        let envs = envelopes(&paid, &ev);
-        (paid, envs)
-    };
     let held_by = |id: OrderId| {
         placed
             .iter()
@@ -783,7 +767,7 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
     for (what, o, txn, sell) in payments {
         let store = store.clone();
         let n = notice(&tenant, o.id(), &txn, o.total().minor());
-        let (paid, envs) = paid_version(&o, &n);
+        let (paid, envs) = fixtures::paid_by(&o, &n);
         tasks.push(tokio::spawn(async move {
             let change = OrderChange {
                 order: &paid,

@@ -6,8 +6,8 @@ use quanyi_core::{
     TenantId,
 };
 use quanyi_goods::{Goods, GoodsDraft, GoodsKind, PurchaseLimits, SkuDraft, StockSource};
-use quanyi_order::{NewLine, Order, OrderEvent};
-use quanyi_storage::{NewCard, NewJob};
+use quanyi_order::{NewLine, Order, OrderEvent, Payment};
+use quanyi_storage::{NewCard, NewJob, PaymentNotice};
 use quanyi_vault::{BlindIndex, KeyId, SealedCard, SealedValue};
 use rand::RngCore;
 
@@ -101,6 +101,24 @@ pub fn envelopes(order: &Order, events: &[OrderEvent]) -> Vec<EventEnvelope> {
             .expect("order events serialize")
         })
         .collect()
+}
+
+/// The order as the notice pays it (at [`t0`]), with the change's events in envelopes.
+pub fn paid_by(order: &Order, notice: &PaymentNotice) -> (Order, Vec<EventEnvelope>) {
+    let mut paid = order.clone();
+    let events = paid
+        .confirm_payment(
+            Payment {
+                provider: notice.provider.clone(),
+                transaction_id: notice.transaction_id.clone(),
+                amount: notice.amount,
+                paid_at: t0(),
+            },
+            t0(),
+        )
+        .expect("the fixture notice pays the order");
+    let envs = envelopes(&paid, &events);
+    (paid, envs)
 }
 
 /// `n` cards for a SKU with random blind indexes and ciphertext-shaped bytes.
