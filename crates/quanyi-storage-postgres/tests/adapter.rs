@@ -9,7 +9,6 @@ use std::time::Duration;
 use chrono::Duration as Span;
 use quanyi_core::{ErrorKind, OrderId};
 use quanyi_goods::PurchaseLimits;
-use quanyi_order::Payment;
 use quanyi_storage::{
     CardState, Error, GoodsStore, MemberLimit, NewOrder, NoticeDisposition, OrderChange,
     OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reservation, VaultStore,
@@ -283,19 +282,7 @@ async fn a_payment_cut_off_mid_statement_writes_nothing() {
         received_at: t0(),
         disposition: NoticeDisposition::Applied,
     };
-    let mut paid = placed.clone();
-    let ev = paid
-        .confirm_payment(
-            Payment {
-                provider: notice.provider.clone(),
-                transaction_id: notice.transaction_id.clone(),
-                amount: notice.amount,
-                paid_at: t0(),
-            },
-            t0(),
-        )
-        .unwrap();
-    let envs = envelopes(&paid, &ev);
+    let (paid, envs) = fixtures::paid_by(&placed, &notice);
     let job = fixtures::job(&tenant, "deliver:cut", t0());
     let pay = {
         let store = store.clone();
