@@ -11,6 +11,7 @@
 //! cut short the batch that carries other callers' requests; a request whose caller is gone
 //! before its batch starts is left out.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use quanyi_storage::{Error, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::error::Batch;
 
 /// What a batch answers for one request.
 pub(crate) enum Answer<R, T> {
@@ -132,6 +135,32 @@ impl<R, T> Combiner<R, T> {
                     }
                     spawn_batch(permit, run(batch));
                 }
+            }
+        }
+    }
+}
+
+/// Answers every request of a batch from what its statement decided: a request it wrote gets
+/// its outcome (`written`, by position from 1), any other runs alone; when the server refused
+/// the statement every request runs alone; when the batch failed every request gets the error.
+pub(crate) fn answer_all<R, T>(
+    batch: Vec<Pending<R, T>>,
+    decided: std::result::Result<HashMap<i64, T>, Batch>,
+) {
+    match decided {
+        Ok(mut written) => {
+            for (k, p) in (1i64..).zip(batch) {
+                match written.remove(&k) {
+                    Some(outcome) => p.done(Ok(outcome)),
+                    None => p.alone(),
+                }
+            }
+        }
+        Err(Batch::Refused) => batch.into_iter().for_each(Pending::alone),
+        Err(Batch::Failed(e)) => {
+            let n = batch.len();
+            for (p, e) in batch.into_iter().zip(Batch::errors(e, n)) {
+                p.done(Err(e));
             }
         }
     }

@@ -24,10 +24,10 @@ use tokio_postgres::{NoTls, Statement};
 
 pub use combine::BatchCount;
 pub use migrate::SCHEMA_VERSION;
+pub use options::{DEFAULT_SCHEMA, PgOptions};
 
 /// The most requests one combined write carries.
 const MAX_BATCH: usize = 64;
-pub use options::{DEFAULT_SCHEMA, PgOptions};
 
 /// Every quanyi storage port over PostgreSQL, on a pool of connections whose `search_path` is
 /// the store's schema. Cheap to clone (clones share the pool).
@@ -176,7 +176,7 @@ impl PgStore {
 /// The combined writes of a store so far, by kind; see [`PgStore::batch_counts`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchCounts {
-    /// `place_order` calls.
+    /// `place_order` calls without member limits (those always run alone).
     pub placements: BatchCount,
     /// `record_payment` calls that pay an order.
     pub payments: BatchCount,

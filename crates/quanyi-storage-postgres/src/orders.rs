@@ -15,7 +15,7 @@ use crate::codec::{
     EventColumns, TaggedEvents, from_json, get, insert_events_sql, limit, micros, tenant, to_i64,
     to_json, to_u64,
 };
-use crate::combine::Pending;
+use crate::combine::{Pending, answer_all};
 use crate::error::{Batch, db, with_id};
 use crate::vault::{pick_ctes, take_free_sql};
 use crate::{Conn, PgStore};
@@ -677,32 +677,14 @@ impl PgStore {
         let requests: Vec<&PlaceRequest> = batch.iter().map(|p| &p.request).collect();
         let placed = self.run_place_batch(&requests).await;
         drop(requests);
-        match placed {
-            Ok(mut placed) => {
-                for (k, p) in (1i64..).zip(batch) {
-                    match placed.remove(&k) {
-                        Some(cards) => {
-                            p.done(Ok(cards.into_iter().map(CardId::from_uuid).collect()))
-                        }
-                        None => p.alone(),
-                    }
-                }
-            }
-            Err(Batch::Refused) => batch.into_iter().for_each(Pending::alone),
-            Err(Batch::Failed(e)) => {
-                let n = batch.len();
-                for (p, e) in batch.into_iter().zip(Batch::errors(e, n)) {
-                    p.done(Err(e));
-                }
-            }
-        }
+        answer_all(batch, placed);
         repeats.into_iter().for_each(Pending::alone);
     }
 
     async fn run_place_batch(
         &self,
         requests: &[&PlaceRequest],
-    ) -> std::result::Result<HashMap<i64, Vec<Uuid>>, Batch> {
+    ) -> std::result::Result<HashMap<i64, Vec<CardId>>, Batch> {
         let c = PlaceColumns::new(requests);
         // A reservation counts as lapsed only if it had lapsed at every call's own time.
         let now = requests.iter().map(|r| r.now).min().unwrap_or(0);
@@ -735,7 +717,13 @@ impl PgStore {
         ];
         let rows = self.batch_rows(&PLACE_BATCH, &params).await?;
         rows.iter()
-            .map(|row| Ok((get::<i64>(row, 0)?, get::<Vec<Uuid>>(row, 1)?)))
+            .map(|row| {
+                let cards: Vec<Uuid> = get(row, 1)?;
+                Ok((
+                    get::<i64>(row, 0)?,
+                    cards.into_iter().map(CardId::from_uuid).collect(),
+                ))
+            })
             .collect::<Result<_>>()
             .map_err(Batch::Failed)
     }

@@ -1,7 +1,7 @@
 //! `PaymentStore`: notices keyed by (tenant, provider, transaction id), and `record_payment` as
 //! one statement.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use crate::PgStore;
 use crate::codec::{
     EventColumns, TaggedEvents, from_json, get, insert_events_sql, limit, micros, to_i64, to_json,
 };
-use crate::combine::Pending;
+use crate::combine::{Pending, answer_all};
 use crate::error::{Batch, db, with_id};
 use crate::orders::change_error;
 
@@ -261,6 +261,13 @@ impl RecordRequest {
     fn combinable(&self) -> bool {
         self.change.as_ref().is_some_and(|c| c.newer)
     }
+
+    /// The order it pays, as a batch orders its locks.
+    fn order_key(&self) -> Option<(&str, Uuid)> {
+        self.change
+            .as_ref()
+            .map(|c| (c.tenant.as_str(), *c.order.as_uuid()))
+    }
 }
 
 impl PgStore {
@@ -407,34 +414,9 @@ impl PgStore {
         // Every batch locks its orders in key order, so two batches (of two stores) that pay
         // some of the same orders do not wait on each other in a cycle.
         let mut batch = batch;
-        batch.sort_by(|a, b| {
-            let key = |p: &Pending<RecordRequest, RecordOutcome>| {
-                p.request
-                    .change
-                    .as_ref()
-                    .map(|c| (c.tenant.clone(), *c.order.as_uuid()))
-            };
-            key(a).cmp(&key(b))
-        });
+        batch.sort_by(|a, b| a.request.order_key().cmp(&b.request.order_key()));
         let recorded = self.run_record_batch(&batch).await;
-        match recorded {
-            Ok(recorded) => {
-                for (k, p) in (1i64..).zip(batch) {
-                    if recorded.contains(&k) {
-                        p.done(Ok(RecordOutcome::Recorded));
-                    } else {
-                        p.alone();
-                    }
-                }
-            }
-            Err(Batch::Refused) => batch.into_iter().for_each(Pending::alone),
-            Err(Batch::Failed(e)) => {
-                let n = batch.len();
-                for (p, e) in batch.into_iter().zip(Batch::errors(e, n)) {
-                    p.done(Err(e));
-                }
-            }
-        }
+        answer_all(batch, recorded);
         // After the batch, so that each finds the write it repeats.
         for p in repeats {
             p.alone();
@@ -444,7 +426,7 @@ impl PgStore {
     async fn run_record_batch(
         &self,
         batch: &[Pending<RecordRequest, RecordOutcome>],
-    ) -> std::result::Result<HashSet<i64>, Batch> {
+    ) -> std::result::Result<HashMap<i64, RecordOutcome>, Batch> {
         let mut c = RecordColumns::default();
         for (k, p) in (1i64..).zip(batch) {
             c.push(k, &p.request);
@@ -482,7 +464,7 @@ impl PgStore {
         ];
         let rows = self.batch_rows(&RECORD_BATCH, &params).await?;
         rows.iter()
-            .map(|row| get::<i64>(row, 0))
+            .map(|row| Ok((get::<i64>(row, 0)?, RecordOutcome::Recorded)))
             .collect::<Result<_>>()
             .map_err(Batch::Failed)
     }
