@@ -5,7 +5,9 @@
 //! on a multi-thread runtime with 2 workers, each buyer its own member id. Both stores get a
 //! pool of 32 connections (>= the most buyers) and otherwise their default options (on
 //! PostgreSQL that includes combined writes: concurrent placements, and concurrent payments,
-//! share statements and commits). Reported as paid-and-delivered orders per second.
+//! share statements and commits; and the store's vacuum of its free-card queue after every
+//! 2,000 cards). Reported as paid-and-delivered orders per second. The header prints the
+//! server's version and the settings that move the figures (autovacuum among them).
 //!
 //! Budget (DESIGN.md "Performance budgets"), PostgreSQL: at least 0.5x the transactions per
 //! second of PostgreSQL's own `pgbench -N` (simple-update: per transaction one UPDATE, one
@@ -19,10 +21,14 @@
 //! one `BEGIN IMMEDIATE`, one INSERT of an order-sized row, one `COMMIT`. An order is at least
 //! two such commits (place, pay), so half the floor is a generous ceiling for the path.
 //!
-//! Plain timing loops, no criterion: every round runs, in this order, the SQLite floor, then per
-//! client count SQLite, PostgreSQL and pgbench, so that the two sides of a ratio see the same
-//! load. Each of our measurements runs buyers for `ROUND_SECS` (a buyer starts no order after the
-//! deadline; the time until every buyer is done is the elapsed time). Stock is imported untimed
+//! Plain timing loops, no criterion, in two phases. PostgreSQL first: per round and client count
+//! our path and `pgbench -N` run back to back, in alternating order (ours first where round +
+//! client index is odd), so that the two sides of a ratio see the same load and neither always
+//! runs second. Then SQLite: per round the floor, then the path per client count. (An earlier
+//! layout ran SQLite right before our PostgreSQL measurement in every round; on a busy machine
+//! the SQLite rounds' fsyncs slowed only our side of the ratio.) Each of our measurements runs
+//! buyers for `ROUND_SECS` (a buyer starts no order after the deadline; the time until every
+//! buyer is done is the elapsed time). Stock is imported untimed
 //! before each measured round, enough for the last seen rate with a margin. Medians of `ROUNDS`
 //! rounds are printed with the ratios. Last, a breakdown times `place_order` and
 //! `confirm_payment` (delivery included) one by one for one buyer on each store.
@@ -230,6 +236,38 @@ fn describe(url: &str) -> String {
         "{host}:{port}/{}",
         config.get_dbname().unwrap_or("(default db)")
     )
+}
+
+/// The server's version and the settings that move the figures, on one line.
+async fn server_settings(url: &str) -> String {
+    let settings = async {
+        let client = admin(url).await?;
+        let rows = client
+            .query(
+                "SELECT name, setting, unit FROM pg_settings WHERE name IN ('server_version', \
+                 'autovacuum', 'shared_buffers', 'max_wal_size', 'synchronous_commit', 'fsync') \
+                 ORDER BY name",
+                &[],
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>(
+            rows.iter()
+                .map(|r| {
+                    let unit: Option<String> = r.get(2);
+                    format!(
+                        "{}={}{}",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        unit.map(|u| format!(" x {u}")).unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    };
+    settings
+        .await
+        .unwrap_or_else(|e| format!("(settings unreadable: {e})"))
 }
 
 /// The PostgreSQL side: the server URL, or `None` (after one line saying why) when it is skipped.
@@ -501,6 +539,7 @@ fn main() {
             describe(url),
             schema.as_ref().map_or("", |s| s.name.as_str())
         );
+        println!("postgres settings: {}", rt.block_on(server_settings(url)));
     }
 
     // Warm-up: opens the pools' connections and gives a first rate for the stock estimate.
@@ -509,32 +548,57 @@ fn main() {
         let all = rt.block_on(path.run(POOL, 1.0, 2_000.0)).rate();
         one.max(all)
     };
-    let mut sqlite_est = warm_up(&sqlite);
-    let mut pg_est = pg.as_ref().map_or(0.0, warm_up);
 
-    let mut floor = vec![];
-    let mut ours_sqlite = vec![vec![]; CLIENTS.len()];
+    // PostgreSQL first, in a phase of its own: our path and pgbench run back to back for each
+    // client count, in alternating order, so neither side of a ratio always follows the other
+    // or the SQLite rounds' fsyncs.
     let mut ours_pg = vec![vec![]; CLIENTS.len()];
     let mut base_pg = vec![vec![]; CLIENTS.len()];
+    if let Some(pg) = &pg {
+        let mut pg_est = warm_up(pg);
+        for round in 1..=ROUNDS {
+            println!("postgres round {round} (load {}):", load());
+            for (i, &c) in CLIENTS.iter().enumerate() {
+                let ours_first = (round + i) % 2 == 1;
+                let mut tps = None;
+                if !ours_first {
+                    tps = pgbench.as_ref().and_then(|b| b.run(c));
+                }
+                let p = measure(&rt, pg, c, &mut pg_est);
+                if ours_first {
+                    tps = pgbench.as_ref().and_then(|b| b.run(c));
+                }
+                let mut line = format!("  C={c:>2}: postgres {p:>7.0} orders/s");
+                ours_pg[i].push(p);
+                if let Some(tps) = tps {
+                    line += &format!("   pgbench -N {tps:>7.0} tps");
+                    base_pg[i].push(tps);
+                }
+                if pgbench.is_some() {
+                    line += if ours_first {
+                        "   (postgres first)"
+                    } else {
+                        "   (pgbench first)"
+                    };
+                }
+                println!("{line}");
+            }
+        }
+    }
+
+    // Then SQLite: the floor and the path, per round.
+    let mut sqlite_est = warm_up(&sqlite);
+    let mut floor = vec![];
+    let mut ours_sqlite = vec![vec![]; CLIENTS.len()];
     for round in 1..=ROUNDS {
-        println!("round {round} (load {}):", load());
+        println!("sqlite round {round} (load {}):", load());
         let f = sqlite_floor();
         println!("  sqlite floor (1 writer): {f:.0} commits/s");
         floor.push(f);
         for (i, &c) in CLIENTS.iter().enumerate() {
             let s = measure(&rt, &sqlite, c, &mut sqlite_est);
-            let mut line = format!("  C={c:>2}: sqlite {s:>7.0} orders/s");
+            println!("  C={c:>2}: sqlite {s:>7.0} orders/s");
             ours_sqlite[i].push(s);
-            if let Some(pg) = &pg {
-                let p = measure(&rt, pg, c, &mut pg_est);
-                line += &format!("   postgres {p:>7.0} orders/s");
-                ours_pg[i].push(p);
-            }
-            if let Some(tps) = pgbench.as_ref().and_then(|b| b.run(c)) {
-                line += &format!("   pgbench -N {tps:>7.0} tps");
-                base_pg[i].push(tps);
-            }
-            println!("{line}");
         }
     }
 

@@ -24,9 +24,11 @@ use tokio_postgres::NoTls;
 
 use crate::{BatchCount, PgOptions, PgStore};
 
-/// A migrated store in a fresh schema that runs one batch of each kind at a time, and a plain
-/// connection; `None` when no server is configured.
-async fn setup() -> Option<(PgStore, tokio_postgres::Client, String)> {
+/// A migrated store in a fresh schema that runs one batch of each kind at a time, with
+/// `options` applied, and a plain connection; `None` when no server is configured.
+async fn setup(
+    options: impl FnOnce(PgOptions) -> PgOptions,
+) -> Option<(PgStore, tokio_postgres::Client, String)> {
     let Some(url) = quanyi_testkit::service_url("QUANYI_TEST_PG_URL") else {
         // The harness captures `println!` of passing tests; say it where a person sees it.
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -40,12 +42,12 @@ async fn setup() -> Option<(PgStore, tokio_postgres::Client, String)> {
         return None;
     };
     let schema = quanyi_testkit::unique_name("qt");
-    let store = PgStore::connect_with(
+    let store = PgStore::connect_with(options(
         PgOptions::new(url.as_str())
             .schema(schema.clone())
             .max_connections(8)
             .write_batches(1),
-    )
+    ))
     .await
     .expect("PostgreSQL at QUANYI_TEST_PG_URL");
     store.migrate().await.unwrap();
@@ -60,7 +62,18 @@ where
     F: FnOnce(PgStore, Arc<tokio_postgres::Client>, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some((store, admin, schema)) = setup().await else {
+    with_store_options(|o| o, body).await;
+}
+
+/// [`with_store`] on a store built with `options` applied.
+pub(crate) async fn with_store_options<F, Fut>(
+    options: impl FnOnce(PgOptions) -> PgOptions,
+    body: F,
+) where
+    F: FnOnce(PgStore, Arc<tokio_postgres::Client>, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some((store, admin, schema)) = setup(options).await else {
         return;
     };
     let admin = Arc::new(admin);
@@ -122,9 +135,9 @@ fn payments(store: &PgStore) -> (BatchCount, usize) {
     )
 }
 
-type Placed = (Order, Result<Vec<CardId>, Error>);
+pub(crate) type Placed = (Order, Result<Vec<CardId>, Error>);
 
-fn place(
+pub(crate) fn place(
     store: &PgStore,
     (o, priced, sku): (Order, Vec<GoodsVersion>, quanyi_core::SkuId),
     events: Option<Vec<quanyi_core::EventEnvelope>>,
@@ -148,7 +161,7 @@ fn place(
     })
 }
 
-async fn stocked(store: &PgStore, n: usize) -> (Goods, GoodsVersion) {
+pub(crate) async fn stocked(store: &PgStore, n: usize) -> (Goods, GoodsVersion) {
     let goods = card_goods(
         &quanyi_testkit::fixtures::tenant(),
         PurchaseLimits::default(),

@@ -13,6 +13,9 @@ mod options;
 mod orders;
 mod payments;
 mod ring;
+mod upkeep;
+#[cfg(test)]
+mod upkeep_tests;
 mod vault;
 
 use std::fmt;
@@ -24,7 +27,7 @@ use tokio_postgres::{NoTls, Statement};
 
 pub use combine::BatchCount;
 pub use migrate::SCHEMA_VERSION;
-pub use options::{DEFAULT_SCHEMA, PgOptions};
+pub use options::{DEFAULT_CARD_QUEUE_VACUUM_EVERY, DEFAULT_SCHEMA, PgOptions};
 
 /// The most requests one combined write carries.
 const MAX_BATCH: usize = 64;
@@ -48,6 +51,8 @@ struct Shared {
     placements: combine::Combiner<orders::PlaceRequest, Vec<quanyi_core::CardId>>,
     /// Concurrent payment records, combined.
     payments: combine::Combiner<payments::RecordRequest, quanyi_storage::RecordOutcome>,
+    /// Vacuums of the free-card queue.
+    upkeep: upkeep::QueueUpkeep,
 }
 
 impl fmt::Debug for PgStore {
@@ -103,6 +108,7 @@ impl PgStore {
                 max_connections: options.max_connections,
                 placements: combine::Combiner::new(options.write_batches, MAX_BATCH),
                 payments: combine::Combiner::new(options.write_batches, MAX_BATCH),
+                upkeep: upkeep::QueueUpkeep::new(options.card_queue_vacuum_every),
             }),
         };
         drop(store.conn().await?);

@@ -9,6 +9,10 @@ use tokio_postgres::config::Host;
 /// The schema a store uses when none is given.
 pub const DEFAULT_SCHEMA: &str = "quanyi";
 
+/// Cards a store allocates between two vacuums of its free-card queue, unless
+/// [`PgOptions::card_queue_vacuum_every`] says otherwise.
+pub const DEFAULT_CARD_QUEUE_VACUUM_EVERY: u64 = 2_000;
+
 /// Options of a [`PgStore`](crate::PgStore): the server, the schema every object lives in, the
 /// pool size and the timeouts.
 ///
@@ -31,6 +35,7 @@ pub struct PgOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) acquire_timeout: Duration,
     pub(crate) write_batches: usize,
+    pub(crate) card_queue_vacuum_every: u64,
 }
 
 impl PgOptions {
@@ -45,6 +50,7 @@ impl PgOptions {
             connect_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(30),
             write_batches: 1,
+            card_queue_vacuum_every: DEFAULT_CARD_QUEUE_VACUUM_EVERY,
         }
     }
 
@@ -82,6 +88,19 @@ impl PgOptions {
     /// per order. See the crate documentation.
     pub fn write_batches(mut self, n: usize) -> Self {
         self.write_batches = n;
+        self
+    }
+
+    /// After how many allocated cards the store vacuums its free-card queue (default
+    /// 2,000; 0 never, for hosts that call
+    /// [`PgStore::vacuum_card_queue`](crate::PgStore::vacuum_card_queue) on a schedule of their
+    /// own or tune autovacuum for the table). Allocation deletes the oldest rows of the queue,
+    /// and every allocation walks past the index entries of the rows deleted since the last
+    /// vacuum; autovacuum comes at most once a minute. The vacuum runs in the background, one
+    /// at a time per store, and reads the queue's whole index: a larger value suits a queue of
+    /// millions of cards. See the crate documentation.
+    pub fn card_queue_vacuum_every(mut self, cards: u64) -> Self {
+        self.card_queue_vacuum_every = cards;
         self
     }
 
@@ -131,6 +150,7 @@ impl fmt::Debug for PgOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("write_batches", &self.write_batches)
+            .field("card_queue_vacuum_every", &self.card_queue_vacuum_every)
             .finish()
     }
 }

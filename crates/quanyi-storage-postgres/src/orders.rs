@@ -740,15 +740,20 @@ impl OrderStore for PgStore {
         if !request.limits.is_empty() || !request.well_formed {
             // Member limits count under a per-member lock, and a malformed call is refused
             // with its reason: both alone.
-            return self.place_alone(&request).await;
+            let cards = self.place_alone(&request).await?;
+            self.allocated(cards.len());
+            return Ok(cards);
         }
-        self.combined(
-            &self.shared.placements,
-            request,
-            |store, batch| async move { store.place_batch(batch).await },
-            |request| async move { self.place_alone(&request).await },
-        )
-        .await
+        let cards = self
+            .combined(
+                &self.shared.placements,
+                request,
+                |store, batch| async move { store.place_batch(batch).await },
+                |request| async move { self.place_alone(&request).await },
+            )
+            .await?;
+        self.allocated(cards.len());
+        Ok(cards)
     }
 
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {

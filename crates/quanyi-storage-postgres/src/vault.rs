@@ -339,6 +339,7 @@ impl VaultStore for PgStore {
                 available: picked.len() as u64,
             });
         }
+        self.allocated(picked.len());
         Ok(card_ids(picked))
     }
 
@@ -384,6 +385,7 @@ impl VaultStore for PgStore {
                 available: (sold.len() + mine.len() + picked.len()) as u64,
             });
         }
+        self.allocated(picked.len());
         Ok(card_ids(
             sold.into_iter().chain(mine).chain(picked).collect(),
         ))

@@ -1,0 +1,84 @@
+//! Vacuums of the free-card queue against a real server (`QUANYI_TEST_PG_URL`). A vacuum sets
+//! the table's row estimate in `pg_class` (-1 until the table is first vacuumed or analyzed),
+//! which shows from the server's side that one ran and what it found.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use quanyi_testkit::fixtures::{first_sku, order};
+
+use crate::batch_tests::{place, stocked, with_store_options};
+
+/// The server's row estimate of the store's queue table.
+async fn queue_rows(admin: &tokio_postgres::Client, schema: &str) -> f32 {
+    admin
+        .query_one(
+            "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = 'free_cards'",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Places `n` one-card orders of `goods`, one after another.
+async fn place_orders(
+    store: &crate::PgStore,
+    goods: &quanyi_goods::Goods,
+    version: quanyi_storage::GoodsVersion,
+    n: usize,
+) {
+    for i in 0..n {
+        let o = order(
+            goods,
+            &quanyi_testkit::fixtures::member(&format!("m{i}")),
+            1,
+        )
+        .0;
+        let (_, placed) = place(store, (o, vec![version], first_sku(goods)), None)
+            .await
+            .unwrap();
+        assert_eq!(placed.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_vacuums_its_card_queue_after_every_n_cards() {
+    with_store_options(
+        |o| o.card_queue_vacuum_every(5),
+        |store, admin, schema| async move {
+            let mut finished = store.shared.upkeep.finished();
+            let (goods, version) = stocked(&store, 20).await;
+            place_orders(&store, &goods, version, 4).await;
+            assert_eq!(*finished.borrow(), 0, "four cards: no vacuum yet");
+            place_orders(&store, &goods, version, 1).await;
+            // The fifth card starts one in the background; a guard, not a pause.
+            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 1))
+                .await
+                .expect("a vacuum within a minute")
+                .unwrap();
+            assert_eq!(store.shared.upkeep.failures(), 0);
+            // The vacuum ran after the fifth placement committed: 15 cards left in the queue.
+            assert!((queue_rows(&admin, &schema).await - 15.0).abs() < f32::EPSILON);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_upkeep_off_the_host_vacuums_the_queue() {
+    with_store_options(
+        |o| o.card_queue_vacuum_every(0),
+        |store, admin, schema| async move {
+            let (goods, version) = stocked(&store, 20).await;
+            place_orders(&store, &goods, version, 6).await;
+            assert_eq!(*store.shared.upkeep.finished().borrow(), 0);
+            // Never vacuumed nor analyzed (too few rows for autovacuum to come).
+            assert!((queue_rows(&admin, &schema).await + 1.0).abs() < f32::EPSILON);
+            store.vacuum_card_queue().await.unwrap();
+            assert!((queue_rows(&admin, &schema).await - 14.0).abs() < f32::EPSILON);
+        },
+    )
+    .await;
+}
