@@ -356,7 +356,7 @@ fn notice(o: &Order, txn: &str) -> PaymentNotice {
     }
 }
 
-fn pay(
+pub(crate) fn pay(
     store: &PgStore,
     o: &Order,
     txn: &str,

@@ -28,7 +28,7 @@ const ENQUEUE: &str = "WITH ins AS ( \
 const BY_KEY: &str = "SELECT id FROM jobs WHERE tenant = $1 AND dedupe_key = $2";
 
 /// $1 worker, $2 now, $3 lease until, $4 limit.
-static CLAIM_DUE: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static CLAIM_DUE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH queued AS ( \
              SELECT id, run_at AS t FROM jobs WHERE status = 'queued' AND run_at <= $2 \

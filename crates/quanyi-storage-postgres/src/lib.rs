@@ -12,6 +12,8 @@ mod migrate;
 mod options;
 mod orders;
 mod payments;
+#[cfg(test)]
+mod plan_tests;
 mod ring;
 mod upkeep;
 #[cfg(test)]

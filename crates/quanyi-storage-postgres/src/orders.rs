@@ -81,7 +81,8 @@ fn place_sql(with_limits: bool) -> String {
              UPDATE cards c SET state = 'reserved', order_id = $2, reserved_until = $5, \
                     hold_pos = (SELECT v FROM base) + p.pos \
              FROM (SELECT id, row_number() OVER (ORDER BY ord, id) AS pos FROM pick) p \
-             WHERE c.id = p.id AND EXISTS (SELECT 1 FROM new_order) \
+             WHERE c.id = ANY(ARRAY(SELECT id FROM pick)) AND c.id = p.id \
+               AND EXISTS (SELECT 1 FROM new_order) \
          ) \
          SELECT (SELECT v FROM existing), {limits_out}, \
                 ARRAY(SELECT n FROM got ORDER BY ord), \
@@ -105,7 +106,8 @@ const LIMITS_CTE: &str = "limits AS ( \
  ), ";
 
 /// [`place_sql`] without and with member limits.
-static PLACE: LazyLock<[String; 2]> = LazyLock::new(|| [place_sql(false), place_sql(true)]);
+pub(crate) static PLACE: LazyLock<[String; 2]> =
+    LazyLock::new(|| [place_sql(false), place_sql(true)]);
 
 /// Serializes the limit checks of one member (taken before [`PLACE`], in the same transaction,
 /// so its count sees every order committed before the lock was granted).
@@ -527,7 +529,7 @@ impl<'a> PlaceColumns<'a> {
 /// $9 now (the earliest of the calls'); lines $10 request, $11 no, $12 SKU, $13 quantity; events $14 request, $15..$19
 /// id, tenant, aggregate type, aggregate id, doc; reservations $20 request, $21 SKU,
 /// $22 quantity; goods $23 request, $24 id, $25 version.
-static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
     "WITH o AS ( \
          SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
                               $6::bigint[], $7::text[], $8::bigint[]) \
@@ -547,9 +549,9 @@ static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
          JOIN pre ON pre.k = r.k), \
      demand AS (SELECT tenant, sku, sum(qty)::bigint AS qty FROM want GROUP BY tenant, sku), \
      free_pick AS ( \
-         SELECT d.tenant, d.sku, f.id FROM demand d \
+         SELECT d.tenant, d.sku, f.id, f.ctid AS fctid FROM demand d \
          CROSS JOIN LATERAL ( \
-             SELECT id FROM free_cards WHERE tenant = d.tenant AND sku = d.sku \
+             SELECT id, ctid FROM free_cards WHERE tenant = d.tenant AND sku = d.sku \
              ORDER BY id LIMIT d.qty \
              FOR UPDATE SKIP LOCKED) f), \
      lapsed_pick AS ( \
@@ -560,16 +562,16 @@ static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
              ORDER BY id LIMIT d.qty \
              FOR UPDATE SKIP LOCKED) c), \
      pool AS ( \
-         SELECT a.tenant, a.sku, a.id, a.free, \
+         SELECT a.tenant, a.sku, a.id, a.free, a.fctid, \
                 row_number() OVER (PARTITION BY a.tenant, a.sku ORDER BY a.id) AS rn \
-         FROM (SELECT tenant, sku, id, true AS free FROM free_pick \
-               UNION ALL SELECT tenant, sku, id, false FROM lapsed_pick) a), \
+         FROM (SELECT tenant, sku, id, true AS free, fctid FROM free_pick \
+               UNION ALL SELECT tenant, sku, id, false, NULL::tid FROM lapsed_pick) a), \
      span AS ( \
          SELECT w.k, w.ord, w.tenant, w.sku, w.qty, \
                 (sum(w.qty) OVER (PARTITION BY w.tenant, w.sku ORDER BY w.ord))::bigint - w.qty AS start \
          FROM want w), \
      given AS ( \
-         SELECT s.k, s.ord, p.tenant, p.sku, p.id, p.free FROM span s \
+         SELECT s.k, s.ord, p.tenant, p.sku, p.id, p.free, p.fctid FROM span s \
          JOIN pool p ON p.tenant = s.tenant AND p.sku = s.sku \
                     AND p.rn > s.start AND p.rn <= s.start + s.qty), \
      ok AS ( \
@@ -593,8 +595,7 @@ static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
          WHERE e.k IN (SELECT k FROM ok) ORDER BY e.ord), \
      taken AS (SELECT * FROM given WHERE k IN (SELECT k FROM ok)), \
      take AS ( \
-         DELETE FROM free_cards f USING taken t \
-         WHERE t.free AND f.tenant = t.tenant AND f.sku = t.sku AND f.id = t.id), \
+         DELETE FROM free_cards f WHERE f.ctid = ANY(ARRAY(SELECT fctid FROM taken WHERE free))), \
      reserve AS ( \
          UPDATE cards c SET state = 'reserved', order_id = o.id, reserved_until = o.expires_at, \
                 hold_pos = COALESCE((SELECT max(h.hold_pos) FROM cards h WHERE h.order_id = o.id), 0) + t.pos \

@@ -36,7 +36,7 @@ use crate::orders::change_error;
 /// $11 status, $12 expires_at, $13 order doc, $14 the new version is newer, $15..$19 events,
 /// $20 the order's updated_at; then, when the shape has them, now, the cards to sell, and the
 /// job's id, tenant, kind, dedupe key, payload and run_at, numbered on in that order.
-fn record_sql(shape: RecordShape) -> String {
+pub(crate) fn record_sql(shape: RecordShape) -> String {
     let mut next = 21;
     let mut take = |n: usize| {
         let first = next;
@@ -79,7 +79,7 @@ fn record_sql(shape: RecordShape) -> String {
             "sold AS ( \
                  UPDATE cards SET state = 'sold', reserved_until = NULL, \
                         sold_at = CASE WHEN state = 'sold' THEN sold_at ELSE ${now} END \
-                 WHERE id IN (SELECT id FROM held) AND EXISTS (SELECT 1 FROM notice)), "
+                 WHERE id = ANY(ARRAY(SELECT id FROM held)) AND EXISTS (SELECT 1 FROM notice)), "
         );
     }
     sql += &format!(
@@ -108,13 +108,13 @@ fn record_sql(shape: RecordShape) -> String {
 
 /// Which parts a [`record_sql`] statement has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RecordShape {
+pub(crate) struct RecordShape {
     sell: bool,
     job: bool,
 }
 
 impl RecordShape {
-    const ALL: [RecordShape; 4] = [
+    pub(crate) const ALL: [RecordShape; 4] = [
         RecordShape {
             sell: false,
             job: false,
@@ -545,7 +545,7 @@ impl<'a> RecordColumns<'a> {
 /// $10 status, $11 expires_at, $12 order doc, $13 updated_at, $14 now; cards to sell
 /// $15 request, $16 card; events $17 request, $18..$22 id, tenant, aggregate type, aggregate id,
 /// doc; jobs $23 request, $24..$29 id, tenant, kind, dedupe key, payload, run_at.
-static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
     "WITH n AS ( \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[], \
                               $6::text[], $7::uuid[], $8::bigint[], $9::bigint[], $10::text[], \

@@ -25,7 +25,8 @@ const CARD_COLUMNS: &str = "id, tenant, sku, batch, blind_index, code, secret, k
 
 /// $1 tenant, $2 ids, $3 SKUs, $4 batches, $5 blind indexes, $6 codes, $7 secrets, $8 key ids,
 /// $9 now. A blind index the tenant holds, or one repeated earlier in the batch, is skipped.
-const INSERT: &str = "WITH taken AS (SELECT id FROM cards WHERE id = ANY($2) LIMIT 1), \
+pub(crate) const INSERT: &str = "WITH taken AS (SELECT c.id FROM unnest($2::uuid[]) AS u(id) \
+                       JOIN cards c ON c.id = u.id LIMIT 1), \
      ins AS ( \
          INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret, key_id, state, imported_at) \
          SELECT u.id, $1, u.sku, u.batch, u.bi, u.code, u.secret, u.key_id, 'available', $9 \
@@ -42,15 +43,16 @@ const INSERT: &str = "WITH taken AS (SELECT id FROM cards WHERE id = ANY($2) LIM
 /// The CTEs that pick cards for the rows of `wanted` (columns `sku`, `qty`, `ord`), oldest card
 /// first, among the free ones (`free_cards`) and the reservations that lapsed at `now` (the
 /// first two parameters are SQL expressions for the tenant and now; `lapsed_filter` narrows
-/// the lapsed ones further). Defines `free_pick`, `lapsed_pick` and `pick (ord, sku, id, free)`:
-/// at most `qty` cards per row, each locked (rows other transactions hold are skipped).
+/// the lapsed ones further). Defines `free_pick`, `lapsed_pick` and
+/// `pick (ord, sku, id, free, fctid)`: at most `qty` cards per row, each locked (rows other
+/// transactions hold are skipped); `fctid` is the locked queue row's tuple id (free cards only).
 /// The caller deletes the picked free rows from `free_cards` when it takes them.
 pub(crate) fn pick_ctes(wanted: &str, tenant: &str, now: &str, lapsed_filter: &str) -> String {
     format!(
         "free_pick AS ( \
-             SELECT w.ord, w.sku, f.id FROM {wanted} w \
+             SELECT w.ord, w.sku, f.id, f.ctid AS fctid FROM {wanted} w \
              CROSS JOIN LATERAL ( \
-                 SELECT id FROM free_cards WHERE tenant = {tenant} AND sku = w.sku \
+                 SELECT id, ctid FROM free_cards WHERE tenant = {tenant} AND sku = w.sku \
                  ORDER BY id LIMIT w.qty \
                  FOR UPDATE SKIP LOCKED \
              ) f), \
@@ -64,26 +66,30 @@ pub(crate) fn pick_ctes(wanted: &str, tenant: &str, now: &str, lapsed_filter: &s
                  FOR UPDATE SKIP LOCKED \
              ) c), \
          pick AS ( \
-             SELECT u.ord, u.sku, u.id, u.free FROM ( \
-                 SELECT a.ord, a.sku, a.id, a.free, w.qty, \
+             SELECT u.ord, u.sku, u.id, u.free, u.fctid FROM ( \
+                 SELECT a.ord, a.sku, a.id, a.free, a.fctid, w.qty, \
                         row_number() OVER (PARTITION BY a.ord ORDER BY a.id) AS rn \
-                 FROM (SELECT ord, sku, id, true AS free FROM free_pick \
-                       UNION ALL SELECT ord, sku, id, false FROM lapsed_pick) a \
+                 FROM (SELECT ord, sku, id, true AS free, fctid FROM free_pick \
+                       UNION ALL SELECT ord, sku, id, false, NULL::tid FROM lapsed_pick) a \
                  JOIN {wanted} w ON w.ord = a.ord) u \
              WHERE u.rn <= u.qty)"
     )
 }
 
-/// Deletes the free cards of `pick` from the queue when `condition` holds.
+/// Deletes the free cards of `pick` from the queue when `condition` holds, by the tuple ids of
+/// the rows `pick` locked: a TID scan, which no estimate can turn into a scan of the queue
+/// (with statistics, the planner took a few picked cards for the whole SKU and hash-joined a
+/// sequential scan of `free_cards`). A locked row cannot move or go before the statement ends.
 pub(crate) fn take_free_sql(tenant: &str, condition: &str) -> String {
     format!(
-        "DELETE FROM free_cards f USING pick p \
-         WHERE p.free AND f.tenant = {tenant} AND f.sku = p.sku AND f.id = p.id AND {condition}"
+        "DELETE FROM free_cards f \
+         WHERE f.ctid = ANY(ARRAY(SELECT fctid FROM pick WHERE free)) \
+           AND f.tenant = {tenant} AND {condition}"
     )
 }
 
 /// $1 tenant, $2 SKU, $3 order, $4 quantity, $5 until, $6 now.
-static RESERVE: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static RESERVE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH held AS ( \
              SELECT id, state, hold_pos FROM cards \
@@ -99,7 +105,7 @@ static RESERVE: LazyLock<String> = LazyLock::new(|| {
              UPDATE cards c SET state = 'reserved', order_id = $3, reserved_until = $5, \
                     hold_pos = (SELECT v FROM base) + p.pos \
              FROM (SELECT id, row_number() OVER (ORDER BY id) AS pos FROM pick) p \
-             WHERE c.id = p.id AND (SELECT v FROM ok)) \
+             WHERE c.id = ANY(ARRAY(SELECT id FROM pick)) AND c.id = p.id AND (SELECT v FROM ok)) \
          SELECT ARRAY(SELECT id FROM held ORDER BY state = 'reserved', hold_pos), \
                 ARRAY(SELECT id FROM pick ORDER BY id), (SELECT v FROM ok)",
         pick = pick_ctes("wanted", "$1", "$6", ""),
@@ -109,7 +115,7 @@ static RESERVE: LazyLock<String> = LazyLock::new(|| {
 
 /// $1 tenant, $2 SKU, $3 order, $4 quantity, $5 now. The order's reserved cards first (any
 /// deadline), then free ones.
-static COMMIT: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static COMMIT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH held AS ( \
              SELECT id, state, hold_pos FROM cards \
@@ -132,7 +138,8 @@ static COMMIT: LazyLock<String> = LazyLock::new(|| {
              FROM (SELECT id, NULL::bigint AS pos FROM mine \
                    UNION ALL \
                    SELECT id, row_number() OVER (ORDER BY id) FROM pick) p \
-             WHERE c.id = p.id AND (SELECT v FROM ok)) \
+             WHERE c.id = ANY(ARRAY(SELECT id FROM mine UNION ALL SELECT id FROM pick)) \
+               AND c.id = p.id AND (SELECT v FROM ok)) \
          SELECT (SELECT n FROM nsold), \
                 ARRAY(SELECT id FROM held WHERE state = 'sold' ORDER BY hold_pos), \
                 ARRAY(SELECT id FROM mine ORDER BY hold_pos), ARRAY(SELECT id FROM pick ORDER BY id), \
