@@ -25,8 +25,8 @@
 //! our path and `pgbench -N` run back to back, in alternating order (ours first where round +
 //! client index is odd), so that the two sides of a ratio see the same load and neither always
 //! runs second. Then SQLite: per round the floor, then the path per client count. (An earlier
-//! layout ran SQLite right before our PostgreSQL measurement in every round; on a busy machine
-//! the SQLite rounds' fsyncs slowed only our side of the ratio.) Each of our measurements runs
+//! layout ran SQLite right before our PostgreSQL measurement in every round, so only our side
+//! of the ratio ever followed its fsyncs.) Each of our measurements runs
 //! buyers for `ROUND_SECS` (a buyer starts no order after the deadline; the time until every
 //! buyer is done is the elapsed time). Stock is imported untimed
 //! before each measured round, enough for the last seen rate with a margin. Medians of `ROUNDS`

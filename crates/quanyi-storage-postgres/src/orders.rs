@@ -738,21 +738,19 @@ fn is_newer(change: &OrderChange<'_>) -> bool {
 impl OrderStore for PgStore {
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
         let request = PlaceRequest::new(&new, now)?;
-        if !request.limits.is_empty() || !request.well_formed {
+        let cards = if !request.limits.is_empty() || !request.well_formed {
             // Member limits count under a per-member lock, and a malformed call is refused
             // with its reason: both alone.
-            let cards = self.place_alone(&request).await?;
-            self.allocated(cards.len());
-            return Ok(cards);
-        }
-        let cards = self
-            .combined(
+            self.place_alone(&request).await?
+        } else {
+            self.combined(
                 &self.shared.placements,
                 request,
                 |store, batch| async move { store.place_batch(batch).await },
                 |request| async move { self.place_alone(&request).await },
             )
-            .await?;
+            .await?
+        };
         self.allocated(cards.len());
         Ok(cards)
     }
