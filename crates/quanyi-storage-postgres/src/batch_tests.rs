@@ -521,3 +521,77 @@ async fn overlapping_payments_share_one_statement_and_keep_their_answers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_waits_out_cards_held_by_a_transaction_that_rolls_back() {
+    with_store(|store, admin, schema| async move {
+        let (goods, version) = stocked(&store, 1).await;
+        // Another transaction holds the only card's queue row, as a batch the server is about
+        // to refuse would.
+        admin
+            .batch_execute(&format!(
+                "BEGIN; SELECT id FROM {schema}.free_cards FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        let buy = (
+            order(&goods, &member("patient"), 1).0,
+            vec![version],
+            first_sku(&goods),
+        );
+        let call = place(&store, buy, None);
+        // Let go only once the placement found the card held and is waiting to try again (the
+        // timeout is a guard, not a pause).
+        let held = async {
+            while store
+                .shared
+                .contended
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), held)
+            .await
+            .expect("the placement tries again while the card is held");
+        admin.batch_execute("ROLLBACK").await.unwrap();
+        let (o, placed) = call.await.unwrap();
+        assert_eq!(placed.unwrap().len(), 1);
+        assert!(store.order(o.tenant(), o.id()).await.unwrap().is_some());
+        let stock = store
+            .stock(goods.tenant(), first_sku(&goods), t0())
+            .await
+            .unwrap();
+        assert_eq!((stock.available, stock.reserved), (0, 1));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_for_stock_that_is_gone_is_refused_without_waiting() {
+    with_store(|store, _admin, _schema| async move {
+        let (goods, version) = stocked(&store, 1).await;
+        let buy = |who: &str| {
+            (
+                order(&goods, &member(who), 1).0,
+                vec![version],
+                first_sku(&goods),
+            )
+        };
+        assert!(place(&store, buy("first"), None).await.unwrap().1.is_ok());
+        let (_, second) = place(&store, buy("second"), None).await.unwrap();
+        assert!(
+            matches!(second, Err(Error::OutOfStock { available: 0, .. })),
+            "{second:?}"
+        );
+        assert_eq!(
+            store
+                .shared
+                .contended
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    })
+    .await;
+}

@@ -55,6 +55,8 @@ struct Shared {
     payments: combine::Combiner<payments::RecordRequest, quanyi_storage::RecordOutcome>,
     /// Vacuums of the free-card queue.
     upkeep: upkeep::QueueUpkeep,
+    /// Placements tried again because cards were held locked by other transactions.
+    contended: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for PgStore {
@@ -111,6 +113,7 @@ impl PgStore {
                 placements: combine::Combiner::new(options.write_batches, MAX_BATCH),
                 payments: combine::Combiner::new(options.write_batches, MAX_BATCH),
                 upkeep: upkeep::QueueUpkeep::new(options.card_queue_vacuum_every),
+                contended: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         drop(store.conn().await?);

@@ -606,9 +606,52 @@ pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
         .to_owned()
 });
 
+/// How many times a placement refused for stock is tried again while the SKU's stock, counted
+/// without locks, still covers it (see [`PgStore::place_alone`]).
+const CONTENDED_TRIES: u32 = 12;
+
 impl PgStore {
-    /// Runs one placement on its own: [`PLACE`], under the member's lock when it has limits.
+    /// Runs one placement on its own ([`PgStore::place_once`]). Allocation skips cards other
+    /// transactions hold locked, and a transaction that locked cards may still roll back (a
+    /// batch the server refuses as a whole, a placement refused for its order id): a refusal
+    /// for stock is therefore checked against the stock counted without locks, and while that
+    /// still covers the request the placement is tried again after a short pause (1 ms,
+    /// doubling to 32 ms, at most [`CONTENDED_TRIES`] times), until the lock holders are done.
     async fn place_alone(&self, request: &PlaceRequest) -> Result<Vec<CardId>> {
+        let mut tries = 0;
+        loop {
+            let placed = self.place_once(request).await;
+            let Err(Error::OutOfStock { sku, requested, .. }) = &placed else {
+                return placed;
+            };
+            tries += 1;
+            if tries >= CONTENDED_TRIES
+                || self.free_now(request, *sku).await? < u64::from(*requested)
+            {
+                return placed;
+            }
+            self.shared
+                .contended
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(1 << tries.min(5))).await;
+        }
+    }
+
+    /// Cards of `sku` free at the request's time (queue rows and lapsed reservations), counted
+    /// in the current snapshot without locks: rows other transactions hold are counted.
+    async fn free_now(&self, request: &PlaceRequest, sku: quanyi_core::SkuId) -> Result<u64> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(crate::vault::STOCK).await?;
+        let row = conn
+            .client()
+            .query_one(&stmt, &[&request.tenant, sku.as_uuid(), &request.now])
+            .await
+            .map_err(crate::error::db)?;
+        to_u64(get(&row, 0)?, "count")
+    }
+
+    /// One try of [`PLACE`], under the member's lock when it has limits.
+    async fn place_once(&self, request: &PlaceRequest) -> Result<Vec<CardId>> {
         let r = request;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
             &r.tenant,

@@ -161,7 +161,7 @@ const RELEASE: &str = "WITH rel AS ( \
      free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM rel) \
      SELECT count(*) FROM rel";
 
-const STOCK: &str = "SELECT \
+pub(crate) const STOCK: &str = "SELECT \
         (SELECT count(*) FROM free_cards WHERE tenant = $1 AND sku = $2) \
           + (SELECT count(*) FROM cards \
              WHERE tenant = $1 AND sku = $2 AND state = 'reserved' AND reserved_until <= $3), \

@@ -688,7 +688,7 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
         list.iter().filter(|p| p.0 == what).count()
     };
     assert_eq!(count(&placed, "plain"), 4, "{refused:?}");
-    assert_eq!(count(&placed, "scarce"), 3);
+    assert_eq!(count(&placed, "scarce"), 3, "{refused:?}");
     assert_eq!(count(&placed, "stale"), 0);
     assert_eq!(count(&placed, "twin"), 1);
     assert_eq!(count(&placed, "shared"), 1);
