@@ -57,7 +57,7 @@ async fn setup(
 }
 
 /// Runs `body` on a fresh store, then drops the schema whether `body` passed or not.
-async fn with_store<F, Fut>(body: F)
+pub(crate) async fn with_store<F, Fut>(body: F)
 where
     F: FnOnce(PgStore, Arc<tokio_postgres::Client>, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

@@ -14,6 +14,8 @@ mod orders;
 mod payments;
 #[cfg(test)]
 mod plan_tests;
+#[cfg(test)]
+mod pool_tests;
 mod ring;
 mod upkeep;
 #[cfg(test)]
@@ -23,7 +25,9 @@ mod vault;
 use std::fmt;
 use std::sync::Arc;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, QueueMode, RecyclingMethod, Runtime,
+};
 use quanyi_storage::{Error, Result};
 use tokio_postgres::{NoTls, Statement};
 
@@ -99,6 +103,13 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(options.max_connections)
+            // The most recently returned connection serves the next call. Each connection is a
+            // server process with its own plan and catalog caches; handing calls round the
+            // whole pool (first in, first out) kept every one of them cold, and made every one
+            // replan a statement after each change of its tables' statistics. Connections the
+            // load does not need stay idle. (PgBouncer reuses server connections the same way
+            // by default.)
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(options.acquire_timeout))
             .create_timeout(Some(options.connect_timeout))
