@@ -28,7 +28,7 @@ const BIG: [&str; 7] = [
 ];
 
 /// The highest `$n` in a statement.
-fn params(sql: &str) -> usize {
+pub(crate) fn params(sql: &str) -> usize {
     let bytes = sql.as_bytes();
     let mut most = 0;
     for (i, b) in bytes.iter().enumerate() {

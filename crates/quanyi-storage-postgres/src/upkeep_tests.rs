@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use quanyi_testkit::fixtures::{first_sku, order};
+use quanyi_storage::VaultStore;
+use quanyi_testkit::fixtures::{cards, first_sku, order, t0};
 
 use crate::batch_tests::{place, stocked, with_store_options};
 
@@ -50,11 +51,17 @@ async fn the_store_vacuums_its_card_queue_after_every_n_cards() {
         |store, admin, schema| async move {
             let mut finished = store.shared.upkeep.finished();
             let (goods, version) = stocked(&store, 20).await;
-            place_orders(&store, &goods, version, 4).await;
-            assert_eq!(*finished.borrow(), 0, "four cards: no vacuum yet");
-            place_orders(&store, &goods, version, 1).await;
-            // The fifth card starts one in the background; a guard, not a pause.
+            // The import starts one in the background; a guard, not a pause.
             tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 1))
+                .await
+                .expect("a vacuum within a minute")
+                .unwrap();
+            assert_eq!(queue_rows(&admin, &schema).await, 20, "the import's vacuum");
+            place_orders(&store, &goods, version, 4).await;
+            assert_eq!(*finished.borrow(), 1, "four cards: no vacuum yet");
+            place_orders(&store, &goods, version, 1).await;
+            // The fifth card starts one.
+            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 2))
                 .await
                 .expect("a vacuum within a minute")
                 .unwrap();
@@ -78,6 +85,64 @@ async fn with_upkeep_off_the_host_vacuums_the_queue() {
             assert_eq!(queue_rows(&admin, &schema).await, -1);
             store.vacuum_card_queue().await.unwrap();
             assert_eq!(queue_rows(&admin, &schema).await, 14);
+        },
+    )
+    .await;
+}
+
+/// The single placement's generic plan, as a connection of the store would make it now.
+async fn placement_plan(admin: &tokio_postgres::Client, schema: &str, name: &str) -> String {
+    let sql = &crate::orders::PLACE[0];
+    admin
+        .batch_execute(&format!(
+            "SET search_path = {schema}; SET plan_cache_mode = force_generic_plan; \
+             PREPARE {name} AS {sql}"
+        ))
+        .await
+        .unwrap();
+    let nulls = vec!["NULL"; crate::plan_tests::params(sql)].join(", ");
+    let rows = admin
+        .query(&format!("EXPLAIN EXECUTE {name}({nulls})"), &[])
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_after_a_sell_out_leaves_plans_for_the_queue_as_it_is() {
+    // Allocation never makes a vacuum due here: only the import does.
+    with_store_options(
+        |o| o.card_queue_vacuum_every(1_000_000),
+        |store, admin, schema| async move {
+            let mut finished = store.shared.upkeep.finished();
+            let (goods, version) = stocked(&store, 3).await;
+            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 1))
+                .await
+                .expect("a vacuum within a minute")
+                .unwrap();
+            place_orders(&store, &goods, version, 3).await;
+            // Sold out, and measured so: the planner now knows the queue as empty.
+            store.vacuum_card_queue().await.unwrap();
+            assert_eq!(queue_rows(&admin, &schema).await, 0);
+
+            store
+                .insert_cards(goods.tenant(), &cards(first_sku(&goods), 500), t0())
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 2))
+                .await
+                .expect("a vacuum within a minute")
+                .unwrap();
+            assert_eq!(store.shared.upkeep.failures(), 0);
+            assert_eq!(queue_rows(&admin, &schema).await, 500);
+            let plan = placement_plan(&admin, &schema, "after_restock").await;
+            assert!(
+                plan.contains("free_cards_pkey") && !plan.contains("Seq Scan on free_cards"),
+                "the pick reads the queue by its index:\n{plan}"
+            );
         },
     )
     .await;

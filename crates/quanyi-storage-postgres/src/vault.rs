@@ -293,6 +293,9 @@ impl VaultStore for PgStore {
             ));
         }
         let stored: HashSet<Uuid> = get::<Vec<Uuid>>(&row, 1)?.into_iter().collect();
+        if !stored.is_empty() {
+            self.restocked();
+        }
         let mut outcome = InsertCardsOutcome::default();
         for (i, c) in cards.iter().enumerate() {
             if stored.contains(c.id.as_uuid()) {
