@@ -22,6 +22,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::Batch;
 
+/// How often a call that would go out alone yields to the runtime first, so that calls ready
+/// in the same instant join its batch. On the durable bench at 8 buyers, batches of one were
+/// half of all batches; a batch of one costs the server nearly what a batch of four does.
+const COMPANY_YIELDS: usize = 2;
+
 /// What a batch answers for one request.
 pub(crate) enum Answer<R, T> {
     /// The request's outcome.
@@ -127,6 +132,15 @@ impl<R, T> Combiner<R, T> {
                             source: None,
                         }));
                     };
+                    // Callers that are ready to queue (those the last batch's answers woke)
+                    // get a chance to before a lone request goes out alone: a couple of
+                    // yields to the runtime, nothing when no other task is ready.
+                    for _ in 0..COMPANY_YIELDS {
+                        if self.queue.lock().len() > 1 {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
                     let batch = self.take();
                     if batch.is_empty() {
                         // Our request is in a batch another call started.
@@ -267,6 +281,25 @@ mod tests {
             BatchCount {
                 batches: 2,
                 requests: 2
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_ready_together_share_one_batch_though_none_was_running() {
+        // One thread: the three calls run in turn, and only the first's yields let the
+        // others queue before it takes the batch.
+        let mut rig = Rig::new(8, Semaphore::MAX_PERMITS);
+        let calls: Vec<_> = (1..=3).map(|n| rig.call(n)).collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), 3);
+        }
+        assert_eq!(rig.seen.recv().await, Some(vec![1, 2, 3]));
+        assert_eq!(
+            rig.combiner.count(),
+            BatchCount {
+                batches: 1,
+                requests: 3
             }
         );
     }
