@@ -23,6 +23,17 @@ async fn queue_rows(admin: &tokio_postgres::Client, schema: &str) -> i64 {
         .get(0)
 }
 
+/// Returns once `n` vacuums have finished; a guard of a minute, not a pause.
+async fn until_vacuumed(finished: &mut tokio::sync::watch::Receiver<u64>, n: u64) {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        finished.wait_for(|done| *done >= n),
+    )
+    .await
+    .expect("a vacuum within a minute")
+    .unwrap();
+}
+
 /// Places `n` one-card orders of `goods`, one after another.
 async fn place_orders(
     store: &crate::PgStore,
@@ -52,19 +63,13 @@ async fn the_store_vacuums_its_card_queue_after_every_n_cards() {
             let mut finished = store.shared.upkeep.finished();
             let (goods, version) = stocked(&store, 20).await;
             // The import starts one in the background; a guard, not a pause.
-            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 1))
-                .await
-                .expect("a vacuum within a minute")
-                .unwrap();
+            until_vacuumed(&mut finished, 1).await;
             assert_eq!(queue_rows(&admin, &schema).await, 20, "the import's vacuum");
             place_orders(&store, &goods, version, 4).await;
             assert_eq!(*finished.borrow(), 1, "four cards: no vacuum yet");
             place_orders(&store, &goods, version, 1).await;
             // The fifth card starts one.
-            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 2))
-                .await
-                .expect("a vacuum within a minute")
-                .unwrap();
+            until_vacuumed(&mut finished, 2).await;
             assert_eq!(store.shared.upkeep.failures(), 0);
             // The vacuum ran after the fifth placement committed: 15 cards left in the queue.
             assert_eq!(queue_rows(&admin, &schema).await, 15);
@@ -119,10 +124,7 @@ async fn a_restock_after_a_sell_out_leaves_plans_for_the_queue_as_it_is() {
         |store, admin, schema| async move {
             let mut finished = store.shared.upkeep.finished();
             let (goods, version) = stocked(&store, 3).await;
-            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 1))
-                .await
-                .expect("a vacuum within a minute")
-                .unwrap();
+            until_vacuumed(&mut finished, 1).await;
             place_orders(&store, &goods, version, 3).await;
             // Sold out, and measured so: the planner now knows the queue as empty.
             store.vacuum_card_queue().await.unwrap();
@@ -132,10 +134,7 @@ async fn a_restock_after_a_sell_out_leaves_plans_for_the_queue_as_it_is() {
                 .insert_cards(goods.tenant(), &cards(first_sku(&goods), 500), t0())
                 .await
                 .unwrap();
-            tokio::time::timeout(Duration::from_secs(60), finished.wait_for(|n| *n >= 2))
-                .await
-                .expect("a vacuum within a minute")
-                .unwrap();
+            until_vacuumed(&mut finished, 2).await;
             assert_eq!(store.shared.upkeep.failures(), 0);
             assert_eq!(queue_rows(&admin, &schema).await, 500);
             let plan = placement_plan(&admin, &schema, "after_restock").await;
