@@ -98,7 +98,9 @@ impl PgOptions {
     /// and every allocation walks past the index entries of the rows deleted since the last
     /// vacuum; autovacuum comes at most once a minute. The vacuum runs in the background, one
     /// at a time per store, and reads the queue's whole index: a larger value suits a queue of
-    /// millions of cards. See the crate documentation.
+    /// millions of cards. The store also vacuums the queue after every import that adds cards
+    /// (so the planner never keeps the size of a sold-out queue); 0 turns that off too. See the
+    /// crate documentation.
     pub fn card_queue_vacuum_every(mut self, cards: u64) -> Self {
         self.card_queue_vacuum_every = cards;
         self

@@ -121,7 +121,8 @@ impl QueueUpkeep {
 impl PgStore {
     /// Vacuums the free-card queue (`VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) free_cards`), as
     /// the store does on its own after every [`PgOptions::card_queue_vacuum_every`] cards it
-    /// allocates and after every import that adds cards. For hosts that turn that off and run it on a schedule of their own. Skips
+    /// allocates and after every import that adds cards. For hosts that turn that off and run
+    /// it on a schedule of their own (and after their imports). Skips
     /// the table, without waiting, while another vacuum of it runs. The server skips it too,
     /// with a warning in its log, when the store's role does not own the table.
     ///
