@@ -28,7 +28,7 @@ const BIG: [&str; 7] = [
 ];
 
 /// The highest `$n` in a statement.
-pub(crate) fn params(sql: &str) -> usize {
+fn params(sql: &str) -> usize {
     let bytes = sql.as_bytes();
     let mut most = 0;
     for (i, b) in bytes.iter().enumerate() {
@@ -43,6 +43,27 @@ pub(crate) fn params(sql: &str) -> usize {
         }
     }
     most
+}
+
+/// Prepares `sql` as `name` on `admin` (whose session has the store's `search_path` and
+/// `plan_cache_mode=force_generic_plan`) and explains its generic plan.
+pub(crate) async fn generic_plan(
+    admin: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+) -> Result<String, tokio_postgres::Error> {
+    admin
+        .batch_execute(&format!("PREPARE {name} AS {sql}"))
+        .await?;
+    let nulls = vec!["NULL"; params(sql)].join(", ");
+    let rows = admin
+        .query(&format!("EXPLAIN EXECUTE {name}({nulls})"), &[])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,17 +117,9 @@ async fn hot_statements_plan_index_lookups_with_statistics() {
                 ));
             }
             for (i, (name, sql)) in statements.iter().enumerate() {
-                admin
-                    .batch_execute(&format!("PREPARE s{i} AS {sql}"))
+                let plan = generic_plan(&admin, &format!("s{i}"), sql)
                     .await
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
-                let nulls = vec!["NULL"; params(sql)].join(", ");
-                let rows = admin
-                    .query(&format!("EXPLAIN EXECUTE s{i}({nulls})"), &[])
-                    .await
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                let plan: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                let plan = plan.join("\n");
                 assert!(plan.contains("Index"), "{name}: {plan}");
                 for table in BIG {
                     assert!(

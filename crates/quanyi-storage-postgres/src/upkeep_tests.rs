@@ -97,23 +97,15 @@ async fn with_upkeep_off_the_host_vacuums_the_queue() {
 
 /// The single placement's generic plan, as a connection of the store would make it now.
 async fn placement_plan(admin: &tokio_postgres::Client, schema: &str, name: &str) -> String {
-    let sql = &crate::orders::PLACE[0];
     admin
         .batch_execute(&format!(
-            "SET search_path = {schema}; SET plan_cache_mode = force_generic_plan; \
-             PREPARE {name} AS {sql}"
+            "SET search_path = {schema}; SET plan_cache_mode = force_generic_plan"
         ))
         .await
         .unwrap();
-    let nulls = vec!["NULL"; crate::plan_tests::params(sql)].join(", ");
-    let rows = admin
-        .query(&format!("EXPLAIN EXECUTE {name}({nulls})"), &[])
+    crate::plan_tests::generic_plan(admin, name, &crate::orders::PLACE[0])
         .await
-        .unwrap();
-    rows.iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
