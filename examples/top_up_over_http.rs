@@ -154,7 +154,9 @@ fn print_attempts(order: &Order) {
         for attempt in &line.attempts {
             let detail = match &attempt.outcome {
                 AttemptOutcome::Succeeded { receipt } => format!(" (receipt {receipt})"),
-                AttemptOutcome::Definite { reason } | AttemptOutcome::Unknown { reason } => {
+                AttemptOutcome::Definite { reason }
+                | AttemptOutcome::Unknown { reason }
+                | AttemptOutcome::Rejected { reason } => {
                     format!(" ({reason})")
                 }
                 _ => String::new(),

@@ -90,16 +90,24 @@ pub enum AttemptOutcome {
         /// Why.
         reason: String,
     },
+    /// The supplier answered success, but what it delivered was refused (card keys the shop
+    /// already holds, which would be sold twice): the route failed for this line, as a definite
+    /// failure would, and the request is one to reconcile with the supplier.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl AttemptOutcome {
-    /// A stable name: pending, succeeded, definite or unknown.
+    /// A stable name: pending, succeeded, definite, unknown or rejected.
     pub fn as_str(&self) -> &'static str {
         match self {
             AttemptOutcome::Pending => "pending",
             AttemptOutcome::Succeeded { .. } => "succeeded",
             AttemptOutcome::Definite { .. } => "definite",
             AttemptOutcome::Unknown { .. } => "unknown",
+            AttemptOutcome::Rejected { .. } => "rejected",
         }
     }
 }

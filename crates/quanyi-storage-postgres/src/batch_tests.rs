@@ -162,10 +162,8 @@ pub(crate) fn place(
 }
 
 pub(crate) async fn stocked(store: &PgStore, n: usize) -> (Goods, GoodsVersion) {
-    let goods = card_goods(
-        &quanyi_testkit::fixtures::tenant(),
-        PurchaseLimits::default(),
-    );
+    let tenant = quanyi_testkit::fixtures::vault_tenant(store).await;
+    let goods = card_goods(&tenant, PurchaseLimits::default());
     store.insert_goods(&goods, &[]).await.unwrap();
     store
         .insert_cards(goods.tenant(), &cards(first_sku(&goods), n), t0())

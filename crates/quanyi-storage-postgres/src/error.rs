@@ -131,7 +131,7 @@ fn what_of(constraint: &str) -> &'static str {
         "events_id_key" => "event",
         "cards_pkey" | "cards_blind_index_key" => "card",
         "key_rings_pkey" => "key ring",
-        "payment_notices_pkey" => "payment notice",
+        "payment_notices_pkey" | "conflicting_notices_pkey" => "payment notice",
         "audit_id_key" => "audit record",
         "jobs_pkey" | "jobs_dedupe_key" => "job",
         _ => "record",

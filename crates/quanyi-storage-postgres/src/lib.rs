@@ -224,6 +224,60 @@ impl Conn {
     async fn prepare(&self, sql: &str) -> Result<Statement> {
         self.client().prepare_cached(sql).await.map_err(error::db)
     }
+
+    /// Ends the explicit transaction this connection is in: `COMMIT` when `outcome` is a
+    /// success, `ROLLBACK` when it is an error, which it then returns. When the server does not
+    /// answer, the connection stays marked as inside a transaction, so it is thrown away.
+    async fn finish<T>(&mut self, outcome: Result<T>) -> Result<T> {
+        let end = if outcome.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        self.client().batch_execute(end).await.map_err(error::db)?;
+        self.in_txn = false;
+        outcome
+    }
+}
+
+/// How many statements [`pipelined`] has in flight at once.
+const PIPELINE_DEPTH: usize = 64;
+
+/// Runs the futures `start` makes of `items` on one connection, up to [`PIPELINE_DEPTH`] at a
+/// time, and returns their outputs in the order of `items`. tokio-postgres sends a statement
+/// when its future is first polled, and the server runs a connection's statements in the order
+/// it receives them, so statements sent together run one after another, in order, for one
+/// round trip: each sees what the ones before it wrote.
+async fn pipelined<'a, I, F, S>(items: &'a [I], start: S) -> Vec<F::Output>
+where
+    F: std::future::Future,
+    S: Fn(&'a I) -> F,
+{
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PIPELINE_DEPTH) {
+        let mut running: Vec<std::pin::Pin<Box<F>>> =
+            chunk.iter().map(|i| Box::pin(start(i))).collect();
+        let mut done: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (f, slot) in running.iter_mut().zip(done.iter_mut()) {
+                if slot.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *slot = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.extend(done.into_iter().flatten());
+    }
+    out
 }
 
 impl Drop for Conn {

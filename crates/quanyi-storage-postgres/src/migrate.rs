@@ -18,10 +18,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "free_cards",
         include_str!("../migrations/0003_free_cards.sql"),
     ),
+    (
+        4,
+        "withdrawn_cards_index_schemes",
+        include_str!("../migrations/0004_withdrawn_cards_index_schemes.sql"),
+    ),
 ];
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

@@ -1,7 +1,7 @@
 //! `OrderStore`: orders as JSON documents plus the columns queries need, their lines in
 //! `order_lines`, and `place_order` as one statement.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use crate::codec::{
     to_json, to_u64,
 };
 use crate::combine::{Pending, answer_all};
-use crate::error::{Batch, db, with_id};
+use crate::error::{Batch, corrupt, db, with_id};
 use crate::vault::{pick_ctes, take_free_sql};
 use crate::{Conn, PgStore};
 
@@ -113,20 +113,43 @@ pub(crate) static PLACE: LazyLock<[String; 2]> =
 /// so its count sees every order committed before the lock was granted).
 const MEMBER_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
-/// $1 tenant, $2 id, $3 expected version, $4 new version, $5 status, $6 expires_at, $7 doc,
-/// $8 whether the new version is newer, $9..$13 events, $14 the order's updated_at.
-static UPDATE: LazyLock<String> = LazyLock::new(|| {
+/// Writes an order change: $1 tenant, $2 id, $3 expected version, $4 new version, $5 status,
+/// $6 expires_at, $7 doc, $8 whether the new version is newer, $9..$13 events, $14 the order's
+/// updated_at. With `release`, only if the order is written, its reserved cards go back to stock
+/// (and to the free queue) in the same statement, and the third column counts them; they are
+/// found as in [`RELEASE`](crate::vault::RELEASE).
+fn update_sql(release: bool) -> String {
+    let (release_cte, released) = if release {
+        (
+            ", rel AS ( \
+                 UPDATE cards SET state = 'available', order_id = NULL, reserved_until = NULL, \
+                        hold_pos = NULL \
+                 WHERE order_id = $2 AND tenant = $1 AND state <> 'sold' \
+                   AND EXISTS (SELECT 1 FROM upd) \
+                 RETURNING sku, id), \
+             free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM rel)",
+            "(SELECT count(*) FROM rel)",
+        )
+    } else {
+        ("", "0::bigint")
+    };
     format!(
         "WITH cur AS (SELECT version FROM orders WHERE tenant = $1 AND id = $2 FOR UPDATE), \
          ok AS (SELECT COALESCE((SELECT version FROM cur) = $3, false) AND $8::boolean AS v), \
          upd AS (UPDATE orders SET version = $4, status = $5, expires_at = $6, doc = $7, \
                         updated_at = $14 \
                  WHERE tenant = $1 AND id = $2 AND (SELECT v FROM ok) RETURNING 1), \
-         ev AS ({}) \
-         SELECT (SELECT version FROM cur), EXISTS (SELECT 1 FROM upd)",
+         ev AS ({}){release_cte} \
+         SELECT (SELECT version FROM cur), EXISTS (SELECT 1 FROM upd), {released}",
         insert_events_sql(9, "EXISTS (SELECT 1 FROM upd)")
     )
-});
+}
+
+/// [`update_sql`] of a plain order change.
+static UPDATE: LazyLock<String> = LazyLock::new(|| update_sql(false));
+
+/// [`update_sql`] that also releases the order's reserved cards (`close_unpaid_order`).
+pub(crate) static CLOSE: LazyLock<String> = LazyLock::new(|| update_sql(true));
 
 const BY_ID: &str = "SELECT doc FROM orders WHERE tenant = $1 AND id = $2";
 const BY_MEMBER: &str =
@@ -139,13 +162,14 @@ const UNPAID_DUE: &str = "SELECT tenant, id FROM orders \
      WHERE status = 'awaiting_payment' AND expires_at <= $1 \
      ORDER BY expires_at, tenant, id LIMIT $2";
 
-/// Runs [`UPDATE`] for an order change on `client`: writes the order and its events when the
-/// stored version is the expected one, or answers why not.
+/// Runs [`update_sql`] (`stmt`) for an order change on `client`: writes the order and its
+/// events when the stored version is the expected one, or answers why not. Returns the count
+/// of cards released (0 without `release`).
 async fn write_change(
     client: &deadpool_postgres::ClientWrapper,
     stmt: &tokio_postgres::Statement,
     change: &OrderChange<'_>,
-) -> Result<()> {
+) -> Result<u64> {
     let order = change.order;
     let doc = to_json(order, "order")?;
     let expected = to_i64(change.expected_version, "order version")?;
@@ -177,7 +201,7 @@ async fn write_change(
     let current: Option<i64> = get(&row, 0)?;
     let written: bool = get(&row, 1)?;
     if written {
-        Ok(())
+        to_u64(get(&row, 2)?, "count")
     } else {
         Err(change_error(order.id(), current, expected, newer))
     }
@@ -193,20 +217,56 @@ struct Placed {
     changed_goods: Option<Uuid>,
 }
 
-/// $1 tenant, $2 order, $3 now, $4.. the cards: id, sku, batch, blind index, code, secret, key.
-const INSERT_SOLD: &str = "WITH base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $2) \
-     INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret, key_id, state, order_id, \
-                        sold_at, hold_pos, imported_at) \
-     SELECT u.id, $1, u.sku, u.batch, u.bi, u.code, u.secret, u.key_id, 'sold', $2, $3, \
-            (SELECT v FROM base) + u.ord, $3 \
-     FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bigint[]) \
-          WITH ORDINALITY AS u(id, sku, batch, bi, code, secret, key_id, ord) \
-     ORDER BY u.ord \
-     ON CONFLICT DO NOTHING \
-     RETURNING id";
+/// Checks and stores cards bought for an order, sold to it, in the transaction of
+/// `write_sold_cards`, after [`LOCK_RING`](crate::vault::LOCK_RING): every card sealed with the
+/// tenant's active key, the order at the expected version (locked until the order is written),
+/// no card id taken and no blind or legacy index held by the tenant or repeated in the call.
+/// Stores the cards only if every check passes; answers each check.
+///
+/// $1 tenant, $2 order, $3 now, $4.. the cards: id, sku, batch, blind index, index scheme,
+/// legacy index, code, secret, key ($4..$12); $13 the expected version, $14 whether the new
+/// version is newer.
+pub(crate) static INSERT_SOLD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ring AS (SELECT {active} AS active FROM key_rings WHERE tenant = $1), \
+         cur AS (SELECT version FROM orders WHERE tenant = $1 AND id = $2 FOR UPDATE), \
+         u AS (SELECT * FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::bytea[], $8::smallint[], \
+                                    $9::bytea[], $10::bytea[], $11::bytea[], $12::bigint[]) \
+                    WITH ORDINALITY AS u(id, sku, batch, bi, scheme, legacy, code, secret, key_id, ord)), \
+         bad_key AS (SELECT key_id FROM u WHERE key_id IS DISTINCT FROM (SELECT active FROM ring) \
+                     ORDER BY ord LIMIT 1), \
+         taken AS (SELECT x.id FROM (SELECT id, ord, row_number() OVER (PARTITION BY id ORDER BY ord) AS n \
+                                     FROM u) x \
+                   WHERE x.n > 1 OR EXISTS (SELECT 1 FROM cards c WHERE c.id = x.id) \
+                   ORDER BY x.ord LIMIT 1), \
+         dup AS (SELECT x.ord FROM (SELECT bi, legacy, ord, \
+                                           row_number() OVER (PARTITION BY bi ORDER BY ord) AS n \
+                                    FROM u) x \
+                 WHERE x.n > 1 \
+                    OR EXISTS (SELECT 1 FROM cards c WHERE c.tenant = $1 AND c.blind_index = x.bi) \
+                    OR EXISTS (SELECT 1 FROM cards c WHERE c.tenant = $1 AND c.blind_index = x.legacy)), \
+         ok AS (SELECT COALESCE((SELECT version FROM cur) = $13, false) AND $14::boolean \
+                       AND NOT EXISTS (SELECT 1 FROM bad_key) AND NOT EXISTS (SELECT 1 FROM taken) \
+                       AND NOT EXISTS (SELECT 1 FROM dup) AS v), \
+         base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $2), \
+         ins AS ( \
+             INSERT INTO cards (id, tenant, sku, batch, blind_index, index_scheme, code, secret, \
+                                key_id, state, order_id, sold_at, hold_pos, imported_at) \
+             SELECT u.id, $1, u.sku, u.batch, u.bi, u.scheme, u.code, u.secret, u.key_id, 'sold', $2, \
+                    $3, (SELECT v FROM base) + u.ord, $3 \
+             FROM u WHERE (SELECT v FROM ok) \
+             ORDER BY u.ord \
+             ON CONFLICT ON CONSTRAINT cards_blind_index_key DO NOTHING \
+             RETURNING id) \
+         SELECT (SELECT version FROM cur), (SELECT key_id FROM bad_key), (SELECT id FROM taken), \
+                ARRAY(SELECT ord FROM dup ORDER BY ord), (SELECT v FROM ok), ARRAY(SELECT id FROM ins)",
+        active = crate::vault::ACTIVE_KEY,
+    )
+});
 
 impl PgStore {
-    /// Cards bought for an order, stored sold to it, with the order change, in one transaction.
+    /// Cards bought for an order, stored sold to it, with the order change, in one transaction
+    /// that holds the tenant's key ring locked `FOR SHARE` (see `vault`).
     pub(crate) async fn write_sold_cards(
         &self,
         tenant_name: &TenantId,
@@ -225,6 +285,14 @@ impl PgStore {
             .iter()
             .map(|c| c.blind_index.as_bytes().as_slice())
             .collect();
+        let schemes: Vec<i16> = cards
+            .iter()
+            .map(|c| crate::vault::scheme_column(c.index_scheme))
+            .collect();
+        let legacy: Vec<Option<&[u8]>> = cards
+            .iter()
+            .map(|c| c.legacy_index.as_ref().map(|i| i.as_bytes().as_slice()))
+            .collect();
         let codes: Vec<&[u8]> = cards.iter().map(|c| c.sealed.code.as_bytes()).collect();
         let secrets: Vec<Option<&[u8]>> = cards
             .iter()
@@ -236,51 +304,50 @@ impl PgStore {
             })
             .collect();
         let keys: Vec<i64> = cards.iter().map(|c| i64::from(c.key_id.0)).collect();
+        let expected = to_i64(change.expected_version, "order version")?;
+        let newer = is_newer(&change);
+        let name = order.tenant().as_str();
+        let order_id = order.id();
+        let at = micros(now);
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+            &name,
+            order_id.as_uuid(),
+            &at,
+            &ids,
+            &skus,
+            &batches,
+            &indexes,
+            &schemes,
+            &legacy,
+            &codes,
+            &secrets,
+            &keys,
+            &expected,
+            &newer,
+        ];
         let mut conn = self.conn().await?;
-        let insert = conn.prepare(INSERT_SOLD).await?;
+        let lock = conn.prepare(crate::vault::LOCK_RING).await?;
+        let insert = conn.prepare(&INSERT_SOLD).await?;
         let update = conn.prepare(&UPDATE).await?;
         conn.in_txn = true;
         let c = conn.client();
-        c.batch_execute("BEGIN").await.map_err(db)?;
+        // One round trip: the ring is locked before the checking statement reads it.
+        let (begin, locked, checked) = tokio::join!(
+            biased;
+            c.batch_execute("BEGIN"),
+            c.execute(&lock, &lock_params),
+            c.query_one(&insert, &params),
+        );
         let outcome = async {
-            let stored = c
-                .query(
-                    &insert,
-                    &[
-                        &order.tenant().as_str(),
-                        order.id().as_uuid(),
-                        &micros(now),
-                        &ids,
-                        &skus,
-                        &batches,
-                        &indexes,
-                        &codes,
-                        &secrets,
-                        &keys,
-                    ],
-                )
-                .await
-                .map_err(db)?;
-            if stored.len() != cards.len() {
-                return Err(Error::conflict(
-                    "card",
-                    order.id(),
-                    "card id or blind index already stored",
-                ));
-            }
-            write_change(c, &update, &change).await
+            begin.map_err(db)?;
+            locked.map_err(db)?;
+            let row = checked.map_err(db)?;
+            sold_cards_stored(&row, cards, &change, expected, newer)?;
+            write_change(c, &update, &change).await.map(|_| ())
         }
         .await;
-        match outcome {
-            Ok(()) => c.batch_execute("COMMIT").await.map_err(db)?,
-            Err(e) => {
-                c.batch_execute("ROLLBACK").await.map_err(db)?;
-                conn.in_txn = false;
-                return Err(e);
-            }
-        }
-        conn.in_txn = false;
-        Ok(())
+        conn.finish(outcome).await
     }
 
     async fn run_place(
@@ -801,7 +868,16 @@ impl OrderStore for PgStore {
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
         let conn = self.conn().await?;
         let stmt = conn.prepare(&UPDATE).await?;
-        write_change(conn.client(), &stmt, &change).await
+        write_change(conn.client(), &stmt, &change)
+            .await
+            .map(|_| ())
+    }
+
+    async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(&CLOSE).await?;
+        let released = write_change(conn.client(), &stmt, &change).await?;
+        Ok(u32::try_from(released).unwrap_or(u32::MAX))
     }
 
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {
@@ -884,6 +960,57 @@ impl OrderStore for PgStore {
             .map(|r| Ok((tenant(get(r, 0)?)?, OrderId::from_uuid(get::<Uuid>(r, 1)?))))
             .collect()
     }
+}
+
+/// Whether [`INSERT_SOLD`] (its `row`) stored every bought card, or why not, checked in the
+/// reference adapter's order: the order change, the data keys, the card ids, the blind indexes.
+fn sold_cards_stored(
+    row: &tokio_postgres::Row,
+    cards: &[quanyi_storage::NewCard],
+    change: &OrderChange<'_>,
+    expected: i64,
+    newer: bool,
+) -> Result<()> {
+    let current: Option<i64> = get(row, 0)?;
+    let ok: bool = get(row, 4)?;
+    if !ok {
+        if current != Some(expected) || !newer {
+            return Err(change_error(change.order.id(), current, expected, newer));
+        }
+        if let Some(key) = get::<Option<i64>>(row, 1)? {
+            return Err(Error::KeyNotActive {
+                key: crate::vault::key_id(key)?.to_string(),
+            });
+        }
+        if let Some(id) = get::<Option<Uuid>>(row, 2)? {
+            return Err(Error::conflict(
+                "card",
+                CardId::from_uuid(id),
+                "id already stored",
+            ));
+        }
+        let positions = get::<Vec<i64>>(row, 3)?
+            .into_iter()
+            .map(|ord| usize::try_from(ord - 1).map_err(|_| corrupt("position", ord)))
+            .collect::<Result<Vec<_>>>()?;
+        if !positions.is_empty() {
+            return Err(Error::DuplicateCards { positions });
+        }
+        return Err(Error::conflict("order", change.order.id(), "not written"));
+    }
+    let stored: HashSet<Uuid> = get::<Vec<Uuid>>(row, 5)?.into_iter().collect();
+    if stored.len() == cards.len() {
+        return Ok(());
+    }
+    // Another transaction stored one of these blind indexes after the statement's snapshot.
+    Err(Error::DuplicateCards {
+        positions: cards
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !stored.contains(c.id.as_uuid()))
+            .map(|(i, _)| i)
+            .collect(),
+    })
 }
 
 /// Why an order change was not written, checked in the reference adapter's order.

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, OrderId, TenantId};
 use quanyi_storage::{
-    Error, NoticeDisposition, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Result,
+    CONFLICTING_REPEAT, Error, NoticeDisposition, PaymentNotice, PaymentStore, PaymentWrite,
+    RecordOutcome, Result,
 };
 use uuid::Uuid;
 
@@ -146,8 +147,20 @@ impl RecordShape {
 
 const NOTICE: &str = "SELECT doc FROM payment_notices \
                       WHERE tenant = $1 AND provider = $2 AND transaction_id = $3";
-const TO_RECONCILE: &str = "SELECT doc FROM payment_notices \
-                            WHERE tenant = $1 AND reconcile ORDER BY seq LIMIT $2";
+/// The notices kept for reconciliation, recorded ones and conflicting repeats, in the order they
+/// were kept (both tables draw `seq` from one sequence).
+pub(crate) const TO_RECONCILE: &str = "SELECT doc FROM ( \
+         (SELECT seq, doc FROM payment_notices WHERE tenant = $1 AND reconcile ORDER BY seq LIMIT $2) \
+         UNION ALL \
+         (SELECT seq, doc FROM conflicting_notices WHERE tenant = $1 ORDER BY seq LIMIT $2)) n \
+     ORDER BY seq LIMIT $2";
+
+/// Keeps a conflicting repeat once per claim: $1 tenant, $2 provider, $3 transaction id,
+/// $4 order, $5 amount, $6 currency, $7 doc.
+const FLAG_CONFLICT: &str = "INSERT INTO conflicting_notices \
+         (tenant, provider, transaction_id, order_id, amount, currency, doc) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT ON CONSTRAINT conflicting_notices_pkey DO NOTHING";
 
 impl PgStore {
     async fn notice_doc(
@@ -652,6 +665,44 @@ impl PaymentStore for PgStore {
         transaction_id: &str,
     ) -> Result<Option<PaymentNotice>> {
         self.notice_doc(tenant, provider, transaction_id).await
+    }
+
+    async fn flag_conflicting_notice(&self, notice: &PaymentNotice) -> Result<bool> {
+        // The first record never changes once stored, so it can be compared outside a
+        // transaction.
+        let first = self
+            .notice_doc(&notice.tenant, &notice.provider, &notice.transaction_id)
+            .await?
+            .ok_or_else(|| Error::not_found("payment notice", &notice.transaction_id))?;
+        if first.order == notice.order && first.amount == notice.amount {
+            return Err(Error::Invalid(
+                "the notice repeats the recorded order and amount".into(),
+            ));
+        }
+        let mut kept = notice.clone();
+        kept.disposition = NoticeDisposition::Reconcile {
+            reason: CONFLICTING_REPEAT.to_owned(),
+        };
+        let doc = to_json(&kept, "payment notice")?;
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(FLAG_CONFLICT).await?;
+        let written = conn
+            .client()
+            .execute(
+                &stmt,
+                &[
+                    &notice.tenant.as_str(),
+                    &&*notice.provider,
+                    &&*notice.transaction_id,
+                    notice.order.as_uuid(),
+                    &notice.amount.minor(),
+                    &notice.amount.currency().code(),
+                    &doc,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(written == 1)
     }
 
     async fn notices_to_reconcile(

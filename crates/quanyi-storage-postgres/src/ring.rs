@@ -1,13 +1,15 @@
 //! `KeyRingStore`: each tenant's wrapped key ring as a JSON document with a version.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use quanyi_core::TenantId;
-use quanyi_storage::{Error, KeyRingStore, Result};
+use quanyi_storage::{DestroyOutcome, Error, KeyRingStore, Result};
 use quanyi_vault::{KeyId, KeyState, WrappedKeyRing};
 
 use crate::PgStore;
-use crate::codec::{from_json, get, to_i64, to_json, to_u64};
+use crate::codec::{from_json, get, micros, to_i64, to_json, to_u64};
 use crate::error::{db, with_id};
+use crate::vault::{WITHDRAW_BY_KEY, withdraw_rounds};
 
 const GET: &str = "SELECT doc, version FROM key_rings WHERE tenant = $1";
 const GET_FOR_UPDATE: &str = "SELECT doc, version FROM key_rings WHERE tenant = $1 FOR UPDATE";
@@ -16,6 +18,15 @@ const UPDATE: &str = "WITH cur AS (SELECT version FROM key_rings WHERE tenant = 
      upd AS (UPDATE key_rings SET version = version + 1, doc = $3 \
              WHERE tenant = $1 AND (SELECT version FROM cur) = $2 RETURNING version) \
      SELECT (SELECT version FROM cur), (SELECT version FROM upd)";
+/// Empties the sealed values of the tenant `$1`'s cards sealed with the data key `$2`, once
+/// none of them is unsold any more; answers how many, and how many are still unsold (then
+/// nothing is emptied).
+pub(crate) const SHRED: &str = "WITH unsold AS (SELECT count(*) AS n FROM cards \
+                         WHERE key_id = $2 AND tenant = $1 AND state IN ('available', 'reserved')), \
+     s AS (UPDATE cards SET code = ''::bytea, secret = NULL \
+           WHERE key_id = $2 AND tenant = $1 AND (SELECT n FROM unsold) = 0 \
+           RETURNING 1) \
+     SELECT (SELECT count(*) FROM s), (SELECT n FROM unsold)";
 const WRITE_COUNTERS: &str = "UPDATE key_rings SET version = version + 1, doc = $2 \
                               WHERE tenant = $1 RETURNING version";
 
@@ -73,6 +84,78 @@ impl KeyRingStore for PgStore {
             (None, None) => Err(Error::not_found("key ring", &ring.tenant)),
             (Some(_), None) => Err(Error::conflict("key ring", &ring.tenant, "stale version")),
         }
+    }
+
+    async fn destroy_key(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        key: KeyId,
+        now: DateTime<Utc>,
+    ) -> Result<DestroyOutcome> {
+        if ring.key_state(key) != Some(KeyState::Destroyed) {
+            return Err(Error::Invalid(format!(
+                "ring does not mark {key} destroyed"
+            )));
+        }
+        let doc = to_json(ring, "key ring")?;
+        let expected = to_i64(expected_version, "key ring version")?;
+        let tenant = &ring.tenant;
+        let name = tenant.as_str();
+        let key_number = i64::from(key.0);
+        let at = micros(now);
+        let mut conn = self.conn().await?;
+        let update = conn.prepare(UPDATE).await?;
+        let withdraw = conn.prepare(&WITHDRAW_BY_KEY).await?;
+        let shred = conn.prepare(SHRED).await?;
+        let update_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&name, &expected, &doc];
+        conn.in_txn = true;
+        let c = conn.client();
+        let (begin, stored) = tokio::join!(
+            biased;
+            c.batch_execute("BEGIN"),
+            c.query_one(&update, &update_params),
+        );
+        let outcome = async {
+            begin.map_err(db)?;
+            // The ring first: it stays locked until the end, so no card is added under the key
+            // (imports and reseals lock it to share) while its cards are shredded.
+            let row = stored.map_err(db)?;
+            let current: Option<i64> = get(&row, 0)?;
+            let written: Option<i64> = get(&row, 1)?;
+            let version = match (current, written) {
+                (_, Some(v)) => to_u64(v, "key ring version")?,
+                (None, None) => return Err(Error::not_found("key ring", tenant)),
+                (Some(_), None) => {
+                    return Err(Error::conflict("key ring", tenant, "stale version"));
+                }
+            };
+            // Unsold cards leave sale (and the queue), then every card of the key is emptied.
+            let first = c
+                .query_one(&withdraw, &[&name, &key_number, &at])
+                .await
+                .map_err(db)?;
+            let withdrawn = withdraw_rounds(&conn, tenant, at, first).await?;
+            let row = c
+                .query_one(&shred, &[&name, &key_number])
+                .await
+                .map_err(db)?;
+            if get::<i64>(&row, 1)? > 0 {
+                return Err(Error::conflict(
+                    "key ring",
+                    tenant,
+                    "cards of the key kept changing while they were withdrawn",
+                ));
+            }
+            Ok(DestroyOutcome {
+                version,
+                shredded: to_u64(get(&row, 0)?, "count")?,
+                withdrawn: withdrawn.len() as u64,
+            })
+        }
+        .await;
+        conn.finish(outcome).await
     }
 
     async fn reserve_key_uses(

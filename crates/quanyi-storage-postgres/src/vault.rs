@@ -1,6 +1,12 @@
 //! `VaultStore`: one row per card key, its state and holding order in columns, and the available
 //! ones also in the `free_cards` queue; allocation deletes the oldest queue rows it can lock
 //! (`FOR UPDATE SKIP LOCKED`, card order), merged with lapsed reservations.
+//!
+//! Writes of new sealed values (imports, bought cards, reseals) lock the tenant's `key_rings`
+//! row `FOR SHARE` and compare its active key in the same transaction: a rotation (an update of
+//! that row) then either commits before the write reads the ring, or waits until the write has
+//! committed. So once a rotation is stored, no value sealed with the old key is added, and
+//! resealing what that key sealed before retiring it leaves nothing behind.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -9,36 +15,64 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId, OrderId, SkuId, TenantId};
 use quanyi_storage::{
-    CardState, Error, HeldCard, InsertCardsOutcome, NewCard, OrderChange, Result, StockCount,
-    StoredCard, VaultStore,
+    CardState, Error, HeldCard, IndexChange, InsertCardsOutcome, NewCard, OrderChange, Reindexed,
+    Result, StockCount, StoredCard, VaultStore,
 };
-use quanyi_vault::{BlindIndex, KeyId, SealedCard, SealedValue};
+use quanyi_vault::{BlindIndex, IndexScheme, KeyId, SealedCard, SealedValue};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::PgStore;
 use crate::codec::{from_micros, get, limit, micros, tenant, to_u64};
 use crate::error::{corrupt, db};
+use crate::{Conn, PgStore, pipelined};
 
 const CARD_COLUMNS: &str = "id, tenant, sku, batch, blind_index, code, secret, key_id, state, \
-                            order_id, reserved_until, sold_at, imported_at";
+                            order_id, reserved_until, sold_at, withdrawn_at, imported_at, \
+                            index_scheme";
+
+/// The active data key of the tenant `$1`'s ring, as a key id (`key_rings.doc` is the JSON of a
+/// `WrappedKeyRing`, whose `active` is the key's number); NULL when the tenant has no ring.
+pub(crate) const ACTIVE_KEY: &str = "(doc::json ->> 'active')::bigint";
+
+/// Locks the tenant `$1`'s key ring until the transaction ends, so that no rotation commits
+/// before it does; the statements after it in the transaction read the ring as it stays.
+pub(crate) const LOCK_RING: &str = "SELECT 1 FROM key_rings WHERE tenant = $1 FOR SHARE";
 
 /// $1 tenant, $2 ids, $3 SKUs, $4 batches, $5 blind indexes, $6 codes, $7 secrets, $8 key ids,
-/// $9 now. A blind index the tenant holds, or one repeated earlier in the batch, is skipped.
-pub(crate) const INSERT: &str = "WITH taken AS (SELECT c.id FROM unnest($2::uuid[]) AS u(id) \
-                       JOIN cards c ON c.id = u.id LIMIT 1), \
-     ins AS ( \
-         INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret, key_id, state, imported_at) \
-         SELECT u.id, $1, u.sku, u.batch, u.bi, u.code, u.secret, u.key_id, 'available', $9 \
-         FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::bytea[], $6::bytea[], $7::bytea[], $8::bigint[]) \
-              WITH ORDINALITY AS u(id, sku, batch, bi, code, secret, key_id, ord) \
-         WHERE NOT EXISTS (SELECT 1 FROM taken) \
-         ORDER BY u.ord \
-         ON CONFLICT ON CONSTRAINT cards_blind_index_key DO NOTHING \
-         RETURNING id, sku \
-     ), \
-     free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM ins) \
-     SELECT (SELECT id FROM taken), ARRAY(SELECT id FROM ins)";
+/// $9 now, $10 index schemes, $11 legacy indexes (NULL for none). Nothing is written when a key
+/// is not the active one (the ring locked `FOR SHARE` by the statement, see the module docs)
+/// or an id is taken or repeated. A card whose blind index the tenant holds, or that repeats one earlier in
+/// the batch, or whose legacy index the tenant holds, is skipped.
+pub(crate) static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ring AS (SELECT {ACTIVE_KEY} AS active FROM key_rings WHERE tenant = $1 FOR SHARE), \
+         bad_key AS (SELECT u.key_id FROM unnest($8::bigint[]) WITH ORDINALITY AS u(key_id, ord) \
+                     WHERE u.key_id IS DISTINCT FROM (SELECT active FROM ring) \
+                     ORDER BY u.ord LIMIT 1), \
+         taken AS ((SELECT c.id FROM unnest($2::uuid[]) AS u(id) \
+                    JOIN cards c ON c.id = u.id LIMIT 1) \
+                   UNION ALL \
+                   (SELECT id FROM unnest($2::uuid[]) AS r(id) GROUP BY id HAVING count(*) > 1 \
+                    LIMIT 1)), \
+         ins AS ( \
+             INSERT INTO cards (id, tenant, sku, batch, blind_index, index_scheme, code, secret, \
+                                key_id, state, imported_at) \
+             SELECT u.id, $1, u.sku, u.batch, u.bi, u.scheme, u.code, u.secret, u.key_id, \
+                    'available', $9 \
+             FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::bytea[], $10::smallint[], \
+                         $11::bytea[], $6::bytea[], $7::bytea[], $8::bigint[]) \
+                  WITH ORDINALITY AS u(id, sku, batch, bi, scheme, legacy, code, secret, key_id, ord) \
+             WHERE NOT EXISTS (SELECT 1 FROM bad_key) AND NOT EXISTS (SELECT 1 FROM taken) \
+               AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.tenant = $1 AND c.blind_index = u.legacy) \
+             ORDER BY u.ord \
+             ON CONFLICT ON CONSTRAINT cards_blind_index_key DO NOTHING \
+             RETURNING id, sku \
+         ), \
+         free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM ins) \
+         SELECT (SELECT key_id FROM bad_key), (SELECT id FROM taken LIMIT 1), \
+                ARRAY(SELECT id FROM ins)"
+    )
+});
 
 /// The CTEs that pick cards for the rows of `wanted` (columns `sku`, `qty`, `ord`), oldest card
 /// first, among the free ones (`free_cards`) and the reservations that lapsed at `now` (the
@@ -149,14 +183,20 @@ pub(crate) static COMMIT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-const HELD: &str = "SELECT id, sku, state, order_id, reserved_until, sold_at FROM cards \
-                    WHERE order_id = $2 AND tenant = $1 ORDER BY id";
+const HELD: &str = "SELECT id, sku, state, order_id, reserved_until, sold_at, withdrawn_at \
+                    FROM cards WHERE order_id = $2 AND tenant = $1 ORDER BY id";
 
 /// Returns the order's reserved cards to stock (and to the free queue); answers how many.
-const RELEASE: &str = "WITH rel AS ( \
+///
+/// The cards an order holds unsold are its reserved ones (an available or withdrawn card is
+/// held by no order). Written `state <> 'sold'` rather than `state = 'reserved'`, the only
+/// index the rows can be found by is the one of cards by holding order: the index of
+/// reservations by deadline holds every reserved card of the tenant, and a generic plan made
+/// while there were few chose it.
+pub(crate) const RELEASE: &str = "WITH rel AS ( \
          UPDATE cards SET state = 'available', order_id = NULL, reserved_until = NULL, \
                 hold_pos = NULL \
-         WHERE order_id = $2 AND tenant = $1 AND state = 'reserved' \
+         WHERE order_id = $2 AND tenant = $1 AND state <> 'sold' \
          RETURNING sku, id), \
      free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM rel) \
      SELECT count(*) FROM rel";
@@ -169,13 +209,121 @@ pub(crate) const STOCK: &str = "SELECT \
          WHERE tenant = $1 AND sku = $2 AND state = 'reserved' AND reserved_until > $3), \
         (SELECT count(*) FROM cards WHERE tenant = $1 AND sku = $2 AND state = 'sold')";
 
-/// $1 tenant, $2 card, $3 expected key, $4 code, $5 secret, $6 new key.
-const REPLACE: &str = "WITH cur AS (SELECT key_id FROM cards WHERE id = $2 AND tenant = $1 FOR UPDATE), \
-     upd AS (UPDATE cards SET code = $4, secret = $5, key_id = $6 \
-             WHERE id = $2 AND tenant = $1 AND (SELECT key_id FROM cur) = $3 RETURNING 1) \
-     SELECT (SELECT key_id FROM cur), EXISTS (SELECT 1 FROM upd)";
+/// $1 tenant, $2 card, $3 expected key, $4 code, $5 secret, $6 new key. Runs after
+/// [`LOCK_RING`] in the same transaction.
+pub(crate) static REPLACE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ring AS (SELECT {ACTIVE_KEY} AS active FROM key_rings WHERE tenant = $1), \
+         cur AS (SELECT key_id FROM cards WHERE id = $2 AND tenant = $1 FOR UPDATE), \
+         upd AS (UPDATE cards SET code = $4, secret = $5, key_id = $6 \
+                 WHERE id = $2 AND tenant = $1 AND (SELECT key_id FROM cur) = $3 \
+                   AND (SELECT active FROM ring) = $6 \
+                 RETURNING 1) \
+         SELECT (SELECT key_id FROM cur), EXISTS (SELECT 1 FROM upd)"
+    )
+});
 
-fn key_id(value: i64) -> Result<KeyId> {
+/// The schemes `cards_old_scheme` (migration 4) indexes: every one older than this. Cards to
+/// re-index are read through that partial index, so the query names its predicate as a
+/// constant (a parameter cannot prove it); a newer current scheme needs a new index.
+const OLD_SCHEMES_BELOW: u8 = IndexScheme::CURRENT.as_u8();
+
+/// $1 tenant, $2 the scheme to reach, $3 limit.
+pub(crate) static TO_REINDEX: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {CARD_COLUMNS} FROM cards \
+         WHERE tenant = $1 AND index_scheme < {OLD_SCHEMES_BELOW} AND index_scheme < $2 \
+         ORDER BY id LIMIT $3"
+    )
+});
+
+/// One change of `reindex_cards`: $1 tenant, $2 card, $3 from, $4 to, $5 scheme. The card moves
+/// to `to` unless another card holds it, and takes the scheme either way, when it still holds
+/// `from`. Answers whether it did and the other holder of `to`.
+pub(crate) const REINDEX: &str = "WITH holder AS ( \
+         SELECT id FROM cards WHERE tenant = $1 AND blind_index = $4 AND id <> $2), \
+     upd AS ( \
+         UPDATE cards SET index_scheme = $5, \
+                blind_index = CASE WHEN EXISTS (SELECT 1 FROM holder) THEN blind_index ELSE $4 END \
+         WHERE id = $2 AND tenant = $1 AND blind_index = $3 \
+         RETURNING 1) \
+     SELECT EXISTS (SELECT 1 FROM upd), (SELECT id FROM holder)";
+
+/// One round of withdrawal of the unsold cards `filter` picks (`$1` tenant, `$2` what the
+/// filter names, `$3` now).
+///
+/// Locks are taken in allocation's order, queue row first: the queue rows of the available
+/// ones are deleted first (waiting for a buyer that holds one; a row a buyer took is gone),
+/// then the card rows are updated, each checked again as it stands then: a reserved card, or an
+/// available one whose queue row this round deleted, is withdrawn. A card that changed in
+/// between (taken from the queue and reserved or sold, or released back to it) is answered as
+/// missed, and the next round, with a new snapshot, looks at it again. Answers the cards
+/// withdrawn and the cards missed.
+fn withdraw_sql(filter: &str) -> String {
+    format!(
+        "WITH mine AS ( \
+             SELECT id, sku, state FROM cards \
+             WHERE {filter} AND state IN ('available', 'reserved')), \
+         gone AS ( \
+             DELETE FROM free_cards f \
+             WHERE f.tenant = $1 \
+               AND (f.sku, f.id) IN (SELECT sku, id FROM mine WHERE state = 'available') \
+             RETURNING f.id), \
+         w AS ( \
+             UPDATE cards c SET state = 'withdrawn', withdrawn_at = $3, order_id = NULL, \
+                    reserved_until = NULL, hold_pos = NULL \
+             WHERE c.id = ANY(ARRAY(SELECT id FROM gone \
+                                    UNION ALL SELECT id FROM mine WHERE state = 'reserved')) \
+               AND c.tenant = $1 \
+               AND (c.state = 'reserved' OR (c.state = 'available' AND c.id IN (SELECT id FROM gone))) \
+             RETURNING c.id) \
+         SELECT ARRAY(SELECT id FROM w), ARRAY(SELECT id FROM mine WHERE id NOT IN (SELECT id FROM w))"
+    )
+}
+
+/// [`withdraw_sql`] of the cards `$2` (ids).
+pub(crate) static WITHDRAW_BY_ID: LazyLock<String> =
+    LazyLock::new(|| withdraw_sql("id = ANY($2::uuid[]) AND tenant = $1"));
+
+/// [`withdraw_sql`] of the cards sealed with the data key `$2`.
+pub(crate) static WITHDRAW_BY_KEY: LazyLock<String> =
+    LazyLock::new(|| withdraw_sql("key_id = $2 AND tenant = $1"));
+
+/// How many rounds of withdrawal a call runs at most. Each round after the first looks only at
+/// cards that changed while the one before ran; they settle in one more round unless they keep
+/// going back and forth between the queue and orders.
+const WITHDRAW_ROUNDS: usize = 8;
+
+/// Finishes a withdrawal whose first round answered `row`, in the caller's transaction: runs
+/// [`WITHDRAW_BY_ID`] on the missed cards until none is missed. Returns every card withdrawn.
+pub(crate) async fn withdraw_rounds(
+    conn: &Conn,
+    tenant: &TenantId,
+    now: i64,
+    mut row: Row,
+) -> Result<Vec<Uuid>> {
+    let by_id = conn.prepare(&WITHDRAW_BY_ID).await?;
+    let mut withdrawn: Vec<Uuid> = Vec::new();
+    for _ in 0..WITHDRAW_ROUNDS {
+        withdrawn.extend(get::<Vec<Uuid>>(&row, 0)?);
+        let missed: Vec<Uuid> = get(&row, 1)?;
+        if missed.is_empty() {
+            return Ok(withdrawn);
+        }
+        row = conn
+            .client()
+            .query_one(&by_id, &[&tenant.as_str(), &missed, &now])
+            .await
+            .map_err(db)?;
+    }
+    Err(Error::conflict(
+        "card",
+        tenant,
+        "cards kept changing while they were withdrawn",
+    ))
+}
+
+pub(crate) fn key_id(value: i64) -> Result<KeyId> {
     u32::try_from(value)
         .map(KeyId)
         .map_err(|_| corrupt("key id", value))
@@ -185,12 +333,21 @@ fn card_ids(ids: Vec<Uuid>) -> Vec<CardId> {
     ids.into_iter().map(CardId::from_uuid).collect()
 }
 
-/// The state columns (state, order_id, reserved_until, sold_at) from `at`.
+/// The state columns (state, order_id, reserved_until, sold_at, withdrawn_at) from `at`.
 fn state_at(row: &Row, at: usize) -> Result<CardState> {
     let state: &str = get(row, at)?;
     let order: Option<Uuid> = get(row, at + 1)?;
     let until: Option<i64> = get(row, at + 2)?;
     let sold_at: Option<i64> = get(row, at + 3)?;
+    if state == "withdrawn" {
+        let at: Option<i64> = get(row, at + 4)?;
+        return match at {
+            Some(at) => Ok(CardState::Withdrawn {
+                at: from_micros(at)?,
+            }),
+            None => Err(corrupt("card state", "withdrawn without a time")),
+        };
+    }
     match (state, order, until, sold_at) {
         ("available", _, _, _) => Ok(CardState::Available),
         ("reserved", Some(order), Some(until), _) => Ok(CardState::Reserved {
@@ -212,19 +369,24 @@ fn stored_card(row: &Row) -> Result<StoredCard> {
         .try_into()
         .map_err(|_| corrupt("blind index", "not 32 bytes"))?;
     let secret: Option<Vec<u8>> = get(row, 6)?;
+    let scheme: i16 = get(row, 14)?;
     Ok(StoredCard {
         id: CardId::from_uuid(get(row, 0)?),
         tenant: tenant(get(row, 1)?)?,
         sku: SkuId::from_uuid(get(row, 2)?),
         batch: BatchId::from_uuid(get(row, 3)?),
         blind_index: BlindIndex::from_bytes(index),
+        index_scheme: u8::try_from(scheme)
+            .ok()
+            .and_then(IndexScheme::from_u8)
+            .ok_or_else(|| corrupt("index scheme", scheme))?,
         sealed: SealedCard {
             code: SealedValue::from_bytes(get(row, 5)?),
             secret: secret.map(SealedValue::from_bytes),
         },
         key_id: key_id(get(row, 7)?)?,
         state: state_at(row, 8)?,
-        imported_at: from_micros(get(row, 12)?)?,
+        imported_at: from_micros(get(row, 13)?)?,
     })
 }
 
@@ -256,6 +418,8 @@ impl VaultStore for PgStore {
         let mut codes = Vec::with_capacity(cards.len());
         let mut secrets = Vec::with_capacity(cards.len());
         let mut keys = Vec::with_capacity(cards.len());
+        let mut schemes = Vec::with_capacity(cards.len());
+        let mut legacy = Vec::with_capacity(cards.len());
         for c in cards {
             ids.push(*c.id.as_uuid());
             skus.push(*c.sku.as_uuid());
@@ -264,9 +428,11 @@ impl VaultStore for PgStore {
             codes.push(c.sealed.code.as_bytes());
             secrets.push(c.sealed.secret.as_ref().map(SealedValue::as_bytes));
             keys.push(i64::from(c.key_id.0));
+            schemes.push(scheme_column(c.index_scheme));
+            legacy.push(c.legacy_index.as_ref().map(|i| i.as_bytes().as_slice()));
         }
         let conn = self.conn().await?;
-        let stmt = conn.prepare(INSERT).await?;
+        let stmt = conn.prepare(&INSERT).await?;
         let row = conn
             .client()
             .query_one(
@@ -281,18 +447,25 @@ impl VaultStore for PgStore {
                     &secrets,
                     &keys,
                     &micros(now),
+                    &schemes,
+                    &legacy,
                 ],
             )
             .await
             .map_err(db)?;
-        if let Some(taken) = get::<Option<Uuid>>(&row, 0)? {
+        if let Some(key) = get::<Option<i64>>(&row, 0)? {
+            return Err(Error::KeyNotActive {
+                key: key_id(key)?.to_string(),
+            });
+        }
+        if let Some(taken) = get::<Option<Uuid>>(&row, 1)? {
             return Err(Error::conflict(
                 "card",
                 CardId::from_uuid(taken),
                 "id already stored",
             ));
         }
-        let stored: HashSet<Uuid> = get::<Vec<Uuid>>(&row, 1)?.into_iter().collect();
+        let stored: HashSet<Uuid> = get::<Vec<Uuid>>(&row, 2)?.into_iter().collect();
         if !stored.is_empty() {
             self.restocked();
         }
@@ -501,29 +674,179 @@ impl VaultStore for PgStore {
         sealed: &SealedCard,
         key: KeyId,
     ) -> Result<()> {
-        let conn = self.conn().await?;
-        let stmt = conn.prepare(REPLACE).await?;
-        let row = conn
-            .client()
-            .query_one(
-                &stmt,
-                &[
-                    &tenant.as_str(),
-                    card.as_uuid(),
-                    &i64::from(expected_key.0),
-                    &sealed.code.as_bytes(),
-                    &sealed.secret.as_ref().map(SealedValue::as_bytes),
-                    &i64::from(key.0),
-                ],
-            )
-            .await
-            .map_err(db)?;
+        let mut conn = self.conn().await?;
+        let lock = conn.prepare(LOCK_RING).await?;
+        let replace = conn.prepare(&REPLACE).await?;
+        let name = tenant.as_str();
+        let code = sealed.code.as_bytes();
+        let secret = sealed.secret.as_ref().map(SealedValue::as_bytes);
+        let (expected, new) = (i64::from(expected_key.0), i64::from(key.0));
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&name, card.as_uuid(), &expected, &code, &secret, &new];
+        conn.in_txn = true;
+        let c = conn.client();
+        // One round trip: the ring is locked before the replacing statement reads it. A failed
+        // statement aborts the transaction, and COMMIT then rolls it back.
+        let (begin, locked, replaced, commit) = tokio::join!(
+            biased;
+            c.batch_execute("BEGIN"),
+            c.execute(&lock, &lock_params),
+            c.query_one(&replace, &params),
+            c.batch_execute("COMMIT"),
+        );
+        // COMMIT was answered (or the connection is gone): no transaction is open.
+        conn.in_txn = false;
+        begin.map_err(db)?;
+        locked.map_err(db)?;
+        let row = replaced.map_err(db)?;
+        commit.map_err(db)?;
         let current: Option<i64> = get(&row, 0)?;
         let written: bool = get(&row, 1)?;
         match current {
             None => Err(Error::not_found("card", card)),
             Some(_) if written => Ok(()),
-            Some(_) => Err(Error::conflict("card", card, "sealed with another key")),
+            Some(k) if k != expected => {
+                Err(Error::conflict("card", card, "sealed with another key"))
+            }
+            Some(_) => Err(Error::KeyNotActive {
+                key: key.to_string(),
+            }),
         }
+    }
+
+    async fn cards_to_reindex(
+        &self,
+        tenant: &TenantId,
+        scheme: IndexScheme,
+        max: usize,
+    ) -> Result<Vec<StoredCard>> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(&TO_REINDEX).await?;
+        let rows = conn
+            .client()
+            .query(
+                &stmt,
+                &[&tenant.as_str(), &scheme_column(scheme), &limit(max)],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(stored_card).collect()
+    }
+
+    async fn reindex_cards(
+        &self,
+        tenant: &TenantId,
+        changes: &[IndexChange],
+    ) -> Result<Vec<Reindexed>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = tenant.as_str();
+        let columns: Vec<(&[u8], &[u8], i16)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.from.as_bytes().as_slice(),
+                    c.to.as_bytes().as_slice(),
+                    scheme_column(c.scheme),
+                )
+            })
+            .collect();
+        let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 5]> = changes
+            .iter()
+            .zip(&columns)
+            .map(|(c, (from, to, scheme))| {
+                [
+                    &name as &(dyn tokio_postgres::types::ToSql + Sync),
+                    c.card.as_uuid(),
+                    from,
+                    to,
+                    scheme,
+                ]
+            })
+            .collect();
+        let mut conn = self.conn().await?;
+        let stmt = conn.prepare(REINDEX).await?;
+        conn.in_txn = true;
+        let c = conn.client();
+        let outcome = async {
+            c.batch_execute("BEGIN").await.map_err(db)?;
+            // Each change is its own statement, run in order: a change sees what the ones
+            // before it did (a card moved to an index, or off one).
+            let rows = pipelined(&params, |p| c.query_one(&stmt, p)).await;
+            rows.into_iter()
+                .map(|row| {
+                    let row = row.map_err(db)?;
+                    let moved: bool = get(&row, 0)?;
+                    let holder: Option<Uuid> = get(&row, 1)?;
+                    Ok(match (moved, holder) {
+                        (false, _) => Reindexed::Stale,
+                        (true, None) => Reindexed::Moved,
+                        (true, Some(holder)) => Reindexed::Duplicate {
+                            holder: CardId::from_uuid(holder),
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        }
+        .await;
+        conn.finish(outcome).await
+    }
+
+    async fn withdraw_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[CardId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        if cards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = cards.iter().map(|c| *c.as_uuid()).collect();
+        let name = tenant.as_str();
+        let at = micros(now);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&name, &ids, &at];
+        let mut conn = self.conn().await?;
+        let stmt = conn.prepare(&WITHDRAW_BY_ID).await?;
+        conn.in_txn = true;
+        let c = conn.client();
+        let (begin, first) = tokio::join!(
+            biased;
+            c.batch_execute("BEGIN"),
+            c.query_one(&stmt, &params),
+        );
+        let outcome = async {
+            begin.map_err(db)?;
+            let first = first.map_err(db)?;
+            withdraw_rounds(&conn, tenant, at, first).await
+        }
+        .await;
+        let withdrawn: HashSet<Uuid> = conn.finish(outcome).await?.into_iter().collect();
+        // In the order asked, each once.
+        let mut seen = HashSet::new();
+        Ok(cards
+            .iter()
+            .copied()
+            .filter(|c| withdrawn.contains(c.as_uuid()) && seen.insert(*c))
+            .collect())
+    }
+}
+
+/// An index scheme as its column value.
+pub(crate) fn scheme_column(scheme: IndexScheme) -> i16 {
+    i16::from(scheme.as_u8())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The listing of cards to re-index reaches `cards_old_scheme` only while both name the
+    /// same schemes: a newer current scheme needs a migration with a new index.
+    #[test]
+    fn cards_to_reindex_names_the_predicate_of_its_index() {
+        let migration = include_str!("../migrations/0004_withdrawn_cards_index_schemes.sql");
+        let predicate = format!("index_scheme < {}", super::OLD_SCHEMES_BELOW);
+        assert!(migration.contains(&format!("ON cards (tenant, id) WHERE {predicate};")));
+        assert!(super::TO_REINDEX.contains(&predicate));
     }
 }

@@ -1,5 +1,5 @@
 //! What only the PostgreSQL adapter has to show: migrations, connection loss, corrupt rows,
-//! and a Debug without secrets.
+//! the key-ring lock of writes of sealed values, and a Debug without secrets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -7,14 +7,17 @@ mod common;
 use std::time::Duration;
 
 use chrono::Duration as Span;
-use quanyi_core::{ErrorKind, OrderId};
+use quanyi_core::{ErrorKind, OrderId, TenantId};
 use quanyi_goods::PurchaseLimits;
+use quanyi_order::Order;
 use quanyi_storage::{
-    CardState, Error, GoodsStore, MemberLimit, NewOrder, NoticeDisposition, OrderChange,
-    OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reservation, VaultStore,
+    CONFLICTING_REPEAT, CardState, Error, GoodsStore, IndexChange, KeyRingStore, MemberLimit,
+    NewCard, NewOrder, NoticeDisposition, OrderChange, OrderStore, PaymentNotice, PaymentStore,
+    PaymentWrite, RecordOutcome, Reindexed, Reservation, VaultStore,
 };
 use quanyi_storage_postgres::{PgOptions, PgStore, SCHEMA_VERSION};
 use quanyi_testkit::fixtures::{self, card_goods, cards, envelopes, first_sku, member, order, t0};
+use quanyi_vault::{BlindIndex, IndexScheme, KeyId, KeyRing, SealedCard, SealedValue};
 
 /// The URL with `application_name` set, so the test can find the store's backends.
 fn named(url: &str, name: &str) -> String {
@@ -177,7 +180,7 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
         PgStore::connect_with(common::options(&named(&url, &app), &schema).max_connections(1))
             .await
             .unwrap();
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&store).await;
     let goods = card_goods(
         &tenant,
         PurchaseLimits {
@@ -252,7 +255,7 @@ async fn a_payment_cut_off_mid_statement_writes_nothing() {
         PgStore::connect_with(common::options(&named(&url, &app), &schema).max_connections(1))
             .await
             .unwrap();
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     store
@@ -391,7 +394,7 @@ async fn timestamps_round_trip_to_the_microsecond() {
     let Some((url, schema, store)) = common::fresh().await else {
         return;
     };
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &cards(sku, 1), t0())
@@ -409,6 +412,346 @@ async fn timestamps_round_trip_to_the_microsecond() {
     common::drop_schema(url, schema).await;
 }
 
+/// The migrations of older versions: (version, name, SQL).
+const OLD_MIGRATIONS: [(i32, &str, &str); 3] = [
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "orders_updated_at",
+        include_str!("../migrations/0002_orders_updated_at.sql"),
+    ),
+    (
+        3,
+        "free_cards",
+        include_str!("../migrations/0003_free_cards.sql"),
+    ),
+];
+
+/// Creates `schema` as the migrations up to `version` left it.
+async fn schema_at(admin: &tokio_postgres::Client, schema: &str, version: i32) {
+    let mut sql = format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema}; \
+         CREATE TABLE schema_version (version integer PRIMARY KEY, name text NOT NULL, \
+                                      applied_at timestamptz NOT NULL DEFAULT now());"
+    );
+    for (v, name, text) in OLD_MIGRATIONS.iter().filter(|m| m.0 <= version) {
+        sql += text;
+        sql += &format!("; INSERT INTO schema_version (version, name) VALUES ({v}, '{name}');");
+    }
+    sql += "SET search_path TO DEFAULT;";
+    admin.batch_execute(&sql).await.unwrap();
+}
+
+/// Stores a card in `state` as versions 1 to 3 wrote it (no index scheme), sealed with `k1`.
+async fn old_card(
+    admin: &tokio_postgres::Client,
+    schema: &str,
+    tenant: &TenantId,
+    c: &NewCard,
+    state: CardState,
+) {
+    let micros = |at: chrono::DateTime<chrono::Utc>| at.timestamp_micros();
+    let (name, order, until, sold_at) = match state {
+        CardState::Available => ("available", None, None, None),
+        CardState::Reserved { order, until } => {
+            ("reserved", Some(order), Some(micros(until)), None)
+        }
+        CardState::Sold { order, at } => ("sold", Some(order), None, Some(micros(at))),
+        CardState::Withdrawn { .. } => panic!("older schemas have no withdrawn cards"),
+    };
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.cards (id, tenant, sku, batch, blind_index, code, secret, \
+                 key_id, state, order_id, reserved_until, sold_at, hold_pos, imported_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, NULL, $12)"
+            ),
+            &[
+                c.id.as_uuid(),
+                &tenant.as_str(),
+                c.sku.as_uuid(),
+                c.batch.as_uuid(),
+                &c.blind_index.as_bytes().as_slice(),
+                &c.sealed.code.as_bytes(),
+                &c.sealed.secret.as_ref().map(SealedValue::as_bytes),
+                &name,
+                &order.map(|o| *o.as_uuid()),
+                &until,
+                &sold_at,
+                &micros(t0()),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+/// Stores an order as every version wrote it.
+async fn old_order(admin: &tokio_postgres::Client, schema: &str, o: &Order) {
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.orders (tenant, id, member, status, expires_at, version, \
+                 doc, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            &[
+                &o.tenant().as_str(),
+                o.id().as_uuid(),
+                &o.member().as_str(),
+                &o.status().as_str(),
+                &o.expires_at().timestamp_micros(),
+                &i64::try_from(o.version()).unwrap(),
+                &serde_json::to_string(o).unwrap(),
+                &o.updated_at().timestamp_micros(),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+/// Stores a payment notice as every version wrote it.
+async fn old_notice(admin: &tokio_postgres::Client, schema: &str, n: &PaymentNotice) {
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.payment_notices (tenant, provider, transaction_id, \
+                 reconcile, doc) VALUES ($1, $2, $3, $4, $5)"
+            ),
+            &[
+                &n.tenant.as_str(),
+                &&*n.provider,
+                &&*n.transaction_id,
+                &!matches!(n.disposition, NoticeDisposition::Applied),
+                &serde_json::to_string(n).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+fn test_notice(o: &Order, txn: &str, disposition: NoticeDisposition) -> PaymentNotice {
+    PaymentNotice {
+        tenant: o.tenant().clone(),
+        provider: "testpay".into(),
+        transaction_id: txn.into(),
+        order: o.id(),
+        amount: o.total(),
+        received_at: t0(),
+        disposition,
+    }
+}
+
+/// A schema at version 3 (before withdrawn cards, index schemes and conflicting notices) with a
+/// key ring, cards available, reserved and sold, the orders that hold them, and notices: after
+/// `migrate`, every card has its state and data, indexed with the Legacy scheme, the orders and
+/// notices are as they were, and re-indexing, legacy duplicates, withdrawal, closing an unpaid
+/// order, conflicting notices and destroying the key all work on the old rows.
+#[tokio::test]
+async fn migration_4_keeps_the_cards_orders_and_notices_of_an_older_schema() {
+    let Some(url) = common::url() else { return };
+    let schema = quanyi_testkit::unique_name("qt");
+    let admin = common::admin(&url).await;
+    schema_at(&admin, &schema, 3).await;
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    admin
+        .execute(
+            &format!("INSERT INTO {schema}.key_rings (tenant, version, doc) VALUES ($1, 1, $2)"),
+            &[
+                &tenant.as_str(),
+                &serde_json::to_string(&fixtures::key_ring(&tenant)).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    let unpaid = order(&goods, &member("old"), 1).0;
+    let placed = order(&goods, &member("older"), 1).0;
+    let applied = test_notice(&placed, "txn-old", NoticeDisposition::Applied);
+    let paid = fixtures::paid_by(&placed, &applied).0;
+    let odd = test_notice(
+        &order(&goods, &member("gone"), 1).0,
+        "txn-odd",
+        NoticeDisposition::Reconcile {
+            reason: "unknown_order".into(),
+        },
+    );
+    for o in [&unpaid, &paid] {
+        old_order(&admin, &schema, o).await;
+    }
+    for n in [&applied, &odd] {
+        old_notice(&admin, &schema, n).await;
+    }
+    let mut old = cards(sku, 4);
+    old[1].sealed.secret = Some(SealedValue::from_bytes(vec![5; 24]));
+    let states = [
+        CardState::Sold {
+            order: paid.id(),
+            at: t0(),
+        },
+        CardState::Reserved {
+            order: unpaid.id(),
+            until: unpaid.expires_at(),
+        },
+        CardState::Available,
+        CardState::Available,
+    ];
+    for (c, state) in old.iter().zip(states) {
+        old_card(&admin, &schema, &tenant, c, state).await;
+    }
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.free_cards (tenant, sku, id) \
+             SELECT tenant, sku, id FROM {schema}.cards WHERE state = 'available'"
+        ))
+        .await
+        .unwrap();
+
+    let store = PgStore::connect_with(common::options(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(3));
+    store.migrate().await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
+
+    // Everything as it was.
+    for (c, state) in old.iter().zip(states) {
+        let stored = store.card(&tenant, c.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, state);
+        assert_eq!(stored.index_scheme, IndexScheme::Legacy);
+        assert_eq!(
+            (stored.sku, stored.batch, stored.blind_index, stored.key_id),
+            (c.sku, c.batch, c.blind_index, KeyId(1))
+        );
+        assert_eq!(stored.sealed, c.sealed);
+        assert_eq!(stored.imported_at, t0());
+    }
+    assert_eq!(
+        store.order(&tenant, unpaid.id()).await.unwrap(),
+        Some(unpaid.clone())
+    );
+    assert_eq!(
+        store.order(&tenant, paid.id()).await.unwrap(),
+        Some(paid.clone())
+    );
+    assert_eq!(
+        store
+            .payment_notice(&tenant, "testpay", "txn-old")
+            .await
+            .unwrap(),
+        Some(applied.clone())
+    );
+    let held = store.held_cards(&tenant, unpaid.id()).await.unwrap();
+    assert_eq!(
+        held.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![old[1].id]
+    );
+    let stock = |at| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        async move {
+            let s = store.stock(&tenant, sku, at).await.unwrap();
+            (s.available, s.reserved, s.sold)
+        }
+    };
+    assert_eq!(stock(t0()).await, (2, 1, 1));
+
+    // Re-indexing finds every old card, and moves one.
+    let mut ids: Vec<_> = old.iter().map(|c| c.id).collect();
+    ids.sort();
+    let todo = store
+        .cards_to_reindex(&tenant, IndexScheme::CURRENT, 10)
+        .await
+        .unwrap();
+    assert_eq!(todo.iter().map(|c| c.id).collect::<Vec<_>>(), ids);
+    let moved_to = BlindIndex::from_bytes([0xee; 32]);
+    let change = IndexChange {
+        card: old[3].id,
+        from: old[3].blind_index,
+        to: moved_to,
+        scheme: IndexScheme::CURRENT,
+    };
+    assert_eq!(
+        store.reindex_cards(&tenant, &[change]).await.unwrap(),
+        vec![Reindexed::Moved]
+    );
+    let moved = store.card(&tenant, old[3].id).await.unwrap().unwrap();
+    assert_eq!(
+        (moved.blind_index, moved.index_scheme),
+        (moved_to, IndexScheme::CURRENT)
+    );
+    assert_eq!(
+        store
+            .cards_to_reindex(&tenant, IndexScheme::CURRENT, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // An import finds an old card by a legacy index.
+    let mut variant = cards(sku, 1);
+    variant[0].legacy_index = Some(old[2].blind_index);
+    let out = store.insert_cards(&tenant, &variant, t0()).await.unwrap();
+    assert_eq!(out.duplicates, vec![0]);
+
+    // An old available card is withdrawn; the old unpaid order closes with its reservation.
+    let later = t0() + Span::seconds(1);
+    assert_eq!(
+        store
+            .withdraw_cards(&tenant, &[old[2].id], later)
+            .await
+            .unwrap(),
+        vec![old[2].id]
+    );
+    assert_eq!(stock(t0()).await, (1, 1, 1));
+    let mut expired = unpaid.clone();
+    let events = expired.expire(unpaid.expires_at()).unwrap();
+    let envs = envelopes(&expired, &events);
+    let change = OrderChange {
+        order: &expired,
+        expected_version: unpaid.version(),
+        events: &envs,
+    };
+    assert_eq!(store.close_unpaid_order(change).await.unwrap(), 1);
+    assert_eq!(stock(t0()).await, (2, 0, 1));
+
+    // A conflicting repeat of an old notice is listed after the old notice to reconcile.
+    let mut conflicting = applied.clone();
+    conflicting.amount = quanyi_core::Money::from_minor(1, applied.amount.currency());
+    assert!(store.flag_conflicting_notice(&conflicting).await.unwrap());
+    conflicting.disposition = NoticeDisposition::Reconcile {
+        reason: CONFLICTING_REPEAT.into(),
+    };
+    assert_eq!(
+        store.notices_to_reconcile(&tenant, 10).await.unwrap(),
+        vec![odd, conflicting]
+    );
+
+    // Destroying the old key shreds every old card and withdraws the unsold ones.
+    assert_eq!(fixtures::rotate_ring(&store, &tenant).await, KeyId(2));
+    let (wrapped, version) = store.key_ring(&tenant).await.unwrap().unwrap();
+    let mut ring = KeyRing::unwrap(&fixtures::root_key(), &wrapped).unwrap();
+    ring.destroy(KeyId(1)).unwrap();
+    let outcome = store
+        .destroy_key(&ring.to_wrapped(), version, KeyId(1), later)
+        .await
+        .unwrap();
+    assert_eq!((outcome.shredded, outcome.withdrawn), (4, 2));
+    for c in &old {
+        let card = store.card(&tenant, c.id).await.unwrap().unwrap();
+        assert_eq!(
+            card.sealed,
+            SealedCard {
+                code: SealedValue::from_bytes(Vec::new()),
+                secret: None,
+            }
+        );
+    }
+    assert_eq!(stock(t0()).await, (0, 0, 1));
+    drop(store);
+    common::drop_schema(url, schema).await;
+}
+
 /// A schema at version 2 (before `free_cards`) with cards in every state: after `migrate`,
 /// stock counts are unchanged and allocation takes the available cards, then a lapsed
 /// reservation.
@@ -417,18 +760,7 @@ async fn migration_3_queues_the_available_cards_of_an_older_schema() {
     let Some(url) = common::url() else { return };
     let schema = quanyi_testkit::unique_name("qt");
     let admin = common::admin(&url).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema}; SET search_path TO {schema}; \
-             CREATE TABLE schema_version (version integer PRIMARY KEY, name text NOT NULL, \
-                                          applied_at timestamptz NOT NULL DEFAULT now()); \
-             {} {} \
-             INSERT INTO schema_version (version, name) VALUES (1, 'init'), (2, 'orders_updated_at');",
-            include_str!("../migrations/0001_init.sql"),
-            include_str!("../migrations/0002_orders_updated_at.sql"),
-        ))
-        .await
-        .unwrap();
+    schema_at(&admin, &schema, 2).await;
     let tenant = fixtures::tenant();
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     let new = cards(sku, 4);
@@ -438,39 +770,18 @@ async fn migration_3_queues_the_available_cards_of_an_older_schema() {
     );
     let until = t0() + Span::minutes(15);
     for (i, c) in new.iter().enumerate() {
-        let (state, order, reserved_until, sold_at) = match i {
-            0 => ("sold", Some(holder), None, Some(t0().timestamp_micros())),
-            1 => (
-                "reserved",
-                Some(holder),
-                Some(until.timestamp_micros()),
-                None,
-            ),
-            _ => ("available", None, None, None),
+        let state = match i {
+            0 => CardState::Sold {
+                order: holder,
+                at: t0(),
+            },
+            1 => CardState::Reserved {
+                order: holder,
+                until,
+            },
+            _ => CardState::Available,
         };
-        admin
-            .execute(
-                &format!(
-                    "INSERT INTO {schema}.cards (id, tenant, sku, batch, blind_index, code, key_id, \
-                     state, order_id, reserved_until, sold_at, hold_pos, imported_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $10, NULL, $11)"
-                ),
-                &[
-                    c.id.as_uuid(),
-                    &tenant.as_str(),
-                    sku.as_uuid(),
-                    c.batch.as_uuid(),
-                    &c.blind_index.as_bytes().as_slice(),
-                    &c.sealed.code.as_bytes(),
-                    &state,
-                    &order.map(|o| *o.as_uuid()),
-                    &reserved_until,
-                    &sold_at,
-                    &t0().timestamp_micros(),
-                ],
-            )
-            .await
-            .unwrap();
+        old_card(&admin, &schema, &tenant, c, state).await;
     }
     let store = PgStore::connect_with(common::options(&url, &schema))
         .await
@@ -498,5 +809,149 @@ async fn migration_3_queues_the_available_cards_of_an_older_schema() {
     let stock = store.stock(&tenant, sku, later).await.unwrap();
     assert_eq!((stock.available, stock.reserved, stock.sold), (0, 3, 1));
     drop(store);
+    common::drop_schema(url, schema).await;
+}
+
+/// Writes of sealed values (an import, cards bought for an order, a reseal), each under `k1`.
+#[derive(Debug, Clone, Copy)]
+enum SealedWrite {
+    Import,
+    Bought,
+    Reseal,
+}
+
+/// Waits until a backend of the application `app` waits on a lock; a guard of a minute, not a
+/// pause.
+async fn until_waiting(admin: &tokio_postgres::Client, app: &str) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let waiting = admin
+                .query(
+                    "SELECT 1 FROM pg_stat_activity \
+                     WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&app],
+                )
+                .await
+                .unwrap();
+            if !waiting.is_empty() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the store waits on the key ring");
+}
+
+/// A rotation holds the tenant's ring row (updated, not committed) while `write` runs: the
+/// write waits for it, and once it commits, the write is refused as sealed with a key that is
+/// no longer active, and writes nothing. A write that read the ring without the lock would have
+/// stored its cards under `k1` after the rotation.
+async fn check_waits_for_rotation(url: &str, schema: &str, write: SealedWrite) {
+    let app = format!("{schema}_{write:?}").to_lowercase();
+    let store =
+        PgStore::connect_with(common::options(&named(url, &app), schema).max_connections(2))
+            .await
+            .unwrap();
+    let tenant = fixtures::vault_tenant(&store).await;
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    let batch = cards(sku, 2);
+    let resealed = cards(sku, 1);
+    if let SealedWrite::Reseal = write {
+        store.insert_cards(&tenant, &resealed, t0()).await.unwrap();
+    }
+    let placed = order(&goods, &member("rot"), 1).0;
+    store.insert_order(&placed, &[], &[]).await.unwrap();
+    let (paid, envs) = fixtures::paid_by(
+        &placed,
+        &test_notice(&placed, "txn-rot", NoticeDisposition::Applied),
+    );
+
+    let (wrapped, _) = store.key_ring(&tenant).await.unwrap().unwrap();
+    let mut ring = KeyRing::unwrap(&fixtures::root_key(), &wrapped).unwrap();
+    ring.rotate(&fixtures::root_key(), t0(), &mut rand::thread_rng())
+        .unwrap();
+    let rotation = common::admin(url).await;
+    rotation.batch_execute("BEGIN").await.unwrap();
+    rotation
+        .execute(
+            &format!(
+                "UPDATE {schema}.key_rings SET version = version + 1, doc = $2 WHERE tenant = $1"
+            ),
+            &[
+                &tenant.as_str(),
+                &serde_json::to_string(&ring.to_wrapped()).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let attempt = {
+        let (store, tenant, batch, paid, envs) = (
+            store.clone(),
+            tenant.clone(),
+            batch.clone(),
+            paid.clone(),
+            envs.clone(),
+        );
+        let (card, expected) = (resealed[0].id, placed.version());
+        tokio::spawn(async move {
+            match write {
+                SealedWrite::Import => store.insert_cards(&tenant, &batch, t0()).await.map(|_| ()),
+                SealedWrite::Bought => {
+                    let change = OrderChange {
+                        order: &paid,
+                        expected_version: expected,
+                        events: &envs,
+                    };
+                    store.insert_sold_cards(&tenant, &batch, change, t0()).await
+                }
+                SealedWrite::Reseal => {
+                    let sealed = SealedCard {
+                        code: SealedValue::from_bytes(vec![9; 40]),
+                        secret: None,
+                    };
+                    store
+                        .replace_sealed(&tenant, card, KeyId(1), &sealed, KeyId(1))
+                        .await
+                }
+            }
+        })
+    };
+    until_waiting(&common::admin(url).await, &app).await;
+    rotation.batch_execute("COMMIT").await.unwrap();
+    let r = attempt.await.unwrap();
+    assert!(
+        matches!(&r, Err(Error::KeyNotActive { key }) if key == "k1"),
+        "{write:?}: {r:?}"
+    );
+    for c in &batch {
+        assert!(
+            store.card(&tenant, c.id).await.unwrap().is_none(),
+            "{write:?}"
+        );
+    }
+    let kept = store.card(&tenant, resealed[0].id).await.unwrap();
+    if let Some(kept) = kept {
+        assert_eq!(kept.sealed, resealed[0].sealed, "{write:?}");
+    }
+    let stored = store.order(&tenant, placed.id()).await.unwrap().unwrap();
+    assert_eq!(stored, placed, "{write:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_sealed_values_wait_for_a_rotation_and_refuse_the_old_key() {
+    let Some((url, schema, store)) = common::fresh().await else {
+        return;
+    };
+    drop(store);
+    for write in [
+        SealedWrite::Import,
+        SealedWrite::Bought,
+        SealedWrite::Reseal,
+    ] {
+        check_waits_for_rotation(&url, &schema, write).await;
+    }
     common::drop_schema(url, schema).await;
 }

@@ -13,3 +13,10 @@ async fn factory() -> Option<Harness> {
 }
 
 quanyi_testkit::storage_conformance!(factory);
+
+/// The facade's use cases that depend on the store.
+mod shop {
+    use super::factory;
+
+    quanyi_testkit::shop_conformance!(factory);
+}

@@ -1,4 +1,5 @@
-//! Sealed card keys: import, reservation, commit, release, stock and resealing.
+//! Sealed card keys: import, reservation, commit, release, stock, resealing, re-indexing and
+//! withdrawal.
 
 use std::collections::HashSet;
 
@@ -6,19 +7,24 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId, OrderId, SkuId, TenantId};
 use quanyi_storage::{
-    CardState, Error, HeldCard, InsertCardsOutcome, NewCard, OrderChange, Result, StockCount,
-    StoredCard, VaultStore,
+    CardState, Error, HeldCard, IndexChange, InsertCardsOutcome, NewCard, OrderChange, Reindexed,
+    Result, StockCount, StoredCard, VaultStore,
 };
-use quanyi_vault::{BlindIndex, KeyId, SealedCard, SealedValue};
+use quanyi_vault::{BlindIndex, IndexScheme, KeyId, SealedCard, SealedValue};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use crate::SqliteStore;
 use crate::convert::{SqlResult, from_ts, limit, ts, uint, uint32, uuid};
 use crate::orders::{apply_order_change, change_row, check_order_change};
+use crate::rings::active_key;
 
 /// The columns [`CardCols::read`] expects, in order.
 const CARD_COLUMNS: &str = "id, tenant, sku, batch, blind_index, code, secret, key_id, state, \
-                            order_id, until, sold_at, imported_at";
+                            order_id, until, sold_at, imported_at, index_scheme, withdrawn_at";
+
+/// The cards of a tenant indexed with a scheme before [`IndexScheme::Nfkc`], in card order (read
+/// through the partial index `cards_to_reindex`, whose condition this repeats).
+const CARDS_BEFORE_NFKC: &str = "tenant = ?1 AND index_scheme < 2 ORDER BY id LIMIT ?2";
 
 /// One card row as stored, before it is checked.
 struct CardCols {
@@ -35,6 +41,8 @@ struct CardCols {
     until: Option<i64>,
     sold_at: Option<i64>,
     imported_at: i64,
+    index_scheme: i64,
+    withdrawn_at: Option<i64>,
 }
 
 impl CardCols {
@@ -53,6 +61,8 @@ impl CardCols {
             until: r.get(10)?,
             sold_at: r.get(11)?,
             imported_at: r.get(12)?,
+            index_scheme: r.get(13)?,
+            withdrawn_at: r.get(14)?,
         })
     }
 
@@ -75,14 +85,31 @@ impl CardCols {
                 order: order().ok_or_else(corrupt)?,
                 at: from_ts(self.sold_at.ok_or_else(corrupt)?),
             }),
+            "withdrawn" => Ok(CardState::Withdrawn {
+                at: from_ts(self.withdrawn_at.ok_or_else(corrupt)?),
+            }),
             other => Err(Error::Corrupt(format!(
                 "card {id} has unknown state {other}"
             ))),
         }
     }
 
+    fn index_scheme(&self) -> Result<IndexScheme> {
+        u8::try_from(self.index_scheme)
+            .ok()
+            .and_then(IndexScheme::from_u8)
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "card {} has unknown index scheme {}",
+                    CardId::from_uuid(uuid(self.id)),
+                    self.index_scheme
+                ))
+            })
+    }
+
     fn into_card(self) -> Result<StoredCard> {
         let state = self.state()?;
+        let index_scheme = self.index_scheme()?;
         Ok(StoredCard {
             id: CardId::from_uuid(uuid(self.id)),
             tenant: TenantId::new(self.tenant)
@@ -90,6 +117,7 @@ impl CardCols {
             sku: SkuId::from_uuid(uuid(self.sku)),
             batch: BatchId::from_uuid(uuid(self.batch)),
             blind_index: BlindIndex::from_bytes(self.blind_index),
+            index_scheme,
             sealed: SealedCard {
                 code: SealedValue::from_bytes(self.code),
                 secret: self.secret.map(SealedValue::from_bytes),
@@ -150,9 +178,9 @@ pub(crate) fn free_cards(
 /// Stores one card as available (a caller may then move it to sold in the same transaction).
 fn insert_card(tx: &Transaction<'_>, tenant: &str, card: &NewCard, now: i64) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret, key_id, state,
-                            imported_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'available', ?9)",
+        "INSERT INTO cards (id, tenant, sku, batch, blind_index, index_scheme, code, secret,
+                            key_id, state, imported_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'available', ?10)",
     )
     .db()?
     .execute(params![
@@ -161,6 +189,7 @@ fn insert_card(tx: &Transaction<'_>, tenant: &str, card: &NewCard, now: i64) -> 
         card.sku.as_bytes(),
         card.batch.as_bytes(),
         card.blind_index.as_bytes(),
+        card.index_scheme.as_u8(),
         card.sealed.code.as_bytes(),
         card.sealed.secret.as_ref().map(SealedValue::as_bytes),
         card.key_id.0,
@@ -168,6 +197,122 @@ fn insert_card(tx: &Transaction<'_>, tenant: &str, card: &NewCard, now: i64) -> 
     ])
     .db()?;
     Ok(())
+}
+
+/// Refuses keys that are not the tenant's active key as the stored ring says inside this
+/// write's transaction, which holds the write lock until it commits: a rotation stored before
+/// is seen, and none can be stored before the commit. A tenant without a ring has no active key.
+/// No key, no check.
+fn check_keys(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    keys: impl IntoIterator<Item = KeyId>,
+) -> Result<()> {
+    let mut keys = keys.into_iter().peekable();
+    if keys.peek().is_none() {
+        return Ok(());
+    }
+    let active = active_key(tx, tenant)?;
+    match keys.find(|k| Some(*k) != active) {
+        Some(key) => Err(Error::KeyNotActive {
+            key: key.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `Conflict` when a card id is stored (in any tenant) or repeats an earlier card of the call.
+fn check_ids_new(tx: &Transaction<'_>, cards: &[NewCard]) -> Result<()> {
+    let mut stored = tx
+        .prepare_cached("SELECT 1 FROM cards WHERE id = ?1")
+        .db()?;
+    let mut ids = HashSet::with_capacity(cards.len());
+    for c in cards {
+        if !ids.insert(c.id) || stored.exists(params![c.id.as_bytes()]).db()? {
+            return Err(Error::conflict("card", c.id, "id already stored"));
+        }
+    }
+    Ok(())
+}
+
+/// The card of the tenant that holds a blind index (in any state, withdrawn included).
+fn holder_of(tx: &Transaction<'_>, tenant: &str, index: &BlindIndex) -> Result<Option<CardId>> {
+    let id: Option<[u8; 16]> = tx
+        .prepare_cached("SELECT id FROM cards WHERE tenant = ?1 AND blind_index = ?2")
+        .db()?
+        .query_row(params![tenant, index.as_bytes()], |r| r.get(0))
+        .optional()
+        .db()?;
+    Ok(id.map(|b| CardId::from_uuid(uuid(b))))
+}
+
+/// True when the tenant holds the card's blind index or its legacy index.
+fn holds_index_of(tx: &Transaction<'_>, tenant: &str, card: &NewCard) -> Result<bool> {
+    for index in std::iter::once(card.blind_index).chain(card.legacy_index) {
+        if holder_of(tx, tenant, &index)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Takes the tenant's card out of sale at `now` when it is unsold (available, or reserved: the
+/// order no longer holds it); false when it is sold, withdrawn or unknown.
+fn withdraw(tx: &Transaction<'_>, tenant: &str, card: CardId, now: i64) -> Result<bool> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE cards SET state = 'withdrawn', withdrawn_at = ?3, order_id = NULL,
+                              until = NULL, hold_seq = NULL
+             WHERE id = ?1 AND tenant = ?2 AND state IN ('available', 'reserved')",
+        )
+        .db()?
+        .execute(params![card.as_bytes(), tenant, now])
+        .db()?;
+    Ok(n > 0)
+}
+
+/// Withdraws at `now` every unsold card of the tenant sealed with `key`; answers how many.
+pub(crate) fn withdraw_sealed_with(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    key: KeyId,
+    now: i64,
+) -> Result<u64> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE cards SET state = 'withdrawn', withdrawn_at = ?3, order_id = NULL,
+                              until = NULL, hold_seq = NULL
+             WHERE tenant = ?1 AND key_id = ?2 AND state IN ('available', 'reserved')",
+        )
+        .db()?
+        .execute(params![tenant, key.0, now])
+        .db()?;
+    Ok(n as u64)
+}
+
+/// Empties the sealed values of every card of the tenant sealed with `key`; answers how many.
+pub(crate) fn shred_sealed_with(tx: &Transaction<'_>, tenant: &str, key: KeyId) -> Result<u64> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE cards SET code = x'', secret = NULL WHERE tenant = ?1 AND key_id = ?2",
+        )
+        .db()?
+        .execute(params![tenant, key.0])
+        .db()?;
+    Ok(n as u64)
+}
+
+/// Returns the cards reserved for the order to stock; answers how many.
+pub(crate) fn release(tx: &Transaction<'_>, tenant: &str, order: OrderId) -> Result<u32> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE cards SET state = 'available', order_id = NULL, until = NULL, hold_seq = NULL
+             WHERE order_id = ?1 AND tenant = ?2 AND state = 'reserved'",
+        )
+        .db()?
+        .execute(params![order.as_bytes(), tenant])
+        .db()?;
+    Ok(count(n))
 }
 
 /// The next position in the order's list of held cards.
@@ -318,24 +463,14 @@ impl VaultStore for SqliteStore {
         let now = ts(now)?;
         self.pool
             .write(move |tx| {
-                {
-                    let mut exists = tx
-                        .prepare_cached("SELECT 1 FROM cards WHERE id = ?1")
-                        .db()?;
-                    for c in &cards {
-                        if exists.exists(params![c.id.as_bytes()]).db()? {
-                            return Err(Error::conflict("card", c.id, "id already stored"));
-                        }
-                    }
-                }
+                check_keys(tx, &tenant, cards.iter().map(|c| c.key_id))?;
+                check_ids_new(tx, &cards)?;
                 let mut outcome = InsertCardsOutcome::default();
                 let mut seen = HashSet::new();
-                let mut known = tx
-                    .prepare_cached("SELECT 1 FROM cards WHERE tenant = ?1 AND blind_index = ?2")
-                    .db()?;
                 for (i, c) in cards.iter().enumerate() {
-                    let index = c.blind_index.as_bytes();
-                    if !seen.insert(c.blind_index) || known.exists(params![tenant, index]).db()? {
+                    // A held index first: a card found by its legacy index does not take its
+                    // index into `seen`.
+                    if holds_index_of(tx, &tenant, c)? || !seen.insert(c.blind_index) {
                         outcome.duplicates.push(i);
                         continue;
                     }
@@ -441,34 +576,17 @@ impl VaultStore for SqliteStore {
         self.pool
             .write(move |tx| {
                 check_order_change(tx, &c)?;
-                {
-                    let mut exists = tx
-                        .prepare_cached("SELECT 1 FROM cards WHERE id = ?1")
-                        .db()?;
-                    let mut known = tx
-                        .prepare_cached(
-                            "SELECT 1 FROM cards WHERE tenant = ?1 AND blind_index = ?2",
-                        )
-                        .db()?;
-                    let mut ids = HashSet::new();
-                    let mut indexes = HashSet::new();
-                    for card in &cards {
-                        if !ids.insert(card.id)
-                            || exists.exists(params![card.id.as_bytes()]).db()?
-                        {
-                            return Err(Error::conflict("card", card.id, "id already stored"));
-                        }
-                        let index = card.blind_index.as_bytes();
-                        if !indexes.insert(card.blind_index)
-                            || known.exists(params![tenant, index]).db()?
-                        {
-                            return Err(Error::conflict(
-                                "card",
-                                card.id,
-                                "blind index already stored",
-                            ));
-                        }
+                check_keys(tx, &tenant, cards.iter().map(|card| card.key_id))?;
+                check_ids_new(tx, &cards)?;
+                let mut indexes = HashSet::new();
+                let mut positions = Vec::new();
+                for (i, card) in cards.iter().enumerate() {
+                    if holds_index_of(tx, &tenant, card)? || !indexes.insert(card.blind_index) {
+                        positions.push(i);
                     }
+                }
+                if !positions.is_empty() {
+                    return Err(Error::DuplicateCards { positions });
                 }
                 for card in &cards {
                     insert_card(tx, &tenant, card, now)?;
@@ -503,20 +621,7 @@ impl VaultStore for SqliteStore {
 
     async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32> {
         let tenant = tenant.as_str().to_owned();
-        self.pool
-            .write(move |tx| {
-                let n = tx
-                    .prepare_cached(
-                        "UPDATE cards SET state = 'available', order_id = NULL, until = NULL,
-                                          hold_seq = NULL
-                         WHERE order_id = ?1 AND tenant = ?2 AND state = 'reserved'",
-                    )
-                    .db()?
-                    .execute(params![order.as_bytes(), tenant])
-                    .db()?;
-                Ok(count(n))
-            })
-            .await
+        self.pool.write(move |tx| release(tx, &tenant, order)).await
     }
 
     async fn order_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<StoredCard>> {
@@ -619,6 +724,7 @@ impl VaultStore for SqliteStore {
                 if uint32(stored, "card key id")? != expected_key.0 {
                     return Err(Error::conflict("card", card, "sealed with another key"));
                 }
+                check_keys(tx, &tenant, [key_id])?;
                 tx.prepare_cached(
                     "UPDATE cards SET code = ?2, secret = ?3, key_id = ?4 WHERE id = ?1",
                 )
@@ -628,5 +734,131 @@ impl VaultStore for SqliteStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn cards_to_reindex(
+        &self,
+        tenant: &TenantId,
+        scheme: IndexScheme,
+        limit_to: usize,
+    ) -> Result<Vec<StoredCard>> {
+        // One query per scheme, each with the partial index of the schemes before it: a new
+        // scheme needs its own (this match fails to compile until it has one).
+        let filter = match scheme {
+            IndexScheme::Legacy => return Ok(Vec::new()),
+            IndexScheme::Nfkc => CARDS_BEFORE_NFKC,
+        };
+        let tenant = tenant.as_str().to_owned();
+        let n = limit(limit_to);
+        self.pool
+            .read(move |tx| cards_where(tx, filter, params![tenant, n]))
+            .await
+    }
+
+    async fn reindex_cards(
+        &self,
+        tenant: &TenantId,
+        changes: &[IndexChange],
+    ) -> Result<Vec<Reindexed>> {
+        let tenant = tenant.as_str().to_owned();
+        let changes = changes.to_vec();
+        self.pool
+            .write(move |tx| {
+                let mut out = Vec::with_capacity(changes.len());
+                for change in &changes {
+                    let held: Option<[u8; 32]> = tx
+                        .prepare_cached(
+                            "SELECT blind_index FROM cards WHERE id = ?1 AND tenant = ?2",
+                        )
+                        .db()?
+                        .query_row(params![change.card.as_bytes(), tenant], |r| r.get(0))
+                        .optional()
+                        .db()?;
+                    if held.map(BlindIndex::from_bytes) != Some(change.from) {
+                        out.push(Reindexed::Stale);
+                        continue;
+                    }
+                    let scheme = change.scheme.as_u8();
+                    let answer = match holder_of(tx, &tenant, &change.to)? {
+                        Some(holder) if holder != change.card => {
+                            // One code: the card keeps its index, so it still holds one.
+                            tx.prepare_cached("UPDATE cards SET index_scheme = ?2 WHERE id = ?1")
+                                .db()?
+                                .execute(params![change.card.as_bytes(), scheme])
+                                .db()?;
+                            Reindexed::Duplicate { holder }
+                        }
+                        _ => {
+                            tx.prepare_cached(
+                                "UPDATE cards SET blind_index = ?2, index_scheme = ?3
+                                 WHERE id = ?1",
+                            )
+                            .db()?
+                            .execute(params![
+                                change.card.as_bytes(),
+                                change.to.as_bytes(),
+                                scheme
+                            ])
+                            .db()?;
+                            Reindexed::Moved
+                        }
+                    };
+                    out.push(answer);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn withdraw_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[CardId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        let tenant = tenant.as_str().to_owned();
+        let cards = cards.to_vec();
+        let now = ts(now)?;
+        self.pool
+            .write(move |tx| {
+                let mut withdrawn = Vec::new();
+                for id in cards {
+                    if withdraw(tx, &tenant, id, now)? {
+                        withdrawn.push(id);
+                    }
+                }
+                Ok(withdrawn)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rusqlite::{Connection, params};
+
+    use super::{CARD_COLUMNS, CARDS_BEFORE_NFKC};
+
+    /// The plan of `sql` on a new database, one line per step.
+    fn plan(sql: &str, params: impl rusqlite::Params) -> String {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::migrate::migrate(&mut conn).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps: Vec<String> = stmt
+            .query_map(params, |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    #[test]
+    fn cards_to_reindex_reads_its_partial_index_in_card_order() {
+        let sql = format!("SELECT {CARD_COLUMNS} FROM cards WHERE {CARDS_BEFORE_NFKC}");
+        let plan = plan(&sql, params!["t", 10]);
+        assert!(plan.contains("USING INDEX cards_to_reindex"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "sorted by the index: {plan}");
     }
 }

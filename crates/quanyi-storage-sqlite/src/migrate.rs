@@ -10,6 +10,7 @@ use crate::convert::{SqlResult, ts};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_orders_updated_at.sql"),
+    include_str!("../migrations/0003_withdrawn_cards_index_schemes_notice_repeats.sql"),
 ];
 
 /// The schema version this build writes and reads.

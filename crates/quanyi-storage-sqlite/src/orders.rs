@@ -8,7 +8,7 @@ use quanyi_storage::{Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Re
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
-use crate::cards::{free_cards, reserve};
+use crate::cards::{free_cards, release, reserve};
 use crate::convert::{SqlResult, from_doc, int, limit, to_doc, ts, uint, uuid};
 use crate::logs::{EventRow, check_events_new, event_rows, insert_events};
 
@@ -266,6 +266,18 @@ impl OrderStore for SqliteStore {
             .write(move |tx| {
                 check_order_change(tx, &c)?;
                 apply_order_change(tx, &c)
+            })
+            .await
+    }
+
+    async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
+        let c = change_row(&change)?;
+        self.pool
+            .write(move |tx| {
+                check_order_change(tx, &c)?;
+                let released = release(tx, &c.order.tenant, c.order.id)?;
+                apply_order_change(tx, &c)?;
+                Ok(released)
             })
             .await
     }

@@ -1,18 +1,54 @@
-//! Payment notices, recorded once with the order change, card sales and job they carry.
+//! Payment notices, recorded once with the order change, card sales and job they carry, and
+//! the conflicting repeats kept for reconciliation.
+//!
+//! Both live in `payment_notices`: a notice recorded by `record_payment` has the claim `''`
+//! (its transaction's row, unique per tenant, provider and transaction id); a conflicting
+//! repeat has the claim it makes (order and amount), so it is kept once per claim. Both take
+//! `seq` from the table's one sequence, which is the order notices to reconcile are listed in.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, TenantId};
 use quanyi_storage::{
-    Error, NoticeDisposition, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Result,
+    CONFLICTING_REPEAT, Error, NoticeDisposition, PaymentNotice, PaymentStore, PaymentWrite,
+    RecordOutcome, Result,
 };
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
 use crate::cards::{is_held_by, sell_held};
 use crate::convert::{SqlResult, from_doc, limit, to_doc, ts};
 use crate::jobs::{JobRow, enqueue, job_row};
 use crate::orders::{ChangeRow, apply_order_change, change_row, check_order_change};
+
+/// The document of the notice recorded for a transaction, if any.
+fn recorded(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    provider: &str,
+    transaction_id: &str,
+) -> Result<Option<String>> {
+    tx.prepare_cached(
+        "SELECT doc FROM payment_notices
+         WHERE tenant = ?1 AND provider = ?2 AND transaction_id = ?3 AND claim = ''",
+    )
+    .db()?
+    .query_row(params![tenant, provider, transaction_id], |r| r.get(0))
+    .optional()
+    .db()
+}
+
+/// What a conflicting repeat claims, as its unique key: the order and the exact amount.
+fn claim(notice: &PaymentNotice) -> String {
+    let currency = notice.amount.currency();
+    format!(
+        "{} {} {} {}",
+        notice.order,
+        notice.amount.minor(),
+        currency.code(),
+        currency.exponent()
+    )
+}
 
 #[async_trait]
 impl PaymentStore for SqliteStore {
@@ -33,16 +69,7 @@ impl PaymentStore for SqliteStore {
         let now = ts(now)?;
         self.pool
             .write(move |tx| {
-                let first: Option<String> = tx
-                    .prepare_cached(
-                        "SELECT doc FROM payment_notices
-                         WHERE tenant = ?1 AND provider = ?2 AND transaction_id = ?3",
-                    )
-                    .db()?
-                    .query_row(params![tenant, provider, transaction_id], |r| r.get(0))
-                    .optional()
-                    .db()?;
-                if let Some(first) = first {
+                if let Some(first) = recorded(tx, &tenant, &provider, &transaction_id)? {
                     return Ok(RecordOutcome::Duplicate(from_doc(
                         &first,
                         "payment notice",
@@ -92,16 +119,55 @@ impl PaymentStore for SqliteStore {
         let transaction_id = transaction_id.to_owned();
         self.pool
             .read(move |tx| {
-                let doc: Option<String> = tx
+                recorded(tx, &tenant, &provider, &transaction_id)?
+                    .map(|d| from_doc(&d, "payment notice"))
+                    .transpose()
+            })
+            .await
+    }
+
+    async fn flag_conflicting_notice(&self, notice: &PaymentNotice) -> Result<bool> {
+        let tenant = notice.tenant.as_str().to_owned();
+        let provider = notice.provider.clone();
+        let transaction_id = notice.transaction_id.clone();
+        let (order, amount) = (notice.order, notice.amount);
+        let claim = claim(notice);
+        let mut kept = notice.clone();
+        kept.disposition = NoticeDisposition::Reconcile {
+            reason: CONFLICTING_REPEAT.to_owned(),
+        };
+        let doc = to_doc(&kept, "payment notice")?;
+        self.pool
+            .write(move |tx| {
+                let first = recorded(tx, &tenant, &provider, &transaction_id)?
+                    .ok_or_else(|| Error::not_found("payment notice", &transaction_id))?;
+                let first: PaymentNotice = from_doc(&first, "payment notice")?;
+                if first.order == order && first.amount == amount {
+                    return Err(Error::Invalid(
+                        "the notice repeats the recorded order and amount".into(),
+                    ));
+                }
+                let kept_before = tx
                     .prepare_cached(
-                        "SELECT doc FROM payment_notices
-                         WHERE tenant = ?1 AND provider = ?2 AND transaction_id = ?3",
+                        "SELECT 1 FROM payment_notices
+                         WHERE tenant = ?1 AND provider = ?2 AND transaction_id = ?3
+                           AND claim = ?4",
                     )
                     .db()?
-                    .query_row(params![tenant, provider, transaction_id], |r| r.get(0))
-                    .optional()
+                    .exists(params![tenant, provider, transaction_id, claim])
                     .db()?;
-                doc.map(|d| from_doc(&d, "payment notice")).transpose()
+                if kept_before {
+                    return Ok(false);
+                }
+                tx.prepare_cached(
+                    "INSERT INTO payment_notices
+                         (tenant, provider, transaction_id, claim, reconcile, doc)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                )
+                .db()?
+                .execute(params![tenant, provider, transaction_id, claim, doc])
+                .db()?;
+                Ok(true)
             })
             .await
     }

@@ -1,13 +1,15 @@
-//! The wrapped key ring of each tenant and its encryption counters.
+//! The wrapped key ring of each tenant, its encryption counters, and destroying a data key.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use quanyi_core::TenantId;
-use quanyi_storage::{Error, KeyRingStore, Result};
+use quanyi_storage::{DestroyOutcome, Error, KeyRingStore, Result};
 use quanyi_vault::{KeyId, KeyState, WrappedKeyRing};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
-use crate::convert::{SqlResult, from_doc, int, to_doc, uint};
+use crate::cards::{shred_sealed_with, withdraw_sealed_with};
+use crate::convert::{SqlResult, from_doc, int, to_doc, ts, uint};
 
 /// The stored ring and its version.
 fn load(tx: &Transaction<'_>, tenant: &str) -> Result<Option<(WrappedKeyRing, u64)>> {
@@ -19,6 +21,29 @@ fn load(tx: &Transaction<'_>, tenant: &str) -> Result<Option<(WrappedKeyRing, u6
         .db()?;
     row.map(|(doc, v)| Ok((from_doc(&doc, "key ring")?, uint(v, "key ring version")?)))
         .transpose()
+}
+
+/// The tenant's active data key as its stored ring says; `None` without a ring.
+pub(crate) fn active_key(tx: &Transaction<'_>, tenant: &str) -> Result<Option<KeyId>> {
+    Ok(load(tx, tenant)?.map(|(ring, _)| ring.active))
+}
+
+/// `NotFound` without a ring, `Conflict` when its version is not `expected`; otherwise the
+/// version that follows it.
+fn next_version(tx: &Transaction<'_>, tenant: &TenantId, expected: u64) -> Result<u64> {
+    let stored: Option<i64> = tx
+        .prepare_cached("SELECT version FROM key_rings WHERE tenant = ?1")
+        .db()?
+        .query_row(params![tenant.as_str()], |r| r.get(0))
+        .optional()
+        .db()?;
+    let stored = stored.ok_or_else(|| Error::not_found("key ring", tenant))?;
+    if uint(stored, "key ring version")? != expected {
+        return Err(Error::conflict("key ring", tenant, "stale version"));
+    }
+    expected
+        .checked_add(1)
+        .ok_or_else(|| Error::Invalid("key ring version overflows".into()))
 }
 
 fn store(tx: &Transaction<'_>, tenant: &str, ring: &str, version: u64) -> Result<()> {
@@ -69,21 +94,39 @@ impl KeyRingStore for SqliteStore {
         let doc = to_doc(ring, "key ring")?;
         self.pool
             .write(move |tx| {
-                let stored: Option<i64> = tx
-                    .prepare_cached("SELECT version FROM key_rings WHERE tenant = ?1")
-                    .db()?
-                    .query_row(params![tenant.as_str()], |r| r.get(0))
-                    .optional()
-                    .db()?;
-                let stored = stored.ok_or_else(|| Error::not_found("key ring", &tenant))?;
-                if uint(stored, "key ring version")? != expected_version {
-                    return Err(Error::conflict("key ring", &tenant, "stale version"));
-                }
-                let next = expected_version
-                    .checked_add(1)
-                    .ok_or_else(|| Error::Invalid("key ring version overflows".into()))?;
+                let next = next_version(tx, &tenant, expected_version)?;
                 store(tx, tenant.as_str(), &doc, next)?;
                 Ok(next)
+            })
+            .await
+    }
+
+    async fn destroy_key(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        key: KeyId,
+        now: DateTime<Utc>,
+    ) -> Result<DestroyOutcome> {
+        if ring.key_state(key) != Some(KeyState::Destroyed) {
+            return Err(Error::Invalid(format!(
+                "ring does not mark {key} destroyed"
+            )));
+        }
+        let tenant = ring.tenant.clone();
+        let doc = to_doc(ring, "key ring")?;
+        let now = ts(now)?;
+        self.pool
+            .write(move |tx| {
+                let version = next_version(tx, &tenant, expected_version)?;
+                let withdrawn = withdraw_sealed_with(tx, tenant.as_str(), key, now)?;
+                let shredded = shred_sealed_with(tx, tenant.as_str(), key)?;
+                store(tx, tenant.as_str(), &doc, version)?;
+                Ok(DestroyOutcome {
+                    version,
+                    shredded,
+                    withdrawn,
+                })
             })
             .await
     }

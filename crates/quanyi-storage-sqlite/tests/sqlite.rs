@@ -10,7 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
 use quanyi_core::{ErrorKind, OrderId};
 use quanyi_goods::PurchaseLimits;
-use quanyi_storage::{CardState, GoodsStore, JobStore, OrderStore, Store, VaultStore};
+use quanyi_storage::{
+    CardState, GoodsStore, JobStore, KeyRingStore, OrderStore, Store, VaultStore,
+};
 use quanyi_storage_sqlite::{SCHEMA_VERSION, SqliteStore};
 use quanyi_testkit::fixtures;
 
@@ -142,6 +144,10 @@ where
     let db = TempDb::new();
     let store = Arc::new(SqliteStore::open(db.path()).await.unwrap());
     let tenant = quanyi_core::TenantId::new("t-corrupt").unwrap();
+    store
+        .insert_key_ring(&fixtures::key_ring(&tenant))
+        .await
+        .unwrap();
     let goods = fixtures::card_goods(&tenant, PurchaseLimits::default());
     store.insert_goods(&goods, &[]).await.unwrap();
     let (order, _) = fixtures::order(&goods, &fixtures::member("mo"), 1);
@@ -185,6 +191,11 @@ async fn stored_data_that_does_not_decode_is_corrupt() {
         },
     )
     .await;
+    check_corrupt("UPDATE cards SET index_scheme = 9", |s| async move {
+        s.cards_sealed_with(&tenant(), quanyi_vault::KeyId(1), 10)
+            .await
+    })
+    .await;
     check_corrupt("UPDATE cards SET id = x'00'", |s| async move {
         s.cards_sealed_with(&tenant(), quanyi_vault::KeyId(1), 10)
             .await
@@ -200,7 +211,7 @@ async fn stored_data_that_does_not_decode_is_corrupt() {
 async fn instants_read_back_to_the_nanosecond() {
     let db = TempDb::new();
     let store = SqliteStore::open(db.path()).await.unwrap();
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&store).await;
     let sku = fixtures::first_sku(&fixtures::card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &fixtures::cards(sku, 1), t0())

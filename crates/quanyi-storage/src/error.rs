@@ -54,6 +54,21 @@ pub enum Error {
         /// Quantity in this order.
         requested: u32,
     },
+    /// Cards were sealed with a data key that is not the tenant's active key when the write
+    /// would commit (it was rotated, retired or destroyed meanwhile): nothing was written. Seal
+    /// them again under the active key.
+    #[error("data key {key} is not the active key")]
+    KeyNotActive {
+        /// The key id.
+        key: String,
+    },
+    /// Cards bought for an order repeat card keys the tenant already holds (or repeat each
+    /// other): nothing was written.
+    #[error("{} card(s) repeat keys already held", positions.len())]
+    DuplicateCards {
+        /// Their positions in the input slice.
+        positions: Vec<usize>,
+    },
     /// A data key has reached its encryption limit and must be rotated.
     #[error("data key {key} has reached its encryption limit")]
     KeyExhausted {
@@ -82,7 +97,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::Conflict { .. } | Error::KeyNotActive { .. } | Error::DuplicateCards { .. } => {
+                ErrorKind::Conflict
+            }
             Error::OutOfStock { .. }
             | Error::MemberLimitExceeded { .. }
             | Error::KeyExhausted { .. } => ErrorKind::Exhausted,

@@ -16,12 +16,15 @@ use quanyi_core::{
 };
 use quanyi_goods::Goods;
 use quanyi_order::{Order, OrderStatus};
-use quanyi_vault::{BlindIndex, KeyId, KeyState, SealedCard, WrappedKeyRing};
+use quanyi_vault::{
+    BlindIndex, IndexScheme, KeyId, KeyState, SealedCard, SealedValue, WrappedKeyRing,
+};
 use smallvec::SmallVec;
 
 use crate::model::{
-    AuditRecord, CardState, HeldCard, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob,
-    NewOrder, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, StockCount, StoredCard,
+    AuditRecord, CONFLICTING_REPEAT, CardState, DestroyOutcome, HeldCard, IndexChange,
+    InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder, NoticeDisposition, OrderChange,
+    PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
 };
 use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
@@ -46,12 +49,13 @@ struct State {
     cards: IdMap<CardId, StoredCard>,
     pools: Map<Key<SkuId>, Pool>,
     order_cards: Map<Key<OrderId>, Vec<CardId>>,
-    blind: Set<Key<BlindIndex>>,
+    /// Every blind index a tenant holds, with the card that holds it.
+    blind: Map<Key<BlindIndex>, CardId>,
     rings: Map<TenantId, (WrappedKeyRing, u64)>,
     notices: Map<NoticeKey, NoticeRow>,
-    /// The notices kept for reconciliation (not applied), in the order they came. Notices are
-    /// never changed once recorded.
-    to_reconcile: Vec<NoticeKey>,
+    /// The notices kept for reconciliation (not applied), in the order they came: recorded
+    /// notices by key, conflicting repeats in full. Notices are never changed once recorded.
+    to_reconcile: Vec<Reconcile>,
     events: EventLog,
     event_pos: EventIndex,
     /// Positions in `events` by aggregate; the key shares the envelope's strings. An order's
@@ -188,6 +192,14 @@ type AggregateKey = (TenantId, Cow<'static, str>, Arc<str>);
 
 /// A payment notice's identity: tenant, provider, transaction id.
 type NoticeKey = (TenantId, Arc<str>, Arc<str>);
+
+/// A notice kept for reconciliation.
+enum Reconcile {
+    /// A recorded notice that was not applied.
+    Recorded(NoticeKey),
+    /// A repeat of a recorded transaction with another order or amount.
+    Conflict(PaymentNotice),
+}
 
 /// A recorded payment notice without the names its key holds.
 struct NoticeRow {
@@ -402,6 +414,7 @@ fn available(tenant: &TenantId, c: &NewCard, now: DateTime<Utc>) -> StoredCard {
         sku: c.sku,
         batch: c.batch,
         blind_index: c.blind_index,
+        index_scheme: c.index_scheme,
         sealed: c.sealed.clone(),
         key_id: c.key_id,
         state: CardState::Available,
@@ -602,7 +615,7 @@ impl State {
             CardState::Reserved { until, .. } => {
                 pool.held.remove(&(until, id));
             }
-            CardState::Sold { .. } => {}
+            CardState::Sold { .. } | CardState::Withdrawn { .. } => {}
         }
         match state {
             CardState::Available => {
@@ -612,7 +625,82 @@ impl State {
                 pool.held.insert((until, id));
             }
             CardState::Sold { .. } => pool.sold += 1,
+            CardState::Withdrawn { .. } => {}
         }
+    }
+
+    /// True when the tenant's active data key is `key`.
+    fn is_active_key(&self, tenant: &TenantId, key: KeyId) -> bool {
+        self.rings
+            .get(tenant)
+            .is_some_and(|(ring, _)| ring.active == key)
+    }
+
+    /// Refuses cards sealed with a key that is not the tenant's active one.
+    fn check_keys(&self, tenant: &TenantId, cards: &[NewCard]) -> Result<()> {
+        match cards.iter().find(|c| !self.is_active_key(tenant, c.key_id)) {
+            Some(c) => Err(Error::KeyNotActive {
+                key: c.key_id.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// True when the tenant holds the card's index or legacy index.
+    fn holds_index_of(&self, tenant: &TenantId, c: &NewCard) -> bool {
+        std::iter::once(c.blind_index)
+            .chain(c.legacy_index)
+            .any(|i| self.blind.contains_key(&(tenant.clone(), i)))
+    }
+
+    /// Takes an unsold card out of sale; false when it is sold, withdrawn or unknown.
+    fn withdraw(&mut self, tenant: &TenantId, id: CardId, now: DateTime<Utc>) -> bool {
+        let Some(card) = self.cards.get(&id).filter(|c| &c.tenant == tenant) else {
+            return false;
+        };
+        let holder = match card.state {
+            CardState::Available => None,
+            CardState::Reserved { order, .. } => Some(order),
+            CardState::Sold { .. } | CardState::Withdrawn { .. } => return false,
+        };
+        self.set_card_state(id, CardState::Withdrawn { at: now });
+        if let Some(order) = holder {
+            let key = (tenant.clone(), order);
+            if let Some(ids) = self.order_cards.get_mut(&key) {
+                ids.retain(|c| *c != id);
+                if ids.is_empty() {
+                    self.order_cards.remove(&key);
+                }
+            }
+        }
+        true
+    }
+
+    /// Returns the order's reserved cards to stock; answers how many.
+    fn release(&mut self, tenant: &TenantId, order: OrderId) -> u32 {
+        let key = (tenant.clone(), order);
+        let Some(ids) = self.order_cards.remove(&key) else {
+            return 0;
+        };
+        let mut released = 0u32;
+        let mut kept = Vec::new();
+        for id in ids {
+            let Some(card) = self.cards.get(&id) else {
+                continue;
+            };
+            match card.state {
+                CardState::Reserved { order: o, .. } if o == order => {
+                    self.set_card_state(id, CardState::Available);
+                    released = released.saturating_add(1);
+                }
+                CardState::Sold { order: o, .. } if o == order => kept.push(id),
+                _ => {}
+            }
+        }
+        if !kept.is_empty() {
+            self.order_cards.insert(key, kept);
+        }
+        released
     }
 
     /// Up to `n` free cards of a SKU at `now`, oldest first, skipping `exclude`.
@@ -833,6 +921,17 @@ impl OrderStore for MemoryStore {
         Ok(())
     }
 
+    async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
+        let staged = Staged::of(change.order, change.events);
+        let mut s = self.state.lock();
+        s.check_order_change(&change)?;
+        let released = s.release(change.order.tenant(), change.order.id());
+        let replaced = s.apply_order_change(staged);
+        drop(s);
+        drop(replaced);
+        Ok(released)
+    }
+
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {
         let shared = self.state.lock().orders.get(&(tenant.clone(), id)).cloned();
         Ok(shared.map(|o| Order::clone(&o)))
@@ -908,6 +1007,7 @@ impl VaultStore for MemoryStore {
         now: DateTime<Utc>,
     ) -> Result<InsertCardsOutcome> {
         let mut s = self.state.lock();
+        s.check_keys(tenant, cards)?;
         let mut ids = HashSet::with_capacity(cards.len());
         if let Some(c) = cards
             .iter()
@@ -918,7 +1018,7 @@ impl VaultStore for MemoryStore {
         let mut outcome = InsertCardsOutcome::default();
         let mut seen = HashSet::new();
         for (i, c) in cards.iter().enumerate() {
-            if s.blind.contains(&(tenant.clone(), c.blind_index)) || !seen.insert(c.blind_index) {
+            if s.holds_index_of(tenant, c) || !seen.insert(c.blind_index) {
                 outcome.duplicates.push(i);
                 continue;
             }
@@ -929,7 +1029,7 @@ impl VaultStore for MemoryStore {
             if dup.contains(&i) {
                 continue;
             }
-            s.blind.insert((tenant.clone(), c.blind_index));
+            s.blind.insert((tenant.clone(), c.blind_index), c.id);
             s.pools
                 .entry((tenant.clone(), c.sku))
                 .or_default()
@@ -1030,20 +1130,26 @@ impl VaultStore for MemoryStore {
             return Err(Error::Invalid("order of another tenant".into()));
         }
         s.check_order_change(&change)?;
+        s.check_keys(tenant, cards)?;
         let mut ids = Set::default();
         let mut indexes = Set::default();
-        for c in cards {
+        let mut duplicates = Vec::new();
+        for (i, c) in cards.iter().enumerate() {
             if s.cards.contains_key(&c.id) || !ids.insert(c.id) {
                 return Err(Error::conflict("card", c.id, "id already stored"));
             }
-            if s.blind.contains(&(tenant.clone(), c.blind_index)) || !indexes.insert(c.blind_index)
-            {
-                return Err(Error::conflict("card", c.id, "blind index already stored"));
+            if s.holds_index_of(tenant, c) || !indexes.insert(c.blind_index) {
+                duplicates.push(i);
             }
+        }
+        if !duplicates.is_empty() {
+            return Err(Error::DuplicateCards {
+                positions: duplicates,
+            });
         }
         let order = change.order.id();
         for c in cards {
-            s.blind.insert((tenant.clone(), c.blind_index));
+            s.blind.insert((tenant.clone(), c.blind_index), c.id);
             s.cards.insert(c.id, available(tenant, c, now));
             s.set_card_state(c.id, CardState::Sold { order, at: now });
             s.order_cards
@@ -1079,30 +1185,7 @@ impl VaultStore for MemoryStore {
     }
 
     async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32> {
-        let mut s = self.state.lock();
-        let key = (tenant.clone(), order);
-        let Some(ids) = s.order_cards.remove(&key) else {
-            return Ok(0);
-        };
-        let mut released = 0u32;
-        let mut kept = Vec::new();
-        for id in ids {
-            let Some(card) = s.cards.get(&id) else {
-                continue;
-            };
-            match card.state {
-                CardState::Reserved { order: o, .. } if o == order => {
-                    s.set_card_state(id, CardState::Available);
-                    released = released.saturating_add(1);
-                }
-                CardState::Sold { order: o, .. } if o == order => kept.push(id),
-                _ => {}
-            }
-        }
-        if !kept.is_empty() {
-            s.order_cards.insert(key, kept);
-        }
-        Ok(released)
+        Ok(self.state.lock().release(tenant, order))
     }
 
     async fn order_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<StoredCard>> {
@@ -1171,15 +1254,90 @@ impl VaultStore for MemoryStore {
         let mut s = self.state.lock();
         let stored = s
             .cards
-            .get_mut(&card)
+            .get(&card)
             .filter(|c| &c.tenant == tenant)
             .ok_or_else(|| Error::not_found("card", card))?;
         if stored.key_id != expected_key {
             return Err(Error::conflict("card", card, "sealed with another key"));
         }
-        stored.sealed = sealed.clone();
-        stored.key_id = key_id;
+        if !s.is_active_key(tenant, key_id) {
+            return Err(Error::KeyNotActive {
+                key: key_id.to_string(),
+            });
+        }
+        if let Some(stored) = s.cards.get_mut(&card) {
+            stored.sealed = sealed.clone();
+            stored.key_id = key_id;
+        }
         Ok(())
+    }
+
+    async fn cards_to_reindex(
+        &self,
+        tenant: &TenantId,
+        scheme: IndexScheme,
+        limit: usize,
+    ) -> Result<Vec<StoredCard>> {
+        let s = self.state.lock();
+        let mut out: Vec<StoredCard> = s
+            .cards
+            .values()
+            .filter(|c| &c.tenant == tenant && c.index_scheme < scheme)
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| c.id);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn reindex_cards(
+        &self,
+        tenant: &TenantId,
+        changes: &[IndexChange],
+    ) -> Result<Vec<Reindexed>> {
+        let mut s = self.state.lock();
+        let mut out = Vec::with_capacity(changes.len());
+        for change in changes {
+            let current = s
+                .cards
+                .get(&change.card)
+                .filter(|c| &c.tenant == tenant && c.blind_index == change.from);
+            if current.is_none() {
+                out.push(Reindexed::Stale);
+                continue;
+            }
+            let to = (tenant.clone(), change.to);
+            let answer = match s.blind.get(&to).copied() {
+                Some(holder) if holder != change.card => Reindexed::Duplicate { holder },
+                _ => {
+                    s.blind.remove(&(tenant.clone(), change.from));
+                    s.blind.insert(to, change.card);
+                    Reindexed::Moved
+                }
+            };
+            if let Some(card) = s.cards.get_mut(&change.card) {
+                if answer == Reindexed::Moved {
+                    card.blind_index = change.to;
+                }
+                card.index_scheme = change.scheme;
+            }
+            out.push(answer);
+        }
+        Ok(out)
+    }
+
+    async fn withdraw_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[CardId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        let mut s = self.state.lock();
+        Ok(cards
+            .iter()
+            .copied()
+            .filter(|id| s.withdraw(tenant, *id, now))
+            .collect())
     }
 }
 
@@ -1213,6 +1371,55 @@ impl KeyRingStore for MemoryStore {
         }
         *stored = (ring.clone(), expected_version + 1);
         Ok(stored.1)
+    }
+
+    async fn destroy_key(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        key: KeyId,
+        now: DateTime<Utc>,
+    ) -> Result<DestroyOutcome> {
+        if ring.key_state(key) != Some(KeyState::Destroyed) {
+            return Err(Error::Invalid(format!(
+                "ring does not mark {key} destroyed"
+            )));
+        }
+        let mut s = self.state.lock();
+        let stored = s
+            .rings
+            .get(&ring.tenant)
+            .ok_or_else(|| Error::not_found("key ring", &ring.tenant))?;
+        if stored.1 != expected_version {
+            return Err(Error::conflict("key ring", &ring.tenant, "stale version"));
+        }
+        let tenant = &ring.tenant;
+        let sealed: Vec<CardId> = s
+            .cards
+            .values()
+            .filter(|c| &c.tenant == tenant && c.key_id == key)
+            .map(|c| c.id)
+            .collect();
+        let mut outcome = DestroyOutcome {
+            version: expected_version + 1,
+            shredded: 0,
+            withdrawn: 0,
+        };
+        for id in sealed {
+            if s.withdraw(tenant, id, now) {
+                outcome.withdrawn += 1;
+            }
+            if let Some(card) = s.cards.get_mut(&id) {
+                card.sealed = SealedCard {
+                    code: SealedValue::from_bytes(Vec::new()),
+                    secret: None,
+                };
+                outcome.shredded += 1;
+            }
+        }
+        s.rings
+            .insert(tenant.clone(), (ring.clone(), outcome.version));
+        Ok(outcome)
     }
 
     async fn reserve_key_uses(
@@ -1297,7 +1504,7 @@ impl PaymentStore for MemoryStore {
             s.enqueue(job, now);
         }
         if !matches!(notice.disposition, crate::NoticeDisposition::Applied) {
-            s.to_reconcile.push(key.clone());
+            s.to_reconcile.push(Reconcile::Recorded(key.clone()));
         }
         s.notices.insert(key, NoticeRow::of(notice));
         drop(s);
@@ -1324,6 +1531,43 @@ impl PaymentStore for MemoryStore {
             .map(|(key, row)| row.notice(key)))
     }
 
+    async fn flag_conflicting_notice(&self, notice: &PaymentNotice) -> Result<bool> {
+        let key: NoticeKey = (
+            notice.tenant.clone(),
+            notice.provider.clone(),
+            notice.transaction_id.clone(),
+        );
+        let mut s = self.state.lock();
+        let first = s
+            .notices
+            .get(&key)
+            .ok_or_else(|| Error::not_found("payment notice", &notice.transaction_id))?;
+        if first.order == notice.order && first.amount == notice.amount {
+            return Err(Error::Invalid(
+                "the notice repeats the recorded order and amount".into(),
+            ));
+        }
+        let seen = s.to_reconcile.iter().any(|r| match r {
+            Reconcile::Conflict(n) => {
+                n.tenant == notice.tenant
+                    && n.provider == notice.provider
+                    && n.transaction_id == notice.transaction_id
+                    && n.order == notice.order
+                    && n.amount == notice.amount
+            }
+            Reconcile::Recorded(_) => false,
+        });
+        if seen {
+            return Ok(false);
+        }
+        let mut kept = notice.clone();
+        kept.disposition = NoticeDisposition::Reconcile {
+            reason: CONFLICTING_REPEAT.to_owned(),
+        };
+        s.to_reconcile.push(Reconcile::Conflict(kept));
+        Ok(true)
+    }
+
     async fn notices_to_reconcile(
         &self,
         tenant: &TenantId,
@@ -1332,8 +1576,13 @@ impl PaymentStore for MemoryStore {
         let s = self.state.lock();
         Ok(s.to_reconcile
             .iter()
-            .filter(|k| &k.0 == tenant)
-            .filter_map(|k| s.notices.get(k).map(|row| row.notice(k)))
+            .filter_map(|r| match r {
+                Reconcile::Recorded(k) if &k.0 == tenant => {
+                    s.notices.get(k).map(|row| row.notice(k))
+                }
+                Reconcile::Conflict(n) if &n.tenant == tenant => Some(n.clone()),
+                _ => None,
+            })
             .take(limit)
             .collect())
     }

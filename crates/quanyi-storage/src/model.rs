@@ -7,11 +7,12 @@ use quanyi_core::{
     AuditId, BatchId, CardId, EventEnvelope, GoodsId, JobId, Money, OrderId, SkuId, TenantId,
 };
 use quanyi_order::Order;
-use quanyi_vault::{BlindIndex, KeyId, SealedCard};
+use quanyi_vault::{BlindIndex, IndexScheme, KeyId, SealedCard};
 use serde::{Deserialize, Serialize};
 
 /// Where a card key stands. A card moves Available -> Reserved -> Sold, or back to Available
-/// when a reservation is released or runs out; Sold is final.
+/// when a reservation is released or runs out; Sold is final. An unsold card can be Withdrawn
+/// (taken out of sale for good), which is final too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum CardState {
@@ -31,13 +32,20 @@ pub enum CardState {
         /// When it was committed.
         at: DateTime<Utc>,
     },
+    /// Taken out of sale for good before it was sold: a duplicate of another card found when
+    /// re-indexing, or sealed with a destroyed data key. Never reserved or sold again; counted in
+    /// no stock figure.
+    Withdrawn {
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl CardState {
     /// The order that holds the card (reserved for it or sold to it), if any.
     pub fn holder(&self) -> Option<OrderId> {
         match self {
-            CardState::Available => None,
+            CardState::Available | CardState::Withdrawn { .. } => None,
             CardState::Reserved { order, .. } | CardState::Sold { order, .. } => Some(*order),
         }
     }
@@ -47,7 +55,7 @@ impl CardState {
         match self {
             CardState::Available => true,
             CardState::Reserved { until, .. } => *until <= now,
-            CardState::Sold { .. } => false,
+            CardState::Sold { .. } | CardState::Withdrawn { .. } => false,
         }
     }
 }
@@ -63,9 +71,16 @@ pub struct NewCard {
     pub batch: BatchId,
     /// Keyed blind index of the normalised code, unique per tenant.
     pub blind_index: BlindIndex,
+    /// How `blind_index` was normalised ([`IndexScheme::CURRENT`] for every new card).
+    pub index_scheme: IndexScheme,
+    /// Another index to check for duplicates, not stored: the card's index under an older
+    /// scheme, while the tenant may still hold cards indexed that way. A card whose legacy index
+    /// the tenant holds is a duplicate too.
+    pub legacy_index: Option<BlindIndex>,
     /// The sealed code and secret.
     pub sealed: SealedCard,
-    /// The data key that sealed it.
+    /// The data key that sealed it. Storage refuses a card sealed with a key that is not the
+    /// tenant's active key when the write commits.
     pub key_id: KeyId,
 }
 
@@ -82,7 +97,9 @@ pub struct StoredCard {
     pub batch: BatchId,
     /// Keyed blind index of the normalised code.
     pub blind_index: BlindIndex,
-    /// The sealed code and secret.
+    /// How `blind_index` was normalised.
+    pub index_scheme: IndexScheme,
+    /// The sealed code and secret (both empty once shredded with a destroyed data key).
     pub sealed: SealedCard,
     /// The data key that sealed it.
     pub key_id: KeyId,
@@ -99,6 +116,46 @@ pub struct InsertCardsOutcome {
     pub inserted: Vec<CardId>,
     /// Positions (in the input slice) of cards whose blind index the tenant already had.
     pub duplicates: Vec<usize>,
+}
+
+/// A card to move to the blind index of a newer scheme (see
+/// [`VaultStore::reindex_cards`](crate::VaultStore::reindex_cards)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexChange {
+    /// The card.
+    pub card: CardId,
+    /// The index the card holds now; the change is skipped when it holds another.
+    pub from: BlindIndex,
+    /// Its index under `scheme`.
+    pub to: BlindIndex,
+    /// The scheme `to` was computed with.
+    pub scheme: IndexScheme,
+}
+
+/// What [`VaultStore::reindex_cards`](crate::VaultStore::reindex_cards) did with one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reindexed {
+    /// The card holds `to` now, under the new scheme.
+    Moved,
+    /// Another card of the tenant holds `to`: the two are one code. The card keeps `from`
+    /// (so no card is ever without an index) and is marked with the new scheme.
+    Duplicate {
+        /// The card that holds `to`.
+        holder: CardId,
+    },
+    /// The card is gone or no longer holds `from`; nothing changed.
+    Stale,
+}
+
+/// What [`KeyRingStore::destroy_key`](crate::KeyRingStore::destroy_key) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DestroyOutcome {
+    /// The ring's version after the write.
+    pub version: u64,
+    /// Cards whose sealed values were emptied.
+    pub shredded: u64,
+    /// Of those, the unsold ones, now withdrawn.
+    pub withdrawn: u64,
 }
 
 /// Card-key stock of one SKU at an instant.
@@ -193,6 +250,11 @@ pub struct OrderChange<'a> {
     pub events: &'a [EventEnvelope],
 }
 
+/// The reason of a notice kept by
+/// [`PaymentStore::flag_conflicting_notice`](crate::PaymentStore::flag_conflicting_notice): it
+/// repeats a recorded transaction id with another order, amount or currency.
+pub const CONFLICTING_REPEAT: &str = "conflicting_repeat";
+
 /// What happened to a payment notice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "disposition", rename_all = "snake_case")]
@@ -202,7 +264,7 @@ pub enum NoticeDisposition {
     /// Kept for reconciliation (对账); it changed no order and delivered nothing.
     Reconcile {
         /// Why: unknown_order, order_expired, order_cancelled, amount_mismatch, currency_mismatch,
-        /// already_paid, not_payable.
+        /// already_paid, not_payable, conflicting_repeat ([`CONFLICTING_REPEAT`]).
         reason: String,
     },
 }
@@ -252,6 +314,16 @@ pub enum AuditAction {
     KeyRetired,
     /// A supplier's callback was taken or refused.
     SupplierCallback,
+    /// A data key was destroyed (it may be compromised); what it sealed was shredded.
+    KeyDestroyed,
+    /// Cards were moved to the blind index of a newer scheme.
+    CardsReindexed,
+    /// Cards were taken out of sale for good.
+    CardsWithdrawn,
+    /// A supplier handed over a card key the shop already holds; it was refused.
+    SupplierDuplicate,
+    /// A payment notice repeated a recorded transaction with another order or amount.
+    NoticeConflict,
 }
 
 /// Whether an audited action was allowed.

@@ -8,12 +8,13 @@ use quanyi_core::{
 };
 use quanyi_goods::Goods;
 use quanyi_order::Order;
-use quanyi_vault::{KeyId, SealedCard, WrappedKeyRing};
+use quanyi_vault::{IndexScheme, KeyId, SealedCard, WrappedKeyRing};
 
 use crate::Result;
 use crate::model::{
-    AuditRecord, HeldCard, InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, NewOrder,
-    OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, StockCount, StoredCard,
+    AuditRecord, DestroyOutcome, HeldCard, IndexChange, InsertCardsOutcome, Job, MemberLimit,
+    NewCard, NewJob, NewOrder, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed,
+    StockCount, StoredCard,
 };
 
 /// Goods and their SKUs, stored as one versioned aggregate.
@@ -88,6 +89,15 @@ pub trait OrderStore: Send + Sync {
     /// `NotFound`, or `Conflict` when the stored version is not `change.expected_version`.
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()>;
 
+    /// Writes a new version of an unpaid order that ends without a sale (expired or cancelled)
+    /// and returns its reserved cards to stock, in one atomic step; returns how many cards were
+    /// released. An order never ends with its cards still held, and no card is released from an
+    /// order that did not end.
+    ///
+    /// # Errors
+    /// As [`update_order`](OrderStore::update_order); nothing is written on any error.
+    async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32>;
+
     /// An order by id.
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>>;
 
@@ -123,9 +133,15 @@ pub trait OrderStore: Send + Sync {
 /// Sealed card keys and their pools.
 #[async_trait]
 pub trait VaultStore: Send + Sync {
-    /// Stores sealed cards as available stock. A card whose blind index the tenant already holds
-    /// (in any SKU and any state, sold included) or that repeats an earlier card of the same call
-    /// is skipped and reported by position; the rest are stored in one atomic step.
+    /// Stores sealed cards as available stock. A card whose blind index (or legacy index, when it
+    /// has one) the tenant already holds (in any SKU and any state, sold and withdrawn included)
+    /// or that repeats an earlier card of the same call is skipped and reported by position; the
+    /// rest are stored in one atomic step.
+    ///
+    /// # Errors
+    /// `KeyNotActive` when a card is sealed with a key that is not the tenant's active key as
+    /// the write commits (also when the tenant has no key ring); `Conflict` when a card id is
+    /// taken. Nothing is written on any error.
     async fn insert_cards(
         &self,
         tenant: &TenantId,
@@ -168,9 +184,10 @@ pub trait VaultStore: Send + Sync {
     /// or deliver cards that were not stored. Blind indexes stay unique per tenant.
     ///
     /// # Errors
-    /// `Conflict` when the order's version is stale, a card id is taken, or a blind index is
-    /// already held by the tenant; `NotFound` for an unknown order. Nothing is written on any
-    /// error.
+    /// `DuplicateCards` with the positions of the cards whose blind index (or legacy index) the
+    /// tenant already holds or that repeat an earlier card of the call; `KeyNotActive` as
+    /// [`insert_cards`](VaultStore::insert_cards); `Conflict` when the order's version is stale
+    /// or a card id is taken; `NotFound` for an unknown order. Nothing is written on any error.
     async fn insert_sold_cards(
         &self,
         tenant: &TenantId,
@@ -205,7 +222,8 @@ pub trait VaultStore: Send + Sync {
     /// Replaces a card's sealed values after resealing.
     ///
     /// # Errors
-    /// `NotFound`, or `Conflict` when the card is no longer sealed with `expected_key`.
+    /// `NotFound`; `Conflict` when the card is no longer sealed with `expected_key`;
+    /// `KeyNotActive` when `key_id` is not the tenant's active key as the write commits.
     async fn replace_sealed(
         &self,
         tenant: &TenantId,
@@ -214,6 +232,46 @@ pub trait VaultStore: Send + Sync {
         sealed: &SealedCard,
         key_id: KeyId,
     ) -> Result<()>;
+
+    /// Up to `limit` cards of a tenant indexed with a scheme older than `scheme`, in card
+    /// order: what re-indexing still has to do. Withdrawn cards are included.
+    ///
+    /// # Errors
+    /// `Unavailable` or `Corrupt` as any read.
+    async fn cards_to_reindex(
+        &self,
+        tenant: &TenantId,
+        scheme: IndexScheme,
+        limit: usize,
+    ) -> Result<Vec<StoredCard>>;
+
+    /// Applies each change on its own, all in one atomic step, and answers for each in input
+    /// order: a card that still holds `from` moves to `to` under the new scheme, or, when another
+    /// card of the tenant holds `to`, keeps `from` and takes the new scheme
+    /// ([`Reindexed::Duplicate`]); a card that no longer holds `from` is left alone. A card always
+    /// has an index.
+    ///
+    /// # Errors
+    /// `Unavailable` as any write; nothing is written on any error.
+    async fn reindex_cards(
+        &self,
+        tenant: &TenantId,
+        changes: &[IndexChange],
+    ) -> Result<Vec<Reindexed>>;
+
+    /// Takes unsold cards (available, or reserved by an unpaid order) out of sale for good at
+    /// `now`: they leave every stock figure, and an order that reserved one no longer holds it
+    /// (it is given another card when paid). Returns the cards withdrawn; sold, withdrawn and
+    /// unknown cards are left alone. Atomic.
+    ///
+    /// # Errors
+    /// `Unavailable` as any write; nothing is written on any error.
+    async fn withdraw_cards(
+        &self,
+        tenant: &TenantId,
+        cards: &[CardId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>>;
 }
 
 /// The wrapped key ring of each tenant and its encryption counters.
@@ -233,6 +291,22 @@ pub trait KeyRingStore: Send + Sync {
     /// # Errors
     /// `NotFound`, or `Conflict` on a stale version.
     async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64>;
+
+    /// Stores `ring`, in which `key` is destroyed, over the version `expected_version`, and in the
+    /// same atomic step shreds every card of the tenant sealed with `key`: its sealed values are
+    /// emptied (so no process can open them again, whatever ring it holds), and unsold ones are
+    /// withdrawn at `now`.
+    ///
+    /// # Errors
+    /// `NotFound`; `Conflict` on a stale version; `Invalid` when `ring` does not mark `key`
+    /// destroyed. Nothing is written on any error.
+    async fn destroy_key(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        key: KeyId,
+        now: DateTime<Utc>,
+    ) -> Result<DestroyOutcome>;
 
     /// Adds `uses` to a data key's encryption counter if it stays within `limit`; bumps the ring's
     /// version; returns the counter after.
@@ -274,7 +348,18 @@ pub trait PaymentStore: Send + Sync {
         transaction_id: &str,
     ) -> Result<Option<PaymentNotice>>;
 
-    /// Notices kept for reconciliation, oldest first.
+    /// Keeps, for reconciliation, a notice that repeats a recorded transaction (same tenant,
+    /// provider and transaction id) with another order, amount or currency: once per
+    /// (tenant, provider, transaction id, order, amount). Its disposition is `Reconcile` with
+    /// the reason [`CONFLICTING_REPEAT`](crate::CONFLICTING_REPEAT); the first record is not
+    /// changed. Returns true when it was not kept before.
+    ///
+    /// # Errors
+    /// `NotFound` when no notice with that transaction id is recorded; `Invalid` when the notice
+    /// names the recorded order and amount (it is a plain repeat).
+    async fn flag_conflicting_notice(&self, notice: &PaymentNotice) -> Result<bool>;
+
+    /// Notices kept for reconciliation, conflicting repeats included, oldest first.
     async fn notices_to_reconcile(
         &self,
         tenant: &TenantId,

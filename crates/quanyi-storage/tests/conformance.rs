@@ -1,4 +1,5 @@
-//! The in-memory adapter runs the whole storage conformance suite.
+//! The in-memory adapter runs the whole storage conformance suite, and the facade's use cases
+//! that depend on the store.
 
 use std::sync::Arc;
 
@@ -10,3 +11,10 @@ async fn memory() -> Option<Harness> {
 }
 
 quanyi_testkit::storage_conformance!(memory);
+
+/// The facade's use cases that depend on the store, on the in-memory store.
+mod shop {
+    use super::memory;
+
+    quanyi_testkit::shop_conformance!(memory);
+}

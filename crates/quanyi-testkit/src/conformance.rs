@@ -48,9 +48,29 @@ pub const CASES: &[&str] = &[
     "key_ring_versions_and_use_limit",
     "reseal_replaces_ciphertext",
     "tenants_are_isolated",
+    "cards_need_the_active_key",
+    "an_import_racing_a_rotation_never_stores_an_old_key",
+    "legacy_indexes_find_stored_cards",
+    "reindex_moves_cards_and_finds_duplicates",
+    "withdrawn_cards_leave_sale_for_good",
+    "a_destroyed_key_shreds_what_it_sealed",
+    "closing_an_unpaid_order_releases_its_cards",
+    "conflicting_notices_are_kept_for_reconciliation",
 ];
 
-fn kind_of<T: std::fmt::Debug>(r: Result<T, Error>) -> quanyi_core::ErrorKind {
+mod keys;
+mod later;
+
+pub use keys::{
+    a_destroyed_key_shreds_what_it_sealed, an_import_racing_a_rotation_never_stores_an_old_key,
+    cards_need_the_active_key, legacy_indexes_find_stored_cards,
+    reindex_moves_cards_and_finds_duplicates, withdrawn_cards_leave_sale_for_good,
+};
+pub use later::{
+    closing_an_unpaid_order_releases_its_cards, conflicting_notices_are_kept_for_reconciliation,
+};
+
+pub(crate) fn kind_of<T: std::fmt::Debug>(r: Result<T, Error>) -> quanyi_core::ErrorKind {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(e) => e.kind(),
@@ -255,7 +275,7 @@ pub async fn member_limit_is_atomic(store: Arc<dyn Store>) {
 
 /// A blind index already held by the tenant, sold or not, or repeated in the batch, is skipped.
 pub async fn duplicate_blind_index_is_skipped(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     let batch = id(BatchId::generate);
@@ -294,7 +314,7 @@ pub async fn duplicate_blind_index_is_skipped(store: Arc<dyn Store>) {
 
 /// Reserving again for the same order returns the same cards and takes no more.
 pub async fn reserve_is_idempotent(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &cards(sku, 5), t0())
@@ -328,7 +348,7 @@ pub async fn reserve_is_idempotent(store: Arc<dyn Store>) {
 
 /// Asking for more than is free is out of stock and reserves nothing.
 pub async fn reserve_out_of_stock_changes_nothing(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &cards(sku, 3), t0())
@@ -359,7 +379,7 @@ pub async fn reserve_out_of_stock_changes_nothing(store: Arc<dyn Store>) {
 
 /// Commit takes the order's reserved cards, repeats return them, and they are sold for good.
 pub async fn commit_is_idempotent_and_final(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &cards(sku, 4), t0())
@@ -418,7 +438,7 @@ pub async fn commit_is_idempotent_and_final(store: Arc<dyn Store>) {
 
 /// Releasing an order's reservation puts its cards back; repeating releases nothing more.
 pub async fn release_returns_cards_to_stock(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &cards(sku, 2), t0())
@@ -452,7 +472,7 @@ pub async fn release_returns_cards_to_stock(store: Arc<dyn Store>) {
 
 /// After its deadline a reservation no longer holds: another order can take the cards.
 pub async fn expired_reservation_is_free_again(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &cards(sku, 1), t0())
@@ -501,7 +521,7 @@ pub async fn expired_reservation_is_free_again(store: Arc<dyn Store>) {
 
 /// A commit after the deadline for more cards than were reserved takes each card once.
 pub async fn late_commit_never_takes_a_card_twice(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
         .insert_cards(&tenant, &cards(sku, 3), t0())
@@ -527,7 +547,7 @@ pub async fn late_commit_never_takes_a_card_twice(store: Arc<dyn Store>) {
 
 /// 50 tasks racing to buy 10 keys: exactly 10 get keys, no key twice, 40 a clean out-of-stock.
 pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     store.insert_goods(&goods, &[]).await.unwrap();
@@ -603,7 +623,7 @@ pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
 /// refused one writes nothing, however the store schedules concurrent writes (a store may run
 /// them together, as the PostgreSQL adapter does).
 pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let scarce = card_goods(&tenant, PurchaseLimits::default());
     let (sku, scarce_sku) = (first_sku(&goods), first_sku(&scarce));
@@ -865,7 +885,7 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
 
 /// Placing an order reserves every SKU's cards and stores the order, or does none of it.
 pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let a = card_goods(&tenant, PurchaseLimits::default());
     let b = card_goods(
         &tenant,
@@ -1020,7 +1040,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
 /// An order priced from goods that changed since (or are gone) is refused as a conflict on the
 /// goods and writes nothing; priced from the current version it is placed.
 pub async fn place_order_checks_goods_versions(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let mut goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     store.insert_goods(&goods, &[]).await.unwrap();
@@ -1099,7 +1119,7 @@ pub async fn place_order_checks_goods_versions(store: Arc<dyn Store>) {
 /// A payment that sells cards sells only cards its order holds, with the notice and the order
 /// change in the same step.
 pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     store
@@ -1186,7 +1206,7 @@ pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
     );
 }
 
-fn pay<'a>(
+pub(crate) fn pay<'a>(
     notice: &'a PaymentNotice,
     change: Option<OrderChange<'a>>,
     sell: &'a [quanyi_core::CardId],
@@ -1200,7 +1220,7 @@ fn pay<'a>(
     }
 }
 
-fn notice(tenant: &TenantId, order: OrderId, txn: &str, minor: i64) -> PaymentNotice {
+pub(crate) fn notice(tenant: &TenantId, order: OrderId, txn: &str, minor: i64) -> PaymentNotice {
     PaymentNotice {
         tenant: tenant.clone(),
         provider: "testpay".into(),
@@ -1329,7 +1349,7 @@ pub async fn payment_with_stale_order_writes_nothing(store: Arc<dyn Store>) {
 /// Cards bought from a supplier are stored sold to their order in the same step as the order
 /// change, or not at all.
 pub async fn bought_cards_arrive_with_their_order_change(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     let (order, events) = order(&goods, &member("kim"), 2);
@@ -1378,7 +1398,29 @@ pub async fn bought_cards_arrive_with_their_order_change(store: Arc<dyn Store>) 
     let r = store
         .insert_sold_cards(&tenant, &clash, change(), t0())
         .await;
-    assert_eq!(kind_of(r), quanyi_core::ErrorKind::Conflict);
+    assert!(
+        matches!(&r, Err(Error::DuplicateCards { positions }) if positions == &[1]),
+        "{r:?}"
+    );
+    // So does a card whose legacy index the tenant holds, and a card repeated in the call.
+    let mut clash = bought.clone();
+    clash[0].legacy_index = Some(taken_index);
+    let r = store
+        .insert_sold_cards(&tenant, &clash, change(), t0())
+        .await;
+    assert!(
+        matches!(&r, Err(Error::DuplicateCards { positions }) if positions == &[0]),
+        "{r:?}"
+    );
+    let mut clash = bought.clone();
+    clash[1].blind_index = clash[0].blind_index;
+    let r = store
+        .insert_sold_cards(&tenant, &clash, change(), t0())
+        .await;
+    assert!(
+        matches!(&r, Err(Error::DuplicateCards { positions }) if positions == &[1]),
+        "{r:?}"
+    );
     assert!(store.card(&tenant, bought[0].id).await.unwrap().is_none());
     assert_eq!(
         store
@@ -1845,12 +1887,13 @@ pub async fn key_ring_versions_and_use_limit(store: Arc<dyn Store>) {
 
 /// Resealed values replace the old ones only if the card is still under the expected key.
 pub async fn reseal_replaces_ciphertext(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
+    let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     let batch = cards(sku, 3);
     store.insert_cards(&tenant, &batch, t0()).await.unwrap();
     let old = store.cards_sealed_with(&tenant, KeyId(1), 2).await.unwrap();
     assert_eq!(old.len(), 2);
+    assert_eq!(fixtures::rotate_ring(&*store, &tenant).await, KeyId(2));
     let fresh = SealedCard {
         code: SealedValue::from_bytes(vec![9; 40]),
         secret: None,
@@ -1889,8 +1932,8 @@ pub async fn reseal_replaces_ciphertext(store: Arc<dyn Store>) {
 
 /// Nothing of one tenant is visible to another.
 pub async fn tenants_are_isolated(store: Arc<dyn Store>) {
-    let a = fixtures::tenant();
-    let b = fixtures::tenant();
+    let a = fixtures::vault_tenant(&*store).await;
+    let b = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&a, PurchaseLimits::default());
     let sku = first_sku(&goods);
     store.insert_goods(&goods, &[]).await.unwrap();

@@ -7,8 +7,9 @@ use quanyi_core::{
 };
 use quanyi_goods::{Goods, GoodsDraft, GoodsKind, PurchaseLimits, SkuDraft, StockSource};
 use quanyi_order::{NewLine, Order, OrderEvent, Payment};
+use quanyi_storage::Store;
 use quanyi_storage::{NewCard, NewJob, PaymentNotice};
-use quanyi_vault::{BlindIndex, KeyId, SealedCard, SealedValue};
+use quanyi_vault::{BlindIndex, IndexScheme, KeyId, KeyRing, RootKey, SealedCard, SealedValue};
 use rand::RngCore;
 
 /// The instant fixtures start at: 2026-11-25 12:00 UTC.
@@ -22,6 +23,47 @@ pub fn tenant() -> TenantId {
     rand::thread_rng().fill_bytes(&mut bytes);
     let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     TenantId::new(format!("t-{suffix}")).expect("fixture tenant names are valid")
+}
+
+/// The root key of the fixture key rings.
+pub fn root_key() -> RootKey {
+    RootKey::from_bytes([7; 32])
+}
+
+/// A new tenant whose key ring is stored, with `k1` active: storage takes cards only when they
+/// are sealed with the tenant's active key, so every test that stores cards starts here.
+pub async fn vault_tenant(store: &dyn Store) -> TenantId {
+    let tenant = tenant();
+    store
+        .insert_key_ring(&key_ring(&tenant))
+        .await
+        .expect("a fresh tenant has no ring");
+    tenant
+}
+
+/// A wrapped key ring for `tenant` under [`root_key`], `k1` active.
+pub fn key_ring(tenant: &TenantId) -> quanyi_vault::WrappedKeyRing {
+    let (_, wrapped) = KeyRing::create(tenant.clone(), &root_key(), t0(), &mut rand::thread_rng())
+        .expect("fixture rings are made");
+    wrapped
+}
+
+/// Rotates the tenant's stored ring (made by [`vault_tenant`]) to a new active key; returns it.
+pub async fn rotate_ring(store: &dyn Store, tenant: &TenantId) -> KeyId {
+    let (wrapped, version) = store
+        .key_ring(tenant)
+        .await
+        .expect("the ring is read")
+        .expect("the tenant has a ring");
+    let mut ring = KeyRing::unwrap(&root_key(), &wrapped).expect("fixture rings unwrap");
+    let key = ring
+        .rotate(&root_key(), t0(), &mut rand::thread_rng())
+        .expect("fixture rings rotate");
+    store
+        .update_key_ring(&ring.to_wrapped(), version)
+        .await
+        .expect("the rotated ring is stored");
+    key
 }
 
 /// A member id.
@@ -142,6 +184,8 @@ pub fn card_with_index(sku: SkuId, batch: BatchId, index: [u8; 32]) -> NewCard {
         sku,
         batch,
         blind_index: BlindIndex::from_bytes(index),
+        index_scheme: IndexScheme::CURRENT,
+        legacy_index: None,
         sealed: SealedCard {
             code: SealedValue::from_bytes(bytes),
             secret: None,

@@ -6,6 +6,8 @@ pub mod conformance;
 pub mod durable;
 pub mod fixtures;
 pub mod harness;
+pub mod hooked;
+pub mod shop_cases;
 pub mod supplier_sim;
 
 pub use harness::{
@@ -49,7 +51,15 @@ macro_rules! storage_conformance {
             job_enqueue_is_idempotent,
             key_ring_versions_and_use_limit,
             reseal_replaces_ciphertext,
-            tenants_are_isolated
+            tenants_are_isolated,
+            cards_need_the_active_key,
+            an_import_racing_a_rotation_never_stores_an_old_key,
+            legacy_indexes_find_stored_cards,
+            reindex_moves_cards_and_finds_duplicates,
+            withdrawn_cards_leave_sale_for_good,
+            a_destroyed_key_shreds_what_it_sealed,
+            closing_an_unpaid_order_releases_its_cards,
+            conflicting_notices_are_kept_for_reconciliation
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -58,6 +68,36 @@ macro_rules! storage_conformance {
             async fn $case() {
                 let Some(harness) = ($factory)().await else { return };
                 $crate::run_case(harness, $crate::conformance::$case).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per case of [`shop_cases`]: the facade's use cases that depend
+/// on what the store does, driven through [`quanyi::Shop`] on the adapter's store.
+///
+/// `$factory` is an async function returning `Option<Harness>`, as for
+/// [`storage_conformance!`].
+#[macro_export]
+macro_rules! shop_conformance {
+    ($factory:expr) => {
+        $crate::shop_conformance!(@cases $factory;
+            invisible_variants_of_a_code_are_duplicates,
+            reindexing_moves_legacy_keys_and_resumes_after_a_stop,
+            an_import_racing_a_retirement_is_sealed_again,
+            a_destroyed_key_never_opens_again_in_any_shop,
+            a_retired_key_stops_opening_within_the_refresh,
+            a_supplier_card_already_held_fails_over_or_is_refunded,
+            a_conflicting_repeat_notice_is_kept_for_reconciliation,
+            expiry_and_cancel_write_the_order_and_release_together
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(harness) = ($factory)().await else { return };
+                $crate::run_case(harness, $crate::shop_cases::$case).await;
             }
         )*
     };

@@ -12,7 +12,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, InvalidReason};
-use crate::index::BlindIndex;
+use crate::index::{BlindIndex, IndexScheme};
 use crate::ring::KeyRing;
 use crate::secret::{CardCode, CardKey, CardSecret};
 
@@ -125,7 +125,7 @@ pub struct ParsedImport {
 /// let opts = ImportOptions { delimiter: Some('|'), ..ImportOptions::default() };
 /// let parsed = parse_import(b"\xEF\xBB\xBFAB12-3456 | pw1\r\n\r\nCD34-5678|\n", &opts);
 /// assert_eq!(parsed.cards.len(), 1);
-/// assert_eq!(parsed.cards[0].key.masked(), "AB****56 / ********");
+/// assert_eq!(parsed.cards[0].key.masked(), "A****56 / ********");
 /// assert_eq!(parsed.malformed[0].to_string(), "line 3: empty secret");
 /// ```
 pub fn parse_import(input: &[u8], opts: &ImportOptions) -> ParsedImport {
@@ -272,8 +272,13 @@ pub struct PlannedCard {
     pub line: usize,
     /// The card key.
     pub key: CardKey,
-    /// Its blind index, to check against storage and to store with the sealed card.
+    /// Its blind index under [`IndexScheme::CURRENT`], to check against storage and to store
+    /// with the sealed card.
     pub index: BlindIndex,
+    /// Its index under [`IndexScheme::Legacy`], when the tenant may still hold cards indexed
+    /// that way (re-indexing has not finished) and it differs from `index`: storage checks it
+    /// too, so a card stored before the change of scheme is still found.
+    pub legacy_index: Option<BlindIndex>,
 }
 
 /// A line whose card key repeats an earlier line of the same batch.
@@ -300,9 +305,10 @@ pub struct ImportPlan {
 impl KeyRing {
     /// Plans an import: computes each card's [`BlindIndex`] and keeps only the first line of
     /// each card key, recording later ones as [`DuplicateLine`]s. Two lines are the same card
-    /// when they normalise alike (case, spaces and `-` ignored; see
-    /// [`normalise`](crate::normalise)). Duplicates of cards already stored are the caller's
-    /// check: look up each planned index in storage.
+    /// when they normalise alike (case, whitespace, dashes and invisible characters ignored,
+    /// compatibility forms folded; see [`normalise`](crate::normalise)). Duplicates of cards
+    /// already stored are the caller's check: look up each planned index (and legacy index) in
+    /// storage.
     pub fn plan_import(&self, parsed: ParsedImport) -> ImportPlan {
         let mut seen: HashMap<BlindIndex, usize> = HashMap::with_capacity(parsed.cards.len());
         let mut plan = ImportPlan {
@@ -310,6 +316,7 @@ impl KeyRing {
             duplicates: Vec::new(),
             malformed: parsed.malformed,
         };
+        let legacy = self.oldest_index_scheme() < IndexScheme::CURRENT;
         for card in parsed.cards {
             let index = self.blind_index(&card.key);
             match seen.entry(index) {
@@ -319,10 +326,14 @@ impl KeyRing {
                 }),
                 Entry::Vacant(slot) => {
                     slot.insert(card.line);
+                    let legacy_index = legacy
+                        .then(|| self.blind_index_as(&card.key, IndexScheme::Legacy))
+                        .filter(|l| *l != index);
                     plan.cards.push(PlannedCard {
                         line: card.line,
                         key: card.key,
                         index,
+                        legacy_index,
                     });
                 }
             }

@@ -17,7 +17,7 @@ pub use import::{
     DuplicateLine, ImportFormat, ImportOptions, ImportPlan, MalformedLine, MalformedReason,
     ParsedCard, ParsedImport, PlannedCard, parse_import,
 };
-pub use index::{BlindIndex, normalise};
+pub use index::{BlindIndex, IndexScheme, normalise};
 pub use links::{LinkError, LinkSigner};
 pub use ring::{
     DEFAULT_KEY_USE_LIMIT, KeyId, KeyRing, KeyState, WrappedDataKey, WrappedKeyRing, needs_rotation,
@@ -27,7 +27,7 @@ pub use sealed::{
     FORMAT_VERSION, Field, HEADER_LEN, MAGIC, NONCE_LEN, SUITE_AES256GCM, SealContext, SealedCard,
     SealedValue, TAG_LEN,
 };
-pub use secret::{CardCode, CardKey, CardSecret, MAX_CODE_CHARS};
+pub use secret::{CardCode, CardKey, CardSecret, MASK_MAX_SHOWN, MAX_CODE_CHARS};
 
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
-use crate::index::{BlindIndex, normalise_into};
+use crate::index::{BlindIndex, IndexScheme, normalise_into};
 use crate::root::{RootKey, hmac_sha256};
 use crate::sealed::{
     Aad, FORMAT_VERSION, Field, HEADER_LEN, MAGIC, NONCE_LEN, SUITE_AES256GCM, SealContext,
@@ -60,7 +60,8 @@ impl fmt::Debug for KeyId {
     }
 }
 
-/// The life cycle of a data key: `Active` -> `DecryptOnly` (after a rotation) -> `Retired`.
+/// The life cycle of a data key: `Active` -> `DecryptOnly` (after a rotation) -> `Retired`
+/// (after its values were resealed), or `Destroyed` (at once, when the key is compromised).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
@@ -68,8 +69,19 @@ pub enum KeyState {
     Active,
     /// Only opens: values sealed with it should be resealed under the active key.
     DecryptOnly,
-    /// Its material is gone; nothing sealed with it opens any more.
+    /// Its material is gone; nothing sealed with it opens any more. Nothing was sealed with it
+    /// when it was retired.
     Retired,
+    /// Its material is gone, and so are the values it sealed: a key destroyed because it may be
+    /// compromised. Cards still sealed with it were shredded in the same step.
+    Destroyed,
+}
+
+impl KeyState {
+    /// True while the key's material exists (active or decrypt-only).
+    pub fn is_live(self) -> bool {
+        matches!(self, KeyState::Active | KeyState::DecryptOnly)
+    }
 }
 
 impl fmt::Display for KeyState {
@@ -78,6 +90,7 @@ impl fmt::Display for KeyState {
             KeyState::Active => "active",
             KeyState::DecryptOnly => "decrypt_only",
             KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
         })
     }
 }
@@ -141,6 +154,22 @@ pub struct WrappedKeyRing {
     /// The blind-index key wrapped by the root key (base64 in serde).
     #[serde(with = "b64")]
     pub index_key: Vec<u8>,
+    /// The oldest [`IndexScheme`] a stored card of the tenant may still be indexed with. Rings
+    /// stored before schemes existed read as [`IndexScheme::Legacy`]; a new ring starts at
+    /// [`IndexScheme::CURRENT`]; re-indexing moves it up once every card is done.
+    #[serde(default = "legacy_scheme")]
+    pub oldest_index_scheme: IndexScheme,
+}
+
+impl WrappedKeyRing {
+    /// The state of one data key, if the ring has it.
+    pub fn key_state(&self, id: KeyId) -> Option<KeyState> {
+        self.keys.iter().find(|k| k.id == id).map(|k| k.state)
+    }
+}
+
+fn legacy_scheme() -> IndexScheme {
+    IndexScheme::Legacy
 }
 
 impl fmt::Debug for WrappedKeyRing {
@@ -154,6 +183,7 @@ impl fmt::Debug for WrappedKeyRing {
                 "index_key",
                 &format_args!("<{} bytes>", self.index_key.len()),
             )
+            .field("oldest_index_scheme", &self.oldest_index_scheme)
             .finish()
     }
 }
@@ -310,6 +340,7 @@ pub struct KeyRing {
     /// HMAC state keyed with the blind-index key (computed once, cloned per index).
     index_mac: Hmac<Sha256>,
     index_wrapped: Vec<u8>,
+    oldest_index_scheme: IndexScheme,
     use_limit: u64,
 }
 
@@ -346,6 +377,7 @@ impl KeyRing {
             }],
             index_mac: hmac_sha256(&index),
             index_wrapped,
+            oldest_index_scheme: IndexScheme::CURRENT,
             use_limit: DEFAULT_KEY_USE_LIMIT,
         };
         let wrapped = ring.to_wrapped();
@@ -371,7 +403,7 @@ impl KeyRing {
                 return Err(Error::CorruptKeyRing("data key ids are not 1, 2, 3..."));
             }
             let cipher = match k.state {
-                KeyState::Retired => None,
+                KeyState::Retired | KeyState::Destroyed => None,
                 KeyState::Active | KeyState::DecryptOnly => {
                     let key = unwrap_key(&kek, tenant, Purpose::Data(k.id), &k.wrapped)?;
                     Some(Aes256Gcm::new(&(*key).into()))
@@ -387,7 +419,7 @@ impl KeyRing {
                 id: k.id,
                 state: k.state,
                 cipher,
-                wrapped: if k.state == KeyState::Retired {
+                wrapped: if !k.state.is_live() {
                     Vec::new()
                 } else {
                     k.wrapped.clone()
@@ -406,6 +438,7 @@ impl KeyRing {
             keys,
             index_mac: hmac_sha256(&index),
             index_wrapped: wrapped.index_key.clone(),
+            oldest_index_scheme: wrapped.oldest_index_scheme,
             use_limit: DEFAULT_KEY_USE_LIMIT,
         })
     }
@@ -430,7 +463,20 @@ impl KeyRing {
                 })
                 .collect(),
             index_key: self.index_wrapped.clone(),
+            oldest_index_scheme: self.oldest_index_scheme,
         }
+    }
+
+    /// The oldest index scheme a stored card of the tenant may still have (see
+    /// [`WrappedKeyRing::oldest_index_scheme`]).
+    pub fn oldest_index_scheme(&self) -> IndexScheme {
+        self.oldest_index_scheme
+    }
+
+    /// Records that every stored card of the tenant is indexed with `scheme` or newer. Store
+    /// [`to_wrapped`](KeyRing::to_wrapped) afterwards. Never moves the mark back.
+    pub fn set_oldest_index_scheme(&mut self, scheme: IndexScheme) {
+        self.oldest_index_scheme = self.oldest_index_scheme.max(scheme);
     }
 
     /// The tenant the ring belongs to.
@@ -564,20 +610,52 @@ impl KeyRing {
     /// # Errors
     /// [`Error::UnknownKey`]; [`Error::IllegalKeyState`] unless the key is decrypt-only.
     pub fn retire(&mut self, id: KeyId) -> Result<()> {
+        self.drop_key(
+            id,
+            KeyState::Retired,
+            |state| state == KeyState::DecryptOnly,
+            "retire",
+        )
+    }
+
+    /// Destroys a key that may be compromised: its material is dropped at once, whatever it
+    /// still seals (the store shreds those values in the same step that stores the ring).
+    /// The active key cannot be destroyed: rotate first. Destroying a retired or destroyed key
+    /// marks it destroyed.
+    ///
+    /// # Errors
+    /// [`Error::UnknownKey`]; [`Error::IllegalKeyState`] for the active key.
+    pub fn destroy(&mut self, id: KeyId) -> Result<()> {
+        self.drop_key(
+            id,
+            KeyState::Destroyed,
+            |state| state != KeyState::Active,
+            "destroy",
+        )
+    }
+
+    /// Moves a key whose state `allowed` accepts to `to`, dropping its material.
+    fn drop_key(
+        &mut self,
+        id: KeyId,
+        to: KeyState,
+        allowed: impl Fn(KeyState) -> bool,
+        action: &'static str,
+    ) -> Result<()> {
         let index = usize::try_from(id.0)
             .ok()
             .and_then(|n| n.checked_sub(1))
             .filter(|i| *i < self.keys.len())
             .ok_or(Error::UnknownKey(id))?;
         let k = &mut self.keys[index];
-        if k.state != KeyState::DecryptOnly {
+        if !allowed(k.state) {
             return Err(Error::IllegalKeyState {
                 id,
                 state: k.state,
-                action: "retire",
+                action,
             });
         }
-        k.state = KeyState::Retired;
+        k.state = to;
         k.cipher = None;
         k.wrapped = Vec::new();
         k.budget.store(0, Ordering::Relaxed);
@@ -600,7 +678,7 @@ impl KeyRing {
         let (old_kek, new_kek) = (kek(old), kek(new));
         let mut rewrapped = Vec::with_capacity(self.keys.len());
         for k in &self.keys {
-            if k.state == KeyState::Retired {
+            if !k.state.is_live() {
                 rewrapped.push(Vec::new());
                 continue;
             }
@@ -776,15 +854,21 @@ impl KeyRing {
         Ok(CardKey { code, secret })
     }
 
-    /// The blind index of a card key (see [`BlindIndex`]).
+    /// The blind index of a card key under [`IndexScheme::CURRENT`] (see [`BlindIndex`]).
     pub fn blind_index(&self, key: &CardKey) -> BlindIndex {
+        self.blind_index_as(key, IndexScheme::CURRENT)
+    }
+
+    /// The blind index of a card key under `scheme`: the current one for new cards, an older
+    /// one to find cards stored before a change of scheme.
+    pub fn blind_index_as(&self, key: &CardKey, scheme: IndexScheme) -> BlindIndex {
         let mut text = Zeroizing::new(String::new());
-        normalise_into(key.code.expose(), &mut text);
+        normalise_into(key.code.expose(), scheme, &mut text);
         let mut mac = self.index_mac.clone();
         mac.update(text.as_bytes());
         if let Some(secret) = &key.secret {
             text.clear();
-            normalise_into(secret.expose(), &mut text);
+            normalise_into(secret.expose(), scheme, &mut text);
             mac.update(&[0x1f]);
             mac.update(text.as_bytes());
         }
@@ -800,7 +884,7 @@ impl KeyRing {
         let mut out: Vec<_> = self
             .keys
             .iter()
-            .filter(|k| k.state != KeyState::Retired)
+            .filter(|k| k.state.is_live())
             .filter_map(|k| unwrap_key(&kek, &self.tenant, Purpose::Data(k.id), &k.wrapped).ok())
             .collect();
         out.extend(unwrap_key(&kek, &self.tenant, Purpose::Index, &self.index_wrapped).ok());

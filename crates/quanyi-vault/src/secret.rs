@@ -41,19 +41,34 @@ fn ct_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Masks text for display: 12 or more characters keep the first and last 4, 8 to 11 keep the
-/// first and last 2, shorter text is hidden entirely.
+/// The most characters a mask shows of a code, whatever its length.
+pub const MASK_MAX_SHOWN: usize = 4;
+
+/// Masks text for display: at most [`MASK_MAX_SHOWN`] characters and never more than a third
+/// of the text are shown, split between its start and its end (the end gets the odd one);
+/// text under 8 characters shows nothing.
+///
+/// | characters | shown | example |
+/// |---|---|---|
+/// | 12 or more | first 2, last 2 | `AB****90` |
+/// | 9 to 11 | first 1, last 2 | `A****90` |
+/// | 8 | first 1, last 1 | `A****0` |
+/// | under 8 | none | `****` |
 fn mask(text: &str) -> String {
     let n = text.chars().count();
-    let keep = match n {
-        12.. => 4,
-        8..=11 => 2,
-        _ => return "****".to_owned(),
+    let shown = if n < 8 {
+        0
+    } else {
+        (n / 3).min(MASK_MAX_SHOWN)
     };
-    let mut out = String::with_capacity(keep * 8 + 4);
-    out.extend(text.chars().take(keep));
+    if shown == 0 {
+        return "****".to_owned();
+    }
+    let (head, tail) = (shown / 2, shown - shown / 2);
+    let mut out = String::with_capacity(shown * 4 + 4);
+    out.extend(text.chars().take(head));
     out.push_str("****");
-    out.extend(text.chars().skip(n - keep));
+    out.extend(text.chars().skip(n - tail));
     out
 }
 
@@ -67,7 +82,7 @@ fn mask(text: &str) -> String {
 ///
 /// let code = CardCode::new(" AB12-3456-7890 ")?;
 /// assert_eq!(code.expose(), "AB12-3456-7890");
-/// assert_eq!(code.masked(), "AB12****7890");
+/// assert_eq!(code.masked(), "AB****90");
 /// assert_eq!(format!("{code:?}"), "CardCode(<redacted>)");
 /// # Ok::<(), quanyi_vault::Error>(())
 /// ```
@@ -91,7 +106,8 @@ impl CardCode {
         &self.0
     }
 
-    /// A display mask such as `AB12****7890` (see the type docs for the rule).
+    /// A display mask such as `AB****90`: at most 4 characters and at most a third of the code
+    /// are shown; codes under 8 characters show nothing.
     pub fn masked(&self) -> String {
         mask(&self.0)
     }
@@ -177,7 +193,7 @@ impl CardKey {
         self.secret.as_ref()
     }
 
-    /// A display mask: `AB12****7890`, or `AB12****7890 / ********` with a secret.
+    /// A display mask: `AB****90`, or `AB****90 / ********` with a secret.
     pub fn masked(&self) -> String {
         match &self.secret {
             None => self.code.masked(),

@@ -1,17 +1,12 @@
 //! Card keys: the key ring, imports, stock, reveal, rotation.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 
 use quanyi_core::{BatchId, CardId, MemberId, OrderId, SkuId};
 use quanyi_goods::StockSource;
 use quanyi_order::OrderStatus;
-use quanyi_storage::{AuditAction, AuditOutcome, NewCard, StockCount};
-use quanyi_vault::{
-    CardKey, Field, ImportOptions, KeyId, KeyRing, MalformedLine, SealContext, SealedCard,
-    parse_import,
-};
+use quanyi_storage::{AuditAction, AuditOutcome, InsertCardsOutcome, NewCard, StockCount};
+use quanyi_vault::{CardKey, ImportOptions, IndexScheme, KeyRing, MalformedLine, parse_import};
 
 use crate::events::VaultEvent;
 use crate::{Error, Result, Shop};
@@ -109,75 +104,43 @@ pub struct Revealed {
 }
 
 impl Shop {
-    /// The tenant's key ring, unwrapped and cached; created on first use.
-    pub(crate) async fn ring(&self) -> Result<Arc<KeyRing>> {
-        if let Some(ring) = self.inner.rings.read().get(&self.tenant) {
-            return Ok(ring.clone());
+    /// Seals cards with `seal` under the active data key and stores them as stock. Should the
+    /// key stop being the active one before the write commits (another process rotated it, and
+    /// may retire it once it has resealed what it holds), the store refuses the batch and it is
+    /// sealed again under the new active key: no card is ever stored under a key that is not
+    /// active. Gives up with the store's error after a few rotations in a row.
+    async fn store_sealed(
+        &self,
+        seal: impl Fn(&KeyRing, &mut rand::rngs::ThreadRng) -> quanyi_vault::Result<Vec<NewCard>>,
+        uses: u64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<InsertCardsOutcome> {
+        if uses == 0 {
+            return Ok(self
+                .store_ref()
+                .insert_cards(&self.tenant, &[], now)
+                .await?);
         }
-        self.load_ring().await
-    }
-
-    async fn load_ring(&self) -> Result<Arc<KeyRing>> {
-        let store = self.store_ref();
-        let root = &self.inner.root;
-        let wrapped = match store.key_ring(&self.tenant).await? {
-            Some((wrapped, _)) => wrapped,
-            None => {
-                let now = self.now();
-                let (_, wrapped) =
-                    KeyRing::create(self.tenant.clone(), root, now, &mut rand::thread_rng())?;
-                match store.insert_key_ring(&wrapped).await {
-                    Ok(()) => wrapped,
-                    // Another process created the tenant's ring first: use theirs.
-                    Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => store
-                        .key_ring(&self.tenant)
-                        .await?
-                        .map(|(w, _)| w)
-                        .ok_or_else(|| Error::Storage(e))?,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        let mut ring = KeyRing::unwrap(root, &wrapped)?;
-        ring.set_use_limit(self.inner.key_use_limit);
-        let ring = Arc::new(ring);
-        self.inner
-            .rings
-            .write()
-            .insert(self.tenant.clone(), ring.clone());
-        Ok(ring)
-    }
-
-    /// Reserves `uses` seals on the active data key in storage (the exact, shared counter) and
-    /// grants them to the cached ring; rotates first when the key is used up.
-    pub(crate) async fn ring_with_budget(&self, uses: u64) -> Result<Arc<KeyRing>> {
-        let mut ring = self.ring().await?;
-        for _ in 0..3 {
-            let key = ring.active_key_id();
+        let mut last = None;
+        for _ in 0..KEY_RACE_ATTEMPTS {
+            let ring = self.ring_with_budget(uses).await?;
+            let cards = seal(&ring, &mut rand::thread_rng())?;
             match self
                 .store_ref()
-                .reserve_key_uses(&self.tenant, key, uses, self.inner.key_use_limit)
+                .insert_cards(&self.tenant, &cards, now)
                 .await
             {
-                Ok(_) => {
-                    ring.grant(key, uses)?;
-                    return Ok(ring);
-                }
-                Err(quanyi_storage::Error::KeyExhausted { .. }) => {
-                    self.rotate_data_key().await?;
-                    ring = self.ring().await?;
-                }
-                // The key was rotated by another process: reload and try the new one.
-                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => {
-                    ring = self.load_ring().await?;
+                Ok(outcome) => return Ok(outcome),
+                Err(e @ quanyi_storage::Error::KeyNotActive { .. }) => {
+                    tracing::info!(error = %e, "data key changed while importing: sealing again");
+                    self.load_ring().await?;
+                    last = Some(e);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(Error::Storage(quanyi_storage::Error::conflict(
-            "key ring",
-            &self.tenant,
-            "kept changing while reserving key uses",
+        Err(Error::Storage(last.unwrap_or(
+            quanyi_storage::Error::KeyNotActive { key: String::new() },
         )))
     }
 
@@ -215,27 +178,29 @@ impl Shop {
             .sum();
         let now = self.now();
         let batch = BatchId::generate(now, &mut rand::thread_rng());
-        let mut cards = Vec::with_capacity(plan.cards.len());
-        if uses > 0 {
-            let ring = self.ring_with_budget(uses).await?;
-            let mut rng = rand::thread_rng();
-            // Ids in file order, so the pool sells the batch in the order it was written.
-            let ids = CardId::generate_sequence(now, &mut rng, plan.cards.len());
-            for (planned, id) in plan.cards.iter().zip(ids) {
-                let sealed = ring.seal_card(&self.tenant, sku, id, &planned.key, &mut rng)?;
-                cards.push(NewCard {
-                    id,
-                    sku,
-                    batch,
-                    blind_index: planned.index,
-                    sealed,
-                    key_id: ring.active_key_id(),
-                });
-            }
-        }
+        // Ids in file order, so the pool sells the batch in the order it was written.
+        let ids = CardId::generate_sequence(now, &mut rand::thread_rng(), plan.cards.len());
         let outcome = self
-            .store_ref()
-            .insert_cards(&self.tenant, &cards, now)
+            .store_sealed(
+                |ring, rng| {
+                    let mut cards = Vec::with_capacity(plan.cards.len());
+                    for (planned, id) in plan.cards.iter().zip(&ids) {
+                        cards.push(NewCard {
+                            id: *id,
+                            sku,
+                            batch,
+                            blind_index: planned.index,
+                            index_scheme: IndexScheme::CURRENT,
+                            legacy_index: planned.legacy_index,
+                            sealed: ring.seal_card(&self.tenant, sku, *id, &planned.key, rng)?,
+                            key_id: ring.active_key_id(),
+                        });
+                    }
+                    Ok(cards)
+                },
+                uses,
+                now,
+            )
             .await?;
         let mut duplicates: Vec<DuplicateLine> = plan
             .duplicates
@@ -355,13 +320,15 @@ impl Shop {
             .await
             .map_err(|e| Denied::Failed(e.into()))?;
         let mut ring = self.ring().await.map_err(Denied::Failed)?;
+        let lines: std::collections::HashMap<CardId, u16> = order
+            .lines()
+            .iter()
+            .flat_map(|l| l.cards.iter().map(move |c| (*c, l.no)))
+            .collect();
         let mut cards = Vec::with_capacity(stored.len());
         for card in stored {
-            let line = order
-                .lines()
-                .iter()
-                .find(|l| l.cards.contains(&card.id))
-                .map(|l| l.no)
+            let line = *lines
+                .get(&card.id)
                 .ok_or(Denied::Because("card_not_on_order"))?;
             let key = match ring.open_card(&self.tenant, card.sku, card.id, &card.sealed) {
                 Ok(key) => key,
@@ -387,179 +354,10 @@ impl Shop {
             cards,
         })
     }
-
-    /// Starts a new data key; later imports seal under it. The old key still opens what it
-    /// sealed until [`reseal_cards`](Shop::reseal_cards) and [`retire_key`](Shop::retire_key).
-    ///
-    /// # Errors
-    /// [`Error::Vault`]; [`Error::Storage`].
-    pub async fn rotate_data_key(&self) -> Result<KeyId> {
-        self.ring().await?;
-        let (ring, key) = self
-            .change_ring(|ring, root, now| ring.rotate(root, now, &mut rand::thread_rng()))
-            .await?;
-        self.vault_event(VaultEvent::KeyRotated { key }).await?;
-        self.audit(
-            "system",
-            AuditAction::KeyRotated,
-            key.to_string(),
-            AuditOutcome::Allowed,
-            format!("active key {}", ring.active_key_id()),
-        )
-        .await?;
-        Ok(key)
-    }
-
-    /// Reseals every card still sealed with `from` under the active key; returns how many.
-    ///
-    /// # Errors
-    /// [`Error::Vault`] when a card fails to open; [`Error::Storage`].
-    pub async fn reseal_cards(&self, from: KeyId) -> Result<usize> {
-        let store = self.store_ref();
-        let mut done = 0usize;
-        let mut skipped: HashSet<CardId> = HashSet::new();
-        loop {
-            let batch: Vec<_> = store
-                .cards_sealed_with(&self.tenant, from, 256 + skipped.len())
-                .await?
-                .into_iter()
-                .filter(|c| !skipped.contains(&c.id))
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            let uses: u64 = batch
-                .iter()
-                .map(|c| 1 + u64::from(c.sealed.secret.is_some()))
-                .sum();
-            let ring = self.ring_with_budget(uses).await?;
-            let to = ring.active_key_id();
-            if to == from {
-                return Err(Error::InvalidInput(format!(
-                    "{from} is the active key: rotate before resealing"
-                )));
-            }
-            let mut rng = rand::thread_rng();
-            for card in batch {
-                let ctx = |field| SealContext {
-                    tenant: &self.tenant,
-                    sku: card.sku,
-                    card: card.id,
-                    field,
-                };
-                let sealed = SealedCard {
-                    code: ring.reseal(&ctx(Field::Code), &card.sealed.code, &mut rng)?,
-                    secret: match &card.sealed.secret {
-                        Some(s) => Some(ring.reseal(&ctx(Field::Secret), s, &mut rng)?),
-                        None => None,
-                    },
-                };
-                match store
-                    .replace_sealed(&self.tenant, card.id, from, &sealed, to)
-                    .await
-                {
-                    Ok(()) => done += 1,
-                    // Resealed concurrently by another process.
-                    Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => {
-                        skipped.insert(card.id);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        let to = self.ring().await?.active_key_id();
-        self.vault_event(VaultEvent::CardsResealed {
-            from,
-            to,
-            cards: done,
-        })
-        .await?;
-        self.audit(
-            "system",
-            AuditAction::KeyRewrapped,
-            from.to_string(),
-            AuditOutcome::Allowed,
-            format!("{done} card(s) resealed under {to}"),
-        )
-        .await?;
-        Ok(done)
-    }
-
-    /// Retires a decrypt-only data key: its material is destroyed, so it opens nothing again.
-    /// Refused while any card is still sealed with it.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] when cards still use the key; [`Error::Vault`] for the active or an
-    /// unknown key; [`Error::Storage`].
-    pub async fn retire_key(&self, key: KeyId) -> Result<()> {
-        if !self
-            .store_ref()
-            .cards_sealed_with(&self.tenant, key, 1)
-            .await?
-            .is_empty()
-        {
-            return Err(Error::InvalidInput(format!(
-                "cards are still sealed with {key}: reseal them first"
-            )));
-        }
-        self.change_ring(|ring, _, _| ring.retire(key)).await?;
-        self.vault_event(VaultEvent::KeyRetired { key }).await?;
-        self.audit(
-            "system",
-            AuditAction::KeyRetired,
-            key.to_string(),
-            AuditOutcome::Allowed,
-            String::new(),
-        )
-        .await
-    }
-
-    /// Loads the stored ring, applies `change`, and stores it with its version; retries when
-    /// another process changed it in between.
-    async fn change_ring<T>(
-        &self,
-        change: impl Fn(
-            &mut KeyRing,
-            &quanyi_vault::RootKey,
-            chrono::DateTime<chrono::Utc>,
-        ) -> quanyi_vault::Result<T>,
-    ) -> Result<(Arc<KeyRing>, T)> {
-        let store = self.store_ref();
-        for _ in 0..5 {
-            let (wrapped, version) = store
-                .key_ring(&self.tenant)
-                .await?
-                .ok_or_else(|| Error::InvalidInput("the tenant has no key ring yet".into()))?;
-            let mut ring = KeyRing::unwrap(&self.inner.root, &wrapped)?;
-            ring.set_use_limit(self.inner.key_use_limit);
-            let out = change(&mut ring, &self.inner.root, self.now())?;
-            match store.update_key_ring(&ring.to_wrapped(), version).await {
-                Ok(_) => {
-                    let ring = Arc::new(ring);
-                    self.inner
-                        .rings
-                        .write()
-                        .insert(self.tenant.clone(), ring.clone());
-                    return Ok((ring, out));
-                }
-                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Storage(quanyi_storage::Error::conflict(
-            "key ring",
-            &self.tenant,
-            "kept changing",
-        )))
-    }
-
-    async fn vault_event(&self, event: VaultEvent) -> Result<()> {
-        let now = self.now();
-        let events = self.envelopes("key_ring", &self.tenant, 0, vec![event], now);
-        self.store_ref().append_events(&events).await?;
-        Ok(())
-    }
 }
+
+/// How many times a write of sealed cards is sealed again after the data key changed under it.
+pub(crate) const KEY_RACE_ATTEMPTS: usize = 4;
 
 enum Denied {
     Because(&'static str),

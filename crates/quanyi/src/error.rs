@@ -16,9 +16,17 @@ pub enum Error {
     /// The cart has no lines.
     #[error("the cart is empty")]
     EmptyCart,
-    /// A quantity is zero, negative or too large.
+    /// A quantity is zero, negative or larger than [`MAX_LINE_QUANTITY`](crate::MAX_LINE_QUANTITY).
     #[error("invalid quantity {0}")]
     InvalidQuantity(i64),
+    /// The cart has more lines than [`MAX_CART_LINES`](crate::MAX_CART_LINES); nothing was read.
+    #[error("the cart has {lines} lines; at most {max} are taken")]
+    CartTooLarge {
+        /// Lines in the cart.
+        lines: usize,
+        /// The most taken.
+        max: usize,
+    },
     /// Amounts in different currencies were mixed.
     #[error("currency mismatch: expected {expected}, got {got}")]
     CurrencyMismatch {
@@ -66,7 +74,8 @@ pub enum Error {
     NotPayable {
         /// The order named by the notice.
         order: OrderId,
-        /// unknown_order, order_expired, order_cancelled, already_paid or not_payable.
+        /// unknown_order, order_expired, order_cancelled, already_paid, not_payable, or
+        /// conflicting_repeat (the transaction id was recorded for another order or amount).
         reason: &'static str,
     },
     /// The engine has no fulfilment for this kind of goods yet; nothing was ordered.
@@ -172,6 +181,7 @@ impl Error {
             Error::UnknownSku(_) => "unknown_sku",
             Error::UnknownOrder(_) => "unknown_order",
             Error::EmptyCart => "empty_cart",
+            Error::CartTooLarge { .. } => "cart_too_large",
             Error::InvalidQuantity(_) => "invalid_quantity",
             Error::CurrencyMismatch { .. } => "currency_mismatch",
             Error::OutOfStock { .. } => "out_of_stock",
@@ -195,6 +205,7 @@ impl Error {
             Error::Gateway(_) => "gateway_unavailable",
             Error::Goods(e) => e.code(),
             Error::Order(e) => e.code(),
+            Error::Money(MoneyError::Overflow) => "amount_overflow",
             Error::Money(_) => "invalid_amount",
             Error::Vault(quanyi_vault::Error::WrongRootKey) => "wrong_root_key",
             Error::Vault(e) => match e.kind() {
@@ -231,6 +242,7 @@ impl Error {
             Error::Storage(e) => e.kind(),
             Error::EmptyCart
             | Error::InvalidQuantity(_)
+            | Error::CartTooLarge { .. }
             | Error::CurrencyMismatch { .. }
             | Error::AmountMismatch { .. }
             | Error::NotFulfillable { .. }

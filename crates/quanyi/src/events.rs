@@ -52,6 +52,17 @@ pub(crate) enum VaultEvent {
     KeyRetired {
         key: KeyId,
     },
+    KeyDestroyed {
+        key: KeyId,
+        shredded: u64,
+        withdrawn: u64,
+    },
+    CardsReindexed {
+        examined: usize,
+        moved: usize,
+        duplicates: usize,
+        finished: bool,
+    },
 }
 
 impl DomainEvent for VaultEvent {
@@ -61,6 +72,8 @@ impl DomainEvent for VaultEvent {
             VaultEvent::KeyRotated { .. } => "vault.key_rotated",
             VaultEvent::CardsResealed { .. } => "vault.cards_resealed",
             VaultEvent::KeyRetired { .. } => "vault.key_retired",
+            VaultEvent::KeyDestroyed { .. } => "vault.key_destroyed",
+            VaultEvent::CardsReindexed { .. } => "vault.cards_reindexed",
         }
     }
 }

@@ -1,12 +1,12 @@
 //! Delivery of paid orders and the durable jobs that guarantee it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::Duration;
 use quanyi_core::{JobId, OrderId, SkuId};
 use quanyi_goods::{KindTag, StockSource};
 use quanyi_order::{LineStatus, Order, OrderStatus};
-use quanyi_storage::{Job, OrderChange};
+use quanyi_storage::{AuditAction, AuditOutcome, Job, OrderChange};
 
 use crate::sales::DELIVER_ORDER_JOB;
 use crate::{Error, RefundRequest, Result, Shop};
@@ -23,6 +23,8 @@ pub struct JobRun {
     pub retried: usize,
     /// Jobs given up.
     pub dead: usize,
+    /// Card keys re-indexed by the pass (see [`Shop::reindex_card_keys`]).
+    pub reindexed: usize,
 }
 
 impl Shop {
@@ -49,6 +51,9 @@ impl Shop {
     /// [`Error::UnknownOrder`]; [`Error::Storage`].
     pub async fn deliver(&self, id: OrderId) -> Result<Order> {
         let store = self.store_ref();
+        // Supplier requests whose card keys the store refused as already held: their answers
+        // count as failures of their routes from now on.
+        let mut rejected: HashSet<String> = HashSet::new();
         for _ in 0..5 {
             let mut order = self.order(id).await?;
             let expected = order.version();
@@ -103,6 +108,9 @@ impl Shop {
                 }
             }
             let mut bought = Vec::new();
+            // For each supplier line that handed over cards in this pass: the positions of its
+            // cards in `bought`, and the request that delivered them.
+            let mut handed: Vec<(std::ops::Range<usize>, u16, String)> = Vec::new();
             for (no, kind) in other {
                 if kind == KindTag::Link {
                     self.sign_links(&mut order, no, &mut events, &mut bought, now)
@@ -127,15 +135,22 @@ impl Shop {
                         .map(|l| l.sku)
                         .ok_or(Error::UnknownOrder(id))?;
                     let goods = self.goods_of(sku).await?;
+                    let start = bought.len();
                     self.fulfil_supplier_line(
                         &mut order,
                         no,
                         &goods,
                         &mut events,
                         &mut bought,
+                        &rejected,
                         now,
                     )
                     .await?;
+                    if bought.len() > start {
+                        if let Some(request) = succeeded_request(&order, no) {
+                            handed.push((start..bought.len(), no, request));
+                        }
+                    }
                 } else {
                     events.extend(order.fail_line(
                         no,
@@ -170,6 +185,31 @@ impl Shop {
                 Ok(()) => {
                     tracing::info!(order = %id, status = %order.status(), "order fulfilled");
                     return Ok(order);
+                }
+                // A supplier handed over card keys the shop already holds (sold, maybe): never
+                // deliver them. Its route counts as failed for the line on the next pass, which
+                // fails over or refunds; the request is flagged for reconciliation.
+                Err(quanyi_storage::Error::DuplicateCards { positions }) => {
+                    for (range, no, request) in &handed {
+                        let repeated = positions.iter().filter(|p| range.contains(p)).count();
+                        if repeated > 0 && rejected.insert(request.clone()) {
+                            self.audit(
+                                "system",
+                                AuditAction::SupplierDuplicate,
+                                request.clone(),
+                                AuditOutcome::Denied,
+                                format!(
+                                    "order {id} line {no}: {repeated} card key(s) already held"
+                                ),
+                            )
+                            .await?;
+                            tracing::warn!(order = %id, line = no, %request, "supplier handed over card keys already held");
+                        }
+                    }
+                }
+                // The data key changed under the sealed cards: seal them again.
+                Err(quanyi_storage::Error::KeyNotActive { .. }) => {
+                    self.load_ring().await?;
                 }
                 Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
                 Err(e) => return Err(e.into()),
@@ -337,6 +377,17 @@ impl Shop {
             }
         }
     }
+}
+
+/// The request of the line's latest successful supplier attempt.
+fn succeeded_request(order: &Order, no: u16) -> Option<String> {
+    order.line(no).and_then(|line| {
+        line.attempts
+            .iter()
+            .rev()
+            .find(|a| matches!(a.outcome, quanyi_order::AttemptOutcome::Succeeded { .. }))
+            .map(|a| a.request.clone())
+    })
 }
 
 enum JobEnd {

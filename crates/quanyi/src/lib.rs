@@ -5,6 +5,7 @@ mod catalog;
 mod error;
 mod events;
 mod fulfil;
+mod keys;
 mod memo;
 mod payments;
 mod sales;
@@ -15,11 +16,15 @@ mod worker;
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
 pub use error::{Error, Result};
 pub use fulfil::{JobRun, MAX_JOB_ATTEMPTS};
+pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use sales::{
-    CartLine, DELIVER_ORDER_JOB, PaymentNotification, PaymentReceipt, PriceSource, Quote, QuoteLine,
+    CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, PaymentNotification,
+    PaymentReceipt, PriceSource, Quote, QuoteLine,
 };
-pub use shop::{DEFAULT_RESERVATION_TTL_MINUTES, Shop, ShopBuilder};
+pub use shop::{
+    DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES, Shop, ShopBuilder,
+};
 pub use supply::CallbackOutcome;
 pub use worker::Worker;
 
@@ -38,7 +43,7 @@ pub use quanyi_supplier::{
 };
 pub use quanyi_vault::{
     CardCode, CardKey, CardSecret, EnvKeyProvider, FileKeyProvider, ImportFormat, ImportOptions,
-    KeyId, KeyProvider, RootKey, StaticKeyProvider,
+    IndexScheme, KeyId, KeyProvider, KeyState, RootKey, StaticKeyProvider,
 };
 
 #[cfg(feature = "postgres")]

@@ -1,18 +1,48 @@
 //! Quote, place order, payment notices, cancel and expiry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use quanyi_core::{Currency, JobId, MemberId, Money, OrderId, SkuId};
 use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
 use quanyi_order::{LineStatus, NewLine, Order, OrderStatus, Payment};
 use quanyi_storage::{
-    CardState, GoodsVersion, HeldCard, MemberLimit, NewJob, NewOrder, NoticeDisposition,
-    OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reservation,
+    AuditAction, AuditOutcome, CONFLICTING_REPEAT, CardState, GoodsVersion, HeldCard, MemberLimit,
+    NewJob, NewOrder, NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome,
+    Reservation,
 };
 
 use crate::memo::PlacedOrder;
 use crate::{Error, Result, Shop};
+
+/// The most lines a cart may have: an order's line limit ([`quanyi_order::MAX_LINES`]).
+/// Larger carts are refused before anything is read.
+pub const MAX_CART_LINES: usize = quanyi_order::MAX_LINES;
+
+/// The largest quantity one cart line may ask for. Larger quantities are refused before
+/// anything is read.
+pub const MAX_LINE_QUANTITY: u32 = 10_000;
+
+/// Checks a cart's shape before any other work: 1 to [`MAX_CART_LINES`] lines, each quantity
+/// 1 to [`MAX_LINE_QUANTITY`]. Constant work per line, no reads.
+fn check_cart(cart: &[CartLine]) -> Result<()> {
+    if cart.is_empty() {
+        return Err(Error::EmptyCart);
+    }
+    if cart.len() > MAX_CART_LINES {
+        return Err(Error::CartTooLarge {
+            lines: cart.len(),
+            max: MAX_CART_LINES,
+        });
+    }
+    match cart
+        .iter()
+        .find(|l| l.quantity < 1 || l.quantity > i64::from(MAX_LINE_QUANTITY))
+    {
+        Some(bad) => Err(Error::InvalidQuantity(bad.quantity)),
+        None => Ok(()),
+    }
+}
 
 /// The job kind that delivers a paid order.
 pub const DELIVER_ORDER_JOB: &str = "deliver_order";
@@ -196,12 +226,15 @@ impl Shop {
     }
 
     /// Prices a cart at list prices, checking every line as an order would (shelf, quantity,
-    /// per-order limits, top-up accounts, one currency).
+    /// per-order limits, top-up accounts, one currency). A cart of more than
+    /// [`MAX_CART_LINES`] lines or a quantity above [`MAX_LINE_QUANTITY`] is refused before
+    /// anything is read.
     ///
     /// # Errors
-    /// [`Error::EmptyCart`]; [`Error::InvalidQuantity`]; [`Error::UnknownSku`];
+    /// [`Error::EmptyCart`]; [`Error::CartTooLarge`]; [`Error::InvalidQuantity`]; [`Error::UnknownSku`];
     /// [`Error::Goods`] (off shelf, limit, account); [`Error::CurrencyMismatch`]; [`Error::Money`].
     pub async fn quote(&self, cart: &[CartLine]) -> Result<Quote> {
+        check_cart(cart)?;
         self.price_cart(cart, &mut Pricing::fresh()).await
     }
 
@@ -213,7 +246,7 @@ impl Shop {
             id: goods.id(),
             version: goods.version(),
         };
-        if !pricing.priced_from.contains(&seen) {
+        if pricing.seen.insert(seen) {
             pricing.priced_from.push(seen);
         }
         Ok(goods)
@@ -275,6 +308,7 @@ impl Shop {
     /// As [`quote`](Shop::quote); [`Error::NotFulfillable`]; [`Error::OutOfStock`];
     /// [`Error::MemberLimitExceeded`]; [`Error::Storage`].
     pub async fn place_order(&self, member: &MemberId, cart: &[CartLine]) -> Result<Order> {
+        check_cart(cart)?;
         // First from the goods this process remembers. The store refuses the order if they
         // changed since; then, and when a check fails on remembered goods, decide again from
         // fresh reads.
@@ -346,20 +380,19 @@ impl Shop {
             });
         }
         // Supplier card keys are sold only against a fresh supplier stock figure.
+        let mut supplier_cards: BTreeMap<SkuId, u64> = BTreeMap::new();
         for l in planned
             .iter()
             .filter(|l| l.check.kind == KindTag::CardKey && l.check.stock == StockSource::Supplier)
         {
-            let wanted: u32 = planned
-                .iter()
-                .filter(|o| o.check.sku == l.check.sku)
-                .map(|o| o.check.quantity)
-                .sum();
-            let available = self.availability(l.check.sku).await?;
-            if !available.covers(u64::from(wanted)) {
+            *supplier_cards.entry(l.check.sku).or_default() += u64::from(l.check.quantity);
+        }
+        for (sku, wanted) in supplier_cards {
+            let available = self.availability(sku).await?;
+            if !available.covers(wanted) {
                 return Err(Error::OutOfStock {
-                    sku: l.check.sku,
-                    requested: wanted,
+                    sku,
+                    requested: u32::try_from(wanted).unwrap_or(u32::MAX),
                     available: match available {
                         quanyi_supplier::Availability::Limited(n) => n,
                         quanyi_supplier::Availability::Unlimited => u64::MAX,
@@ -440,6 +473,9 @@ impl Shop {
     /// A notice that cannot be applied (unknown, expired, cancelled or already-paid order, or a
     /// wrong amount) is kept for reconciliation, changes no order, delivers nothing, and returns
     /// the same error each time it is repeated. Acknowledge such notices to the provider.
+    /// A notice that repeats a recorded transaction id for another order or another amount is
+    /// not a repeat: it is kept for reconciliation too ([`NotPayable`](Error::NotPayable) with
+    /// the reason `conflicting_repeat`), and the first record stands.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a malformed provider or transaction id (nothing recorded);
@@ -544,6 +580,11 @@ impl Shop {
             };
             match outcome {
                 Ok(RecordOutcome::Recorded) => return self.replay(&record).await,
+                Ok(RecordOutcome::Duplicate(first))
+                    if first.order != record.order || first.amount != record.amount =>
+                {
+                    return Err(self.conflicting_repeat(&first, &record).await?);
+                }
                 Ok(RecordOutcome::Duplicate(first)) => return self.replay(&first).await,
                 // The order changed between our read and our write: decide again.
                 Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
@@ -603,6 +644,39 @@ impl Shop {
         })
     }
 
+    /// A notice that repeats a recorded transaction id with another order, amount or currency:
+    /// kept for reconciliation (once per claim) and audited; the first record stands and
+    /// nothing else changes. Returns the error to answer with.
+    async fn conflicting_repeat(
+        &self,
+        first: &PaymentNotice,
+        repeat: &PaymentNotice,
+    ) -> Result<Error> {
+        let new = self.store_ref().flag_conflicting_notice(repeat).await?;
+        if new {
+            self.audit(
+                repeat.provider.as_ref(),
+                AuditAction::NoticeConflict,
+                repeat.transaction_id.to_string(),
+                AuditOutcome::Denied,
+                format!(
+                    "recorded for order {} with {}; repeated for order {} with {}",
+                    first.order, first.amount, repeat.order, repeat.amount
+                ),
+            )
+            .await?;
+            tracing::warn!(
+                provider = %repeat.provider,
+                transaction = %repeat.transaction_id,
+                "a payment notice repeated a transaction with another order or amount"
+            );
+        }
+        Ok(Error::NotPayable {
+            order: repeat.order,
+            reason: CONFLICTING_REPEAT,
+        })
+    }
+
     /// The answer to a notice already recorded: the same every time it is repeated.
     async fn replay(&self, first: &PaymentNotice) -> Result<PaymentReceipt> {
         match &first.disposition {
@@ -636,14 +710,14 @@ impl Shop {
         let now = self.now();
         let events = order.cancel(reason.to_owned(), now)?;
         let envs = self.envelopes("order", id, order.version(), events, now);
+        // The order and the release of its cards in one write: neither without the other.
         self.store_ref()
-            .update_order(OrderChange {
+            .close_unpaid_order(OrderChange {
                 order: &order,
                 expected_version: expected,
                 events: &envs,
             })
             .await?;
-        self.store_ref().release_cards(&self.tenant, id).await?;
         Ok(order)
     }
 
@@ -684,21 +758,22 @@ impl Shop {
         let expected = order.version();
         let events = order.expire(now)?;
         let envs = self.envelopes("order", id, order.version(), events, now);
-        match self
+        // The order and the release of its cards in one write: an expired order never keeps
+        // its cards reserved, and no card is released from an order that did not expire.
+        let released = match self
             .store_ref()
-            .update_order(OrderChange {
+            .close_unpaid_order(OrderChange {
                 order: &order,
                 expected_version: expected,
                 events: &envs,
             })
             .await
         {
-            Ok(()) => {}
+            Ok(released) => released,
             // A payment or cancel got there first.
             Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => return Ok(false),
             Err(e) => return Err(e.into()),
-        }
-        let released = self.store_ref().release_cards(&self.tenant, id).await?;
+        };
         tracing::info!(order = %id, released, "unpaid order expired");
         Ok(true)
     }
@@ -721,6 +796,8 @@ struct Pricing {
     /// Some goods came from memory.
     remembered: bool,
     priced_from: Vec<GoodsVersion>,
+    /// The same versions, to add each once.
+    seen: HashSet<GoodsVersion>,
 }
 
 impl Pricing {
@@ -729,6 +806,7 @@ impl Pricing {
             memo: true,
             remembered: false,
             priced_from: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -737,6 +815,7 @@ impl Pricing {
             memo: false,
             remembered: false,
             priced_from: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 }
@@ -790,33 +869,32 @@ struct PaymentPlan {
 }
 
 /// The held cards for each pending card-key line (line, quantity, cards), when they cover every
-/// line of the order; `None` when anything is missing or a line is of another kind.
+/// line of the order; `None` when anything is missing or a line is of another kind. Linear in
+/// lines plus cards: the reserved cards are grouped by SKU once, in the order they are held,
+/// and each line takes the first unused ones of its SKU.
 fn assign_held_cards(
     order: &Order,
     held: &[HeldCard],
 ) -> Option<Vec<(u16, u32, Vec<quanyi_core::CardId>)>> {
-    // Reserved cards in the order they are held; each line takes the first unused ones of its
-    // SKU. An order has a few lines, so scanning beats building a map.
-    let mut used = vec![false; held.len()];
+    let mut by_sku: HashMap<SkuId, std::collections::VecDeque<quanyi_core::CardId>> =
+        HashMap::new();
+    for card in held
+        .iter()
+        .filter(|c| matches!(c.state, CardState::Reserved { .. }))
+    {
+        by_sku.entry(card.sku).or_default().push_back(card.id);
+    }
     let mut out = Vec::with_capacity(order.lines().len());
     for line in order.lines() {
         if line.status != LineStatus::Pending {
             return None;
         }
         let n = usize::try_from(line.quantity).ok()?;
-        let mut cards = Vec::with_capacity(n);
-        for (card, used) in held.iter().zip(used.iter_mut()) {
-            if cards.len() == n {
-                break;
-            }
-            if !*used && card.sku == line.sku && matches!(card.state, CardState::Reserved { .. }) {
-                *used = true;
-                cards.push(card.id);
-            }
-        }
-        if cards.len() < n {
+        let queue = by_sku.get_mut(&line.sku)?;
+        if queue.len() < n {
             return None;
         }
+        let cards: Vec<_> = queue.drain(..n).collect();
         out.push((line.no, line.quantity, cards));
     }
     Some(out)

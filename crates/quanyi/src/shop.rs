@@ -17,6 +17,11 @@ use crate::{Error, PaymentGateway, Result};
 /// How long an unpaid order holds its stock unless told otherwise: 15 minutes.
 pub const DEFAULT_RESERVATION_TTL_MINUTES: i64 = 15;
 
+/// How long a shop trusts the key ring it has cached before it reads the stored ring again,
+/// unless told otherwise: 60 seconds. A data key retired by another process stops opening in
+/// this one at most this long after the retirement was stored.
+pub const DEFAULT_KEY_RING_REFRESH_SECONDS: i64 = 60;
+
 /// Builds a [`Shop`]. The store and the key provider are required; the rest has defaults.
 ///
 /// ```
@@ -36,6 +41,7 @@ pub struct ShopBuilder {
     tenant: TenantId,
     reservation_ttl: Duration,
     key_use_limit: u64,
+    key_ring_refresh: Duration,
     worker: String,
     lease: Duration,
     gateway: Option<Arc<dyn PaymentGateway>>,
@@ -79,6 +85,15 @@ impl ShopBuilder {
     /// the 2^32 limit of random 96-bit nonces).
     pub fn key_use_limit(mut self, limit: u64) -> Self {
         self.key_use_limit = limit;
+        self
+    }
+
+    /// How long the shop uses its cached key ring before reading the stored one again (default
+    /// [`DEFAULT_KEY_RING_REFRESH_SECONDS`]). This bounds how long a data key retired by another
+    /// process keeps opening here; a destroyed key never opens again anywhere, since the store
+    /// shreds what it sealed in the same step.
+    pub fn key_ring_refresh(mut self, refresh: Duration) -> Self {
+        self.key_ring_refresh = refresh;
         self
     }
 
@@ -133,8 +148,8 @@ impl ShopBuilder {
     /// Validates the settings and loads the root key.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a non-positive TTL, lease or key-use limit or an empty worker
-    /// name; [`Error::Vault`] when the key provider cannot supply the root key.
+    /// [`Error::InvalidInput`] for a non-positive TTL, lease, key ring refresh or key-use limit
+    /// or an empty worker name; [`Error::Vault`] when the key provider cannot supply the root key.
     pub fn build(self) -> Result<Shop> {
         if self.reservation_ttl <= Duration::zero() {
             return Err(Error::InvalidInput(
@@ -143,6 +158,11 @@ impl ShopBuilder {
         }
         if self.lease <= Duration::zero() {
             return Err(Error::InvalidInput("job lease must be positive".into()));
+        }
+        if self.key_ring_refresh <= Duration::zero() {
+            return Err(Error::InvalidInput(
+                "key ring refresh must be positive".into(),
+            ));
         }
         if self.key_use_limit == 0 || self.key_use_limit > DEFAULT_KEY_USE_LIMIT {
             return Err(Error::InvalidInput(format!(
@@ -176,6 +196,7 @@ impl ShopBuilder {
                 rings: RwLock::new(HashMap::new()),
                 reservation_ttl: self.reservation_ttl,
                 key_use_limit: self.key_use_limit,
+                key_ring_refresh: self.key_ring_refresh,
                 worker: self.worker,
                 lease: self.lease,
                 gateway: self.gateway,
@@ -193,13 +214,18 @@ impl ShopBuilder {
     }
 }
 
+/// A tenant's unwrapped key ring and when it was read from the store.
+pub(crate) type CachedRing = (Arc<KeyRing>, DateTime<Utc>);
+
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) root: RootKey,
-    pub(crate) rings: RwLock<HashMap<TenantId, Arc<KeyRing>>>,
+    /// Each tenant's unwrapped key ring and when it was last read from the store.
+    pub(crate) rings: RwLock<HashMap<TenantId, CachedRing>>,
     pub(crate) reservation_ttl: Duration,
     pub(crate) key_use_limit: u64,
+    pub(crate) key_ring_refresh: Duration,
     pub(crate) worker: String,
     pub(crate) lease: Duration,
     pub(crate) gateway: Option<Arc<dyn PaymentGateway>>,
@@ -247,6 +273,7 @@ impl Shop {
             tenant: TenantId::default(),
             reservation_ttl: Duration::minutes(DEFAULT_RESERVATION_TTL_MINUTES),
             key_use_limit: DEFAULT_KEY_USE_LIMIT,
+            key_ring_refresh: Duration::seconds(DEFAULT_KEY_RING_REFRESH_SECONDS),
             worker: format!(
                 "worker-{}",
                 suffix

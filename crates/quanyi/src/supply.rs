@@ -1,6 +1,8 @@
 //! Fulfilment through suppliers: direct top-ups routed over a SKU's supplier routes, with
 //! failover only after a definite failure, circuit breakers, and callbacks.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId};
 use quanyi_goods::{Goods, KindTag, SupplierRoute};
@@ -13,7 +15,7 @@ use quanyi_supplier::{
     RoutePlan, StatementStatus, Step, SupplierError, SupplierId, TopUpOutcome, TopUpRequest,
     next_step, reconcile,
 };
-use quanyi_vault::CardKey;
+use quanyi_vault::{CardKey, IndexScheme};
 
 use crate::{Error, Result, Shop};
 
@@ -37,6 +39,10 @@ pub enum CallbackOutcome {
     AlreadySettled,
 }
 
+/// Why a supplier's hand-over of card keys was refused.
+pub(crate) const DUPLICATE_HAND_OVER: &str =
+    "the supplier handed over card keys the shop already holds";
+
 fn to_history(order: &Order, no: u16) -> Vec<Attempt> {
     order
         .line(no)
@@ -48,7 +54,8 @@ fn to_history(order: &Order, no: u16) -> Vec<Attempt> {
                     let result = match &a.outcome {
                         AttemptOutcome::Pending => AttemptResult::Pending,
                         AttemptOutcome::Succeeded { .. } => AttemptResult::Succeeded,
-                        AttemptOutcome::Definite { reason } => AttemptResult::Definite {
+                        AttemptOutcome::Definite { reason }
+                        | AttemptOutcome::Rejected { reason } => AttemptResult::Definite {
                             reason: reason.clone(),
                         },
                         AttemptOutcome::Unknown { reason } => AttemptResult::Unknown {
@@ -100,6 +107,13 @@ impl Shop {
 
     /// One pass over a pending supplier line: calls or queries suppliers as the route planner
     /// says, records every answer on the line, and delivers or fails it when that is decided.
+    ///
+    /// A card purchase answered under a request in `rejected` (its cards were refused as
+    /// duplicates by an earlier pass's write) is recorded as [`AttemptOutcome::Rejected`], and
+    /// the planner moves on to the next route as after a definite failure.
+    // The line, its goods, the pass's outputs and what earlier passes refused: a struct would
+    // only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn fulfil_supplier_line(
         &self,
         order: &mut Order,
@@ -107,6 +121,7 @@ impl Shop {
         goods: &Goods,
         events: &mut Vec<OrderEvent>,
         bought: &mut Vec<NewCard>,
+        rejected: &HashSet<String>,
         now: DateTime<Utc>,
     ) -> Result<LineProgress> {
         let Some(line) = order.line(no).cloned() else {
@@ -212,11 +227,22 @@ impl Shop {
                     Err(e) => outcome_of_error(&e),
                 }
             };
+            let outcome = match outcome {
+                AttemptOutcome::Succeeded { .. } if rejected.contains(request.as_str()) => {
+                    handed_over.clear();
+                    AttemptOutcome::Rejected {
+                        reason: DUPLICATE_HAND_OVER.into(),
+                    }
+                }
+                other => other,
+            };
             match &outcome {
                 AttemptOutcome::Succeeded { .. } | AttemptOutcome::Pending => {
                     breakers.record_success(&route.supplier, now);
                 }
-                AttemptOutcome::Definite { .. } | AttemptOutcome::Unknown { .. } => {
+                AttemptOutcome::Definite { .. }
+                | AttemptOutcome::Unknown { .. }
+                | AttemptOutcome::Rejected { .. } => {
                     breakers.record_failure(&route.supplier, now);
                 }
             }
@@ -301,13 +327,19 @@ impl Shop {
         let mut rng = rand::thread_rng();
         let batch = BatchId::generate(now, &mut rng);
         let ids = CardId::generate_sequence(now, &mut rng, cards.len());
+        let legacy = ring.oldest_index_scheme() < IndexScheme::CURRENT;
         for (card, id) in cards.iter().zip(&ids) {
             let sealed = ring.seal_card(&self.tenant, sku, *id, card, &mut rng)?;
+            let blind_index = ring.blind_index(card);
             bought.push(NewCard {
                 id: *id,
                 sku,
                 batch,
-                blind_index: ring.blind_index(card),
+                blind_index,
+                index_scheme: IndexScheme::CURRENT,
+                legacy_index: legacy
+                    .then(|| ring.blind_index_as(card, IndexScheme::Legacy))
+                    .filter(|l| *l != blind_index),
                 sealed,
                 key_id: ring.active_key_id(),
             });
@@ -534,7 +566,11 @@ impl Shop {
                     {
                         let status = match a.outcome {
                             AttemptOutcome::Succeeded { .. } => StatementStatus::Succeeded,
-                            AttemptOutcome::Definite { .. } => StatementStatus::Failed,
+                            // A hand-over we refused is a failure on our side; the supplier's
+                            // statement will say it succeeded, and the pair is reported.
+                            AttemptOutcome::Definite { .. } | AttemptOutcome::Rejected { .. } => {
+                                StatementStatus::Failed
+                            }
                             AttemptOutcome::Pending | AttemptOutcome::Unknown { .. } => continue,
                         };
                         let (Ok(request), Ok(product)) = (

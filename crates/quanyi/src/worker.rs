@@ -6,8 +6,10 @@ use std::time::Duration;
 use crate::{JobRun, Result, Shop};
 
 /// Runs the shop's durable jobs: delivery of paid orders and refunds of what could not be
-/// delivered, including jobs a stopped process left behind once their lease ran out; and keeps
-/// the supplier stock figures this process uses fresh. Several
+/// delivered, including jobs a stopped process left behind once their lease ran out; keeps
+/// the supplier stock figures this process uses fresh; and, while the shop's tenant holds card
+/// keys indexed under an older blind-index scheme, re-indexes a batch of them per pass
+/// ([`Shop::reindex_card_keys`]). Several
 /// workers, in one process or many, can share one database: each job is claimed by one at a
 /// time.
 ///
@@ -48,13 +50,22 @@ impl Worker {
         self
     }
 
-    /// One pass: refreshes stale supplier stock figures, then claims due jobs and runs them.
+    /// One pass: refreshes stale supplier stock figures, re-indexes up to 8 batches' worth of
+    /// card keys when any are left under an older scheme, then claims due jobs and runs them.
     ///
     /// # Errors
-    /// [`crate::Error::Storage`] when jobs cannot be claimed or recorded.
+    /// [`crate::Error::Storage`] when jobs cannot be claimed or recorded; [`crate::Error::Vault`]
+    /// or [`crate::Error::Storage`] when re-indexing fails.
     pub async fn run_once(&self) -> Result<JobRun> {
         self.shop.refresh_supplier_stock().await;
-        self.shop.run_due_jobs(self.batch).await
+        let reindexed = if self.shop.needs_reindex().await? {
+            self.shop.reindex_card_keys(self.batch * 8).await?.examined
+        } else {
+            0
+        };
+        let mut run = self.shop.run_due_jobs(self.batch).await?;
+        run.reindexed = reindexed;
+        Ok(run)
     }
 
     /// Runs passes until `shutdown` completes; a job in progress finishes first. Storage errors
@@ -64,7 +75,7 @@ impl Worker {
         tokio::pin!(shutdown);
         loop {
             let busy = match self.run_once().await {
-                Ok(run) => run.done + run.retried + run.dead > 0,
+                Ok(run) => run.done + run.retried + run.dead + run.reindexed > 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "worker pass failed");
                     false

@@ -355,3 +355,74 @@ async fn top_up_accounts_are_validated_before_anything_else() {
             .is_empty()
     );
 }
+
+/// Cart bounds are checked before any other work, in quote and placement alike: a cart over
+/// the line limit or a quantity over the line maximum is refused without a single storage call,
+/// and amounts that would overflow are a typed error.
+#[tokio::test]
+async fn cart_bounds_are_checked_before_anything_is_read() {
+    use quanyi_testkit::hooked::HookedStore;
+    let store = HookedStore::new(std::sync::Arc::new(MemoryStore::new()));
+    let shop = Shop::builder(
+        store.clone(),
+        std::sync::Arc::new(StaticKeyProvider::new(RootKey::generate(
+            &mut rand::thread_rng(),
+        ))),
+    )
+    .build()
+    .unwrap();
+    let sku = card_sku(&shop, "30.00", PurchaseLimits::default()).await;
+    let buyer = member("bulk");
+    let calls = store.total_calls();
+    let too_many: Vec<CartLine> = (0..=MAX_CART_LINES)
+        .map(|_| CartLine::new(sku, 1))
+        .collect();
+    let huge: Vec<CartLine> = (0..100_000).map(|_| CartLine::new(sku, 1)).collect();
+    let over = vec![CartLine::new(sku, i64::from(MAX_LINE_QUANTITY) + 1)];
+    for (what, cart, code) in [
+        ("101 lines", &too_many, "cart_too_large"),
+        ("100,000 lines", &huge, "cart_too_large"),
+        ("quantity over the maximum", &over, "invalid_quantity"),
+    ] {
+        let quoted = shop.quote(cart).await.unwrap_err();
+        assert_eq!(quoted.code(), code, "{what}: {quoted}");
+        let placed = shop.place_order(&buyer, cart).await.unwrap_err();
+        assert_eq!(placed.code(), code, "{what}: {placed}");
+        assert_eq!(store.total_calls(), calls, "{what}: the store was called");
+    }
+    // At the bounds the cart is read and priced; an amount past what money can hold is a typed
+    // error, not an overflow.
+    let at_bounds: Vec<CartLine> = (0..MAX_CART_LINES)
+        .map(|_| CartLine::new(sku, i64::from(MAX_LINE_QUANTITY)))
+        .collect();
+    let quote = shop.quote(&at_bounds).await.unwrap();
+    assert_eq!(quote.lines.len(), MAX_CART_LINES);
+    assert_eq!(
+        quote.total,
+        Money::parse("30.00", Currency::CNY)
+            .unwrap()
+            .checked_mul(i64::from(MAX_LINE_QUANTITY) * 100)
+            .unwrap()
+    );
+    let dear = new_sku();
+    shop.create_goods(GoodsDraft {
+        title: "Gold".into(),
+        kind: GoodsKind::CardKey,
+        skus: vec![
+            SkuDraft::new(dear, "bar", Money::from_minor(i64::MAX / 4, Currency::CNY))
+                .with_stock(StockSource::VaultPool),
+        ],
+    })
+    .await
+    .unwrap();
+    let err = shop
+        .quote(&[CartLine::new(dear, 2), CartLine::new(dear, 3)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "amount_overflow", "{err}");
+    let err = shop
+        .place_order(&buyer, &[CartLine::new(dear, 5)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "amount_overflow", "{err}");
+}

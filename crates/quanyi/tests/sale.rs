@@ -348,8 +348,7 @@ async fn a_paid_order_left_undelivered_is_delivered_by_the_job() {
         run,
         JobRun {
             done: 1,
-            retried: 0,
-            dead: 0
+            ..JobRun::default()
         }
     );
     assert_eq!(

@@ -5,7 +5,7 @@ use quanyi_core::{ErrorKind, TenantId};
 use super::{card, now, ring_with_budget, rng, sku, tenant};
 use crate::{
     BlindIndex, CardCode, CardKey, CardSecret, DEFAULT_KEY_USE_LIMIT, Error, Field, HEADER_LEN,
-    KeyId, KeyRing, KeyState, RootKey, SealContext, SealedCard, SealedValue, TAG_LEN,
+    IndexScheme, KeyId, KeyRing, KeyState, RootKey, SealContext, SealedCard, SealedValue, TAG_LEN,
     WrappedKeyRing, needs_rotation,
 };
 
@@ -529,4 +529,134 @@ fn error_kinds() {
     check(Error::MalformedSealedValue, ErrorKind::Invalid);
     check(Error::CorruptKeyRing("x"), ErrorKind::Internal);
     check(Error::TenantMismatch, ErrorKind::Invalid);
+}
+
+/// Codes that differ only by invisible or compatibility characters are one code: the current
+/// scheme gives them one index, where the legacy scheme told them apart.
+#[test]
+fn invisible_and_compatibility_variants_share_an_index() {
+    let (_, ring, _) = ring_with_budget(0);
+    let idx = |c: &str, scheme| ring.blind_index_as(&key(c, None), scheme);
+    let plain = "AB12-3456-7890";
+    let variants = [
+        "AB12-3456\u{200B}-7890",         // zero-width space
+        "AB12-\u{200C}3456-\u{200D}7890", // zero-width non-joiner and joiner
+        "AB12-34\u{00AD}56-7890",         // soft hyphen
+        "\u{FEFF}AB12-3456-7890",         // byte-order mark inside the text
+        "AB12\u{2060}-3456-7890",         // word joiner
+        "\u{200E}AB12-3456-7890\u{200F}", // direction marks
+        "ＡＢ１２－３４５６－７８９０",   // full-width forms
+        "AB12\u{2010}3456\u{2011}7890",   // hyphen, non-breaking hyphen
+        "AB12\u{2013}3456\u{2014}7890",   // en and em dash
+        "AB12\u{2212}3456\u{FE63}7890",   // minus sign, small hyphen-minus
+        "ab12\u{FE0F}34\u{034F}56 7890",  // variation selector, grapheme joiner
+        "\u{1D400}\u{1D401}12-3456-7890", // mathematical bold capitals
+    ];
+    let current = idx(plain, IndexScheme::CURRENT);
+    for v in variants {
+        assert_eq!(
+            idx(v, IndexScheme::CURRENT),
+            current,
+            "{:?}",
+            v.escape_unicode().to_string()
+        );
+        assert_ne!(
+            idx(v, IndexScheme::Legacy),
+            idx(plain, IndexScheme::Legacy),
+            "the legacy scheme told {:?} apart",
+            v.escape_unicode().to_string()
+        );
+    }
+    // Unicode spaces were ignored by both schemes.
+    assert_eq!(
+        idx("AB12\u{3000}3456\u{00A0}7890", IndexScheme::CURRENT),
+        current
+    );
+    // Plain ASCII indexes alike under both schemes: stored cards of ASCII codes keep their index.
+    assert_eq!(idx(plain, IndexScheme::Legacy), current);
+    assert_eq!(idx(" ab12 3456 7890 ", IndexScheme::Legacy), current);
+    // Different codes stay different.
+    assert_ne!(idx("AB12-3456-7891", IndexScheme::CURRENT), current);
+    assert_ne!(idx("AB12-3456-789", IndexScheme::CURRENT), current);
+    assert_ne!(idx("AB12_3456_7890", IndexScheme::CURRENT), current);
+    // Secrets are normalised the same way.
+    assert_eq!(
+        ring.blind_index(&key("N1", Some("ｐｗ\u{200B}1"))),
+        ring.blind_index(&key("n1", Some("PW1")))
+    );
+}
+
+#[test]
+fn index_schemes_round_trip_and_old_rings_read_as_legacy() {
+    for scheme in [IndexScheme::Legacy, IndexScheme::Nfkc] {
+        assert_eq!(IndexScheme::from_u8(scheme.as_u8()), Some(scheme));
+        let json = serde_json::to_string(&scheme).unwrap();
+        assert_eq!(serde_json::from_str::<IndexScheme>(&json).unwrap(), scheme);
+    }
+    assert_eq!(IndexScheme::from_u8(0), None);
+    assert!(serde_json::from_str::<IndexScheme>("9").is_err());
+    let (_, ring, _) = ring_with_budget(0);
+    assert_eq!(ring.oldest_index_scheme(), IndexScheme::CURRENT);
+    let mut json = serde_json::to_value(ring.to_wrapped()).unwrap();
+    json.as_object_mut().unwrap().remove("oldest_index_scheme");
+    let old: WrappedKeyRing = serde_json::from_value(json).unwrap();
+    assert_eq!(old.oldest_index_scheme, IndexScheme::Legacy);
+}
+
+/// While the tenant may hold legacy-indexed cards, an import plans each card's legacy index too
+/// (when it differs), so a stored variant is still found.
+#[test]
+fn plan_import_adds_legacy_indexes_until_reindexed() {
+    use crate::import::{ImportOptions, parse_import};
+    let (root, ring, _) = ring_with_budget(0);
+    let input = "AB12-3456\nCD\u{200B}34-5678\n".as_bytes();
+    let plan = ring.plan_import(parse_import(input, &ImportOptions::default()));
+    assert!(plan.cards.iter().all(|c| c.legacy_index.is_none()));
+
+    let mut wrapped = ring.to_wrapped();
+    wrapped.oldest_index_scheme = IndexScheme::Legacy;
+    let mut old = KeyRing::unwrap(&root, &wrapped).unwrap();
+    let plan = old.plan_import(parse_import(input, &ImportOptions::default()));
+    // ASCII: the legacy index is the index, so there is nothing more to check.
+    assert_eq!(plan.cards[0].legacy_index, None);
+    assert_eq!(
+        plan.cards[1].legacy_index,
+        Some(old.blind_index_as(&plan.cards[1].key, IndexScheme::Legacy))
+    );
+    assert_ne!(plan.cards[1].legacy_index, Some(plan.cards[1].index));
+    old.set_oldest_index_scheme(IndexScheme::CURRENT);
+    old.set_oldest_index_scheme(IndexScheme::Legacy);
+    assert_eq!(
+        old.oldest_index_scheme(),
+        IndexScheme::CURRENT,
+        "never moves back"
+    );
+}
+
+#[test]
+fn destroyed_keys_open_nothing_and_the_active_key_cannot_be_destroyed() {
+    let (root, mut ring, mut rng) = ring_with_budget(0);
+    let t = tenant();
+    ring.grant(ring.active_key_id(), 1).unwrap();
+    let (s, c) = (sku(&mut rng), card(&mut rng));
+    let sealed = ring
+        .seal_card(&t, s, c, &key("AB12-3456-7890", None), &mut rng)
+        .unwrap();
+    assert!(matches!(
+        ring.destroy(KeyId(1)),
+        Err(Error::IllegalKeyState {
+            action: "destroy",
+            ..
+        })
+    ));
+    ring.rotate(&root, now(), &mut rng).unwrap();
+    ring.destroy(KeyId(1)).unwrap();
+    assert_eq!(ring.key_state(KeyId(1)), Some(KeyState::Destroyed));
+    assert_eq!(ring.open_card(&t, s, c, &sealed), Err(Error::OpenFailed));
+    let stored = ring.to_wrapped();
+    assert!(stored.keys[0].wrapped.is_empty());
+    let again = KeyRing::unwrap(&root, &stored).unwrap();
+    assert_eq!(again.open_card(&t, s, c, &sealed), Err(Error::OpenFailed));
+    assert_eq!(again.key_state(KeyId(1)), Some(KeyState::Destroyed));
+    assert!(matches!(ring.destroy(KeyId(9)), Err(Error::UnknownKey(_))));
 }

@@ -5,15 +5,30 @@ fn masking_table() {
     fn check(code: &str, expected: &str) {
         assert_eq!(CardCode::new(code).unwrap().masked(), expected, "{code}");
     }
-    check("AB12-3456-7890", "AB12****7890");
-    check("ABCDEFGHIJKL", "ABCD****IJKL"); // 12 chars
-    check("ABCDEFGHIJK", "AB****JK"); // 11 chars
-    check("ABCDEFGH", "AB****GH"); // 8 chars
+    check("AB12-3456-7890", "AB****90"); // 14 chars
+    check("ABCDEFGHIJKL", "AB****KL"); // 12 chars: 4 shown, a third
+    check("ABCDEFGHIJK", "A****JK"); // 11 chars: 3 shown
+    check("ABCDEFGHI", "A****HI"); // 9 chars: 3 shown
+    check("ABCDEFGH", "A****H"); // 8 chars: 2 shown
     check("ABCDEFG", "****"); // 7 chars
     check("A", "****");
-    check("充值卡号一二三四五六七八", "充值卡号****五六七八"); // 12 chars
-    check("兑换码一二三四五六", "兑换****五六"); // 9 chars, by chars not bytes
-    check("  AB12-3456-7890  ", "AB12****7890"); // trimmed before masking
+    check("充值卡号一二三四五六七八", "充值****七八"); // 12 chars
+    check("兑换码一二三四五六", "兑****五六"); // 9 chars, by chars not bytes
+    check("  AB12-3456-7890  ", "AB****90"); // trimmed before masking
+}
+
+/// Whatever the length, a mask shows at most 4 characters of a code and at most a third of it.
+#[test]
+fn masks_never_show_more_than_four_characters_or_a_third() {
+    for n in 1..=MAX_CODE_CHARS {
+        let code: String = (0..n)
+            .map(|i| char::from(b'a' + u8::try_from(i % 26).unwrap()))
+            .collect();
+        let masked = CardCode::new(code.as_str()).unwrap().masked();
+        let shown = masked.chars().count() - "****".len();
+        assert!(shown <= 4, "{n} chars: {shown} shown");
+        assert!(shown * 3 <= n, "{n} chars: {shown} shown");
+    }
 }
 
 #[test]
@@ -21,10 +36,10 @@ fn secret_and_key_masks() {
     let secret = CardSecret::new("hunter2-long-secret").unwrap();
     assert_eq!(secret.masked(), "********");
     let code = CardCode::new("AB12-3456-7890").unwrap();
-    assert_eq!(CardKey::new(code.clone(), None).masked(), "AB12****7890");
+    assert_eq!(CardKey::new(code.clone(), None).masked(), "AB****90");
     assert_eq!(
         CardKey::new(code, Some(secret)).masked(),
-        "AB12****7890 / ********"
+        "AB****90 / ********"
     );
 }
 

@@ -1,0 +1,534 @@
+//! Each schema change from the version before it, with data in every state: a database of the
+//! earlier version is written with SQL, opened with the store (which migrates it), and read and
+//! changed through the ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use quanyi_core::{BatchId, CardId, Currency, Money, OrderId, TenantId};
+use quanyi_goods::{Goods, PurchaseLimits};
+use quanyi_order::{Order, OrderStatus};
+use quanyi_storage::{
+    CONFLICTING_REPEAT, CardState, IndexChange, KeyRingStore, NoticeDisposition, OrderChange,
+    OrderStore, PaymentNotice, PaymentStore, PaymentWrite, Reindexed, StockCount, StoredCard,
+    VaultStore,
+};
+use quanyi_storage_sqlite::{SCHEMA_VERSION, SqliteStore};
+use quanyi_testkit::fixtures::{self, t0};
+use quanyi_vault::{BlindIndex, IndexScheme, KeyId, KeyRing, SealedCard, SealedValue};
+use rusqlite::{Connection, params};
+
+/// The migrations of the versions before 3, as that build applied them.
+const BEFORE_V3: [&str; 2] = [
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_orders_updated_at.sql"),
+];
+
+/// A database file removed when the test ends, pass or fail.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        common::remove_files(&self.0);
+    }
+}
+
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap()
+}
+
+/// A database at schema version 2, as migrations 1 and 2 left it.
+fn version_2(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE schema_version (
+             version    INTEGER NOT NULL PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .unwrap();
+    for (n, sql) in (1i64..).zip(BEFORE_V3) {
+        conn.execute_batch(sql).unwrap();
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, 1)",
+            [n],
+        )
+        .unwrap();
+    }
+    conn
+}
+
+/// A key ring as version 2 stored it: before index schemes, so without `oldest_index_scheme`.
+fn insert_v2_ring(conn: &Connection, tenant: &TenantId) {
+    let mut doc = serde_json::to_value(fixtures::key_ring(tenant)).unwrap();
+    doc.as_object_mut()
+        .unwrap()
+        .remove("oldest_index_scheme")
+        .unwrap();
+    conn.execute(
+        "INSERT INTO key_rings (tenant, version, doc) VALUES (?1, 1, ?2)",
+        params![tenant.as_str(), doc.to_string()],
+    )
+    .unwrap();
+}
+
+fn insert_v2_goods(conn: &Connection, goods: &Goods) {
+    conn.execute(
+        "INSERT INTO goods (tenant, id, version, doc) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            goods.tenant().as_str(),
+            goods.id().as_bytes(),
+            i64::try_from(goods.version()).unwrap(),
+            serde_json::to_string(goods).unwrap()
+        ],
+    )
+    .unwrap();
+    for sku in goods.skus() {
+        conn.execute(
+            "INSERT INTO skus (tenant, sku, goods) VALUES (?1, ?2, ?3)",
+            params![
+                goods.tenant().as_str(),
+                sku.id.as_bytes(),
+                goods.id().as_bytes()
+            ],
+        )
+        .unwrap();
+    }
+}
+
+fn insert_v2_order(conn: &Connection, order: &Order) {
+    conn.execute(
+        "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            order.tenant().as_str(),
+            order.id().as_bytes(),
+            order.member().as_str(),
+            order.status().as_str(),
+            nanos(order.expires_at()),
+            i64::try_from(order.version()).unwrap(),
+            serde_json::to_string(order).unwrap(),
+            nanos(order.updated_at())
+        ],
+    )
+    .unwrap();
+    for (n, line) in (0i64..).zip(order.lines()) {
+        conn.execute(
+            "INSERT INTO order_lines (tenant, member, sku, order_id, line, quantity)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                order.tenant().as_str(),
+                order.member().as_str(),
+                line.sku.as_bytes(),
+                order.id().as_bytes(),
+                n,
+                line.quantity
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// Stores a card with version 2's columns; `hold_seq` is its place in its order's list.
+fn insert_v2_card(conn: &Connection, card: &StoredCard, hold_seq: Option<i64>) {
+    let (state, order, until, sold_at) = match card.state {
+        CardState::Available => ("available", None, None, None),
+        CardState::Reserved { order, until } => ("reserved", Some(order), Some(nanos(until)), None),
+        CardState::Sold { order, at } => ("sold", Some(order), None, Some(nanos(at))),
+        CardState::Withdrawn { .. } => panic!("version 2 has no withdrawn cards"),
+    };
+    conn.execute(
+        "INSERT INTO cards (id, tenant, sku, batch, blind_index, code, secret, key_id, state,
+                            order_id, until, sold_at, hold_seq, imported_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            card.id.as_bytes(),
+            card.tenant.as_str(),
+            card.sku.as_bytes(),
+            card.batch.as_bytes(),
+            card.blind_index.as_bytes(),
+            card.sealed.code.as_bytes(),
+            card.sealed.secret.as_ref().map(SealedValue::as_bytes),
+            card.key_id.0,
+            state,
+            order.map(|o| o.as_bytes().to_vec()),
+            until,
+            sold_at,
+            hold_seq,
+            nanos(card.imported_at)
+        ],
+    )
+    .unwrap();
+}
+
+fn insert_v2_notice(conn: &Connection, notice: &PaymentNotice) {
+    let reconcile = !matches!(notice.disposition, NoticeDisposition::Applied);
+    conn.execute(
+        "INSERT INTO payment_notices (tenant, provider, transaction_id, reconcile, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            notice.tenant.as_str(),
+            &*notice.provider,
+            &*notice.transaction_id,
+            reconcile,
+            serde_json::to_string(notice).unwrap()
+        ],
+    )
+    .unwrap();
+}
+
+fn notice(tenant: &TenantId, order: OrderId, txn: &str, amount: Money) -> PaymentNotice {
+    PaymentNotice {
+        tenant: tenant.clone(),
+        provider: "testpay".into(),
+        transaction_id: txn.into(),
+        order,
+        amount,
+        received_at: t0(),
+        disposition: NoticeDisposition::Applied,
+    }
+}
+
+/// A card as version 2 held it: every index was of the Legacy scheme.
+fn v2_card(tenant: &TenantId, sku: quanyi_core::SkuId, byte: u8, state: CardState) -> StoredCard {
+    StoredCard {
+        id: fixtures::id(CardId::generate),
+        tenant: tenant.clone(),
+        sku,
+        batch: fixtures::id(BatchId::generate),
+        blind_index: BlindIndex::from_bytes([byte; 32]),
+        index_scheme: IndexScheme::Legacy,
+        sealed: SealedCard {
+            code: SealedValue::from_bytes(vec![byte; 40]),
+            secret: (byte % 2 == 0).then(|| SealedValue::from_bytes(vec![byte ^ 0xff; 36])),
+        },
+        key_id: KeyId(1),
+        state,
+        imported_at: t0() - Duration::days(1),
+    }
+}
+
+fn index_names(conn: &Connection, table: &str) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([table], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// Version 2 to 3: every card keeps its state, data and holder and is of the Legacy scheme;
+/// notices, orders, goods and the ring read as before; withdrawal, re-indexing, legacy
+/// duplicates, closing an unpaid order, conflicting repeats and destroying a key work on the
+/// old data.
+#[tokio::test]
+async fn version_2_databases_migrate_with_every_card_and_notice() {
+    let db = TempDb(common::fresh_path());
+    let tenant = fixtures::tenant();
+    let goods = fixtures::card_goods(&tenant, PurchaseLimits::default());
+    let sku = fixtures::first_sku(&goods);
+    let (unpaid, _) = fixtures::order(&goods, &fixtures::member("ann"), 1);
+    let (placed, _) = fixtures::order(&goods, &fixtures::member("bob"), 2);
+    let paid_notice = notice(&tenant, placed.id(), "txn-paid", placed.total());
+    let (paid, _) = fixtures::paid_by(&placed, &paid_notice);
+    let mut unknown = notice(
+        &tenant,
+        fixtures::id(OrderId::generate),
+        "txn-unknown",
+        Money::from_minor(5, Currency::CNY),
+    );
+    unknown.disposition = NoticeDisposition::Reconcile {
+        reason: "unknown_order".into(),
+    };
+
+    // (card, its place in its order's list): a card in every state version 2 had.
+    let sold_at = t0() + Duration::minutes(1);
+    let cards = [
+        (v2_card(&tenant, sku, 1, CardState::Available), None),
+        (v2_card(&tenant, sku, 2, CardState::Available), None),
+        (
+            v2_card(
+                &tenant,
+                sku,
+                3,
+                CardState::Reserved {
+                    order: unpaid.id(),
+                    until: unpaid.expires_at(),
+                },
+            ),
+            Some(1),
+        ),
+        (
+            v2_card(
+                &tenant,
+                sku,
+                4,
+                CardState::Sold {
+                    order: paid.id(),
+                    at: sold_at,
+                },
+            ),
+            Some(2),
+        ),
+        (
+            v2_card(
+                &tenant,
+                sku,
+                5,
+                CardState::Sold {
+                    order: paid.id(),
+                    at: sold_at,
+                },
+            ),
+            Some(1),
+        ),
+    ];
+    {
+        let conn = version_2(db.path());
+        insert_v2_ring(&conn, &tenant);
+        insert_v2_goods(&conn, &goods);
+        insert_v2_order(&conn, &unpaid);
+        insert_v2_order(&conn, &paid);
+        for (card, hold_seq) in &cards {
+            insert_v2_card(&conn, card, *hold_seq);
+        }
+        insert_v2_notice(&conn, &unknown);
+        insert_v2_notice(&conn, &paid_notice);
+    }
+
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    {
+        let conn = Connection::open(db.path()).unwrap();
+        let versions: Vec<i64> = conn
+            .prepare("SELECT version FROM schema_version ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            versions,
+            (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>()
+        );
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(
+            index_names(&conn, "cards"),
+            [
+                "cards_by_key",
+                "cards_by_order",
+                "cards_deadlines",
+                "cards_pool",
+                "cards_to_reindex"
+            ]
+        );
+        assert_eq!(
+            index_names(&conn, "payment_notices"),
+            ["payment_notices_to_reconcile"]
+        );
+    }
+
+    // Everything reads back as it was written.
+    for (card, _) in &cards {
+        assert_eq!(
+            store.card(&tenant, card.id).await.unwrap().as_ref(),
+            Some(card)
+        );
+    }
+    assert_eq!(
+        store.stock(&tenant, sku, t0()).await.unwrap(),
+        StockCount {
+            available: 2,
+            reserved: 1,
+            sold: 2
+        }
+    );
+    let held = store.held_cards(&tenant, unpaid.id()).await.unwrap();
+    assert_eq!(
+        held.iter().map(|c| (c.id, c.state)).collect::<Vec<_>>(),
+        [(cards[2].0.id, cards[2].0.state)]
+    );
+    let sold = store.order_cards(&tenant, paid.id()).await.unwrap();
+    assert_eq!(sold, [cards[4].0.clone(), cards[3].0.clone()], "hold order");
+    assert_eq!(
+        store.order(&tenant, unpaid.id()).await.unwrap().as_ref(),
+        Some(&unpaid)
+    );
+    assert_eq!(
+        store.order(&tenant, paid.id()).await.unwrap().as_ref(),
+        Some(&paid)
+    );
+    assert_eq!(
+        quanyi_storage::GoodsStore::goods(&store, &tenant, goods.id())
+            .await
+            .unwrap(),
+        Some(goods.clone())
+    );
+    assert_eq!(
+        store
+            .payment_notice(&tenant, "testpay", "txn-paid")
+            .await
+            .unwrap(),
+        Some(paid_notice.clone())
+    );
+    assert_eq!(
+        store.notices_to_reconcile(&tenant, 10).await.unwrap(),
+        [unknown.clone()]
+    );
+    let (ring, ring_version) = store.key_ring(&tenant).await.unwrap().unwrap();
+    assert_eq!(ring.oldest_index_scheme, IndexScheme::Legacy);
+    assert_eq!(ring.active, KeyId(1));
+
+    // Every old card is to be re-indexed, in card order.
+    let mut by_id: Vec<CardId> = cards.iter().map(|(c, _)| c.id).collect();
+    by_id.sort();
+    let todo = store
+        .cards_to_reindex(&tenant, IndexScheme::CURRENT, 10)
+        .await
+        .unwrap();
+    assert_eq!(todo.iter().map(|c| c.id).collect::<Vec<_>>(), by_id);
+
+    // An import finds old cards by their legacy index.
+    let mut variant = fixtures::card_with_index(sku, fixtures::id(BatchId::generate), [41; 32]);
+    variant.legacy_index = Some(cards[3].0.blind_index);
+    let fresh = fixtures::card_with_index(sku, fixtures::id(BatchId::generate), [42; 32]);
+    let out = store
+        .insert_cards(&tenant, &[variant, fresh.clone()], t0())
+        .await
+        .unwrap();
+    assert_eq!((out.inserted, out.duplicates), (vec![fresh.id], vec![0]));
+
+    // Re-indexing moves an old card; withdrawal takes one out of sale.
+    let answers = store
+        .reindex_cards(
+            &tenant,
+            &[IndexChange {
+                card: cards[0].0.id,
+                from: cards[0].0.blind_index,
+                to: BlindIndex::from_bytes([51; 32]),
+                scheme: IndexScheme::CURRENT,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers, [Reindexed::Moved]);
+    let later = t0() + Duration::minutes(2);
+    assert_eq!(
+        store
+            .withdraw_cards(&tenant, &[cards[1].0.id, cards[4].0.id], later)
+            .await
+            .unwrap(),
+        [cards[1].0.id]
+    );
+
+    // Closing the old unpaid order releases its old reservation.
+    let mut expired = unpaid.clone();
+    let events = expired.expire(unpaid.expires_at()).unwrap();
+    let envs = fixtures::envelopes(&expired, &events);
+    let released = store
+        .close_unpaid_order(OrderChange {
+            order: &expired,
+            expected_version: unpaid.version(),
+            events: &envs,
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    assert_eq!(
+        store
+            .order(&tenant, unpaid.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .status(),
+        OrderStatus::Expired
+    );
+    assert_eq!(
+        store.stock(&tenant, sku, t0()).await.unwrap(),
+        StockCount {
+            available: 3,
+            reserved: 0,
+            sold: 2
+        }
+    );
+
+    // A conflicting repeat of an old notice, and a new notice to reconcile, list after the old
+    // one in the order they came.
+    let mut repeat = paid_notice.clone();
+    repeat.amount = Money::from_minor(1, Currency::CNY);
+    assert!(store.flag_conflicting_notice(&repeat).await.unwrap());
+    let mut late = notice(
+        &tenant,
+        fixtures::id(OrderId::generate),
+        "txn-late",
+        Money::from_minor(7, Currency::CNY),
+    );
+    late.disposition = NoticeDisposition::Reconcile {
+        reason: "unknown_order".into(),
+    };
+    store
+        .record_payment(
+            PaymentWrite {
+                notice: &late,
+                change: None,
+                sell: &[],
+                job: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    repeat.disposition = NoticeDisposition::Reconcile {
+        reason: CONFLICTING_REPEAT.into(),
+    };
+    assert_eq!(
+        store.notices_to_reconcile(&tenant, 10).await.unwrap(),
+        [unknown, repeat, late]
+    );
+
+    // Destroying k1 shreds every old card and withdraws the unsold ones.
+    let mut unwrapped = KeyRing::unwrap(&fixtures::root_key(), &ring).unwrap();
+    unwrapped
+        .rotate(&fixtures::root_key(), t0(), &mut rand::thread_rng())
+        .unwrap();
+    unwrapped.destroy(KeyId(1)).unwrap();
+    let outcome = store
+        .destroy_key(&unwrapped.to_wrapped(), ring_version, KeyId(1), later)
+        .await
+        .unwrap();
+    // The five old cards and the new one; of those, three are unsold: the re-indexed one, the
+    // released one and the new one (the other available card was withdrawn before).
+    assert_eq!((outcome.shredded, outcome.withdrawn), (6, 3));
+    for (card, _) in &cards {
+        let now = store.card(&tenant, card.id).await.unwrap().unwrap();
+        assert!(now.sealed.code.as_bytes().is_empty());
+        assert!(now.sealed.secret.is_none());
+        match card.state {
+            CardState::Sold { .. } => assert_eq!(now.state, card.state),
+            _ => assert_eq!(now.state, CardState::Withdrawn { at: later }),
+        }
+    }
+    assert_eq!(
+        store.stock(&tenant, sku, t0()).await.unwrap(),
+        StockCount {
+            available: 0,
+            reserved: 0,
+            sold: 2
+        }
+    );
+}

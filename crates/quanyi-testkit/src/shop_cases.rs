@@ -1,0 +1,752 @@
+//! Use cases of the facade that every store must carry: each case builds shops on the store
+//! under test and drives them as a host would. [`shop_conformance!`](crate::shop_conformance)
+//! runs them on an adapter, so a use case is proven on memory, SQLite and PostgreSQL alike.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use parking_lot::Mutex;
+use quanyi::{
+    BadLines, CartLine, Clock, Currency, DuplicateOf, Error, GoodsDraft, GoodsKind, ImportOptions,
+    IndexScheme, KeyId, KeyState, ManualClock, MemberId, Money, Order, OrderStatus, PaymentGateway,
+    PaymentNotification, RootKey, Shop, SkuDraft, SkuId, StaticKeyProvider, StockSource, Store,
+    SupplierRoute, TenantId, Worker,
+};
+use quanyi::{GatewayError, RefundReceipt, RefundRequest};
+use quanyi_order::AttemptOutcome;
+use quanyi_storage::{AuditAction, CONFLICTING_REPEAT, CardState, NewCard, NoticeDisposition};
+use quanyi_supplier::{ProductCode, SupplierId};
+use quanyi_vault::{CardCode, CardKey, KeyRing};
+
+use crate::fixtures::{self, t0};
+use crate::hooked::HookedStore;
+use crate::supplier_sim::SimSupplier;
+
+/// Every case name, in the order the macro generates them.
+pub const CASES: &[&str] = &[
+    "invisible_variants_of_a_code_are_duplicates",
+    "reindexing_moves_legacy_keys_and_resumes_after_a_stop",
+    "an_import_racing_a_retirement_is_sealed_again",
+    "a_destroyed_key_never_opens_again_in_any_shop",
+    "a_retired_key_stops_opening_within_the_refresh",
+    "a_supplier_card_already_held_fails_over_or_is_refunded",
+    "a_conflicting_repeat_notice_is_kept_for_reconciliation",
+    "expiry_and_cancel_write_the_order_and_release_together",
+];
+
+/// A test's shops share one store, clock, tenant and root key, as processes of one deployment.
+struct Rig {
+    store: Arc<dyn Store>,
+    clock: ManualClock,
+    tenant: TenantId,
+    root: [u8; 32],
+}
+
+impl Rig {
+    fn new(store: Arc<dyn Store>) -> Self {
+        let mut root = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut root);
+        Rig {
+            store,
+            clock: ManualClock::new(t0()),
+            tenant: fixtures::tenant(),
+            root,
+        }
+    }
+
+    /// A shop on the rig's store: a process of its own (its own caches).
+    fn shop(&self) -> Shop {
+        self.shop_on(self.store.clone())
+    }
+
+    fn shop_on(&self, store: Arc<dyn Store>) -> Shop {
+        self.builder(store).build().unwrap()
+    }
+
+    fn builder(&self, store: Arc<dyn Store>) -> quanyi::ShopBuilder {
+        Shop::builder(
+            store,
+            Arc::new(StaticKeyProvider::new(RootKey::from_bytes(self.root))),
+        )
+        .clock(Arc::new(self.clock.clone()))
+        .tenant(self.tenant.clone())
+    }
+}
+
+fn cny(text: &str) -> Money {
+    Money::parse(text, Currency::CNY).unwrap()
+}
+
+fn member(name: &str) -> MemberId {
+    MemberId::new(name).unwrap()
+}
+
+/// Vault-stocked card-key goods; returns the SKU.
+async fn card_sku(shop: &Shop) -> SkuId {
+    let sku = fixtures::id(SkuId::generate);
+    shop.create_goods(GoodsDraft {
+        title: "Video membership month card".into(),
+        kind: GoodsKind::CardKey,
+        skus: vec![SkuDraft::new(sku, "1 month", cny("19.90")).with_stock(StockSource::VaultPool)],
+    })
+    .await
+    .unwrap();
+    sku
+}
+
+async fn import(shop: &Shop, sku: SkuId, codes: &[&str]) -> quanyi::ImportReport {
+    shop.import_card_keys(
+        sku,
+        codes.join("\n").as_bytes(),
+        &ImportOptions::default(),
+        BadLines::Reject,
+    )
+    .await
+    .unwrap()
+}
+
+/// Places and pays an order for `quantity` of `sku`; returns it after the payment.
+async fn buy(shop: &Shop, sku: SkuId, buyer: &MemberId, quantity: i64) -> Order {
+    let order = shop
+        .place_order(buyer, &[CartLine::new(sku, quantity)])
+        .await
+        .unwrap();
+    shop.confirm_payment(notice(&order, &format!("txn-{}", order.id())))
+        .await
+        .unwrap()
+        .order
+}
+
+fn notice(order: &Order, txn: &str) -> PaymentNotification {
+    PaymentNotification {
+        provider: "testpay".into(),
+        transaction_id: txn.into(),
+        order: order.id(),
+        amount: order.total(),
+    }
+}
+
+/// The codes a buyer reveals, in order.
+async fn revealed(shop: &Shop, buyer: &MemberId, order: &Order) -> Result<Vec<String>, Error> {
+    Ok(shop
+        .reveal(buyer, order.id())
+        .await?
+        .cards
+        .iter()
+        .map(|c| c.key.code.expose().to_owned())
+        .collect())
+}
+
+/// A code written with invisible or compatibility characters is the code itself: importing it
+/// after the code, or beside it in one file, finds a duplicate, so it is never sold twice.
+pub async fn invisible_variants_of_a_code_are_duplicates(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let shop = rig.shop();
+    let sku = card_sku(&shop).await;
+    import(&shop, sku, &["QY-1234-ABCD"]).await;
+    let variants = [
+        "QY-1234\u{200B}-ABCD",
+        "ＱＹ－１２３４－ＡＢＣＤ",
+        "QY\u{2013}1234\u{2014}ABCD",
+        "qy-1234-abcd\u{00AD}",
+        "\u{FEFF}QY-1234-ABCD\u{200D}",
+        "QY\u{2212}1234\u{2060}ABCD",
+    ];
+    let report = import(&shop, sku, &variants).await;
+    assert_eq!(report.imported, 0, "{report}");
+    assert_eq!(report.duplicates.len(), variants.len());
+    // The first variant repeats the stored code; the rest repeat the first (and the code).
+    assert_eq!(report.duplicates[0].of, DuplicateOf::Stored);
+    assert!(
+        report.duplicates[1..]
+            .iter()
+            .all(|d| d.of == DuplicateOf::Line(1))
+    );
+    assert_eq!(shop.stock(sku).await.unwrap().available, 1);
+    // Within one file, too.
+    let report = import(&shop, sku, &["NEW-0001", "NEW\u{200B}-0001", "ＮＥＷ-0001"]).await;
+    assert_eq!(report.imported, 1);
+    assert_eq!(
+        report
+            .duplicates
+            .iter()
+            .map(|d| (d.line, d.of))
+            .collect::<Vec<_>>(),
+        vec![(2, DuplicateOf::Line(1)), (3, DuplicateOf::Line(1))]
+    );
+    assert_eq!(shop.stock(sku).await.unwrap().available, 2);
+}
+
+/// Seals `codes` the way a shop of the legacy scheme did: sealed under the active key, indexed
+/// under [`IndexScheme::Legacy`], and marks the ring as holding legacy-indexed cards.
+async fn store_legacy_cards(rig: &Rig, sku: SkuId, codes: &[&str]) -> Vec<quanyi::CardId> {
+    let store = &rig.store;
+    let root = RootKey::from_bytes(rig.root);
+    let (wrapped, _) = store.key_ring(&rig.tenant).await.unwrap().unwrap();
+    let ring = KeyRing::unwrap(&root, &wrapped).unwrap();
+    let key = ring.active_key_id();
+    let uses = u64::try_from(codes.len()).unwrap();
+    store
+        .reserve_key_uses(&rig.tenant, key, uses, quanyi_vault::DEFAULT_KEY_USE_LIMIT)
+        .await
+        .unwrap();
+    ring.grant(key, uses).unwrap();
+    let batch = fixtures::id(quanyi_core::BatchId::generate);
+    let cards: Vec<NewCard> = {
+        let mut rng = rand::thread_rng();
+        let ids = quanyi::CardId::generate_sequence(t0(), &mut rng, codes.len());
+        codes
+            .iter()
+            .zip(&ids)
+            .map(|(code, id)| {
+                let card = CardKey::new(CardCode::new(*code).unwrap(), None);
+                NewCard {
+                    id: *id,
+                    sku,
+                    batch,
+                    blind_index: ring.blind_index_as(&card, IndexScheme::Legacy),
+                    index_scheme: IndexScheme::Legacy,
+                    legacy_index: None,
+                    sealed: ring
+                        .seal_card(&rig.tenant, sku, *id, &card, &mut rng)
+                        .unwrap(),
+                    key_id: key,
+                }
+            })
+            .collect()
+    };
+    let out = store.insert_cards(&rig.tenant, &cards, t0()).await.unwrap();
+    assert_eq!(out.inserted.len(), codes.len(), "legacy cards are distinct");
+    let (mut wrapped, version) = store.key_ring(&rig.tenant).await.unwrap().unwrap();
+    wrapped.oldest_index_scheme = IndexScheme::Legacy;
+    store.update_key_ring(&wrapped, version).await.unwrap();
+    cards.iter().map(|c| c.id).collect()
+}
+
+/// A store holding keys indexed the legacy way is re-indexed by a job that opens each card: it
+/// can stop (a limit, or a failed write) and resume, no card is ever without an index, cards
+/// that turn out to be one code are settled (the unsold copy withdrawn), and once it finishes
+/// imports find every variant.
+pub async fn reindexing_moves_legacy_keys_and_resumes_after_a_stop(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let setup = rig.shop();
+    let sold_sku = card_sku(&setup).await;
+    let sku = card_sku(&setup).await;
+    setup.data_keys().await.unwrap();
+    // The legacy era: one code stored twice (one copy sold), and codes with invisible or
+    // compatibility characters.
+    store_legacy_cards(&rig, sold_sku, &["LG-0004-DUP"]).await;
+    let legacy = [
+        "LG-0001-PLAIN",
+        "LG-0002\u{200B}-ZW",
+        "ＬＧ-0003-FW",
+        "LG-0004\u{200B}-DUP",
+        "LG-0005\u{00AD}-SH",
+        "LG-0006-PLAIN",
+        "LG-0007\u{FEFF}-BOM",
+    ];
+    store_legacy_cards(&rig, sku, &legacy).await;
+    let sold = buy(&setup, sold_sku, &member("early"), 1).await;
+    assert_eq!(sold.status(), OrderStatus::Delivered);
+
+    // The upgraded process.
+    let hooked = HookedStore::new(rig.store.clone());
+    let shop = rig.shop_on(hooked.clone());
+    // Until re-indexing ends, an identical legacy code is still a duplicate (its legacy index)...
+    let again = import(&shop, sku, &["LG-0002\u{200B}-ZW"]).await;
+    assert_eq!((again.imported, again.duplicates.len()), (0, 1));
+    // ...and a plain spelling of it is stored: it can only be found once the old card has its
+    // new index. Re-indexing then settles the pair.
+    let plain = import(&shop, sku, &["LG-0002-ZW"]).await;
+    assert_eq!(plain.imported, 1);
+
+    // A first pass stops at its limit.
+    let first = shop.reindex_card_keys(3).await.unwrap();
+    assert_eq!((first.examined, first.finished), (3, false));
+    // A second stops on a failed write: nothing of its batch changed, nothing is lost.
+    hooked.fail_next("reindex_cards", 1);
+    assert!(shop.reindex_card_keys(3).await.is_err());
+    let left = rig
+        .store
+        .cards_to_reindex(&rig.tenant, IndexScheme::CURRENT, 100)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 8 - 3);
+    // Every code still finds its card, halfway through.
+    let everything: Vec<&str> = legacy.iter().copied().chain(["LG-0004-DUP"]).collect();
+    let report = import(&shop, sku, &everything).await;
+    assert_eq!(report.imported, 0, "{report}");
+
+    // Resumed by the worker, pass by pass, until it is done.
+    let worker = Worker::new(shop.clone()).batch(1);
+    let mut passes = 0;
+    while rig
+        .store
+        .key_ring(&rig.tenant)
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+        .oldest_index_scheme
+        < IndexScheme::CURRENT
+    {
+        let run = worker.run_once().await.unwrap();
+        assert!(run.reindexed > 0 || passes > 0);
+        passes += 1;
+        assert!(passes < 20, "re-indexing does not finish");
+    }
+    assert!(
+        rig.store
+            .cards_to_reindex(&rig.tenant, IndexScheme::CURRENT, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(shop.reindex_card_keys(10).await.unwrap().finished);
+
+    // Both pairs were settled: the unsold legacy copy of the sold code, and the legacy card
+    // whose plain spelling was stored meanwhile.
+    let audit = shop.audit_log(100).await.unwrap();
+    let withdrawals = audit
+        .iter()
+        .filter(|r| r.action == AuditAction::CardsWithdrawn)
+        .count();
+    assert_eq!(withdrawals, 2, "{audit:?}");
+    let mut withdrawn = 0;
+    for card in rig
+        .store
+        .cards_sealed_with(&rig.tenant, KeyId(1), 100)
+        .await
+        .unwrap()
+    {
+        assert_eq!(card.index_scheme, IndexScheme::CURRENT);
+        if matches!(card.state, CardState::Withdrawn { .. }) {
+            withdrawn += 1;
+        }
+    }
+    assert_eq!(withdrawn, 2);
+    // The pool sells what is left: 6 legacy codes and the plain one, less the two withdrawn.
+    assert_eq!(shop.stock(sku).await.unwrap().available, 7 + 1 - 2);
+    // Now every variant is found.
+    let variants = [
+        "LG-0001-PLAIN",
+        "LG-0002-ZW",
+        "LG-0003-FW",
+        "LG-0004-DUP",
+        "LG-0005-SH",
+        "LG-0006-PLAIN",
+        "LG-0007-BOM",
+        "LG\u{2010}0001\u{2010}PLAIN",
+    ];
+    let report = import(&shop, sku, &variants).await;
+    assert_eq!(report.imported, 0, "{report}");
+}
+
+/// An import that sealed under the active key while another process rotated it, resealed what
+/// it held and retired it, is refused by the store and sealed again under the new key: no card
+/// is stored under a key that is not active, and every card opens.
+pub async fn an_import_racing_a_retirement_is_sealed_again(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let hooked = HookedStore::new(rig.store.clone());
+    let importer = rig.shop_on(hooked.clone());
+    let operator = rig.shop();
+    let sku = card_sku(&importer).await;
+    import(&importer, sku, &["RACE-0001", "RACE-0002"]).await;
+    // After the importer sealed its batch and reserved the key's uses, the operator rotates,
+    // reseals what the old key sealed and retires it.
+    let op = operator.clone();
+    hooked.before_next("insert_cards", move || async move {
+        let new = op.rotate_data_key().await.unwrap();
+        assert_eq!(new, KeyId(2));
+        assert_eq!(op.reseal_cards(KeyId(1)).await.unwrap(), 2);
+        op.retire_key(KeyId(1)).await.unwrap();
+    });
+    let report = import(&importer, sku, &["RACE-0003", "RACE-0004", "RACE-0005"]).await;
+    assert_eq!(report.imported, 3);
+    assert_eq!(
+        hooked.calls("insert_cards"),
+        3,
+        "the refused batch was sealed again"
+    );
+    assert!(
+        rig.store
+            .cards_sealed_with(&rig.tenant, KeyId(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        operator.data_keys().await.unwrap(),
+        vec![(KeyId(1), KeyState::Retired), (KeyId(2), KeyState::Active)]
+    );
+    // Every card opens for its buyer, in either process.
+    let buyer = member("racer");
+    let order = buy(&importer, sku, &buyer, 5).await;
+    assert_eq!(order.status(), OrderStatus::Delivered);
+    let mut codes = revealed(&operator, &buyer, &order).await.unwrap();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            "RACE-0001",
+            "RACE-0002",
+            "RACE-0003",
+            "RACE-0004",
+            "RACE-0005"
+        ]
+    );
+}
+
+/// A destroyed key opens nothing again, at once, in every shop on the store, even one that has
+/// the ring cached: what it sealed is shredded in the same write, and its unsold cards leave
+/// sale. The shop goes on under a new key.
+pub async fn a_destroyed_key_never_opens_again_in_any_shop(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let seller = rig.shop();
+    let operator = rig.shop();
+    let sku = card_sku(&seller).await;
+    import(&seller, sku, &["BURN-0001", "BURN-0002", "BURN-0003"]).await;
+    let buyer = member("burnt");
+    let order = buy(&seller, sku, &buyer, 1).await;
+    assert_eq!(
+        revealed(&seller, &buyer, &order).await.unwrap(),
+        ["BURN-0001"]
+    );
+    let report = operator.destroy_key(KeyId(1)).await.unwrap();
+    assert_eq!(report.rotated_to, Some(KeyId(2)));
+    assert_eq!((report.shredded, report.withdrawn), (3, 2));
+    // The seller's cached ring still holds k1; the ciphertext is gone from the store.
+    assert!(matches!(
+        seller.reveal(&buyer, order.id()).await,
+        Err(Error::RevealDenied)
+    ));
+    assert_eq!(seller.stock(sku).await.unwrap().available, 0);
+    let card = rig
+        .store
+        .order_cards(&rig.tenant, order.id())
+        .await
+        .unwrap();
+    assert!(card[0].sealed.code.as_bytes().is_empty());
+    assert_eq!(
+        operator.data_keys().await.unwrap(),
+        vec![
+            (KeyId(1), KeyState::Destroyed),
+            (KeyId(2), KeyState::Active)
+        ]
+    );
+    // The seller goes on under the new key.
+    import(&seller, sku, &["BURN-0004"]).await;
+    let next = buy(&seller, sku, &buyer, 1).await;
+    assert_eq!(
+        revealed(&seller, &buyer, &next).await.unwrap(),
+        ["BURN-0004"]
+    );
+    let audit = operator.audit_log(50).await.unwrap();
+    assert!(audit.iter().any(|r| r.action == AuditAction::KeyDestroyed));
+    // A key the ring does not have is refused.
+    assert!(operator.destroy_key(KeyId(9)).await.is_err());
+}
+
+/// A retired key stops opening in another process within that process's key ring refresh:
+/// a ciphertext under the retired key (from a lagging replica, say) opens there until the
+/// refresh is due, and never after.
+pub async fn a_retired_key_stops_opening_within_the_refresh(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let hooked = HookedStore::new(rig.store.clone());
+    let refresh = Duration::seconds(30);
+    let seller = rig
+        .builder(hooked.clone())
+        .key_ring_refresh(refresh)
+        .build()
+        .unwrap();
+    let operator = rig.shop();
+    let sku = card_sku(&seller).await;
+    import(&seller, sku, &["OLD-0001"]).await;
+    let buyer = member("patient");
+    let order = buy(&seller, sku, &buyer, 1).await;
+    assert_eq!(
+        revealed(&seller, &buyer, &order).await.unwrap(),
+        ["OLD-0001"]
+    );
+    let before = rig
+        .store
+        .order_cards(&rig.tenant, order.id())
+        .await
+        .unwrap()
+        .remove(0);
+    operator.rotate_data_key().await.unwrap();
+    operator.reseal_cards(KeyId(1)).await.unwrap();
+    operator.retire_key(KeyId(1)).await.unwrap();
+    hooked.serve_stale(before.id, before.sealed.clone());
+    // The operator's ring dropped k1 at once.
+    let stale_operator = rig.shop_on(hooked.clone());
+    assert!(matches!(
+        stale_operator.reveal(&buyer, order.id()).await,
+        Err(Error::RevealDenied)
+    ));
+    // The seller read its ring at the sale; once the refresh is due, k1 is gone there too.
+    rig.clock.advance(refresh);
+    assert!(matches!(
+        seller.reveal(&buyer, order.id()).await,
+        Err(Error::RevealDenied)
+    ));
+    // The resealed card opens everywhere.
+    assert_eq!(
+        revealed(&operator, &buyer, &order).await.unwrap(),
+        ["OLD-0001"]
+    );
+}
+
+/// A gateway that records the refunds it is asked for.
+#[derive(Debug, Default)]
+struct Refunds(Mutex<Vec<RefundRequest>>);
+
+#[async_trait::async_trait]
+impl PaymentGateway for Refunds {
+    async fn refund(&self, r: &RefundRequest) -> Result<RefundReceipt, GatewayError> {
+        let mut all = self.0.lock();
+        if !all.iter().any(|x| x.refund_id == r.refund_id) {
+            all.push(r.clone());
+        }
+        Ok(RefundReceipt {
+            provider_refund_id: r.refund_id.clone(),
+        })
+    }
+}
+
+/// A supplier that hands over a card key the shop already holds (sold, here) never gets it
+/// delivered: the line fails over to the next route, or, with none left, is refunded; the
+/// request is recorded for reconciliation with the supplier.
+pub async fn a_supplier_card_already_held_fails_over_or_is_refunded(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let product = ProductCode::new("CARD-30").unwrap();
+    let cost = cny("28.00");
+    let sim = |name: &str| {
+        Arc::new(
+            SimSupplier::new(SupplierId::new(name).unwrap(), 3).with_card_product(
+                product.clone(),
+                100,
+                cost,
+            ),
+        )
+    };
+    let (reseller, honest) = (sim("reseller"), sim("honest"));
+    let refunds = Arc::new(Refunds::default());
+    let shop = rig
+        .builder(rig.store.clone())
+        .supplier(reseller.clone())
+        .supplier(honest.clone())
+        .payment_gateway(refunds.clone())
+        .build()
+        .unwrap();
+    // The reseller's first two codes are already in the shop's vault, and sold.
+    let vault_sku = card_sku(&shop).await;
+    import(&shop, vault_sku, &["SIM-reseller-1", "SIM-reseller-2"]).await;
+    let early = member("early");
+    buy(&shop, vault_sku, &early, 2).await;
+    let supplied = |routes: Vec<SupplierRoute>| {
+        let shop = shop.clone();
+        async move {
+            let sku = fixtures::id(SkuId::generate);
+            shop.create_goods(GoodsDraft {
+                title: "Game card 30".into(),
+                kind: GoodsKind::CardKey,
+                skus: vec![
+                    SkuDraft::new(sku, "30", cny("30.00"))
+                        .with_stock(StockSource::Supplier)
+                        .with_routes(routes),
+                ],
+            })
+            .await
+            .unwrap();
+            sku
+        }
+    };
+    let route = |name: &str| SupplierRoute::new(name, "CARD-30", cost);
+    let from = t0() - Duration::hours(1);
+
+    // Two routes: the reseller's duplicate is refused, the honest supplier delivers.
+    let sku = supplied(vec![route("reseller"), route("honest")]).await;
+    let buyer = member("buyer");
+    let order = buy(&shop, sku, &buyer, 1).await;
+    assert_eq!(order.status(), OrderStatus::Delivered);
+    let outcomes: Vec<&str> = order.lines()[0]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["rejected", "succeeded"]);
+    assert_eq!(
+        revealed(&shop, &buyer, &order).await.unwrap(),
+        ["SIM-honest-1"]
+    );
+    let report = shop
+        .reconcile_supplier(
+            &SupplierId::new("reseller").unwrap(),
+            from,
+            rig.clock.now() + Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.status_mismatch.len(), 1, "{report:?}");
+    assert_eq!(
+        report.status_mismatch[0].0.request.as_str(),
+        order.lines()[0].attempts[0].request
+    );
+
+    // One route: the line fails and is paid back.
+    let sku = supplied(vec![route("reseller")]).await;
+    let order = buy(&shop, sku, &buyer, 1).await;
+    let order = shop.settle(order.id()).await.unwrap();
+    assert_eq!(order.status(), OrderStatus::Refunded);
+    assert!(matches!(
+        order.lines()[0].attempts[0].outcome,
+        AttemptOutcome::Rejected { .. }
+    ));
+    assert_eq!(
+        refunds
+            .0
+            .lock()
+            .iter()
+            .filter(|r| r.order == order.id())
+            .map(|r| r.amount)
+            .collect::<Vec<_>>(),
+        vec![cny("30.00")]
+    );
+    let audit = shop.audit_log(100).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.action == AuditAction::SupplierDuplicate)
+            .count(),
+        2
+    );
+    // The codes already sold were not sold again.
+    assert_eq!(shop.stock(vault_sku).await.unwrap().sold, 2);
+}
+
+/// A notice that repeats a recorded transaction id with another amount (or for another order)
+/// is not a repeat: it is refused, kept for reconciliation once, and changes nothing.
+pub async fn a_conflicting_repeat_notice_is_kept_for_reconciliation(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let shop = rig.shop();
+    let sku = card_sku(&shop).await;
+    import(&shop, sku, &["PAY-0001", "PAY-0002"]).await;
+    let buyer = member("payer");
+    let order = shop
+        .place_order(&buyer, &[CartLine::new(sku, 1)])
+        .await
+        .unwrap();
+    let first = notice(&order, "T-1");
+    let paid = shop.confirm_payment(first.clone()).await.unwrap();
+    assert_eq!(paid.order.status(), OrderStatus::Delivered);
+    // A plain repeat is acknowledged as one.
+    assert!(shop.confirm_payment(first.clone()).await.unwrap().repeated);
+    let mut more = first.clone();
+    more.amount = cny("199.00");
+    for _ in 0..2 {
+        let r = shop.confirm_payment(more.clone()).await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::NotPayable {
+                    reason: CONFLICTING_REPEAT,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    let other = shop
+        .place_order(&buyer, &[CartLine::new(sku, 1)])
+        .await
+        .unwrap();
+    let mut elsewhere = first.clone();
+    elsewhere.order = other.id();
+    assert!(shop.confirm_payment(elsewhere).await.is_err());
+    let kept = rig
+        .store
+        .notices_to_reconcile(&rig.tenant, 10)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|n| n.disposition
+        == NoticeDisposition::Reconcile {
+            reason: CONFLICTING_REPEAT.into()
+        }));
+    assert_eq!(kept[0].amount, cny("199.00"));
+    assert_eq!(kept[1].order, other.id());
+    // Nothing else changed: the other order is still unpaid, the first delivered once.
+    assert_eq!(
+        shop.order(other.id()).await.unwrap().status(),
+        OrderStatus::AwaitingPayment
+    );
+    assert_eq!(shop.stock(sku).await.unwrap().sold, 1);
+    let audit = shop.audit_log(50).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.action == AuditAction::NoticeConflict)
+            .count(),
+        2
+    );
+}
+
+/// Expiring or cancelling an unpaid order writes its status and the release of its cards in one
+/// storage call: when that call fails, neither happened, and a later run does both.
+pub async fn expiry_and_cancel_write_the_order_and_release_together(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let hooked = HookedStore::new(rig.store.clone());
+    let shop = rig.shop_on(hooked.clone());
+    let sku = card_sku(&shop).await;
+    import(&shop, sku, &["EXP-0001", "EXP-0002"]).await;
+    // Releasing cards on their own never happens: a failure there changes nothing.
+    hooked.fail_next("release_cards", u32::MAX);
+    let late = shop
+        .place_order(&member("late"), &[CartLine::new(sku, 1)])
+        .await
+        .unwrap();
+    let fickle = shop
+        .place_order(&member("fickle"), &[CartLine::new(sku, 1)])
+        .await
+        .unwrap();
+    let holds = |id| {
+        let (store, tenant) = (rig.store.clone(), rig.tenant.clone());
+        async move { store.held_cards(&tenant, id).await.unwrap().len() }
+    };
+
+    hooked.fail_next("close_unpaid_order", 1);
+    assert!(
+        shop.cancel_order(&member("fickle"), fickle.id(), "no")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        shop.order(fickle.id()).await.unwrap().status(),
+        OrderStatus::AwaitingPayment
+    );
+    assert_eq!(holds(fickle.id()).await, 1);
+    let cancelled = shop
+        .cancel_order(&member("fickle"), fickle.id(), "no")
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), OrderStatus::Cancelled);
+    assert_eq!(holds(fickle.id()).await, 0);
+
+    rig.clock.advance(Duration::minutes(16));
+    hooked.fail_next("close_unpaid_order", 1);
+    assert!(shop.expire_unpaid_orders().await.is_err());
+    assert_eq!(
+        shop.order(late.id()).await.unwrap().status(),
+        OrderStatus::AwaitingPayment
+    );
+    assert_eq!(holds(late.id()).await, 1);
+    assert_eq!(shop.expire_unpaid_orders().await.unwrap(), 1);
+    assert_eq!(
+        shop.order(late.id()).await.unwrap().status(),
+        OrderStatus::Expired
+    );
+    assert_eq!(holds(late.id()).await, 0);
+    let stock = shop.stock(sku).await.unwrap();
+    assert_eq!((stock.available, stock.reserved), (2, 0));
+}

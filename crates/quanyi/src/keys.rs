@@ -1,0 +1,582 @@
+//! The key ring's life: the cached ring and its refresh, encryption budgets, rotation,
+//! resealing, retirement, destruction, and re-indexing under a new blind-index scheme.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use quanyi_core::CardId;
+use quanyi_storage::{AuditAction, AuditOutcome, CardState, IndexChange, Reindexed, StoredCard};
+use quanyi_vault::{
+    Field, IndexScheme, KeyId, KeyRing, KeyState, RootKey, SealContext, SealedCard, WrappedKeyRing,
+};
+
+use crate::events::VaultEvent;
+use crate::{Error, Result, Shop};
+
+/// What [`Shop::destroy_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DestroyReport {
+    /// The destroyed key.
+    pub key: KeyId,
+    /// The key made active first, when the destroyed key was the active one.
+    pub rotated_to: Option<KeyId>,
+    /// Cards whose sealed values were shredded.
+    pub shredded: u64,
+    /// Of those, the unsold ones, withdrawn from sale.
+    pub withdrawn: u64,
+}
+
+/// Two stored cards found to be one code when re-indexing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateCards {
+    /// The card that was re-indexed.
+    pub card: CardId,
+    /// The card that already held its new index.
+    pub holder: CardId,
+    /// Which of the two was withdrawn from sale: the unsold one (the re-indexed card when both
+    /// are unsold). `None` when both were already sold: the code was sold twice before
+    /// duplicates were detected this way, and the pair is reported for a person to handle.
+    pub withdrawn: Option<CardId>,
+}
+
+/// What a [`Shop::reindex_card_keys`] pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReindexReport {
+    /// Cards looked at.
+    pub examined: usize,
+    /// Cards whose index changed under the new scheme (the others kept theirs).
+    pub moved: usize,
+    /// Cards that turned out to repeat another stored card.
+    pub duplicates: Vec<DuplicateCards>,
+    /// Cards that could not be opened (shredded with a destroyed key, or unreadable); they keep
+    /// their index and are marked done.
+    pub unreadable: Vec<CardId>,
+    /// True when every card of the tenant is indexed with the current scheme; imports then
+    /// check only the current index.
+    pub finished: bool,
+}
+
+impl Shop {
+    /// The tenant's key ring, unwrapped and cached; created on first use. A ring cached longer
+    /// than the shop's key ring refresh is read again first.
+    pub(crate) async fn ring(&self) -> Result<Arc<KeyRing>> {
+        let now = self.now();
+        if let Some((ring, loaded)) = self.inner.rings.read().get(&self.tenant) {
+            if now - *loaded < self.inner.key_ring_refresh {
+                return Ok(ring.clone());
+            }
+        }
+        self.load_ring().await
+    }
+
+    /// Reads the stored ring now (creating it for a new tenant) and caches it. When it has the
+    /// same keys in the same states as the cached ring, the cached one is kept with its budget.
+    pub(crate) async fn load_ring(&self) -> Result<Arc<KeyRing>> {
+        let store = self.store_ref();
+        let root = &self.inner.root;
+        let now = self.now();
+        let wrapped = match store.key_ring(&self.tenant).await? {
+            Some((wrapped, _)) => wrapped,
+            None => {
+                let (_, wrapped) =
+                    KeyRing::create(self.tenant.clone(), root, now, &mut rand::thread_rng())?;
+                match store.insert_key_ring(&wrapped).await {
+                    Ok(()) => wrapped,
+                    // Another process created the tenant's ring first: use theirs.
+                    Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => store
+                        .key_ring(&self.tenant)
+                        .await?
+                        .map(|(w, _)| w)
+                        .ok_or_else(|| Error::Storage(e))?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let cached = self
+            .inner
+            .rings
+            .read()
+            .get(&self.tenant)
+            .map(|(ring, _)| ring.clone());
+        let ring = match cached {
+            Some(ring) if same_keys(&ring, &wrapped) => ring,
+            _ => {
+                let mut ring = KeyRing::unwrap(root, &wrapped)?;
+                ring.set_use_limit(self.inner.key_use_limit);
+                Arc::new(ring)
+            }
+        };
+        self.cache_ring(ring.clone(), now);
+        Ok(ring)
+    }
+
+    fn cache_ring(&self, ring: Arc<KeyRing>, now: DateTime<Utc>) {
+        self.inner
+            .rings
+            .write()
+            .insert(self.tenant.clone(), (ring, now));
+    }
+
+    /// Reserves `uses` seals on the active data key in storage (the exact, shared counter) and
+    /// grants them to the cached ring; rotates first when the key is used up.
+    pub(crate) async fn ring_with_budget(&self, uses: u64) -> Result<Arc<KeyRing>> {
+        let mut ring = self.ring().await?;
+        for _ in 0..3 {
+            let key = ring.active_key_id();
+            match self
+                .store_ref()
+                .reserve_key_uses(&self.tenant, key, uses, self.inner.key_use_limit)
+                .await
+            {
+                Ok(_) => {
+                    ring.grant(key, uses)?;
+                    return Ok(ring);
+                }
+                Err(quanyi_storage::Error::KeyExhausted { .. }) => {
+                    self.rotate_data_key().await?;
+                    ring = self.ring().await?;
+                }
+                // The key was rotated by another process: reload and try the new one.
+                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => {
+                    ring = self.load_ring().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "key ring",
+            &self.tenant,
+            "kept changing while reserving key uses",
+        )))
+    }
+
+    /// The data keys of the tenant's ring and their states, as stored now.
+    ///
+    /// # Errors
+    /// [`Error::Vault`]; [`Error::Storage`].
+    pub async fn data_keys(&self) -> Result<Vec<(KeyId, KeyState)>> {
+        Ok(self.load_ring().await?.keys().collect())
+    }
+
+    /// Starts a new data key; later imports seal under it. The old key still opens what it
+    /// sealed until [`reseal_cards`](Shop::reseal_cards) and [`retire_key`](Shop::retire_key).
+    ///
+    /// # Errors
+    /// [`Error::Vault`]; [`Error::Storage`].
+    pub async fn rotate_data_key(&self) -> Result<KeyId> {
+        self.ring().await?;
+        let (ring, key) = self
+            .change_ring(|ring, root, now| ring.rotate(root, now, &mut rand::thread_rng()))
+            .await?;
+        self.vault_event(VaultEvent::KeyRotated { key }).await?;
+        self.audit(
+            "system",
+            AuditAction::KeyRotated,
+            key.to_string(),
+            AuditOutcome::Allowed,
+            format!("active key {}", ring.active_key_id()),
+        )
+        .await?;
+        Ok(key)
+    }
+
+    /// Reseals every card still sealed with `from` under the active key; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for the active key; [`Error::Vault`] when a card fails to open;
+    /// [`Error::Storage`].
+    pub async fn reseal_cards(&self, from: KeyId) -> Result<usize> {
+        let store = self.store_ref();
+        let mut done = 0usize;
+        let mut skipped: HashSet<CardId> = HashSet::new();
+        loop {
+            let batch: Vec<_> = store
+                .cards_sealed_with(&self.tenant, from, 256 + skipped.len())
+                .await?
+                .into_iter()
+                .filter(|c| !skipped.contains(&c.id))
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            let uses: u64 = batch
+                .iter()
+                .map(|c| 1 + u64::from(c.sealed.secret.is_some()))
+                .sum();
+            let ring = self.ring_with_budget(uses).await?;
+            let to = ring.active_key_id();
+            if to == from {
+                return Err(Error::InvalidInput(format!(
+                    "{from} is the active key: rotate before resealing"
+                )));
+            }
+            for card in batch {
+                let ctx = |field| SealContext {
+                    tenant: &self.tenant,
+                    sku: card.sku,
+                    card: card.id,
+                    field,
+                };
+                // The thread's generator is not held across an await: the future stays `Send`.
+                let sealed = {
+                    let mut rng = rand::thread_rng();
+                    SealedCard {
+                        code: ring.reseal(&ctx(Field::Code), &card.sealed.code, &mut rng)?,
+                        secret: match &card.sealed.secret {
+                            Some(s) => Some(ring.reseal(&ctx(Field::Secret), s, &mut rng)?),
+                            None => None,
+                        },
+                    }
+                };
+                match store
+                    .replace_sealed(&self.tenant, card.id, from, &sealed, to)
+                    .await
+                {
+                    Ok(()) => done += 1,
+                    // The active key changed meanwhile: seal the rest under the new one.
+                    Err(quanyi_storage::Error::KeyNotActive { .. }) => {
+                        self.load_ring().await?;
+                        break;
+                    }
+                    // Resealed concurrently by another process.
+                    Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => {
+                        skipped.insert(card.id);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let to = self.ring().await?.active_key_id();
+        self.vault_event(VaultEvent::CardsResealed {
+            from,
+            to,
+            cards: done,
+        })
+        .await?;
+        self.audit(
+            "system",
+            AuditAction::KeyRewrapped,
+            from.to_string(),
+            AuditOutcome::Allowed,
+            format!("{done} card(s) resealed under {to}"),
+        )
+        .await?;
+        Ok(done)
+    }
+
+    /// Retires a decrypt-only data key: its material is destroyed, so it opens nothing again.
+    /// Refused while any card is still sealed with it. Other shops on the same store drop the
+    /// key when they next read the ring, at most their key ring refresh later
+    /// ([`ShopBuilder::key_ring_refresh`](crate::ShopBuilder::key_ring_refresh)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when cards still use the key; [`Error::Vault`] for the active or an
+    /// unknown key; [`Error::Storage`].
+    pub async fn retire_key(&self, key: KeyId) -> Result<()> {
+        if !self
+            .store_ref()
+            .cards_sealed_with(&self.tenant, key, 1)
+            .await?
+            .is_empty()
+        {
+            return Err(Error::InvalidInput(format!(
+                "cards are still sealed with {key}: reseal them first"
+            )));
+        }
+        self.change_ring(|ring, _, _| ring.retire(key)).await?;
+        self.vault_event(VaultEvent::KeyRetired { key }).await?;
+        self.audit(
+            "system",
+            AuditAction::KeyRetired,
+            key.to_string(),
+            AuditOutcome::Allowed,
+            String::new(),
+        )
+        .await
+    }
+
+    /// Destroys a data key that may be compromised, at once: its material is dropped from the
+    /// stored ring and, in the same atomic write, every card still sealed with it is shredded
+    /// (its sealed values emptied) and the unsold ones are withdrawn from sale. No shop on the
+    /// same store can open those cards again, whatever ring it has cached; buyers of cards
+    /// already sold under the key can no longer reveal them. The active key is rotated first.
+    ///
+    /// Use [`reseal_cards`](Shop::reseal_cards) and [`retire_key`](Shop::retire_key) for a
+    /// key that is merely old: they lose nothing.
+    ///
+    /// # Errors
+    /// [`Error::Vault`] for an unknown key; [`Error::Storage`].
+    pub async fn destroy_key(&self, key: KeyId) -> Result<DestroyReport> {
+        let store = self.store_ref();
+        let mut rotated_to = None;
+        if self.load_ring().await?.active_key_id() == key {
+            rotated_to = Some(self.rotate_data_key().await?);
+        }
+        for _ in 0..5 {
+            let (wrapped, version) = store
+                .key_ring(&self.tenant)
+                .await?
+                .ok_or_else(|| Error::InvalidInput("the tenant has no key ring yet".into()))?;
+            let mut ring = self.unwrap_ring(&wrapped)?;
+            if ring.active_key_id() == key {
+                // Made active by another process meanwhile: rotate away from it again.
+                rotated_to = Some(self.rotate_data_key().await?);
+                continue;
+            }
+            ring.destroy(key)?;
+            let now = self.now();
+            match store
+                .destroy_key(&ring.to_wrapped(), version, key, now)
+                .await
+            {
+                Ok(outcome) => {
+                    self.cache_ring(Arc::new(ring), now);
+                    let report = DestroyReport {
+                        key,
+                        rotated_to,
+                        shredded: outcome.shredded,
+                        withdrawn: outcome.withdrawn,
+                    };
+                    self.vault_event(VaultEvent::KeyDestroyed {
+                        key,
+                        shredded: report.shredded,
+                        withdrawn: report.withdrawn,
+                    })
+                    .await?;
+                    self.audit(
+                        "system",
+                        AuditAction::KeyDestroyed,
+                        key.to_string(),
+                        AuditOutcome::Allowed,
+                        format!(
+                            "{} card(s) shredded, {} withdrawn from sale",
+                            report.shredded, report.withdrawn
+                        ),
+                    )
+                    .await?;
+                    tracing::warn!(%key, shredded = report.shredded, "data key destroyed");
+                    return Ok(report);
+                }
+                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "key ring",
+            &self.tenant,
+            "kept changing while destroying a key",
+        )))
+    }
+
+    /// True while the tenant may hold card keys indexed under an older blind-index scheme.
+    pub(crate) async fn needs_reindex(&self) -> Result<bool> {
+        Ok(self.ring().await?.oldest_index_scheme() < IndexScheme::CURRENT)
+    }
+
+    /// One pass of re-indexing: opens up to `max_cards` cards indexed under an older
+    /// blind-index scheme and moves each to its index under the current scheme
+    /// ([`normalise`](quanyi_vault::normalise)), in card order. Run it until
+    /// [`ReindexReport::finished`]; it can stop at any point (a crash included) and resume,
+    /// since what is left to do is read from the store each time, and every card keeps an index
+    /// throughout (its old one until its new one is written). Until it finishes, imports check
+    /// both indexes. The [`Worker`](crate::Worker) runs it for its shop's tenant.
+    ///
+    /// A card whose new index another card already holds is the same code: the unsold one of the
+    /// two is withdrawn from sale (the re-indexed card when both are unsold), and the pair is
+    /// reported and audited.
+    ///
+    /// # Errors
+    /// [`Error::Vault`]; [`Error::Storage`].
+    pub async fn reindex_card_keys(&self, max_cards: usize) -> Result<ReindexReport> {
+        let store = self.store_ref();
+        let mut report = ReindexReport::default();
+        let ring = self.load_ring().await?;
+        let mut left = max_cards;
+        while left > 0 {
+            let batch = store
+                .cards_to_reindex(&self.tenant, IndexScheme::CURRENT, left.min(256))
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            left = left.saturating_sub(batch.len());
+            report.examined += batch.len();
+            let changes: Vec<IndexChange> = batch
+                .iter()
+                .map(|card| {
+                    let to = match ring.open_card(&self.tenant, card.sku, card.id, &card.sealed) {
+                        Ok(key) => ring.blind_index(&key),
+                        Err(_) => {
+                            report.unreadable.push(card.id);
+                            card.blind_index
+                        }
+                    };
+                    IndexChange {
+                        card: card.id,
+                        from: card.blind_index,
+                        to,
+                        scheme: IndexScheme::CURRENT,
+                    }
+                })
+                .collect();
+            let answers = store.reindex_cards(&self.tenant, &changes).await?;
+            for (change, answer) in changes.iter().zip(answers) {
+                match answer {
+                    Reindexed::Moved if change.to != change.from => report.moved += 1,
+                    Reindexed::Moved | Reindexed::Stale => {}
+                    Reindexed::Duplicate { holder } => {
+                        let pair = self.settle_duplicate(change.card, holder).await?;
+                        report.duplicates.push(pair);
+                    }
+                }
+            }
+        }
+        let rest = store
+            .cards_to_reindex(&self.tenant, IndexScheme::CURRENT, 1)
+            .await?;
+        if rest.is_empty() {
+            report.finished = true;
+            if ring.oldest_index_scheme() < IndexScheme::CURRENT {
+                self.change_ring(|ring, _, _| {
+                    ring.set_oldest_index_scheme(IndexScheme::CURRENT);
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        if report.examined > 0 {
+            self.vault_event(VaultEvent::CardsReindexed {
+                examined: report.examined,
+                moved: report.moved,
+                duplicates: report.duplicates.len(),
+                finished: report.finished,
+            })
+            .await?;
+            self.audit(
+                "system",
+                AuditAction::CardsReindexed,
+                self.tenant.to_string(),
+                AuditOutcome::Allowed,
+                format!(
+                    "{} examined, {} moved, {} duplicate(s), {} unreadable",
+                    report.examined,
+                    report.moved,
+                    report.duplicates.len(),
+                    report.unreadable.len()
+                ),
+            )
+            .await?;
+        }
+        Ok(report)
+    }
+
+    /// Withdraws the unsold one of two cards found to be one code.
+    async fn settle_duplicate(&self, card: CardId, holder: CardId) -> Result<DuplicateCards> {
+        let store = self.store_ref();
+        let sold = |c: &Option<StoredCard>| {
+            c.as_ref()
+                .is_some_and(|c| matches!(c.state, CardState::Sold { .. }))
+        };
+        let (this, that) = tokio::try_join!(
+            store.card(&self.tenant, card),
+            store.card(&self.tenant, holder)
+        )?;
+        let withdrawn_already = that
+            .as_ref()
+            .is_some_and(|c| matches!(c.state, CardState::Withdrawn { .. }));
+        // Keep the sold one; of two unsold, keep the one holding the index; when that one is
+        // out of sale already, the re-indexed card is the code's only copy for sale.
+        let victim = if sold(&this) {
+            Some(holder)
+        } else if withdrawn_already {
+            None
+        } else {
+            Some(card)
+        };
+        let withdrawn = match victim {
+            Some(victim) => store
+                .withdraw_cards(&self.tenant, &[victim], self.now())
+                .await?
+                .first()
+                .copied(),
+            None => None,
+        };
+        self.audit(
+            "system",
+            AuditAction::CardsWithdrawn,
+            card.to_string(),
+            AuditOutcome::Allowed,
+            match withdrawn {
+                Some(w) => format!("same code as {holder}; {w} withdrawn from sale"),
+                None if sold(&this) && sold(&that) => {
+                    format!("same code as {holder}; both were sold")
+                }
+                None => format!("same code as {holder}; nothing left to withdraw"),
+            },
+        )
+        .await?;
+        if withdrawn.is_none() && sold(&this) && sold(&that) {
+            tracing::error!(%card, %holder, "one card key was sold twice before re-indexing");
+        }
+        Ok(DuplicateCards {
+            card,
+            holder,
+            withdrawn,
+        })
+    }
+
+    fn unwrap_ring(&self, wrapped: &WrappedKeyRing) -> Result<KeyRing> {
+        let mut ring = KeyRing::unwrap(&self.inner.root, wrapped)?;
+        ring.set_use_limit(self.inner.key_use_limit);
+        Ok(ring)
+    }
+
+    /// Loads the stored ring, applies `change`, and stores it with its version; retries when
+    /// another process changed it in between.
+    async fn change_ring<T>(
+        &self,
+        change: impl Fn(&mut KeyRing, &RootKey, DateTime<Utc>) -> quanyi_vault::Result<T>,
+    ) -> Result<(Arc<KeyRing>, T)> {
+        let store = self.store_ref();
+        for _ in 0..5 {
+            let (wrapped, version) = store
+                .key_ring(&self.tenant)
+                .await?
+                .ok_or_else(|| Error::InvalidInput("the tenant has no key ring yet".into()))?;
+            let mut ring = self.unwrap_ring(&wrapped)?;
+            let now = self.now();
+            let out = change(&mut ring, &self.inner.root, now)?;
+            match store.update_key_ring(&ring.to_wrapped(), version).await {
+                Ok(_) => {
+                    let ring = Arc::new(ring);
+                    self.cache_ring(ring.clone(), now);
+                    return Ok((ring, out));
+                }
+                Err(e) if e.kind() == quanyi_core::ErrorKind::Conflict => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "key ring",
+            &self.tenant,
+            "kept changing",
+        )))
+    }
+
+    async fn vault_event(&self, event: VaultEvent) -> Result<()> {
+        let now = self.now();
+        let events = self.envelopes("key_ring", &self.tenant, 0, vec![event], now);
+        self.store_ref().append_events(&events).await?;
+        Ok(())
+    }
+}
+
+/// True when `ring` has the stored ring's root key, keys, key states and index scheme (the
+/// encryption counters aside), so the cached ring may be kept.
+fn same_keys(ring: &KeyRing, stored: &WrappedKeyRing) -> bool {
+    ring.root_key_id() == stored.root_key_id
+        && ring.active_key_id() == stored.active
+        && ring.oldest_index_scheme() == stored.oldest_index_scheme
+        && ring.keys().eq(stored.keys.iter().map(|k| (k.id, k.state)))
+}
