@@ -60,24 +60,58 @@ pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
 /// Events as the parallel arrays an `unnest` insert takes.
 #[derive(Debug, Default)]
 pub(crate) struct EventColumns {
+    /// The first event id of each row.
     pub(crate) ids: Vec<Uuid>,
     pub(crate) tenants: Vec<String>,
     pub(crate) types: Vec<String>,
     pub(crate) aggregates: Vec<String>,
+    /// Each row's events as one JSON array.
     pub(crate) docs: Vec<String>,
 }
 
 impl EventColumns {
+    /// The rows of `events`: one per run of consecutive events of one aggregate (an aggregate
+    /// change writes one row however many events it has), with the events as a JSON array and
+    /// the first event's id as the row's id.
     pub(crate) fn new(events: &[EventEnvelope]) -> Result<Self> {
         let mut cols = EventColumns::default();
-        for e in events {
-            cols.ids.push(*e.id.as_uuid());
-            cols.tenants.push(e.tenant.as_str().to_owned());
-            cols.types.push(e.aggregate_type.to_string());
-            cols.aggregates.push(e.aggregate_id.to_string());
-            cols.docs.push(to_json(e, "event")?);
+        let mut start = 0;
+        while start < events.len() {
+            let first = &events[start];
+            let end = events[start..]
+                .iter()
+                .position(|e| {
+                    e.tenant != first.tenant
+                        || e.aggregate_type != first.aggregate_type
+                        || e.aggregate_id != first.aggregate_id
+                })
+                .map_or(events.len(), |n| start + n);
+            let mut doc = String::from("[");
+            for (i, e) in events[start..end].iter().enumerate() {
+                if i > 0 {
+                    doc.push(',');
+                }
+                doc.push_str(&to_json(e, "event")?);
+            }
+            doc.push(']');
+            cols.ids.push(*first.id.as_uuid());
+            cols.tenants.push(first.tenant.as_str().to_owned());
+            cols.types.push(first.aggregate_type.to_string());
+            cols.aggregates.push(first.aggregate_id.to_string());
+            cols.docs.push(doc);
+            start = end;
         }
         Ok(cols)
+    }
+}
+
+/// The events of a row of `events`: a JSON array (one aggregate change), or one event as rows
+/// stored before migration 5 hold it.
+pub(crate) fn row_events(doc: &str) -> Result<Vec<EventEnvelope>> {
+    if doc.trim_start().starts_with('[') {
+        from_json(doc, "events")
+    } else {
+        Ok(vec![from_json(doc, "event")?])
     }
 }
 
@@ -106,7 +140,7 @@ impl<'a> TaggedEvents<'a> {
     }
 }
 
-/// The SQL that inserts the events of an [`EventColumns`] bound at `$first..$first+4`, in order,
+/// The SQL that inserts the rows of an [`EventColumns`] bound at `$first..$first+4`, in order,
 /// guarded by `condition`.
 pub(crate) fn insert_events_sql(first: usize, condition: &str) -> String {
     let (a, b, c, d, e) = (first, first + 1, first + 2, first + 3, first + 4);

@@ -127,7 +127,7 @@ fn what_of(constraint: &str) -> &'static str {
     match constraint {
         "goods_pkey" => "goods",
         "skus_pkey" => "sku",
-        "orders_pkey" | "order_lines_pkey" => "order",
+        "orders_pkey" | "order_cards_pkey" => "order",
         "events_id_key" => "event",
         "cards_pkey" | "cards_blind_index_key" => "card",
         "key_rings_pkey" => "key ring",

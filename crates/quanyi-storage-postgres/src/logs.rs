@@ -7,7 +7,7 @@ use quanyi_core::{EventEnvelope, EventId, TenantId};
 use quanyi_storage::{AuditRecord, AuditStore, Error, EventStore, Result};
 
 use crate::PgStore;
-use crate::codec::{EventColumns, from_json, get, insert_events_sql, limit, to_json};
+use crate::codec::{EventColumns, from_json, get, insert_events_sql, limit, row_events, to_json};
 use crate::error::{db, with_id};
 
 static APPEND: LazyLock<String> = LazyLock::new(|| insert_events_sql(1, "true"));
@@ -15,9 +15,16 @@ static APPEND: LazyLock<String> = LazyLock::new(|| insert_events_sql(1, "true"))
 const OF_AGGREGATE: &str = "SELECT doc FROM events \
      WHERE tenant = $1 AND aggregate_type = $2 AND aggregate_id = $3 ORDER BY seq";
 const FROM_START: &str = "SELECT doc FROM events ORDER BY seq LIMIT $1";
-const AFTER: &str = "SELECT e.doc FROM events e \
-     WHERE e.seq > (SELECT seq FROM events WHERE id = $1) ORDER BY e.seq LIMIT $2";
-const EXISTS: &str = "SELECT 1 FROM events WHERE id = $1";
+/// The rows that may hold the event `$1`: those whose first event id is at or before it (and
+/// after `$2`, a bound some time earlier), nearest first. An event is written in the row of
+/// its change, whose first id was taken just before it; rows of other writers can only come
+/// between by the few ids they took meanwhile.
+const CANDIDATES: &str = "SELECT seq, doc FROM events WHERE id <= $1 AND id >= $2 \
+     ORDER BY id DESC LIMIT $3";
+/// The rows from `$1` on, in write order.
+const FROM_ROW: &str = "SELECT doc FROM events WHERE seq >= $1 ORDER BY seq LIMIT $2";
+/// How many candidate rows are read at a time while looking for an event's row.
+const CANDIDATE_BATCH: i64 = 16;
 
 const AUDIT_APPEND: &str = "INSERT INTO audit (id, tenant, doc) VALUES ($1, $2, $3)";
 const AUDIT_NEWEST: &str = "SELECT doc FROM audit WHERE tenant = $1 ORDER BY seq DESC LIMIT $2";
@@ -59,46 +66,101 @@ impl EventStore for PgStore {
             .query(&stmt, &[&tenant.as_str(), &aggregate_type, &aggregate_id])
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|r| from_json(get::<&str>(r, 0)?, "event"))
-            .collect()
+        let mut events = Vec::with_capacity(rows.len());
+        for r in &rows {
+            events.extend(row_events(get::<&str>(r, 0)?)?);
+        }
+        Ok(events)
     }
 
     async fn events_after(&self, after: Option<EventId>, max: usize) -> Result<Vec<EventEnvelope>> {
         let conn = self.conn().await?;
-        let rows = match after {
+        let (rows, skip) = match after {
             None => {
                 let stmt = conn.prepare(FROM_START).await?;
-                conn.client()
-                    .query(&stmt, &[&limit(max)])
-                    .await
-                    .map_err(db)?
-            }
-            Some(id) => {
-                let stmt = conn.prepare(AFTER).await?;
                 let rows = conn
                     .client()
-                    .query(&stmt, &[id.as_uuid(), &limit(max)])
+                    .query(&stmt, &[&limit(max)])
                     .await
                     .map_err(db)?;
-                if rows.is_empty() {
-                    let check = conn.prepare(EXISTS).await?;
-                    let known = conn
-                        .client()
-                        .query_opt(&check, &[id.as_uuid()])
-                        .await
-                        .map_err(db)?;
-                    if known.is_none() {
-                        return Err(Error::not_found("event", id));
-                    }
-                }
-                rows
+                (rows, None)
+            }
+            Some(id) => {
+                let (seq, at) = self.event_position(&conn, id).await?;
+                let stmt = conn.prepare(FROM_ROW).await?;
+                let rows = conn
+                    .client()
+                    .query(&stmt, &[&seq, &limit(max.saturating_add(1))])
+                    .await
+                    .map_err(db)?;
+                (rows, Some(at))
             }
         };
-        rows.iter()
-            .map(|r| from_json(get::<&str>(r, 0)?, "event"))
-            .collect()
+        let mut events = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            let row = row_events(get::<&str>(r, 0)?)?;
+            // The cursor's own row: only the events after it.
+            let from = match (i, skip) {
+                (0, Some(at)) => at + 1,
+                _ => 0,
+            };
+            events.extend(row.into_iter().skip(from));
+            if events.len() >= max {
+                break;
+            }
+        }
+        events.truncate(max);
+        Ok(events)
     }
+}
+
+impl PgStore {
+    /// The row (its `seq`) and the place in it of the event `id`.
+    ///
+    /// # Errors
+    /// `NotFound` for an event the log does not hold.
+    async fn event_position(&self, conn: &crate::Conn, id: EventId) -> Result<(i64, usize)> {
+        let stmt = conn.prepare(CANDIDATES).await?;
+        let lower = earlier_id(*id.as_uuid());
+        let mut upper = *id.as_uuid();
+        loop {
+            let rows = conn
+                .client()
+                .query(&stmt, &[&upper, &lower, &CANDIDATE_BATCH])
+                .await
+                .map_err(db)?;
+            for r in &rows {
+                let events = row_events(get::<&str>(r, 1)?)?;
+                if let Some(at) = events.iter().position(|e| e.id == id) {
+                    return Ok((get(r, 0)?, at));
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == CANDIDATE_BATCH => {
+                    // The next batch starts below the last row looked at.
+                    let events = row_events(get::<&str>(last, 1)?)?;
+                    let Some(first) = events.first() else {
+                        return Err(Error::not_found("event", id));
+                    };
+                    let below = u128::from_be_bytes(*first.id.as_uuid().as_bytes());
+                    let Some(below) = below.checked_sub(1) else {
+                        return Err(Error::not_found("event", id));
+                    };
+                    upper = uuid::Uuid::from_u128(below);
+                }
+                _ => return Err(Error::not_found("event", id)),
+            }
+        }
+    }
+}
+
+/// The smallest time-ordered id of a minute before `id`'s time: no event of the change that
+/// holds `id` was given an id earlier than that.
+fn earlier_id(id: uuid::Uuid) -> uuid::Uuid {
+    let value = u128::from_be_bytes(*id.as_bytes());
+    // The 48 high bits of a version 7 id are its Unix time in milliseconds.
+    let ms = value >> 80;
+    uuid::Uuid::from_u128(ms.saturating_sub(60_000) << 80)
 }
 
 #[async_trait]

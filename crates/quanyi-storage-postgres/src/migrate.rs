@@ -23,10 +23,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "withdrawn_cards_index_schemes",
         include_str!("../migrations/0004_withdrawn_cards_index_schemes.sql"),
     ),
+    (
+        5,
+        "lean_order_path",
+        include_str!("../migrations/0005_lean_order_path.sql"),
+    ),
 ];
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

@@ -1,5 +1,5 @@
-//! `OrderStore`: orders as JSON documents plus the columns queries need, their lines in
-//! `order_lines`, and `place_order` as one statement.
+//! `OrderStore`: orders as JSON documents plus the columns queries need (their lines' SKUs and
+//! quantities among them), and `place_order` as one statement.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -17,7 +17,7 @@ use crate::codec::{
 };
 use crate::combine::{Pending, answer_all};
 use crate::error::{Batch, corrupt, db, with_id};
-use crate::vault::{pick_ctes, take_free_sql};
+use crate::vault::{link_sql, pick_ctes, release_ctes, take_free_sql, take_lapsed_sql};
 use crate::{Conn, PgStore};
 
 /// Places an order in one statement: checks the id, the versions of the goods it was priced
@@ -64,42 +64,49 @@ fn place_sql(with_limits: bool) -> String {
                    AND {limits_ok} \
                    AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v), \
          new_order AS ( \
-             INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $23 FROM ok WHERE ok.v \
+             INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at, \
+                                 line_skus, line_qtys) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $23, \
+                    ARRAY(SELECT u.sku FROM unnest($8::integer[], $9::uuid[]) AS u(no, sku) \
+                          ORDER BY u.no), \
+                    ARRAY(SELECT u.qty FROM unnest($8::integer[], $10::bigint[]) AS u(no, qty) \
+                          ORDER BY u.no) \
+             FROM ok WHERE ok.v \
              RETURNING 1 \
-         ), \
-         lines AS ( \
-             INSERT INTO order_lines (tenant, order_id, no, member, sku, quantity) \
-             SELECT $1, $2, u.no, $3, u.sku, u.qty \
-             FROM unnest($8::integer[], $9::uuid[], $10::bigint[]) AS u(no, sku, qty) \
-             WHERE EXISTS (SELECT 1 FROM new_order) \
          ), \
          ev AS ({ev}), \
          take AS ({take}), \
-         base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $2), \
+         untake AS ({untake}), \
          reserve AS ( \
-             UPDATE cards c SET state = 'reserved', order_id = $2, reserved_until = $5, \
-                    hold_pos = (SELECT v FROM base) + p.pos \
-             FROM (SELECT id, row_number() OVER (ORDER BY ord, id) AS pos FROM pick) p \
-             WHERE c.id = ANY(ARRAY(SELECT id FROM pick)) AND c.id = p.id \
-               AND EXISTS (SELECT 1 FROM new_order) \
-         ) \
+             UPDATE cards c SET state = 'reserved', order_id = $2, reserved_until = $5 \
+             WHERE c.id = ANY(ARRAY(SELECT id FROM pick)) AND EXISTS (SELECT 1 FROM new_order) \
+         ), \
+         hold AS ( \
+             INSERT INTO held_cards (tenant, sku, until, id) \
+             SELECT $1, sku, $5, id FROM pick WHERE EXISTS (SELECT 1 FROM new_order)), \
+         link AS ({link}) \
          SELECT (SELECT v FROM existing), {limits_out}, \
                 ARRAY(SELECT n FROM got ORDER BY ord), \
                 EXISTS (SELECT 1 FROM new_order), ARRAY(SELECT id FROM pick ORDER BY ord, id), \
                 (SELECT id FROM changed)",
         ev = insert_events_sql(11, "EXISTS (SELECT 1 FROM new_order)"),
         pick = pick_ctes("wanted", "$1", "$18", ""),
-        take = take_free_sql("$1", "EXISTS (SELECT 1 FROM new_order)"),
+        take = take_free_sql("EXISTS (SELECT 1 FROM new_order)"),
+        untake = take_lapsed_sql("$1", "EXISTS (SELECT 1 FROM new_order)"),
+        link = link_sql(
+            "$2",
+            "SELECT id, row_number() OVER (ORDER BY ord, id) FROM pick",
+            "EXISTS (SELECT 1 FROM new_order)"
+        ),
     )
 }
 
 /// The per-member count of [`place_sql`]'s shape with limits.
 const LIMITS_CTE: &str = "limits AS ( \
      SELECT l.ord, l.max, l.req, COALESCE(( \
-         SELECT sum(ol.quantity) FROM order_lines ol \
-         JOIN orders o ON o.tenant = ol.tenant AND o.id = ol.order_id \
-         WHERE ol.tenant = $1 AND ol.member = $3 AND ol.sku = l.sku \
+         SELECT sum(u.qty) FROM orders o \
+         CROSS JOIN LATERAL unnest(o.line_skus, o.line_qtys) AS u(sku, qty) \
+         WHERE o.tenant = $1 AND o.member = $3 AND u.sku = l.sku \
            AND o.status NOT IN ('expired', 'cancelled', 'refunded') \
      ), 0)::bigint AS already \
      FROM unnest($19::uuid[], $20::bigint[], $21::bigint[]) WITH ORDINALITY AS l(sku, max, req, ord) \
@@ -121,17 +128,14 @@ const MEMBER_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))
 fn update_sql(release: bool) -> String {
     let (release_cte, released) = if release {
         (
-            ", rel AS ( \
-                 UPDATE cards SET state = 'available', order_id = NULL, reserved_until = NULL, \
-                        hold_pos = NULL \
-                 WHERE order_id = $2 AND tenant = $1 AND state <> 'sold' \
-                   AND EXISTS (SELECT 1 FROM upd) \
-                 RETURNING sku, id), \
-             free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM rel)",
+            format!(
+                ", {}",
+                release_ctes("$1", "$2", "EXISTS (SELECT 1 FROM upd)")
+            ),
             "(SELECT count(*) FROM rel)",
         )
     } else {
-        ("", "0::bigint")
+        (String::new(), "0::bigint")
     };
     format!(
         "WITH cur AS (SELECT version FROM orders WHERE tenant = $1 AND id = $2 FOR UPDATE), \
@@ -248,19 +252,24 @@ pub(crate) static INSERT_SOLD: LazyLock<String> = LazyLock::new(|| {
          ok AS (SELECT COALESCE((SELECT version FROM cur) = $13, false) AND $14::boolean \
                        AND NOT EXISTS (SELECT 1 FROM bad_key) AND NOT EXISTS (SELECT 1 FROM taken) \
                        AND NOT EXISTS (SELECT 1 FROM dup) AS v), \
-         base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $2), \
          ins AS ( \
              INSERT INTO cards (id, tenant, sku, batch, blind_index, index_scheme, code, secret, \
-                                key_id, state, order_id, sold_at, hold_pos, imported_at) \
+                                key_id, state, order_id, sold_at, imported_at) \
              SELECT u.id, $1, u.sku, u.batch, u.bi, u.scheme, u.code, u.secret, u.key_id, 'sold', $2, \
-                    $3, (SELECT v FROM base) + u.ord, $3 \
+                    $3, $3 \
              FROM u WHERE (SELECT v FROM ok) \
              ORDER BY u.ord \
              ON CONFLICT ON CONSTRAINT cards_blind_index_key DO NOTHING \
-             RETURNING id) \
+             RETURNING id), \
+         link AS ({link}) \
          SELECT (SELECT version FROM cur), (SELECT key_id FROM bad_key), (SELECT id FROM taken), \
                 ARRAY(SELECT ord FROM dup ORDER BY ord), (SELECT v FROM ok), ARRAY(SELECT id FROM ins)",
         active = crate::vault::ACTIVE_KEY,
+        link = link_sql(
+            "$2",
+            "SELECT u.id, u.ord FROM u WHERE u.id IN (SELECT id FROM ins)",
+            "true"
+        ),
     )
 });
 
@@ -622,38 +631,41 @@ pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
              ORDER BY id LIMIT d.qty \
              FOR UPDATE SKIP LOCKED) f), \
      lapsed_pick AS ( \
-         SELECT d.tenant, d.sku, c.id FROM demand d \
+         SELECT d.tenant, d.sku, l.id, l.reserved_until FROM demand d \
          CROSS JOIN LATERAL ( \
-             SELECT id FROM cards \
-             WHERE tenant = d.tenant AND sku = d.sku AND state = 'reserved' AND reserved_until <= $9 \
-             ORDER BY id LIMIT d.qty \
-             FOR UPDATE SKIP LOCKED) c), \
+             SELECT c.id, c.reserved_until FROM held_cards h JOIN cards c ON c.id = h.id \
+             WHERE h.tenant = d.tenant AND h.sku = d.sku AND h.until <= $9 \
+               AND c.tenant = d.tenant AND c.state = 'reserved' AND c.reserved_until <= $9 \
+             ORDER BY h.id LIMIT d.qty \
+             FOR UPDATE OF c SKIP LOCKED) l), \
      pool AS ( \
-         SELECT a.tenant, a.sku, a.id, a.free, a.fctid, \
+         SELECT a.tenant, a.sku, a.id, a.free, a.fctid, a.huntil, \
                 row_number() OVER (PARTITION BY a.tenant, a.sku ORDER BY a.id) AS rn \
-         FROM (SELECT tenant, sku, id, true AS free, fctid FROM free_pick \
-               UNION ALL SELECT tenant, sku, id, false, NULL::tid FROM lapsed_pick) a), \
+         FROM (SELECT tenant, sku, id, true AS free, fctid, NULL::bigint AS huntil FROM free_pick \
+               UNION ALL SELECT tenant, sku, id, false, NULL::tid, reserved_until \
+               FROM lapsed_pick) a), \
      span AS ( \
          SELECT w.k, w.ord, w.tenant, w.sku, w.qty, \
                 (sum(w.qty) OVER (PARTITION BY w.tenant, w.sku ORDER BY w.ord))::bigint - w.qty AS start \
          FROM want w), \
      given AS ( \
-         SELECT s.k, s.ord, p.tenant, p.sku, p.id, p.free, p.fctid FROM span s \
+         SELECT s.k, s.ord, p.tenant, p.sku, p.id, p.free, p.fctid, p.huntil FROM span s \
          JOIN pool p ON p.tenant = s.tenant AND p.sku = s.sku \
                     AND p.rn > s.start AND p.rn <= s.start + s.qty), \
      ok AS ( \
          SELECT pre.k FROM pre \
          WHERE NOT EXISTS (SELECT 1 FROM span s WHERE s.k = pre.k \
                            AND s.qty > (SELECT count(*) FROM given g WHERE g.k = s.k AND g.ord = s.ord))), \
-     new_orders AS ( \
-         INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at) \
-         SELECT o.tenant, o.id, o.member, o.status, o.expires_at, o.version, o.doc, o.updated_at \
-         FROM o WHERE o.k IN (SELECT k FROM ok) ORDER BY o.k), \
      lines AS ( \
-         INSERT INTO order_lines (tenant, order_id, no, member, sku, quantity) \
-         SELECT o.tenant, o.id, l.no, o.member, l.sku, l.qty \
+         SELECT l.k, array_agg(l.sku ORDER BY l.no) AS skus, array_agg(l.qty ORDER BY l.no) AS qtys \
          FROM unnest($10::bigint[], $11::integer[], $12::uuid[], $13::bigint[]) AS l(k, no, sku, qty) \
-         JOIN o ON o.k = l.k WHERE l.k IN (SELECT k FROM ok)), \
+         GROUP BY l.k), \
+     new_orders AS ( \
+         INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at, \
+                             line_skus, line_qtys) \
+         SELECT o.tenant, o.id, o.member, o.status, o.expires_at, o.version, o.doc, o.updated_at, \
+                COALESCE(l.skus, '{}'), COALESCE(l.qtys, '{}') \
+         FROM o LEFT JOIN lines l ON l.k = o.k WHERE o.k IN (SELECT k FROM ok) ORDER BY o.k), \
      ev AS ( \
          INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
          SELECT e.id, e.tenant, e.aggregate_type, e.aggregate_id, e.doc \
@@ -663,12 +675,24 @@ pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
      taken AS (SELECT * FROM given WHERE k IN (SELECT k FROM ok)), \
      take AS ( \
          DELETE FROM free_cards f WHERE f.ctid = ANY(ARRAY(SELECT fctid FROM taken WHERE free))), \
+     untake AS ( \
+         DELETE FROM held_cards h \
+         WHERE (h.tenant, h.sku, h.until, h.id) IN \
+               (SELECT tenant, sku, huntil, id FROM taken WHERE NOT free)), \
      reserve AS ( \
-         UPDATE cards c SET state = 'reserved', order_id = o.id, reserved_until = o.expires_at, \
-                hold_pos = COALESCE((SELECT max(h.hold_pos) FROM cards h WHERE h.order_id = o.id), 0) + t.pos \
-         FROM (SELECT k, id, row_number() OVER (PARTITION BY k ORDER BY ord, id) AS pos FROM taken) t \
-         JOIN o ON o.k = t.k \
-         WHERE c.id = ANY(ARRAY(SELECT id FROM taken)) AND c.id = t.id) \
+         UPDATE cards c SET state = 'reserved', order_id = o.id, reserved_until = o.expires_at \
+         FROM taken t JOIN o ON o.k = t.k \
+         WHERE c.id = ANY(ARRAY(SELECT id FROM taken)) AND c.id = t.id), \
+     hold AS ( \
+         INSERT INTO held_cards (tenant, sku, until, id) \
+         SELECT t.tenant, t.sku, o.expires_at, t.id FROM taken t JOIN o ON o.k = t.k), \
+     link AS ( \
+         INSERT INTO order_cards (order_id, pos, card_id) \
+         SELECT o.id, \
+                (SELECT COALESCE(max(x.pos), 0) FROM order_cards x WHERE x.order_id = o.id) \
+                  + row_number() OVER (PARTITION BY t.k ORDER BY t.ord, t.id), \
+                t.id \
+         FROM taken t JOIN o ON o.k = t.k) \
      SELECT ok.k, ARRAY(SELECT t.id FROM taken t WHERE t.k = ok.k ORDER BY t.ord, t.id) FROM ok"
         .to_owned()
 });

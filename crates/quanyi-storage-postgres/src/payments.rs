@@ -54,7 +54,7 @@ pub(crate) fn record_sql(shape: RecordShape) -> String {
     );
     if let Some(c) = cards {
         sql += &format!(
-            "held AS (SELECT id FROM cards \
+            "held AS (SELECT id, sku, state, reserved_until FROM cards \
                       WHERE id = ANY(${c}) AND tenant = $7 AND order_id = $8 AND state <> 'available' \
                       FOR UPDATE), "
         );
@@ -80,7 +80,13 @@ pub(crate) fn record_sql(shape: RecordShape) -> String {
             "sold AS ( \
                  UPDATE cards SET state = 'sold', reserved_until = NULL, \
                         sold_at = CASE WHEN state = 'sold' THEN sold_at ELSE ${now} END \
-                 WHERE id = ANY(ARRAY(SELECT id FROM held)) AND EXISTS (SELECT 1 FROM notice)), "
+                 WHERE id = ANY(ARRAY(SELECT id FROM held)) AND EXISTS (SELECT 1 FROM notice)), \
+             unhold AS ({}), ",
+            crate::vault::unhold_sql(
+                "$7",
+                "SELECT sku, reserved_until, id FROM held WHERE state = 'reserved'",
+                "EXISTS (SELECT 1 FROM notice)"
+            )
         );
     }
     sql += &format!(
@@ -571,8 +577,9 @@ pub(crate) static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
          CROSS JOIN LATERAL (SELECT version FROM orders \
                              WHERE tenant = n.otenant AND id = n.oid FOR UPDATE) o), \
      held AS ( \
-         SELECT s.k, c.id FROM s JOIN n ON n.k = s.k \
-         CROSS JOIN LATERAL (SELECT id FROM cards \
+         SELECT s.k, n.otenant AS tenant, c.id, c.sku, c.state, c.reserved_until FROM s \
+         JOIN n ON n.k = s.k \
+         CROSS JOIN LATERAL (SELECT id, sku, state, reserved_until FROM cards \
                              WHERE id = s.id AND tenant = n.otenant AND order_id = n.oid \
                                AND state <> 'available' \
                              FOR UPDATE) c), \
@@ -609,6 +616,11 @@ pub(crate) static RECORD_BATCH: LazyLock<String> = LazyLock::new(|| {
                WHERE h.k IN (SELECT k FROM done)) x \
          WHERE c.id = ANY(ARRAY(SELECT h.id FROM held h WHERE h.k IN (SELECT k FROM done))) \
            AND c.id = x.id), \
+     unhold AS ( \
+         DELETE FROM held_cards hc \
+         WHERE (hc.tenant, hc.sku, hc.until, hc.id) IN \
+               (SELECT tenant, sku, reserved_until, id FROM held \
+                WHERE state = 'reserved' AND k IN (SELECT k FROM done))), \
      ev AS ( \
          INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
          SELECT e.id, e.tenant, e.aggregate_type, e.aggregate_id, e.doc \

@@ -1,7 +1,9 @@
-//! Upkeep of the free-card queue.
+//! Upkeep of the card queues: `free_cards` (available cards) and `held_cards` (reservations by
+//! deadline).
 //!
-//! Allocation deletes rows from the head of `free_cards` (the oldest cards of a SKU), and a
-//! deleted row keeps its index entry until a vacuum removes it. Every allocation scans the
+//! Allocation deletes rows from the head of `free_cards` (the oldest cards of a SKU), a sale or a
+//! release deletes the reservation's row from `held_cards`, and a deleted row keeps its index
+//! entry until a vacuum removes it. Every allocation scans the
 //! queue from its head, so without a vacuum each one walks past every card taken since the
 //! last: on a busy shop that grows by thousands of entries a second, and autovacuum visits a
 //! database at most once a minute (`autovacuum_naptime`). So a store vacuums the queue itself
@@ -25,9 +27,13 @@ use tokio::sync::watch;
 use crate::PgStore;
 use crate::error::db;
 
-/// Removes the queue rows allocation deleted, with their index entries. Not in a transaction
-/// (VACUUM cannot be); skips the table when another vacuum holds it.
-const VACUUM: &str = "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) free_cards";
+/// Removes the queue rows allocation, sales and releases deleted, with their index entries. Not
+/// in a transaction (VACUUM cannot be); skips a table when another vacuum holds it; never
+/// truncates: shrinking a table needs its exclusive lock, which a queue in use rarely frees, and
+/// a vacuum trying for it would wait up to 5 s (every vacuum after it waiting too) for a few
+/// empty pages at the end that the queue soon fills again.
+const VACUUM: &str =
+    "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED, TRUNCATE false) free_cards, held_cards";
 
 /// When a store vacuums its card queue.
 pub(crate) struct QueueUpkeep {
@@ -119,7 +125,8 @@ impl QueueUpkeep {
 }
 
 impl PgStore {
-    /// Vacuums the free-card queue (`VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) free_cards`), as
+    /// Vacuums the card queues (`VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED, TRUNCATE false)
+    /// free_cards, held_cards`), as
     /// the store does on its own after every [`PgOptions::card_queue_vacuum_every`] cards it
     /// allocates and after every import that adds cards. For hosts that turn that off and run
     /// it on a schedule of their own (and after their imports). Skips

@@ -99,7 +99,7 @@ async fn with_upkeep_off_the_host_vacuums_the_queue() {
 async fn placement_plan(admin: &tokio_postgres::Client, schema: &str, name: &str) -> String {
     admin
         .batch_execute(&format!(
-            "SET search_path = {schema}; SET plan_cache_mode = force_generic_plan"
+            "SET search_path = {schema}; SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
         ))
         .await
         .unwrap();

@@ -42,7 +42,9 @@ pub(crate) const LOCK_RING: &str = "SELECT 1 FROM key_rings WHERE tenant = $1 FO
 /// $9 now, $10 index schemes, $11 legacy indexes (NULL for none). Nothing is written when a key
 /// is not the active one (the ring locked `FOR SHARE` by the statement, see the module docs)
 /// or an id is taken or repeated. A card whose blind index the tenant holds, or that repeats one earlier in
-/// the batch, or whose legacy index the tenant holds, is skipped.
+/// the batch, or whose legacy index the tenant holds, is skipped. The legacy check is a
+/// subquery per card that has a legacy index (behind `OR`, so the planner cannot turn it into a
+/// join, which with thin statistics it did as a scan of all the tenant's cards).
 pub(crate) static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH ring AS (SELECT {ACTIVE_KEY} AS active FROM key_rings WHERE tenant = $1 FOR SHARE), \
@@ -63,7 +65,9 @@ pub(crate) static INSERT: LazyLock<String> = LazyLock::new(|| {
                          $11::bytea[], $6::bytea[], $7::bytea[], $8::bigint[]) \
                   WITH ORDINALITY AS u(id, sku, batch, bi, scheme, legacy, code, secret, key_id, ord) \
              WHERE NOT EXISTS (SELECT 1 FROM bad_key) AND NOT EXISTS (SELECT 1 FROM taken) \
-               AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.tenant = $1 AND c.blind_index = u.legacy) \
+               AND (u.legacy IS NULL \
+                    OR NOT EXISTS (SELECT 1 FROM cards c \
+                                   WHERE c.blind_index = u.legacy AND c.tenant = $1)) \
              ORDER BY u.ord \
              ON CONFLICT ON CONSTRAINT cards_blind_index_key DO NOTHING \
              RETURNING id, sku \
@@ -75,12 +79,15 @@ pub(crate) static INSERT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The CTEs that pick cards for the rows of `wanted` (columns `sku`, `qty`, `ord`), oldest card
-/// first, among the free ones (`free_cards`) and the reservations that lapsed at `now` (the
-/// first two parameters are SQL expressions for the tenant and now; `lapsed_filter` narrows
-/// the lapsed ones further). Defines `free_pick`, `lapsed_pick` and
-/// `pick (ord, sku, id, free, fctid)`: at most `qty` cards per row, each locked (rows other
-/// transactions hold are skipped); `fctid` is the locked queue row's tuple id (free cards only).
-/// The caller deletes the picked free rows from `free_cards` when it takes them.
+/// first, among the free ones (`free_cards`) and the reservations that lapsed at `now` (found in
+/// `held_cards`; the first two parameters are SQL expressions for the tenant and now;
+/// `lapsed_filter` narrows the lapsed cards further, as conditions on the card `c`). Defines
+/// `free_pick`, `lapsed_pick` and `pick (ord, sku, id, free, fctid, huntil)`: at most `qty`
+/// cards per row, each locked (rows other transactions hold are skipped); `fctid` is the locked
+/// queue row's tuple id (free cards only), `huntil` a lapsed card's old deadline (the key of its
+/// `held_cards` row). A lapsed card is locked through its card row, as every writer of a
+/// reservation locks it (payment, release, withdrawal), and its deadline is read as locked.
+/// The caller takes the picked cards out of both queues ([`take_free_sql`], [`take_lapsed_sql`]).
 pub(crate) fn pick_ctes(wanted: &str, tenant: &str, now: &str, lapsed_filter: &str) -> String {
     format!(
         "free_pick AS ( \
@@ -91,20 +98,23 @@ pub(crate) fn pick_ctes(wanted: &str, tenant: &str, now: &str, lapsed_filter: &s
                  FOR UPDATE SKIP LOCKED \
              ) f), \
          lapsed_pick AS ( \
-             SELECT w.ord, w.sku, c.id FROM {wanted} w \
+             SELECT w.ord, w.sku, l.id, l.reserved_until FROM {wanted} w \
              CROSS JOIN LATERAL ( \
-                 SELECT id FROM cards \
-                 WHERE tenant = {tenant} AND sku = w.sku AND state = 'reserved' \
-                   AND reserved_until <= {now}{lapsed_filter} \
-                 ORDER BY id LIMIT w.qty \
-                 FOR UPDATE SKIP LOCKED \
-             ) c), \
+                 SELECT c.id, c.reserved_until FROM held_cards h JOIN cards c ON c.id = h.id \
+                 WHERE h.tenant = {tenant} AND h.sku = w.sku AND h.until <= {now} \
+                   AND c.tenant = {tenant} AND c.state = 'reserved' \
+                   AND c.reserved_until <= {now}{lapsed_filter} \
+                 ORDER BY h.id LIMIT w.qty \
+                 FOR UPDATE OF c SKIP LOCKED \
+             ) l), \
          pick AS ( \
-             SELECT u.ord, u.sku, u.id, u.free, u.fctid FROM ( \
-                 SELECT a.ord, a.sku, a.id, a.free, a.fctid, w.qty, \
+             SELECT u.ord, u.sku, u.id, u.free, u.fctid, u.huntil FROM ( \
+                 SELECT a.ord, a.sku, a.id, a.free, a.fctid, a.huntil, w.qty, \
                         row_number() OVER (PARTITION BY a.ord ORDER BY a.id) AS rn \
-                 FROM (SELECT ord, sku, id, true AS free, fctid FROM free_pick \
-                       UNION ALL SELECT ord, sku, id, false, NULL::tid FROM lapsed_pick) a \
+                 FROM (SELECT ord, sku, id, true AS free, fctid, NULL::bigint AS huntil \
+                       FROM free_pick \
+                       UNION ALL SELECT ord, sku, id, false, NULL::tid, reserved_until \
+                       FROM lapsed_pick) a \
                  JOIN {wanted} w ON w.ord = a.ord) u \
              WHERE u.rn <= u.qty)"
     )
@@ -114,36 +124,116 @@ pub(crate) fn pick_ctes(wanted: &str, tenant: &str, now: &str, lapsed_filter: &s
 /// the rows `pick` locked: a TID scan, which no estimate can turn into a scan of the queue
 /// (with statistics, the planner took a few picked cards for the whole SKU and hash-joined a
 /// sequential scan of `free_cards`). A locked row cannot move or go before the statement ends.
-pub(crate) fn take_free_sql(tenant: &str, condition: &str) -> String {
+///
+/// The tuple ids are the only condition on the table: with one more (the tenant), a plan could
+/// read the tenant's whole queue through its index and filter it by tuple id (2.8 ms for one
+/// card of a queue of 2,600 in a probe), however few rows the pick locked. The rows were found
+/// by the pick's scan of this tenant's queue.
+pub(crate) fn take_free_sql(condition: &str) -> String {
     format!(
         "DELETE FROM free_cards f \
-         WHERE f.ctid = ANY(ARRAY(SELECT fctid FROM pick WHERE free)) \
-           AND f.tenant = {tenant} AND {condition}"
+         WHERE f.ctid = ANY(ARRAY(SELECT fctid FROM pick WHERE free)) AND {condition}"
+    )
+}
+
+/// Deletes the `held_cards` rows of the lapsed cards of `pick` when `condition` holds, by key.
+pub(crate) fn take_lapsed_sql(tenant: &str, condition: &str) -> String {
+    unhold_sql(
+        tenant,
+        "SELECT sku, huntil, id FROM pick WHERE NOT free",
+        condition,
+    )
+}
+
+/// Deletes the `held_cards` rows of the reservations `rows` lists (columns: SKU, deadline,
+/// card) when `condition` holds, by key.
+pub(crate) fn unhold_sql(tenant: &str, rows: &str, condition: &str) -> String {
+    format!(
+        "DELETE FROM held_cards h \
+         WHERE h.tenant = {tenant} AND (h.sku, h.until, h.id) IN ({rows}) AND {condition}"
+    )
+}
+
+/// Links the cards `rows` lists (columns: card, ordering key) to `order` when `condition`
+/// holds, after the order's links so far.
+pub(crate) fn link_sql(order: &str, rows: &str, condition: &str) -> String {
+    format!(
+        "INSERT INTO order_cards (order_id, pos, card_id) \
+         SELECT {order}, \
+                (SELECT COALESCE(max(pos), 0) FROM order_cards WHERE order_id = {order}) \
+                  + row_number() OVER (ORDER BY r.k), \
+                r.id \
+         FROM ({rows}) AS r(id, k) WHERE {condition}"
+    )
+}
+
+/// The CTEs that return an order's reserved cards to stock (back in `free_cards`, out of
+/// `held_cards`, unlinked from the order) when `condition` holds: `rel (sku, id)` the cards
+/// released. Only cards still reserved for the order are touched; its other links to cards it
+/// no longer holds go too. $-free: `tenant` and `order` are SQL expressions.
+pub(crate) fn release_ctes(tenant: &str, order: &str, condition: &str) -> String {
+    format!(
+        "mine AS ( \
+             SELECT c.id, c.sku, c.reserved_until FROM cards c \
+             WHERE c.id IN (SELECT card_id FROM order_cards WHERE order_id = {order}) \
+               AND c.tenant = {tenant} AND c.order_id = {order} AND c.state = 'reserved' \
+               AND {condition} \
+             FOR UPDATE), \
+         rel AS ( \
+             UPDATE cards SET state = 'available', order_id = NULL, reserved_until = NULL \
+             WHERE id = ANY(ARRAY(SELECT id FROM mine)) AND tenant = {tenant} \
+               AND order_id = {order} AND state = 'reserved' \
+             RETURNING sku, id), \
+         unhold AS ({unhold}), \
+         unlink AS ( \
+             DELETE FROM order_cards oc WHERE oc.order_id = {order} AND {condition} \
+               AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.id = oc.card_id \
+                               AND c.order_id = {order} AND c.state = 'sold')), \
+         free AS (INSERT INTO free_cards (tenant, sku, id) SELECT {tenant}, sku, id FROM rel)",
+        unhold = unhold_sql(tenant, "SELECT sku, reserved_until, id FROM mine", "true"),
+    )
+}
+
+/// The cards an order holds of one SKU (reserved for it or sold to it) with their link
+/// position: `$tenant`, `$order` and `$sku` are SQL expressions. With `lock`, the card rows are
+/// locked.
+fn held_cte(tenant: &str, order: &str, sku: &str, lock: bool) -> String {
+    format!(
+        "held AS ( \
+             SELECT c.id, c.state, c.sku, c.reserved_until, oc.pos FROM cards c \
+             JOIN (SELECT card_id, min(pos) AS pos FROM order_cards WHERE order_id = {order} \
+                   GROUP BY card_id) oc ON oc.card_id = c.id \
+             WHERE c.tenant = {tenant} AND c.sku = {sku} AND c.order_id = {order} \
+               AND c.state IN ('reserved', 'sold'){lock})",
+        lock = if lock { " FOR UPDATE OF c" } else { "" },
     )
 }
 
 /// $1 tenant, $2 SKU, $3 order, $4 quantity, $5 until, $6 now.
 pub(crate) static RESERVE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH held AS ( \
-             SELECT id, state, hold_pos FROM cards \
-             WHERE order_id = $3 AND tenant = $1 AND sku = $2 AND state <> 'available'), \
+        "WITH {held}, \
          wanted AS (SELECT $2::uuid AS sku, \
                            CASE WHEN EXISTS (SELECT 1 FROM held) THEN 0 ELSE $4::bigint END AS qty, \
                            1 AS ord), \
          {pick}, \
          ok AS (SELECT count(*) = $4 AS v FROM pick), \
-         base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $3), \
          take AS ({take}), \
+         untake AS ({untake}), \
          upd AS ( \
-             UPDATE cards c SET state = 'reserved', order_id = $3, reserved_until = $5, \
-                    hold_pos = (SELECT v FROM base) + p.pos \
-             FROM (SELECT id, row_number() OVER (ORDER BY id) AS pos FROM pick) p \
-             WHERE c.id = ANY(ARRAY(SELECT id FROM pick)) AND c.id = p.id AND (SELECT v FROM ok)) \
-         SELECT ARRAY(SELECT id FROM held ORDER BY state = 'reserved', hold_pos), \
+             UPDATE cards c SET state = 'reserved', order_id = $3, reserved_until = $5 \
+             WHERE c.id = ANY(ARRAY(SELECT id FROM pick)) AND (SELECT v FROM ok)), \
+         hold AS ( \
+             INSERT INTO held_cards (tenant, sku, until, id) \
+             SELECT $1, sku, $5, id FROM pick WHERE (SELECT v FROM ok)), \
+         link AS ({link}) \
+         SELECT ARRAY(SELECT id FROM held ORDER BY state = 'reserved', pos), \
                 ARRAY(SELECT id FROM pick ORDER BY id), (SELECT v FROM ok)",
+        held = held_cte("$1", "$3", "$2", false),
         pick = pick_ctes("wanted", "$1", "$6", ""),
-        take = take_free_sql("$1", "(SELECT v FROM ok)"),
+        take = take_free_sql("(SELECT v FROM ok)"),
+        untake = take_lapsed_sql("$1", "(SELECT v FROM ok)"),
+        link = link_sql("$3", "SELECT id, id FROM pick", "(SELECT v FROM ok)"),
     )
 });
 
@@ -151,62 +241,60 @@ pub(crate) static RESERVE: LazyLock<String> = LazyLock::new(|| {
 /// deadline), then free ones.
 pub(crate) static COMMIT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH held AS ( \
-             SELECT id, state, hold_pos FROM cards \
-             WHERE order_id = $3 AND tenant = $1 AND sku = $2 AND state <> 'available' \
-             FOR UPDATE), \
+        "WITH {held}, \
          nsold AS (SELECT count(*) AS n FROM held WHERE state = 'sold'), \
          need AS (SELECT GREATEST($4 - (SELECT n FROM nsold), 0) AS v), \
-         mine AS (SELECT id, hold_pos FROM held WHERE state = 'reserved' \
-                  ORDER BY hold_pos LIMIT (SELECT v FROM need)), \
+         mine AS (SELECT id, sku, reserved_until, pos FROM held WHERE state = 'reserved' \
+                  ORDER BY pos LIMIT (SELECT v FROM need)), \
          wanted AS (SELECT $2::uuid AS sku, \
                            (SELECT v FROM need) - (SELECT count(*) FROM mine) AS qty, 1 AS ord), \
          {pick}, \
          ok AS (SELECT (SELECT count(*) FROM mine) + (SELECT count(*) FROM pick) \
                        = (SELECT v FROM need) AS v), \
-         base AS (SELECT COALESCE(max(hold_pos), 0) AS v FROM cards WHERE order_id = $3), \
          take AS ({take}), \
+         untake AS ({untake}), \
+         unhold AS ({unhold}), \
          upd AS ( \
-             UPDATE cards c SET state = 'sold', sold_at = $5, reserved_until = NULL, order_id = $3, \
-                    hold_pos = COALESCE((SELECT v FROM base) + p.pos, c.hold_pos) \
-             FROM (SELECT id, NULL::bigint AS pos FROM mine \
-                   UNION ALL \
-                   SELECT id, row_number() OVER (ORDER BY id) FROM pick) p \
+             UPDATE cards c SET state = 'sold', sold_at = $5, reserved_until = NULL, order_id = $3 \
              WHERE c.id = ANY(ARRAY(SELECT id FROM mine UNION ALL SELECT id FROM pick)) \
-               AND c.id = p.id AND (SELECT v FROM ok)) \
+               AND (SELECT v FROM ok)), \
+         link AS ({link}) \
          SELECT (SELECT n FROM nsold), \
-                ARRAY(SELECT id FROM held WHERE state = 'sold' ORDER BY hold_pos), \
-                ARRAY(SELECT id FROM mine ORDER BY hold_pos), ARRAY(SELECT id FROM pick ORDER BY id), \
+                ARRAY(SELECT id FROM held WHERE state = 'sold' ORDER BY pos), \
+                ARRAY(SELECT id FROM mine ORDER BY pos), ARRAY(SELECT id FROM pick ORDER BY id), \
                 (SELECT v FROM ok)",
-        pick = pick_ctes("wanted", "$1", "$5", " AND order_id <> $3"),
-        take = take_free_sql("$1", "(SELECT v FROM ok)"),
+        held = held_cte("$1", "$3", "$2", true),
+        pick = pick_ctes("wanted", "$1", "$5", " AND c.order_id <> $3"),
+        take = take_free_sql("(SELECT v FROM ok)"),
+        untake = take_lapsed_sql("$1", "(SELECT v FROM ok)"),
+        unhold = unhold_sql(
+            "$1",
+            "SELECT sku, reserved_until, id FROM mine",
+            "(SELECT v FROM ok)"
+        ),
+        link = link_sql("$3", "SELECT id, id FROM pick", "(SELECT v FROM ok)"),
     )
 });
 
+/// The cards an order holds, in card order: $1 tenant, $2 order.
 const HELD: &str = "SELECT id, sku, state, order_id, reserved_until, sold_at, withdrawn_at \
-                    FROM cards WHERE order_id = $2 AND tenant = $1 ORDER BY id";
+                    FROM cards \
+                    WHERE id IN (SELECT card_id FROM order_cards WHERE order_id = $2) \
+                      AND tenant = $1 AND order_id = $2 AND state IN ('reserved', 'sold') \
+                    ORDER BY id";
 
 /// Returns the order's reserved cards to stock (and to the free queue); answers how many.
-///
-/// The cards an order holds unsold are its reserved ones (an available or withdrawn card is
-/// held by no order). Written `state <> 'sold'` rather than `state = 'reserved'`, the only
-/// index the rows can be found by is the one of cards by holding order: the index of
-/// reservations by deadline holds every reserved card of the tenant, and a generic plan made
-/// while there were few chose it.
-pub(crate) const RELEASE: &str = "WITH rel AS ( \
-         UPDATE cards SET state = 'available', order_id = NULL, reserved_until = NULL, \
-                hold_pos = NULL \
-         WHERE order_id = $2 AND tenant = $1 AND state <> 'sold' \
-         RETURNING sku, id), \
-     free AS (INSERT INTO free_cards (tenant, sku, id) SELECT $1, sku, id FROM rel) \
-     SELECT count(*) FROM rel";
+pub(crate) static RELEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {} SELECT count(*) FROM rel",
+        release_ctes("$1", "$2", "true")
+    )
+});
 
 pub(crate) const STOCK: &str = "SELECT \
         (SELECT count(*) FROM free_cards WHERE tenant = $1 AND sku = $2) \
-          + (SELECT count(*) FROM cards \
-             WHERE tenant = $1 AND sku = $2 AND state = 'reserved' AND reserved_until <= $3), \
-        (SELECT count(*) FROM cards \
-         WHERE tenant = $1 AND sku = $2 AND state = 'reserved' AND reserved_until > $3), \
+          + (SELECT count(*) FROM held_cards WHERE tenant = $1 AND sku = $2 AND until <= $3), \
+        (SELECT count(*) FROM held_cards WHERE tenant = $1 AND sku = $2 AND until > $3), \
         (SELECT count(*) FROM cards WHERE tenant = $1 AND sku = $2 AND state = 'sold')";
 
 /// $1 tenant, $2 card, $3 expected key, $4 code, $5 secret, $6 new key. Runs after
@@ -254,12 +342,18 @@ pub(crate) const REINDEX: &str = "WITH holder AS ( \
 ///
 /// Locks are taken in allocation's order, queue row first: the queue rows of the available
 /// ones are deleted first (waiting for a buyer that holds one; a row a buyer took is gone),
-/// then the card rows are updated, each checked again as it stands then: a reserved card, or an
-/// available one whose queue row this round deleted, is withdrawn. A card that changed in
+/// then the card rows are locked and updated, each checked again as it stands then: a reserved
+/// card (whose `held_cards` row goes, by the deadline read as locked), or an available one
+/// whose queue row this round deleted, is withdrawn. A card that changed in
 /// between (taken from the queue and reserved or sold, or released back to it) is answered as
 /// missed, and the next round, with a new snapshot, looks at it again. Answers the cards
 /// withdrawn and the cards missed.
 fn withdraw_sql(filter: &str) -> String {
+    let unhold = unhold_sql(
+        "$1",
+        "SELECT sku, until, id FROM w WHERE was = 'reserved'",
+        "true",
+    );
     format!(
         "WITH mine AS ( \
              SELECT id, sku, state FROM cards \
@@ -269,14 +363,21 @@ fn withdraw_sql(filter: &str) -> String {
              WHERE f.tenant = $1 \
                AND (f.sku, f.id) IN (SELECT sku, id FROM mine WHERE state = 'available') \
              RETURNING f.id), \
+         lk AS ( \
+             SELECT id, state, reserved_until FROM cards \
+             WHERE id = ANY(ARRAY(SELECT id FROM gone \
+                                  UNION ALL SELECT id FROM mine WHERE state = 'reserved')) \
+               AND tenant = $1 \
+             FOR UPDATE), \
          w AS ( \
              UPDATE cards c SET state = 'withdrawn', withdrawn_at = $3, order_id = NULL, \
-                    reserved_until = NULL, hold_pos = NULL \
-             WHERE c.id = ANY(ARRAY(SELECT id FROM gone \
-                                    UNION ALL SELECT id FROM mine WHERE state = 'reserved')) \
-               AND c.tenant = $1 \
-               AND (c.state = 'reserved' OR (c.state = 'available' AND c.id IN (SELECT id FROM gone))) \
-             RETURNING c.id) \
+                    reserved_until = NULL \
+             FROM lk \
+             WHERE c.id = lk.id AND c.tenant = $1 \
+               AND (lk.state = 'reserved' \
+                    OR (lk.state = 'available' AND lk.id IN (SELECT id FROM gone))) \
+             RETURNING c.id, c.sku, lk.state AS was, lk.reserved_until AS until), \
+         unhold AS ({unhold}) \
          SELECT ARRAY(SELECT id FROM w), ARRAY(SELECT id FROM mine WHERE id NOT IN (SELECT id FROM w))"
     )
 }
@@ -595,7 +696,7 @@ impl VaultStore for PgStore {
 
     async fn release_cards(&self, tenant: &TenantId, order: OrderId) -> Result<u32> {
         let conn = self.conn().await?;
-        let stmt = conn.prepare(RELEASE).await?;
+        let stmt = conn.prepare(&RELEASE).await?;
         let row = conn
             .client()
             .query_one(&stmt, &[&tenant.as_str(), order.as_uuid()])
@@ -608,8 +709,10 @@ impl VaultStore for PgStore {
     async fn order_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<StoredCard>> {
         let conn = self.conn().await?;
         let sql = format!(
-            "SELECT {CARD_COLUMNS} FROM cards \
-             WHERE order_id = $2 AND tenant = $1 AND state = 'sold' ORDER BY hold_pos"
+            "SELECT {CARD_COLUMNS} FROM cards c \
+             JOIN (SELECT card_id, min(pos) AS pos FROM order_cards WHERE order_id = $2 \
+                   GROUP BY card_id) oc ON oc.card_id = c.id \
+             WHERE c.order_id = $2 AND c.tenant = $1 AND c.state = 'sold' ORDER BY oc.pos"
         );
         let stmt = conn.prepare(&sql).await?;
         let rows = conn

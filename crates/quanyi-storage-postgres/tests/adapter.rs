@@ -11,9 +11,9 @@ use quanyi_core::{ErrorKind, OrderId, TenantId};
 use quanyi_goods::PurchaseLimits;
 use quanyi_order::Order;
 use quanyi_storage::{
-    CONFLICTING_REPEAT, CardState, Error, GoodsStore, IndexChange, KeyRingStore, MemberLimit,
-    NewCard, NewOrder, NoticeDisposition, OrderChange, OrderStore, PaymentNotice, PaymentStore,
-    PaymentWrite, RecordOutcome, Reindexed, Reservation, VaultStore,
+    CONFLICTING_REPEAT, CardState, Error, EventStore, GoodsStore, IndexChange, KeyRingStore,
+    MemberLimit, NewCard, NewOrder, NoticeDisposition, OrderChange, OrderStore, PaymentNotice,
+    PaymentStore, PaymentWrite, RecordOutcome, Reindexed, Reservation, VaultStore,
 };
 use quanyi_storage_postgres::{PgOptions, PgStore, SCHEMA_VERSION};
 use quanyi_testkit::fixtures::{self, card_goods, cards, envelopes, first_sku, member, order, t0};
@@ -413,7 +413,7 @@ async fn timestamps_round_trip_to_the_microsecond() {
 }
 
 /// The migrations of older versions: (version, name, SQL).
-const OLD_MIGRATIONS: [(i32, &str, &str); 3] = [
+const OLD_MIGRATIONS: [(i32, &str, &str); 4] = [
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (
         2,
@@ -424,6 +424,11 @@ const OLD_MIGRATIONS: [(i32, &str, &str); 3] = [
         3,
         "free_cards",
         include_str!("../migrations/0003_free_cards.sql"),
+    ),
+    (
+        4,
+        "withdrawn_cards_index_schemes",
+        include_str!("../migrations/0004_withdrawn_cards_index_schemes.sql"),
     ),
 ];
 
@@ -954,4 +959,301 @@ async fn writes_of_sealed_values_wait_for_a_rotation_and_refuse_the_old_key() {
         check_waits_for_rotation(&url, &schema, write).await;
     }
     common::drop_schema(url, schema).await;
+}
+
+/// Stores a card in `state` as version 4 wrote it (with its index scheme and its place among
+/// its order's cards), sealed with `k1`.
+async fn v4_card(
+    admin: &tokio_postgres::Client,
+    schema: &str,
+    tenant: &TenantId,
+    c: &NewCard,
+    state: CardState,
+    hold_pos: Option<i64>,
+) {
+    let micros = |at: chrono::DateTime<chrono::Utc>| at.timestamp_micros();
+    let (name, order, until, sold_at, withdrawn_at) = match state {
+        CardState::Available => ("available", None, None, None, None),
+        CardState::Reserved { order, until } => {
+            ("reserved", Some(order), Some(micros(until)), None, None)
+        }
+        CardState::Sold { order, at } => ("sold", Some(order), None, Some(micros(at)), None),
+        CardState::Withdrawn { at } => ("withdrawn", None, None, None, Some(micros(at))),
+    };
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.cards (id, tenant, sku, batch, blind_index, code, secret, \
+                 key_id, state, order_id, reserved_until, sold_at, hold_pos, imported_at, \
+                 index_scheme, withdrawn_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, 2, $14)"
+            ),
+            &[
+                c.id.as_uuid(),
+                &tenant.as_str(),
+                c.sku.as_uuid(),
+                c.batch.as_uuid(),
+                &c.blind_index.as_bytes().as_slice(),
+                &c.sealed.code.as_bytes(),
+                &c.sealed.secret.as_ref().map(SealedValue::as_bytes),
+                &name,
+                &order.map(|o| *o.as_uuid()),
+                &until,
+                &sold_at,
+                &hold_pos,
+                &micros(t0()),
+                &withdrawn_at,
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+/// Stores an order with its lines and events as versions 1 to 4 wrote them (lines in
+/// `order_lines`, one event per row).
+async fn v4_order(
+    admin: &tokio_postgres::Client,
+    schema: &str,
+    o: &Order,
+    events: &[quanyi_core::EventEnvelope],
+) {
+    old_order(admin, schema, o).await;
+    for l in o.lines() {
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.order_lines (tenant, order_id, no, member, sku, quantity) \
+                     VALUES ($1, $2, $3, $4, $5, $6)"
+                ),
+                &[
+                    &o.tenant().as_str(),
+                    o.id().as_uuid(),
+                    &i32::from(l.no),
+                    &o.member().as_str(),
+                    l.sku.as_uuid(),
+                    &i64::from(l.quantity),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    for e in events {
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.events (id, tenant, aggregate_type, aggregate_id, doc) \
+                     VALUES ($1, $2, $3, $4, $5)"
+                ),
+                &[
+                    e.id.as_uuid(),
+                    &e.tenant.as_str(),
+                    &e.aggregate_type.to_string(),
+                    &e.aggregate_id.to_string(),
+                    &serde_json::to_string(e).unwrap(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A schema at version 4 (order lines in a table of their own, reservations on the card row,
+/// one event per row) with cards in every state, orders with their lines and events: after
+/// `migrate`, cards, stock, held and sold cards, member limits and the event log read as
+/// before, and reserving, lapsing, paying and releasing work on the old rows.
+#[tokio::test]
+async fn migration_5_keeps_cards_lines_and_events_of_an_older_schema() {
+    let Some(url) = common::url() else { return };
+    let schema = quanyi_testkit::unique_name("qt");
+    let admin = common::admin(&url).await;
+    schema_at(&admin, &schema, 4).await;
+    let tenant = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    let sku = first_sku(&goods);
+    admin
+        .execute(
+            &format!("INSERT INTO {schema}.key_rings (tenant, version, doc) VALUES ($1, 1, $2)"),
+            &[
+                &tenant.as_str(),
+                &serde_json::to_string(&fixtures::key_ring(&tenant)).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    let buyer = member("regular");
+    let (unpaid, unpaid_events) = order(&goods, &buyer, 1);
+    let unpaid_events = envelopes(&unpaid, &unpaid_events);
+    let (placed, placed_events) = order(&goods, &buyer, 2);
+    let applied = test_notice(&placed, "txn-v4", NoticeDisposition::Applied);
+    let (paid, paid_events) = fixtures::paid_by(&placed, &applied);
+    let mut placed_events = envelopes(&placed, &placed_events);
+    placed_events.extend(paid_events);
+    v4_order(&admin, &schema, &unpaid, &unpaid_events).await;
+    v4_order(&admin, &schema, &paid, &placed_events).await;
+    old_notice(&admin, &schema, &applied).await;
+    let old = cards(sku, 6);
+    let gone = t0() + Span::seconds(3);
+    let states = [
+        (
+            CardState::Sold {
+                order: paid.id(),
+                at: t0(),
+            },
+            Some(1),
+        ),
+        (
+            CardState::Sold {
+                order: paid.id(),
+                at: t0(),
+            },
+            Some(2),
+        ),
+        (
+            CardState::Reserved {
+                order: unpaid.id(),
+                until: unpaid.expires_at(),
+            },
+            Some(1),
+        ),
+        (CardState::Available, None),
+        (CardState::Available, None),
+        (CardState::Withdrawn { at: gone }, None),
+    ];
+    for (c, (state, pos)) in old.iter().zip(states) {
+        v4_card(&admin, &schema, &tenant, c, state, pos).await;
+    }
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.free_cards (tenant, sku, id) \
+             SELECT tenant, sku, id FROM {schema}.cards WHERE state = 'available'"
+        ))
+        .await
+        .unwrap();
+
+    let store = PgStore::connect_with(common::options(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(4));
+    store.migrate().await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
+
+    // Cards, orders and stock as they were.
+    for (c, (state, _)) in old.iter().zip(states) {
+        let stored = store.card(&tenant, c.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, state);
+        assert_eq!(
+            (stored.sealed.clone(), stored.key_id),
+            (c.sealed.clone(), KeyId(1))
+        );
+    }
+    assert_eq!(
+        store.order(&tenant, paid.id()).await.unwrap(),
+        Some(paid.clone())
+    );
+    let stock = |at| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        async move {
+            let s = store.stock(&tenant, sku, at).await.unwrap();
+            (s.available, s.reserved, s.sold)
+        }
+    };
+    assert_eq!(stock(t0()).await, (2, 1, 2));
+    // The old orders' cards, in the order they took them.
+    assert_eq!(
+        store
+            .order_cards(&tenant, paid.id())
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        vec![old[0].id, old[1].id]
+    );
+    assert_eq!(
+        store
+            .held_cards(&tenant, unpaid.id())
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        vec![old[2].id]
+    );
+    // The old lines count for member limits: 1 + 2 held, so 1 more of a limit of 4 fits and 2
+    // do not.
+    store.insert_goods(&goods, &[]).await.unwrap();
+    let limit = [MemberLimit { sku, limit: 4 }];
+    let (more, events) = order(&goods, &buyer, 2);
+    let envs = envelopes(&more, &events);
+    let r = store
+        .place_order(
+            NewOrder {
+                order: &more,
+                events: &envs,
+                reservations: &[],
+                member_limits: &limit,
+                priced_from: &[],
+            },
+            t0(),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(Error::MemberLimitExceeded { already: 3, .. })),
+        "{r:?}"
+    );
+    // The event log reads across old rows (one event each) and new ones (one per change).
+    let before = store
+        .aggregate_events(&tenant, "order", &paid.id().to_string())
+        .await
+        .unwrap();
+    assert_eq!(before, placed_events);
+    let (fresh, events) = order(&goods, &member("new"), 1);
+    let fresh_envs = envelopes(&fresh, &events);
+    store.insert_order(&fresh, &fresh_envs, &[]).await.unwrap();
+    let after_old = store
+        .events_after(Some(unpaid_events[0].id), 100)
+        .await
+        .unwrap();
+    let mut expected: Vec<_> = unpaid_events[1..].to_vec();
+    expected.extend(placed_events.iter().cloned());
+    expected.extend(fresh_envs.iter().cloned());
+    assert_eq!(
+        after_old.iter().map(|e| e.id).collect::<Vec<_>>(),
+        expected.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+
+    // The old reservation lapses and another order takes it; the old unpaid order then holds
+    // nothing, and paying another order sells a card it reserved after the migration.
+    let later = unpaid.expires_at() + Span::seconds(1);
+    assert_eq!(stock(later).await, (3, 0, 2));
+    let taker = id_of_new_order();
+    let taken = store
+        .reserve_cards(&tenant, sku, taker, 3, later + Span::minutes(15), later)
+        .await
+        .unwrap();
+    assert!(taken.contains(&old[2].id));
+    assert!(
+        store
+            .held_cards(&tenant, unpaid.id())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .commit_cards(&tenant, sku, taker, 3, later)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(stock(later).await, (0, 0, 5));
+    assert_eq!(store.release_cards(&tenant, unpaid.id()).await.unwrap(), 0);
+    drop(store);
+    common::drop_schema(url, schema).await;
+}
+
+fn id_of_new_order() -> OrderId {
+    fixtures::id(OrderId::generate)
 }
