@@ -135,6 +135,18 @@ fn ids(rows: Vec<[u8; 16]>) -> Vec<CardId> {
         .collect()
 }
 
+/// Available cards of a SKU, oldest id first.
+pub(crate) const FREE_AVAILABLE: &str = "SELECT id FROM cards INDEXED BY cards_free
+     WHERE tenant = ?1 AND sku = ?2 AND state = 'available' ORDER BY id";
+
+/// Cards of a SKU reserved until `?3` or earlier, oldest id first.
+pub(crate) const FREE_LAPSED: &str = "SELECT id FROM cards INDEXED BY cards_deadlines
+     WHERE tenant = ?1 AND sku = ?2 AND state = 'reserved' AND until <= ?3 ORDER BY id";
+
+/// The next position in an order's list of held cards.
+pub(crate) const NEXT_HOLD_SEQ: &str =
+    "SELECT COALESCE(MAX(hold_seq), 0) + 1 FROM cards WHERE order_id = ?1";
+
 /// Up to `want` cards of a SKU free at `now` (available, or reserved until `now` or earlier),
 /// oldest id first, leaving out `exclude`.
 pub(crate) fn free_cards(
@@ -145,26 +157,24 @@ pub(crate) fn free_cards(
     want: usize,
     exclude: &[CardId],
 ) -> Result<Vec<CardId>> {
-    let n = limit(want.saturating_add(exclude.len()));
+    let n = want.saturating_add(exclude.len());
+    // Each query names its partial index: without statistics the planner may prefer the index
+    // of every card of the SKU, which starts with the oldest (sold) cards. The rows come in
+    // index order, so stepping `n` of them is the limit.
     let available: Vec<[u8; 16]> = tx
-        .prepare_cached(
-            "SELECT id FROM cards WHERE tenant = ?1 AND sku = ?2 AND state = 'available'
-             ORDER BY id LIMIT ?3",
-        )
+        .prepare_cached(FREE_AVAILABLE)
         .db()?
-        .query_map(params![tenant, sku.as_bytes(), n], |r| r.get(0))
+        .query_map(params![tenant, sku.as_bytes()], |r| r.get(0))
         .db()?
+        .take(n)
         .collect::<rusqlite::Result<_>>()
         .db()?;
     let lapsed: Vec<[u8; 16]> = tx
-        .prepare_cached(
-            "SELECT id FROM cards WHERE tenant = ?1 AND sku = ?2 AND state = 'reserved'
-               AND until <= ?3
-             ORDER BY id LIMIT ?4",
-        )
+        .prepare_cached(FREE_LAPSED)
         .db()?
-        .query_map(params![tenant, sku.as_bytes(), now, n], |r| r.get(0))
+        .query_map(params![tenant, sku.as_bytes(), now], |r| r.get(0))
         .db()?
+        .take(n)
         .collect::<rusqlite::Result<_>>()
         .db()?;
     let mut all = ids(available);
@@ -317,7 +327,7 @@ pub(crate) fn release(tx: &Transaction<'_>, tenant: &str, order: OrderId) -> Res
 
 /// The next position in the order's list of held cards.
 fn next_hold_seq(tx: &Transaction<'_>, order: OrderId) -> Result<i64> {
-    tx.prepare_cached("SELECT COALESCE(MAX(hold_seq), 0) + 1 FROM cards WHERE order_id = ?1")
+    tx.prepare_cached(NEXT_HOLD_SEQ)
         .db()?
         .query_row(params![order.as_bytes()], |r| r.get(0))
         .db()
@@ -369,7 +379,7 @@ fn sell_free(tx: &Transaction<'_>, order: OrderId, cards: &[CardId], now: i64) -
 }
 
 /// Marks cards reserved for their order sold to it; sold ones stay as they are.
-pub(crate) fn sell_held(tx: &Transaction<'_>, cards: &[CardId], now: i64) -> Result<()> {
+fn sell_held(tx: &Transaction<'_>, cards: &[CardId], now: i64) -> Result<()> {
     let mut stmt = tx
         .prepare_cached(
             "UPDATE cards SET state = 'sold', until = NULL, sold_at = ?2
@@ -382,16 +392,40 @@ pub(crate) fn sell_held(tx: &Transaction<'_>, cards: &[CardId], now: i64) -> Res
     Ok(())
 }
 
-/// True when the card belongs to the tenant and is reserved for or sold to the order.
-pub(crate) fn is_held_by(
+/// Marks the cards the tenant's order holds sold to it (at `now`), in the given order; cards
+/// already sold to it stay as they are. `Conflict` on the first card the order does not hold
+/// (reserved for it or sold to it), after selling the ones before: the caller's transaction
+/// must then roll back.
+pub(crate) fn sell_held_by(
     tx: &Transaction<'_>,
     tenant: &str,
     order: OrderId,
-    card: CardId,
-) -> Result<bool> {
+    cards: &[CardId],
+    now: i64,
+) -> Result<()> {
+    // Selling a reserved card changes its row and its deadline entry only: `order_id` and
+    // `hold_seq` stay, so the order's index entry does too.
+    let mut sell = tx
+        .prepare_cached(
+            "UPDATE cards SET state = 'sold', until = NULL, sold_at = ?4
+             WHERE id = ?1 AND tenant = ?2 AND order_id = ?3 AND state = 'reserved'",
+        )
+        .db()?;
+    for id in cards {
+        let sold = sell
+            .execute(params![id.as_bytes(), tenant, order.as_bytes(), now])
+            .db()?;
+        if sold == 0 && !sold_to(tx, tenant, order, *id)? {
+            return Err(Error::conflict("card", id, "not held by the order"));
+        }
+    }
+    Ok(())
+}
+
+/// True when the card belongs to the tenant and is sold to the order.
+fn sold_to(tx: &Transaction<'_>, tenant: &str, order: OrderId, card: CardId) -> Result<bool> {
     tx.prepare_cached(
-        "SELECT 1 FROM cards WHERE id = ?1 AND tenant = ?2 AND order_id = ?3
-           AND state IN ('reserved', 'sold')",
+        "SELECT 1 FROM cards WHERE id = ?1 AND tenant = ?2 AND order_id = ?3 AND state = 'sold'",
     )
     .db()?
     .exists(params![card.as_bytes(), tenant, order.as_bytes()])
@@ -575,7 +609,7 @@ impl VaultStore for SqliteStore {
         let now = ts(now)?;
         self.pool
             .write(move |tx| {
-                check_order_change(tx, &c)?;
+                let checked = check_order_change(tx, &c)?;
                 check_keys(tx, &tenant, cards.iter().map(|card| card.key_id))?;
                 check_ids_new(tx, &cards)?;
                 let mut indexes = HashSet::new();
@@ -593,7 +627,7 @@ impl VaultStore for SqliteStore {
                 }
                 let ids: Vec<CardId> = cards.iter().map(|card| card.id).collect();
                 sell_free(tx, order, &ids, now)?;
-                apply_order_change(tx, &c)
+                apply_order_change(tx, &c, checked)
             })
             .await
     }
@@ -656,27 +690,44 @@ impl VaultStore for SqliteStore {
         let now = ts(now)?;
         self.pool
             .read(move |tx| {
-                let (available, lapsed, reserved, sold): (i64, i64, i64, i64) = tx
+                // Every count reads an index only; sold cards are the rest of the SKU's cards
+                // (a card is available, reserved, sold or withdrawn), so that selling a card
+                // writes no index entry of its own.
+                let (available, lapsed, reserved, withdrawn, all): (i64, i64, i64, i64, i64) = tx
                     .prepare_cached(
                         "SELECT
-                           (SELECT COUNT(*) FROM cards
+                           (SELECT COUNT(*) FROM cards INDEXED BY cards_free
                              WHERE tenant = ?1 AND sku = ?2 AND state = 'available'),
-                           (SELECT COUNT(*) FROM cards
+                           (SELECT COUNT(*) FROM cards INDEXED BY cards_deadlines
                              WHERE tenant = ?1 AND sku = ?2 AND state = 'reserved' AND until <= ?3),
-                           (SELECT COUNT(*) FROM cards
+                           (SELECT COUNT(*) FROM cards INDEXED BY cards_deadlines
                              WHERE tenant = ?1 AND sku = ?2 AND state = 'reserved' AND until > ?3),
-                           (SELECT COUNT(*) FROM cards
-                             WHERE tenant = ?1 AND sku = ?2 AND state = 'sold')",
+                           (SELECT COUNT(*) FROM cards INDEXED BY cards_withdrawn
+                             WHERE tenant = ?1 AND sku = ?2 AND state = 'withdrawn'),
+                           (SELECT COUNT(*) FROM cards INDEXED BY cards_by_sku
+                             WHERE tenant = ?1 AND sku = ?2)",
                     )
                     .db()?
                     .query_row(params![tenant, sku.as_bytes(), now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                     })
                     .db()?;
+                let (available, lapsed, reserved, withdrawn, all) = (
+                    uint(available, "count")?,
+                    uint(lapsed, "count")?,
+                    uint(reserved, "count")?,
+                    uint(withdrawn, "count")?,
+                    uint(all, "count")?,
+                );
+                let sold = all
+                    .checked_sub(available + lapsed + reserved + withdrawn)
+                    .ok_or_else(|| {
+                        Error::Corrupt(format!("card counts of SKU {sku} do not add up"))
+                    })?;
                 Ok(StockCount {
-                    available: uint(available, "count")? + uint(lapsed, "count")?,
-                    reserved: uint(reserved, "count")?,
-                    sold: uint(sold, "count")?,
+                    available: available + lapsed,
+                    reserved,
+                    sold,
                 })
             })
             .await

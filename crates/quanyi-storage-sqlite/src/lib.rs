@@ -23,7 +23,7 @@ pub use pool::Synchronous;
 use crate::pool::{Pool, Settings};
 
 /// The schema version this build of the adapter writes (the number of embedded migrations).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Every quanyi storage port over one SQLite database file.
 ///
@@ -133,5 +133,123 @@ impl SqliteStoreBuilder {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.settings.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use quanyi_goods::PurchaseLimits;
+    use quanyi_storage::{
+        GoodsStore, NewOrder, NoticeDisposition, OrderChange, OrderStore, PaymentNotice,
+        PaymentStore, PaymentWrite, Reservation, VaultStore,
+    };
+    use quanyi_testkit::fixtures::{self, t0};
+    use rusqlite::StatementStatus;
+    use rusqlite::config::DbConfig;
+
+    use crate::SqliteStore;
+    use crate::cards::{FREE_AVAILABLE, FREE_LAPSED, NEXT_HOLD_SEQ};
+    use crate::payments::INSERT_APPLIED_NOTICE;
+
+    /// The order path's statements are planned once per connection, not at every run: SQLite
+    /// plans a statement again when a value bound to it may change its plan, which (without the
+    /// query planner stability guarantee) it assumes for parameters it compares with a partial
+    /// index's condition and for a bound LIMIT.
+    #[tokio::test]
+    async fn the_order_path_prepares_its_statements_once() {
+        let path = std::env::temp_dir().join(format!(
+            "{}.db",
+            quanyi_testkit::unique_name("quanyi_sqlite_prepared")
+        ));
+        let store = SqliteStore::builder(&path)
+            .max_connections(1)
+            .open()
+            .await
+            .unwrap();
+        let tenant = fixtures::vault_tenant(&store).await;
+        let goods = fixtures::card_goods(&tenant, PurchaseLimits::default());
+        let sku = fixtures::first_sku(&goods);
+        store.insert_goods(&goods, &[]).await.unwrap();
+        store
+            .insert_cards(&tenant, &fixtures::cards(sku, 4), t0())
+            .await
+            .unwrap();
+        for (n, name) in ["ann", "bob", "cyd"].into_iter().enumerate() {
+            let (order, events) = fixtures::order(&goods, &fixtures::member(name), 1);
+            let envs = fixtures::envelopes(&order, &events);
+            let held = store
+                .place_order(
+                    NewOrder {
+                        order: &order,
+                        events: &envs,
+                        reservations: &[Reservation { sku, quantity: 1 }],
+                        member_limits: &[],
+                        priced_from: &[],
+                    },
+                    t0(),
+                )
+                .await
+                .unwrap();
+            let notice = PaymentNotice {
+                tenant: tenant.clone(),
+                provider: "testpay".into(),
+                transaction_id: format!("txn-{n}").into(),
+                order: order.id(),
+                amount: order.total(),
+                received_at: t0(),
+                disposition: NoticeDisposition::Applied,
+            };
+            let (paid, envs) = fixtures::paid_by(&order, &notice);
+            let change = OrderChange {
+                order: &paid,
+                expected_version: order.version(),
+                events: &envs,
+            };
+            let write = PaymentWrite {
+                notice: &notice,
+                change: Some(change),
+                sell: &held,
+                job: None,
+            };
+            store.record_payment(write, t0()).await.unwrap();
+            let stored = store.order(&tenant, order.id()).await.unwrap().unwrap();
+            assert_eq!(stored.version(), paid.version());
+        }
+
+        let counts = store
+            .pool
+            .with_connection(|conn| {
+                assert!(
+                    conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
+                        .unwrap()
+                );
+                Ok([
+                    FREE_AVAILABLE,
+                    FREE_LAPSED,
+                    NEXT_HOLD_SEQ,
+                    INSERT_APPLIED_NOTICE,
+                ]
+                .map(|sql| {
+                    let stmt = conn.prepare_cached(sql).unwrap();
+                    (
+                        stmt.get_status(StatementStatus::Run),
+                        stmt.get_status(StatementStatus::RePrepare),
+                    )
+                }))
+            })
+            .await
+            .unwrap();
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+        for (runs, reprepared) in counts {
+            assert!(runs >= 3, "the path ran the statement: {runs} runs");
+            assert_eq!(reprepared, 0);
+        }
     }
 }

@@ -8,52 +8,79 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use crate::SqliteStore;
 use crate::convert::{SqlResult, from_doc, limit, to_doc};
 
-/// An event ready to insert.
+/// One row of the log: a run of consecutive events of one aggregate (the events of one
+/// aggregate change), encoded for a blocking thread.
 pub(crate) struct EventRow {
-    id: EventId,
+    /// The ids of the row's events, in order.
+    ids: Vec<EventId>,
     tenant: String,
     aggregate_type: String,
     aggregate_id: String,
+    /// The events as one JSON array.
     doc: String,
 }
 
-/// Encodes events before they move to a blocking thread.
+/// Encodes events before they move to a blocking thread: one row per run of consecutive events
+/// of one aggregate, so an aggregate change is one row however many events it has.
 pub(crate) fn event_rows(events: &[EventEnvelope]) -> Result<Vec<EventRow>> {
-    events
-        .iter()
-        .map(|e| {
-            Ok(EventRow {
-                id: e.id,
-                tenant: e.tenant.as_str().to_owned(),
-                aggregate_type: e.aggregate_type.to_string(),
-                aggregate_id: e.aggregate_id.to_string(),
-                doc: to_doc(e, "event")?,
+    let mut rows = Vec::new();
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let len = rest
+            .iter()
+            .position(|e| {
+                e.tenant != first.tenant
+                    || e.aggregate_type != first.aggregate_type
+                    || e.aggregate_id != first.aggregate_id
             })
-        })
-        .collect()
+            .unwrap_or(rest.len());
+        let (run, after) = rest.split_at(len);
+        rows.push(EventRow {
+            ids: run.iter().map(|e| e.id).collect(),
+            tenant: first.tenant.as_str().to_owned(),
+            aggregate_type: first.aggregate_type.to_string(),
+            aggregate_id: first.aggregate_id.to_string(),
+            doc: to_doc(run, "events")?,
+        });
+        rest = after;
+    }
+    Ok(rows)
 }
 
-/// The first of the events that is already stored, if any.
-pub(crate) fn stored_event(tx: &Transaction<'_>, events: &[EventRow]) -> Result<Option<EventId>> {
+/// The events of a stored row: a JSON array (one aggregate change), or one event as a JSON
+/// object (rows written before schema version 4).
+fn row_events(doc: &str) -> Result<Vec<EventEnvelope>> {
+    if doc.trim_start().starts_with('[') {
+        from_doc(doc, "events")
+    } else {
+        Ok(vec![from_doc(doc, "event")?])
+    }
+}
+
+/// The first of the events that is already stored or repeats an earlier one of the call.
+pub(crate) fn stored_event(tx: &Transaction<'_>, rows: &[EventRow]) -> Result<Option<EventId>> {
     let mut stmt = tx
-        .prepare_cached("SELECT 1 FROM events WHERE id = ?1")
+        .prepare_cached("SELECT 1 FROM event_ids WHERE id = ?1")
         .db()?;
-    for e in events {
-        if stmt.exists(params![e.id.as_bytes()]).db()? {
-            return Ok(Some(e.id));
+    let mut seen: Vec<EventId> = Vec::new();
+    for id in rows.iter().flat_map(|r| &r.ids) {
+        if seen.contains(id) || stmt.exists(params![id.as_bytes()]).db()? {
+            return Ok(Some(*id));
         }
+        seen.push(*id);
     }
     Ok(None)
 }
 
-/// `Conflict` on `what` `owner` when one of the events is already stored.
+/// `Conflict` on `what` `owner` when one of the events is already stored (or repeats one of the
+/// call).
 pub(crate) fn check_events_new(
     tx: &Transaction<'_>,
-    events: &[EventRow],
+    rows: &[EventRow],
     what: &'static str,
     owner: impl ToString,
 ) -> Result<()> {
-    match stored_event(tx, events)? {
+    match stored_event(tx, rows)? {
         Some(_) => Err(Error::conflict(
             what,
             owner.to_string(),
@@ -63,29 +90,51 @@ pub(crate) fn check_events_new(
     }
 }
 
-/// Appends events in order (their `seq` is the feed order).
-pub(crate) fn insert_events(tx: &Transaction<'_>, events: &[EventRow]) -> Result<()> {
-    let mut stmt = tx
+/// Appends the rows in order (their `seq` is the feed order) and records where each event is.
+pub(crate) fn insert_events(tx: &Transaction<'_>, rows: &[EventRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut row_stmt = tx
         .prepare_cached(
-            "INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO events (tenant, aggregate_type, aggregate_id, doc)
+             VALUES (?1, ?2, ?3, ?4)",
         )
         .db()?;
-    for e in events {
-        stmt.execute(params![
-            e.id.as_bytes(),
-            e.tenant,
-            e.aggregate_type,
-            e.aggregate_id,
-            e.doc
-        ])
+    let mut id_stmt = tx
+        .prepare_cached("INSERT INTO event_ids (id, seq) VALUES (?1, ?2)")
         .db()?;
+    for r in rows {
+        row_stmt
+            .execute(params![r.tenant, r.aggregate_type, r.aggregate_id, r.doc])
+            .db()?;
+        let seq = tx.last_insert_rowid();
+        for id in &r.ids {
+            id_stmt.execute(params![id.as_bytes(), seq]).db()?;
+        }
     }
     Ok(())
 }
 
-fn decode_events(docs: Vec<String>) -> Result<Vec<EventEnvelope>> {
-    docs.iter().map(|d| from_doc(d, "event")).collect()
+/// Up to `limit` events from the rows read by `stmt` (with `params`), leaving out the first
+/// `skip` events of the first row.
+fn expand_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    mut skip: usize,
+    limit: usize,
+) -> Result<Vec<EventEnvelope>> {
+    let mut events = Vec::new();
+    let mut rows = stmt.query(params).db()?;
+    while events.len() < limit {
+        let Some(row) = rows.next().db()? else { break };
+        let doc: String = row.get(0).db()?;
+        let row_events = row_events(&doc)?;
+        events.extend(row_events.into_iter().skip(skip));
+        skip = 0;
+    }
+    events.truncate(limit);
+    Ok(events)
 }
 
 #[async_trait]
@@ -125,12 +174,7 @@ impl EventStore for SqliteStore {
                          ORDER BY seq",
                     )
                     .db()?;
-                let docs = stmt
-                    .query_map(params![tenant, ty, id], |r| r.get::<_, String>(0))
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                    .db()?;
-                decode_events(docs)
+                expand_rows(&mut stmt, params![tenant, ty, id], 0, usize::MAX)
             })
             .await
     }
@@ -140,31 +184,51 @@ impl EventStore for SqliteStore {
         after: Option<EventId>,
         limit_to: usize,
     ) -> Result<Vec<EventEnvelope>> {
-        let n = limit(limit_to);
         self.pool
             .read(move |tx| {
-                let start: i64 = match after {
-                    None => 0,
-                    Some(id) => tx
-                        .prepare_cached("SELECT seq FROM events WHERE id = ?1")
-                        .db()?
-                        .query_row(params![id.as_bytes()], |r| r.get(0))
-                        .optional()
-                        .db()?
-                        .ok_or_else(|| Error::not_found("event", id))?,
+                // From the cursor's row, without the events up to the cursor; or from the start.
+                let (start, skip) = match after {
+                    None => (0, 0),
+                    Some(id) => {
+                        let seq = event_seq(tx, id)?;
+                        let doc: String = tx
+                            .prepare_cached("SELECT doc FROM events WHERE seq = ?1")
+                            .db()?
+                            .query_row(params![seq], |r| r.get(0))
+                            .optional()
+                            .db()?
+                            .ok_or_else(|| {
+                                Error::Corrupt(format!("event {id} names a missing row {seq}"))
+                            })?;
+                        let at = row_events(&doc)?
+                            .iter()
+                            .position(|e| e.id == id)
+                            .ok_or_else(|| {
+                                Error::Corrupt(format!("event {id} is not in its row {seq}"))
+                            })?;
+                        (seq, at + 1)
+                    }
                 };
                 let mut stmt = tx
-                    .prepare_cached("SELECT doc FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                    .prepare_cached("SELECT doc FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2")
                     .db()?;
-                let docs = stmt
-                    .query_map(params![start, n], |r| r.get::<_, String>(0))
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                    .db()?;
-                decode_events(docs)
+                // Every row holds at least one event: the cursor's row and `limit` more are
+                // enough.
+                let rows = limit(limit_to.saturating_add(1));
+                expand_rows(&mut stmt, params![start, rows], skip, limit_to)
             })
             .await
     }
+}
+
+/// The row (`seq`) that holds an event; `NotFound` for an event the log does not hold.
+fn event_seq(tx: &Transaction<'_>, id: EventId) -> Result<i64> {
+    tx.prepare_cached("SELECT seq FROM event_ids WHERE id = ?1")
+        .db()?
+        .query_row(params![id.as_bytes()], |r| r.get(0))
+        .optional()
+        .db()?
+        .ok_or_else(|| Error::not_found("event", id))
 }
 
 #[async_trait]

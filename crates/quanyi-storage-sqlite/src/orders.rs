@@ -1,4 +1,5 @@
-//! Orders, their lines (for member limits) and placing an order with its reservations.
+//! Orders (with their lines' SKUs and quantities, for member limits) and placing an order with
+//! its reservations.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,7 +27,37 @@ pub(crate) struct OrderRow {
     version: u64,
     updated_at: i64,
     doc: String,
-    lines: Vec<(SkuId, u32)>,
+    /// Each line's SKU and quantity, as [`encode_lines`] writes them.
+    lines: Vec<u8>,
+}
+
+/// Bytes per line in `orders.lines`: the SKU (16) and the quantity (4, big-endian).
+const LINE_BYTES: usize = 20;
+
+/// An order's lines as `orders.lines` holds them.
+fn encode_lines(order: &Order) -> Vec<u8> {
+    let mut out = Vec::with_capacity(order.lines().len() * LINE_BYTES);
+    for line in order.lines() {
+        out.extend_from_slice(line.sku.as_bytes());
+        out.extend_from_slice(&line.quantity.to_be_bytes());
+    }
+    out
+}
+
+/// The quantity of `sku` in stored `orders.lines`.
+fn quantity_of(lines: &[u8], sku: SkuId) -> Result<u64> {
+    if lines.len() % LINE_BYTES != 0 {
+        return Err(Error::Corrupt(format!(
+            "stored order lines of {} bytes",
+            lines.len()
+        )));
+    }
+    let sku = sku.as_bytes();
+    Ok(lines
+        .chunks_exact(LINE_BYTES)
+        .filter(|line| line[..16] == sku[..])
+        .map(|line| u64::from(u32::from_be_bytes([line[16], line[17], line[18], line[19]])))
+        .sum())
 }
 
 pub(crate) fn order_row(order: &Order) -> Result<OrderRow> {
@@ -40,7 +71,7 @@ pub(crate) fn order_row(order: &Order) -> Result<OrderRow> {
         version: order.version(),
         updated_at: ts(order.updated_at())?,
         doc: to_doc(order, "order")?,
-        lines: order.lines().iter().map(|l| (l.sku, l.quantity)).collect(),
+        lines: encode_lines(order),
     })
 }
 
@@ -59,18 +90,31 @@ pub(crate) fn change_row(change: &OrderChange<'_>) -> Result<ChangeRow> {
     })
 }
 
+/// What [`check_order_change`] found of the stored order beyond its version.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checked {
+    /// The change keeps the order's member, deadline and lines (as the order's commands do),
+    /// so the write need not touch the indexes on them.
+    same_fixed: bool,
+}
+
 /// The checks of an order change, in the memory adapter's order: `NotFound`, `Conflict` on a
 /// stale version, `Invalid` without a new version, `Conflict` on a stored event id.
-pub(crate) fn check_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<()> {
+pub(crate) fn check_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<Checked> {
     let o = &c.order;
-    let stored: Option<i64> = tx
-        .prepare_cached("SELECT version FROM orders WHERE tenant = ?1 AND id = ?2")
+    let stored: Option<(i64, String, i64, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT version, member, expires_at, lines FROM orders WHERE tenant = ?1 AND id = ?2",
+        )
         .db()?
-        .query_row(params![o.tenant, o.id.as_bytes()], |r| r.get(0))
+        .query_row(params![o.tenant, o.id.as_bytes()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()
         .db()?;
-    let stored = stored.ok_or_else(|| Error::not_found("order", o.id))?;
-    if uint(stored, "order version")? != c.expected_version {
+    let (version, member, expires_at, lines) =
+        stored.ok_or_else(|| Error::not_found("order", o.id))?;
+    if uint(version, "order version")? != c.expected_version {
         return Err(Error::conflict("order", o.id, "stale version"));
     }
     if o.version <= c.expected_version {
@@ -79,61 +123,83 @@ pub(crate) fn check_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<
             o.id
         )));
     }
-    check_events_new(tx, &c.events, "event", o.id)
+    check_events_new(tx, &c.events, "event", o.id)?;
+    Ok(Checked {
+        same_fixed: member == o.member && expires_at == o.expires_at && lines == o.lines,
+    })
 }
 
-/// Writes a checked order change and its events.
-pub(crate) fn apply_order_change(tx: &Transaction<'_>, c: &ChangeRow) -> Result<()> {
+/// Writes a checked order change and its events. Only the columns an order's commands change
+/// are written (and so only their indexes), unless the check found others changed too.
+pub(crate) fn apply_order_change(
+    tx: &Transaction<'_>,
+    c: &ChangeRow,
+    checked: Checked,
+) -> Result<()> {
     let o = &c.order;
     tx.prepare_cached(
-        "UPDATE orders SET member = ?3, status = ?4, expires_at = ?5, version = ?6, doc = ?7,
-                           updated_at = ?8
+        "UPDATE orders SET status = ?3, version = ?4, doc = ?5, updated_at = ?6
          WHERE tenant = ?1 AND id = ?2",
     )
     .db()?
     .execute(params![
         o.tenant,
         o.id.as_bytes(),
-        o.member,
         o.status,
-        o.expires_at,
         int(o.version, "order version")?,
         o.doc,
         o.updated_at
     ])
     .db()?;
+    if !checked.same_fixed {
+        tx.prepare_cached(
+            "UPDATE orders SET member = ?3, expires_at = ?4, lines = ?5
+             WHERE tenant = ?1 AND id = ?2",
+        )
+        .db()?
+        .execute(params![
+            o.tenant,
+            o.id.as_bytes(),
+            o.member,
+            o.expires_at,
+            o.lines
+        ])
+        .db()?;
+    }
     insert_events(tx, &c.events)
 }
 
 /// The quantity of `sku` in the member's live orders.
 fn member_quantity(tx: &Transaction<'_>, tenant: &str, member: &str, sku: SkuId) -> Result<u64> {
-    let sum: i64 = tx
+    let mut stmt = tx
         .prepare_cached(
-            "SELECT COALESCE(SUM(l.quantity), 0) FROM order_lines l
-             JOIN orders o ON o.tenant = l.tenant AND o.id = l.order_id
-             WHERE l.tenant = ?1 AND l.member = ?2 AND l.sku = ?3
-               AND o.status NOT IN (?4, ?5, ?6)",
-        )
-        .db()?
-        .query_row(
-            params![
-                tenant,
-                member,
-                sku.as_bytes(),
-                VOID_STATUSES[0],
-                VOID_STATUSES[1],
-                VOID_STATUSES[2]
-            ],
-            |r| r.get(0),
+            // Without statistics the planner might walk the primary key over the whole tenant.
+            "SELECT lines FROM orders INDEXED BY orders_by_member
+             WHERE tenant = ?1 AND member = ?2 AND status NOT IN (?3, ?4, ?5)",
         )
         .db()?;
-    uint(sum, "member quantity")
+    let mut rows = stmt
+        .query(params![
+            tenant,
+            member,
+            VOID_STATUSES[0],
+            VOID_STATUSES[1],
+            VOID_STATUSES[2]
+        ])
+        .db()?;
+    let mut sum = 0u64;
+    while let Some(row) = rows.next().db()? {
+        let lines: Vec<u8> = row.get(0).db()?;
+        sum = sum.saturating_add(quantity_of(&lines, sku)?);
+    }
+    Ok(sum)
 }
 
 fn insert_order(tx: &Transaction<'_>, o: &OrderRow) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at,
+                             lines)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .db()?
     .execute(params![
@@ -144,26 +210,10 @@ fn insert_order(tx: &Transaction<'_>, o: &OrderRow) -> Result<()> {
         o.expires_at,
         int(o.version, "order version")?,
         o.doc,
-        o.updated_at
+        o.updated_at,
+        o.lines
     ])
     .db()?;
-    let mut line = tx
-        .prepare_cached(
-            "INSERT INTO order_lines (tenant, order_id, line, member, sku, quantity)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .db()?;
-    for (n, (sku, quantity)) in o.lines.iter().enumerate() {
-        line.execute(params![
-            o.tenant,
-            o.id.as_bytes(),
-            limit(n),
-            o.member,
-            sku.as_bytes(),
-            quantity
-        ])
-        .db()?;
-    }
     Ok(())
 }
 
@@ -264,8 +314,8 @@ impl OrderStore for SqliteStore {
         let c = change_row(&change)?;
         self.pool
             .write(move |tx| {
-                check_order_change(tx, &c)?;
-                apply_order_change(tx, &c)
+                let checked = check_order_change(tx, &c)?;
+                apply_order_change(tx, &c, checked)
             })
             .await
     }
@@ -274,9 +324,9 @@ impl OrderStore for SqliteStore {
         let c = change_row(&change)?;
         self.pool
             .write(move |tx| {
-                check_order_change(tx, &c)?;
+                let checked = check_order_change(tx, &c)?;
                 let released = release(tx, &c.order.tenant, c.order.id)?;
-                apply_order_change(tx, &c)?;
+                apply_order_change(tx, &c, checked)?;
                 Ok(released)
             })
             .await

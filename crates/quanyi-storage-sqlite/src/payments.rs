@@ -1,10 +1,11 @@
 //! Payment notices, recorded once with the order change, card sales and job they carry, and
 //! the conflicting repeats kept for reconciliation.
 //!
-//! Both live in `payment_notices`: a notice recorded by `record_payment` has the claim `''`
-//! (its transaction's row, unique per tenant, provider and transaction id); a conflicting
-//! repeat has the claim it makes (order and amount), so it is kept once per claim. Both take
-//! `seq` from the table's one sequence, which is the order notices to reconcile are listed in.
+//! Both live in `payment_notices`, keyed by tenant, provider, transaction id and claim: a notice
+//! recorded by `record_payment` has the claim `''` (its transaction's row); a conflicting repeat
+//! has the claim it makes (order and amount), so it is kept once per claim. A notice kept for
+//! reconciliation takes the next `seq` of its tenant's notices to reconcile (through their
+//! partial index), which is the order they are listed in; an applied notice has none.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,10 +17,45 @@ use quanyi_storage::{
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
-use crate::cards::{is_held_by, sell_held};
+use crate::cards::sell_held_by;
 use crate::convert::{SqlResult, from_doc, limit, to_doc, ts};
 use crate::jobs::{JobRow, enqueue, job_row};
 use crate::orders::{ChangeRow, apply_order_change, change_row, check_order_change};
+
+/// Inserts an applied notice (`?1` to `?4`: tenant, provider, transaction id, claim; `?5` the
+/// document). Applied notices have no place among the notices to reconcile.
+pub(crate) const INSERT_APPLIED_NOTICE: &str = "INSERT INTO payment_notices
+         (tenant, provider, transaction_id, claim, reconcile, seq, doc)
+     VALUES (?1, ?2, ?3, ?4, 0, NULL, ?5)";
+
+/// Inserts a notice kept for reconciliation (parameters as [`INSERT_APPLIED_NOTICE`]): it takes
+/// the next `seq` of its tenant's notices to reconcile, through their partial index.
+pub(crate) const INSERT_RECONCILE_NOTICE: &str = "INSERT INTO payment_notices
+         (tenant, provider, transaction_id, claim, reconcile, seq, doc)
+     VALUES (?1, ?2, ?3, ?4, 1,
+             (SELECT COALESCE(MAX(seq), 0) + 1 FROM payment_notices
+              WHERE tenant = ?1 AND reconcile = 1),
+             ?5)";
+
+/// Inserts a notice, applied or kept for reconciliation.
+fn insert_notice(
+    tx: &Transaction<'_>,
+    notice: [&str; 4],
+    reconcile: bool,
+    doc: &str,
+) -> Result<()> {
+    let sql = if reconcile {
+        INSERT_RECONCILE_NOTICE
+    } else {
+        INSERT_APPLIED_NOTICE
+    };
+    let [tenant, provider, transaction_id, claim] = notice;
+    tx.prepare_cached(sql)
+        .db()?
+        .execute(params![tenant, provider, transaction_id, claim, doc])
+        .db()?;
+    Ok(())
+}
 
 /// The document of the notice recorded for a transaction, if any.
 fn recorded(
@@ -75,34 +111,30 @@ impl PaymentStore for SqliteStore {
                         "payment notice",
                     )?));
                 }
-                if let Some(change) = &change {
-                    check_order_change(tx, change)?;
-                }
+                let checked = change
+                    .as_ref()
+                    .map(|change| check_order_change(tx, change))
+                    .transpose()?;
                 if !sell.is_empty() {
                     let Some(change) = &change else {
                         return Err(Error::Invalid("cards sold without an order change".into()));
                     };
-                    let order = &change.order;
-                    for id in &sell {
-                        if !is_held_by(tx, &order.tenant, order.id, *id)? {
-                            return Err(Error::conflict("card", id, "not held by the order"));
-                        }
-                    }
-                    sell_held(tx, &sell, now)?;
+                    // A card not held by the order fails the call, and the transaction (with
+                    // the cards sold before it) is rolled back.
+                    sell_held_by(tx, &change.order.tenant, change.order.id, &sell, now)?;
                 }
-                if let Some(change) = &change {
-                    apply_order_change(tx, change)?;
+                if let (Some(change), Some(checked)) = (&change, checked) {
+                    apply_order_change(tx, change, checked)?;
                 }
                 if let Some(job) = &job {
                     enqueue(tx, job)?;
                 }
-                tx.prepare_cached(
-                    "INSERT INTO payment_notices (tenant, provider, transaction_id, reconcile, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .db()?
-                .execute(params![tenant, provider, transaction_id, reconcile, doc])
-                .db()?;
+                insert_notice(
+                    tx,
+                    [&tenant, &provider, &transaction_id, ""],
+                    reconcile,
+                    &doc,
+                )?;
                 Ok(RecordOutcome::Recorded)
             })
             .await
@@ -159,14 +191,12 @@ impl PaymentStore for SqliteStore {
                 if kept_before {
                     return Ok(false);
                 }
-                tx.prepare_cached(
-                    "INSERT INTO payment_notices
-                         (tenant, provider, transaction_id, claim, reconcile, doc)
-                     VALUES (?1, ?2, ?3, ?4, 1, ?5)",
-                )
-                .db()?
-                .execute(params![tenant, provider, transaction_id, claim, doc])
-                .db()?;
+                insert_notice(
+                    tx,
+                    [&tenant, &provider, &transaction_id, &claim],
+                    true,
+                    &doc,
+                )?;
                 Ok(true)
             })
             .await

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use quanyi_storage::{Error, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::Semaphore;
 
@@ -206,6 +207,13 @@ fn configure(conn: &Connection, settings: &Settings) -> Result<()> {
     conn.busy_timeout(settings.busy_timeout)
         .map_err(sql_error)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The query planner stability guarantee: a statement's plan does not depend on the values
+    // bound to it. Without it SQLite compares bound values with the conditions of partial
+    // indexes while planning, and so plans such a statement again at every run with new
+    // values (four statements of the order path, measured at a sixth of its CPU time).
+    // It also keeps plans from flipping as data grows.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(sql_error)?;
     let mode = journal_mode_wal(conn, settings.busy_timeout)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::Unavailable {

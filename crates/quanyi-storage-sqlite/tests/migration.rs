@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, Utc};
 use quanyi_core::{BatchId, CardId, Currency, Money, OrderId, TenantId};
+use quanyi_core::{ErrorKind, EventEnvelope};
 use quanyi_goods::{Goods, PurchaseLimits};
 use quanyi_order::{Order, OrderStatus};
 use quanyi_storage::{
-    CONFLICTING_REPEAT, CardState, IndexChange, KeyRingStore, NoticeDisposition, OrderChange,
-    OrderStore, PaymentNotice, PaymentStore, PaymentWrite, Reindexed, StockCount, StoredCard,
-    VaultStore,
+    CONFLICTING_REPEAT, CardState, EventStore, IndexChange, KeyRingStore, MemberLimit, NewOrder,
+    NoticeDisposition, OrderChange, OrderStore, PaymentNotice, PaymentStore, PaymentWrite,
+    Reindexed, Reservation, StockCount, StoredCard, VaultStore,
 };
 use quanyi_storage_sqlite::{SCHEMA_VERSION, SqliteStore};
 use quanyi_testkit::fixtures::{self, t0};
@@ -25,6 +26,24 @@ use rusqlite::{Connection, params};
 const BEFORE_V3: [&str; 2] = [
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_orders_updated_at.sql"),
+];
+
+/// The migrations of the versions before 4.
+const BEFORE_V4: [&str; 3] = [
+    BEFORE_V3[0],
+    BEFORE_V3[1],
+    include_str!("../migrations/0003_withdrawn_cards_index_schemes_notice_repeats.sql"),
+];
+
+/// The indexes on `cards` of the current schema, by name.
+const CARD_INDEXES: [&str; 7] = [
+    "cards_by_key",
+    "cards_by_order",
+    "cards_by_sku",
+    "cards_deadlines",
+    "cards_free",
+    "cards_to_reindex",
+    "cards_withdrawn",
 ];
 
 /// A database file removed when the test ends, pass or fail.
@@ -48,6 +67,11 @@ fn nanos(t: DateTime<Utc>) -> i64 {
 
 /// A database at schema version 2, as migrations 1 and 2 left it.
 fn version_2(path: &Path) -> Connection {
+    at_version(path, &BEFORE_V3)
+}
+
+/// A database at the version of the last of `migrations`, as they left it.
+fn at_version(path: &Path, migrations: &[&str]) -> Connection {
     let conn = Connection::open(path).unwrap();
     conn.execute_batch(
         "CREATE TABLE schema_version (
@@ -56,7 +80,7 @@ fn version_2(path: &Path) -> Connection {
          )",
     )
     .unwrap();
-    for (n, sql) in (1i64..).zip(BEFORE_V3) {
+    for (n, sql) in (1i64..).zip(migrations) {
         conn.execute_batch(sql).unwrap();
         conn.execute(
             "INSERT INTO schema_version (version, applied_at) VALUES (?1, 1)",
@@ -327,16 +351,8 @@ async fn version_2_databases_migrate_with_every_card_and_notice() {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
-        assert_eq!(
-            index_names(&conn, "cards"),
-            [
-                "cards_by_key",
-                "cards_by_order",
-                "cards_deadlines",
-                "cards_pool",
-                "cards_to_reindex"
-            ]
-        );
+        // The indexes of the current schema (version 4 replaced `cards_pool`).
+        assert_eq!(index_names(&conn, "cards"), CARD_INDEXES);
         assert_eq!(
             index_names(&conn, "payment_notices"),
             ["payment_notices_to_reconcile"]
@@ -530,5 +546,390 @@ async fn version_2_databases_migrate_with_every_card_and_notice() {
             reserved: 0,
             sold: 2
         }
+    );
+}
+
+/// Stores a card with version 3's columns; `hold_seq` is its place in its order's list.
+fn insert_v3_card(conn: &Connection, card: &StoredCard, hold_seq: Option<i64>) {
+    let (state, order, until, sold_at, withdrawn_at) = match card.state {
+        CardState::Available => ("available", None, None, None, None),
+        CardState::Reserved { order, until } => {
+            ("reserved", Some(order), Some(nanos(until)), None, None)
+        }
+        CardState::Sold { order, at } => ("sold", Some(order), None, Some(nanos(at)), None),
+        CardState::Withdrawn { at } => ("withdrawn", None, None, None, Some(nanos(at))),
+    };
+    conn.execute(
+        "INSERT INTO cards (id, tenant, sku, batch, blind_index, index_scheme, code, secret,
+                            key_id, state, order_id, until, sold_at, withdrawn_at, hold_seq,
+                            imported_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            card.id.as_bytes(),
+            card.tenant.as_str(),
+            card.sku.as_bytes(),
+            card.batch.as_bytes(),
+            card.blind_index.as_bytes(),
+            card.index_scheme.as_u8(),
+            card.sealed.code.as_bytes(),
+            card.sealed.secret.as_ref().map(SealedValue::as_bytes),
+            card.key_id.0,
+            state,
+            order.map(|o| o.as_bytes().to_vec()),
+            until,
+            sold_at,
+            withdrawn_at,
+            hold_seq,
+            nanos(card.imported_at)
+        ],
+    )
+    .unwrap();
+}
+
+/// Stores events as version 3 did: one row per event.
+fn insert_v3_events(conn: &Connection, events: &[EventEnvelope]) {
+    for e in events {
+        conn.execute(
+            "INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                e.id.as_bytes(),
+                e.tenant.as_str(),
+                &*e.aggregate_type,
+                &*e.aggregate_id,
+                serde_json::to_string(e).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// Stores a notice as version 3 did, with its claim (`''` for a transaction's first notice).
+fn insert_v3_notice(conn: &Connection, notice: &PaymentNotice, claim: &str) {
+    let reconcile = !matches!(notice.disposition, NoticeDisposition::Applied);
+    conn.execute(
+        "INSERT INTO payment_notices (tenant, provider, transaction_id, claim, reconcile, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            notice.tenant.as_str(),
+            &*notice.provider,
+            &*notice.transaction_id,
+            claim,
+            reconcile,
+            serde_json::to_string(notice).unwrap()
+        ],
+    )
+    .unwrap();
+}
+
+/// A card as version 3 held it, of the current index scheme.
+fn v3_card(tenant: &TenantId, sku: quanyi_core::SkuId, byte: u8, state: CardState) -> StoredCard {
+    StoredCard {
+        index_scheme: IndexScheme::CURRENT,
+        ..v2_card(tenant, sku, byte, state)
+    }
+}
+
+/// Version 3 to 4: order lines move into the order's row (member limits still count them,
+/// and still leave out void orders), events of one row each read as before and the feed goes
+/// on from any of them into the rows of the new form, notices to reconcile keep their order,
+/// and cards in every state keep their state, holder and hold order.
+#[tokio::test]
+async fn version_3_databases_migrate_with_lines_events_cards_and_notices() {
+    let db = TempDb(common::fresh_path());
+    let tenant = fixtures::tenant();
+    let goods = fixtures::card_goods(&tenant, PurchaseLimits::default());
+    let sku = fixtures::first_sku(&goods);
+    let bob = fixtures::member("bob");
+
+    // An unpaid order (one card reserved), a paid one (two cards sold), a void one.
+    let (unpaid, unpaid_events) = fixtures::order(&goods, &fixtures::member("ann"), 1);
+    let unpaid_envs = fixtures::envelopes(&unpaid, &unpaid_events);
+    let (placed, placed_events) = fixtures::order(&goods, &bob, 2);
+    let placed_envs = fixtures::envelopes(&placed, &placed_events);
+    let paid_notice = notice(&tenant, placed.id(), "txn-paid", placed.total());
+    let (paid, paid_envs) = fixtures::paid_by(&placed, &paid_notice);
+    let (mut void, _) = fixtures::order(&goods, &bob, 1);
+    void.expire(void.expires_at()).unwrap();
+
+    let sold_at = t0() + Duration::minutes(1);
+    let withdrawn_at = t0() + Duration::minutes(2);
+    let cards = [
+        (v3_card(&tenant, sku, 1, CardState::Available), None),
+        (v2_card(&tenant, sku, 2, CardState::Available), None),
+        (
+            v3_card(
+                &tenant,
+                sku,
+                3,
+                CardState::Reserved {
+                    order: unpaid.id(),
+                    until: unpaid.expires_at(),
+                },
+            ),
+            Some(1),
+        ),
+        (
+            v3_card(
+                &tenant,
+                sku,
+                4,
+                CardState::Sold {
+                    order: paid.id(),
+                    at: sold_at,
+                },
+            ),
+            Some(2),
+        ),
+        (
+            v3_card(
+                &tenant,
+                sku,
+                5,
+                CardState::Sold {
+                    order: paid.id(),
+                    at: sold_at,
+                },
+            ),
+            Some(1),
+        ),
+        (
+            v3_card(&tenant, sku, 6, CardState::Withdrawn { at: withdrawn_at }),
+            None,
+        ),
+    ];
+    let mut unknown = notice(
+        &tenant,
+        fixtures::id(OrderId::generate),
+        "txn-unknown",
+        Money::from_minor(5, Currency::CNY),
+    );
+    unknown.disposition = NoticeDisposition::Reconcile {
+        reason: "unknown_order".into(),
+    };
+    let mut repeat = paid_notice.clone();
+    repeat.amount = Money::from_minor(1, Currency::CNY);
+    repeat.disposition = NoticeDisposition::Reconcile {
+        reason: CONFLICTING_REPEAT.into(),
+    };
+    // The old feed: the unpaid order's events, then the paid order's placement and payment.
+    let old_feed: Vec<EventEnvelope> = unpaid_envs
+        .iter()
+        .chain(&placed_envs)
+        .chain(&paid_envs)
+        .cloned()
+        .collect();
+    assert!(old_feed.len() >= 3, "events in several rows");
+    {
+        let conn = at_version(db.path(), &BEFORE_V4);
+        conn.execute(
+            "INSERT INTO key_rings (tenant, version, doc) VALUES (?1, 1, ?2)",
+            params![
+                tenant.as_str(),
+                serde_json::to_string(&fixtures::key_ring(&tenant)).unwrap()
+            ],
+        )
+        .unwrap();
+        insert_v2_goods(&conn, &goods);
+        for order in [&unpaid, &paid, &void] {
+            insert_v2_order(&conn, order);
+        }
+        for (card, hold_seq) in &cards {
+            insert_v3_card(&conn, card, *hold_seq);
+        }
+        insert_v3_events(&conn, &old_feed);
+        insert_v3_notice(&conn, &unknown, "");
+        insert_v3_notice(&conn, &paid_notice, "");
+        insert_v3_notice(&conn, &repeat, "claim of the repeat");
+    }
+
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    {
+        let conn = Connection::open(db.path()).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(index_names(&conn, "cards"), CARD_INDEXES);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'order_lines'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "the lines live in the orders");
+    }
+
+    // Orders, cards and notices read back as they were written.
+    for order in [&unpaid, &paid, &void] {
+        assert_eq!(
+            store.order(&tenant, order.id()).await.unwrap().as_ref(),
+            Some(order)
+        );
+    }
+    for (card, _) in &cards {
+        assert_eq!(
+            store.card(&tenant, card.id).await.unwrap().as_ref(),
+            Some(card)
+        );
+    }
+    assert_eq!(
+        store.stock(&tenant, sku, t0()).await.unwrap(),
+        StockCount {
+            available: 2,
+            reserved: 1,
+            sold: 2
+        }
+    );
+    let held = store.held_cards(&tenant, unpaid.id()).await.unwrap();
+    assert_eq!(
+        held.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [cards[2].0.id]
+    );
+    let sold = store.order_cards(&tenant, paid.id()).await.unwrap();
+    assert_eq!(sold, [cards[4].0.clone(), cards[3].0.clone()], "hold order");
+    assert_eq!(
+        store
+            .payment_notice(&tenant, "testpay", "txn-paid")
+            .await
+            .unwrap(),
+        Some(paid_notice.clone())
+    );
+
+    // The old events: per aggregate, in the feed, and from a cursor on any of them.
+    assert_eq!(
+        store
+            .aggregate_events(&tenant, "order", &paid.id().to_string())
+            .await
+            .unwrap(),
+        placed_envs
+            .iter()
+            .chain(&paid_envs)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.events_after(None, 100).await.unwrap(), old_feed);
+    for (n, e) in old_feed.iter().enumerate() {
+        assert_eq!(
+            store.events_after(Some(e.id), 100).await.unwrap(),
+            old_feed[n + 1..],
+            "after event {n}"
+        );
+    }
+    // An old event id is still taken.
+    let (other, _) = fixtures::order(&goods, &fixtures::member("cyd"), 1);
+    assert_eq!(
+        store
+            .insert_order(&other, &old_feed[..1], &[])
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Conflict
+    );
+
+    // Member limits count the migrated lines of live orders only: bob holds 2 (the expired
+    // order's 1 is void), so 1 more fits a limit of 3 and a second 1 does not.
+    let limit = [MemberLimit { sku, limit: 3 }];
+    let (more, more_events) = fixtures::order(&goods, &bob, 1);
+    let more_envs = fixtures::envelopes(&more, &more_events);
+    store
+        .place_order(
+            NewOrder {
+                order: &more,
+                events: &more_envs,
+                reservations: &[Reservation { sku, quantity: 1 }],
+                member_limits: &limit,
+                priced_from: &[],
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    let (too_many, _) = fixtures::order(&goods, &bob, 1);
+    let refused = store
+        .place_order(
+            NewOrder {
+                order: &too_many,
+                events: &[],
+                reservations: &[Reservation { sku, quantity: 1 }],
+                member_limits: &limit,
+                priced_from: &[],
+            },
+            t0(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, quanyi_storage::Error::MemberLimitExceeded { .. }),
+        "{refused}"
+    );
+
+    // The feed goes on from the last old event into the new rows.
+    assert_eq!(
+        store
+            .events_after(old_feed.last().map(|e| e.id), 100)
+            .await
+            .unwrap(),
+        more_envs
+    );
+
+    // Paying the old unpaid order sells its old reservation.
+    let ann_notice = notice(&tenant, unpaid.id(), "txn-ann", unpaid.total());
+    let (ann_paid, ann_envs) = fixtures::paid_by(&unpaid, &ann_notice);
+    store
+        .record_payment(
+            PaymentWrite {
+                notice: &ann_notice,
+                change: Some(OrderChange {
+                    order: &ann_paid,
+                    expected_version: unpaid.version(),
+                    events: &ann_envs,
+                }),
+                sell: &[cards[2].0.id],
+                job: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stock(&tenant, sku, t0()).await.unwrap(),
+        StockCount {
+            available: 1,
+            reserved: 1,
+            sold: 3
+        }
+    );
+
+    // A new notice to reconcile lists after the old ones.
+    let mut late = notice(
+        &tenant,
+        fixtures::id(OrderId::generate),
+        "txn-late",
+        Money::from_minor(7, Currency::CNY),
+    );
+    late.disposition = NoticeDisposition::Reconcile {
+        reason: "unknown_order".into(),
+    };
+    store
+        .record_payment(
+            PaymentWrite {
+                notice: &late,
+                change: None,
+                sell: &[],
+                job: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.notices_to_reconcile(&tenant, 10).await.unwrap(),
+        [unknown, repeat, late]
     );
 }
