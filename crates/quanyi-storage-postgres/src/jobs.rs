@@ -31,10 +31,12 @@ const BY_KEY: &str = "SELECT id FROM jobs WHERE tenant = $1 AND dedupe_key = $2"
 pub(crate) static CLAIM_DUE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH queued AS ( \
-             SELECT id, run_at AS t FROM jobs WHERE status = 'queued' AND run_at <= $2 \
+             SELECT id, run_at AS t FROM jobs \
+             WHERE status = 'queued' AND run_at <= $2 AND kind = ANY($5) \
              ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
          leased AS ( \
-             SELECT id, lease_until AS t FROM jobs WHERE status = 'running' AND lease_until <= $2 \
+             SELECT id, lease_until AS t FROM jobs \
+             WHERE status = 'running' AND lease_until <= $2 AND kind = ANY($5) \
              ORDER BY lease_until, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
          pick AS (SELECT id, t FROM queued UNION ALL SELECT id, t FROM leased ORDER BY t, id LIMIT $4) \
          UPDATE jobs j SET status = 'running', worker = $1, lease_until = $3, \
@@ -192,16 +194,20 @@ impl JobStore for PgStore {
     async fn claim_jobs(
         &self,
         worker: &str,
+        kinds: &[&str],
         now: DateTime<Utc>,
         lease: Duration,
         max: usize,
     ) -> Result<Vec<Job>> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
         let until = lease_end(now, lease)?;
         let conn = self.conn().await?;
         let stmt = conn.prepare(&CLAIM_DUE).await?;
         let rows = conn
             .client()
-            .query(&stmt, &[&worker, &micros(now), &until, &limit(max)])
+            .query(&stmt, &[&worker, &micros(now), &until, &limit(max), &kinds])
             .await
             .map_err(db)?;
         let mut claimed = rows

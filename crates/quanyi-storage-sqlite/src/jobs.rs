@@ -189,11 +189,18 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>> {
         .ok_or_else(|| Error::Invalid(format!("lease of {lease} from {now} overflows")))
 }
 
-fn due_ids(tx: &Transaction<'_>, sql: &str, now: i64, n: i64) -> Result<Vec<(i64, JobId)>> {
+/// Due jobs of the kinds `kinds` (a JSON array of strings) names, as (due, id).
+fn due_ids(
+    tx: &Transaction<'_>,
+    sql: &str,
+    now: i64,
+    n: i64,
+    kinds: &str,
+) -> Result<Vec<(i64, JobId)>> {
     let rows: Vec<(i64, [u8; 16])> = tx
         .prepare_cached(sql)
         .db()?
-        .query_map(params![now, n], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map(params![now, n, kinds], |r| Ok((r.get(0)?, r.get(1)?)))
         .db()?
         .collect::<rusqlite::Result<_>>()
         .db()?;
@@ -213,11 +220,16 @@ impl JobStore for SqliteStore {
     async fn claim_jobs(
         &self,
         worker: &str,
+        kinds: &[&str],
         now: DateTime<Utc>,
         lease: Duration,
         limit_to: usize,
     ) -> Result<Vec<Job>> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
         let worker = worker.to_owned();
+        let kinds = to_doc(kinds, "job kinds")?;
         let until = ts(lease_end(now, lease)?)?;
         let now = ts(now)?;
         let n = limit(limit_to);
@@ -226,16 +238,20 @@ impl JobStore for SqliteStore {
                 let mut due = due_ids(
                     tx,
                     "SELECT run_at, id FROM jobs WHERE status = 'queued' AND run_at <= ?1
+                       AND kind IN (SELECT value FROM json_each(?3))
                      ORDER BY run_at, id LIMIT ?2",
                     now,
                     n,
+                    &kinds,
                 )?;
                 due.extend(due_ids(
                     tx,
                     "SELECT lease_until, id FROM jobs WHERE status = 'running' AND lease_until <= ?1
+                       AND kind IN (SELECT value FROM json_each(?3))
                      ORDER BY lease_until, id LIMIT ?2",
                     now,
                     n,
+                    &kinds,
                 )?);
                 due.sort();
                 due.truncate(limit_to);

@@ -202,7 +202,8 @@ async fn stored_data_that_does_not_decode_is_corrupt() {
     })
     .await;
     check_corrupt("UPDATE jobs SET payload = 'nope'", |s| async move {
-        s.claim_jobs("w", t0(), Span::seconds(30), 10).await
+        s.claim_jobs("w", &["deliver_order"], t0(), Span::seconds(30), 10)
+            .await
     })
     .await;
 }

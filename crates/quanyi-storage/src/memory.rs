@@ -1665,15 +1665,22 @@ impl JobStore for MemoryStore {
     async fn claim_jobs(
         &self,
         worker: &str,
+        kinds: &[&str],
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<Job>> {
         let mut s = self.state.lock();
+        let handled = |id: &JobId| {
+            s.jobs
+                .get(id)
+                .is_some_and(|j| kinds.contains(&j.kind.as_str()))
+        };
         let mut due: Vec<(DateTime<Utc>, JobId)> = s
             .queue
             .iter()
             .take_while(|(at, _)| *at <= now)
+            .filter(|(_, id)| handled(id))
             .take(limit)
             .copied()
             .collect();
@@ -1681,6 +1688,7 @@ impl JobStore for MemoryStore {
             s.leases
                 .iter()
                 .take_while(|(at, _)| *at <= now)
+                .filter(|(_, id)| handled(id))
                 .take(limit)
                 .copied(),
         );

@@ -406,11 +406,15 @@ pub trait JobStore: Send + Sync {
     /// Enqueues a job; a job with the same (tenant, dedupe key) already stored is returned instead.
     async fn enqueue(&self, job: &NewJob, now: DateTime<Utc>) -> Result<JobId>;
 
-    /// Claims up to `limit` jobs that are due (queued with `run_at <= now`, or running with an
-    /// expired lease) for `worker` until `now + lease`; each claim counts an attempt.
+    /// Claims up to `limit` jobs of the given kinds that are due (queued with `run_at <= now`, or
+    /// running with an expired lease) for `worker` until `now + lease`, earliest due first; each
+    /// claim counts an attempt. Jobs of other kinds are left alone, whatever their state: a worker
+    /// claims only what it can run (during a rolling deploy an older worker leaves a newer kind to
+    /// the workers that know it). No kinds, no jobs.
     async fn claim_jobs(
         &self,
         worker: &str,
+        kinds: &[&str],
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,

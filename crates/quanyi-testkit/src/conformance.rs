@@ -10,8 +10,8 @@ use quanyi_goods::{PurchaseLimits, Shelf};
 use quanyi_order::{OrderStatus, Payment};
 use quanyi_storage::{
     AuditAction, AuditOutcome, AuditRecord, CardState, Error, GOODS_CHANGED, GoodsVersion,
-    JobStatus, MemberLimit, NewOrder, NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite,
-    RecordOutcome, Reservation, Store,
+    JobStatus, MemberLimit, NewJob, NewOrder, NoticeDisposition, OrderChange, PaymentNotice,
+    PaymentWrite, RecordOutcome, Reservation, Store,
 };
 use quanyi_vault::{KeyId, SealedCard, SealedValue};
 
@@ -45,6 +45,7 @@ pub const CASES: &[&str] = &[
     "audit_records_newest_first",
     "jobs_lease_retry_and_dead_letter",
     "job_enqueue_is_idempotent",
+    "jobs_are_claimed_only_by_kinds_the_worker_runs",
     "key_ring_versions_and_use_limit",
     "reseal_replaces_ciphertext",
     "tenants_are_isolated",
@@ -1751,7 +1752,10 @@ pub async fn jobs_lease_retry_and_dead_letter(store: Arc<dyn Store>) {
     let later = t0() + Duration::minutes(5);
     let mut found = None;
     for _ in 0..100 {
-        let batch = store.claim_jobs("w3", later, lease, 50).await.unwrap();
+        let batch = store
+            .claim_jobs("w3", &["deliver_order"], later, lease, 50)
+            .await
+            .unwrap();
         if batch.is_empty() {
             break;
         }
@@ -1797,6 +1801,74 @@ pub async fn jobs_lease_retry_and_dead_letter(store: Arc<dyn Store>) {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+/// A worker claims only the job kinds it names: a due job of another kind (a kind a newer
+/// release added, say) stays queued, and its expired lease is not taken over, until a worker
+/// that names its kind claims it. No kinds claims nothing.
+pub async fn jobs_are_claimed_only_by_kinds_the_worker_runs(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let lease = Duration::seconds(60);
+    let old = fixtures::job(&tenant, "deliver:old", t0());
+    let newer = NewJob {
+        kind: "grant_monthly".into(),
+        ..fixtures::job(&tenant, "grant:newer", t0() - Duration::seconds(1))
+    };
+    store.enqueue(&old, t0()).await.unwrap();
+    store.enqueue(&newer, t0()).await.unwrap();
+    assert!(
+        store
+            .claim_jobs("w0", &[], t0(), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store
+        .claim_jobs("w1", &["deliver_order"], t0(), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![old.id]
+    );
+    let untouched = store.job(newer.id).await.unwrap().unwrap();
+    assert_eq!(untouched.status, JobStatus::Queued);
+    assert_eq!(untouched.attempts, 0);
+    // A worker that runs both kinds takes the newer one; its lease runs out.
+    let both = store
+        .claim_jobs("w2", &["grant_monthly", "deliver_order"], t0(), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        both.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![newer.id]
+    );
+    // After both leases expire, the old worker takes over only its own kind.
+    let later = t0() + Duration::minutes(5);
+    let again = store
+        .claim_jobs("w1", &["deliver_order"], later, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(),
+        vec![(old.id, 2)]
+    );
+    let leased = store.job(newer.id).await.unwrap().unwrap();
+    assert_eq!(
+        leased.status,
+        JobStatus::Running {
+            worker: "w2".into(),
+            lease_until: t0() + lease
+        }
+    );
+    let taken = store
+        .claim_jobs("w3", &["grant_monthly"], later, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(),
+        vec![(newer.id, 2)]
     );
 }
 

@@ -493,12 +493,15 @@ impl JobStore for HookedStore {
     async fn claim_jobs(
         &self,
         worker: &str,
+        kinds: &[&str],
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<Job>> {
         self.before("claim_jobs").await?;
-        self.inner.claim_jobs(worker, now, lease, limit).await
+        self.inner
+            .claim_jobs(worker, kinds, now, lease, limit)
+            .await
     }
 
     async fn claim_job(

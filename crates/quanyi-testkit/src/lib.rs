@@ -49,6 +49,7 @@ macro_rules! storage_conformance {
             audit_records_newest_first,
             jobs_lease_retry_and_dead_letter,
             job_enqueue_is_idempotent,
+            jobs_are_claimed_only_by_kinds_the_worker_runs,
             key_ring_versions_and_use_limit,
             reseal_replaces_ciphertext,
             tenants_are_isolated,
@@ -89,7 +90,9 @@ macro_rules! shop_conformance {
             a_retired_key_stops_opening_within_the_refresh,
             a_supplier_card_already_held_fails_over_or_is_refunded,
             a_conflicting_repeat_notice_is_kept_for_reconciliation,
-            expiry_and_cancel_write_the_order_and_release_together
+            expiry_and_cancel_write_the_order_and_release_together,
+            sweeps_run_once_per_period_with_two_workers,
+            a_worker_leaves_job_kinds_it_does_not_run
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

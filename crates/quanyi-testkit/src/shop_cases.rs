@@ -32,6 +32,8 @@ pub const CASES: &[&str] = &[
     "a_supplier_card_already_held_fails_over_or_is_refunded",
     "a_conflicting_repeat_notice_is_kept_for_reconciliation",
     "expiry_and_cancel_write_the_order_and_release_together",
+    "sweeps_run_once_per_period_with_two_workers",
+    "a_worker_leaves_job_kinds_it_does_not_run",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.
@@ -749,4 +751,187 @@ pub async fn expiry_and_cancel_write_the_order_and_release_together(store: Arc<d
     assert_eq!(holds(late.id()).await, 0);
     let stock = shop.stock(sku).await.unwrap();
     assert_eq!((stock.available, stock.reserved), (2, 0));
+}
+
+/// A host sweep that records the periods it ran for.
+struct Tally {
+    periods: Mutex<Vec<chrono::DateTime<chrono::Utc>>>,
+}
+
+#[async_trait::async_trait]
+impl quanyi::Sweep for Tally {
+    fn name(&self) -> &str {
+        "tally"
+    }
+
+    fn every(&self) -> Duration {
+        Duration::minutes(1)
+    }
+
+    async fn run(
+        &self,
+        _shop: &Shop,
+        period: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), quanyi::JobError> {
+        self.periods.lock().push(period);
+        Ok(())
+    }
+}
+
+/// Two workers (two processes) run each sweep once per period: the host's and the engine's
+/// expiry of unpaid orders, which needs no timer of the host's.
+pub async fn sweeps_run_once_per_period_with_two_workers(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let tally = Arc::new(Tally {
+        periods: Mutex::new(Vec::new()),
+    });
+    let process = |name: &str| {
+        rig.builder(rig.store.clone())
+            .worker_name(name)
+            .sweep(tally.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (process("worker-a"), process("worker-b"));
+    let sku = card_sku(&a).await;
+    import(&a, sku, &["SWP-0001"]).await;
+    let unpaid = a
+        .place_order(&member("idle"), &[CartLine::new(sku, 1)])
+        .await
+        .unwrap();
+    rig.clock.advance(Duration::minutes(16));
+    let (wa, wb) = (Worker::new(a.clone()), Worker::new(b.clone()));
+    for _ in 0..3 {
+        let (ra, rb) = tokio::join!(wa.run_once(), wb.run_once());
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.dead + rb.dead, 0);
+    }
+    let first = tally.periods.lock().clone();
+    assert_eq!(first.len(), 1, "one run of the period: {first:?}");
+    assert!(first[0] <= rig.clock.now() && rig.clock.now() - first[0] < Duration::minutes(1));
+    assert_eq!(
+        a.order(unpaid.id()).await.unwrap().status(),
+        OrderStatus::Expired
+    );
+    assert_eq!(a.stock(sku).await.unwrap().available, 1);
+    // The next period runs once more.
+    rig.clock.advance(Duration::minutes(1));
+    for _ in 0..2 {
+        let (ra, rb) = tokio::join!(wa.run_once(), wb.run_once());
+        ra.unwrap();
+        rb.unwrap();
+    }
+    let periods = tally.periods.lock().clone();
+    assert_eq!(periods.len(), 2, "{periods:?}");
+    assert_eq!(periods[1] - periods[0], Duration::minutes(1));
+}
+
+/// A host job kind that records what it ran and answers as the payload says.
+struct Grants {
+    ran: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl quanyi::JobHandler for Grants {
+    fn kind(&self) -> &str {
+        "grant_monthly"
+    }
+
+    async fn run(
+        &self,
+        shop: &Shop,
+        job: &quanyi::Job,
+    ) -> Result<quanyi::JobOutcome, quanyi::JobError> {
+        assert_eq!(&job.tenant, shop.tenant());
+        self.ran.lock().push(job.dedupe_key.clone());
+        match job.payload.get("answer").and_then(|v| v.as_str()) {
+            Some("permanent") => Err(quanyi::JobError::permanent("no such plan")),
+            Some("transient") => Err(quanyi::JobError::transient("ledger busy")),
+            _ => Ok(quanyi::JobOutcome::Done),
+        }
+    }
+}
+
+/// A worker claims only the kinds its shop runs: an older process without a newer kind's
+/// handler leaves the job queued (it is neither run nor given up) for a process that has one.
+/// A handler's errors retry or give the job up as they say.
+pub async fn a_worker_leaves_job_kinds_it_does_not_run(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let grants = Arc::new(Grants {
+        ran: Mutex::new(Vec::new()),
+    });
+    let newer = rig
+        .builder(rig.store.clone())
+        .worker_name("newer")
+        .job_handler(grants.clone())
+        .build()
+        .unwrap();
+    let older = rig
+        .builder(rig.store.clone())
+        .worker_name("older")
+        .build()
+        .unwrap();
+    let now = rig.clock.now();
+    let ok = newer
+        .enqueue_job("grant_monthly", "m-1", serde_json::json!({}), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        newer
+            .enqueue_job("grant_monthly", "m-1", serde_json::json!({}), now)
+            .await
+            .unwrap(),
+        ok
+    );
+    let bad = newer
+        .enqueue_job(
+            "grant_monthly",
+            "m-2",
+            serde_json::json!({ "answer": "permanent" }),
+            now,
+        )
+        .await
+        .unwrap();
+    let flaky = newer
+        .enqueue_job(
+            "grant_monthly",
+            "m-3",
+            serde_json::json!({ "answer": "transient" }),
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        older
+            .enqueue_job("grant_monthly", "m-4", serde_json::json!({}), now)
+            .await,
+        Err(Error::InvalidInput(_))
+    ));
+
+    let run = older.run_due_jobs(10).await.unwrap();
+    assert_eq!((run.done, run.retried, run.dead), (0, 0, 0));
+    for id in [ok, bad, flaky] {
+        let job = rig.store.job(id).await.unwrap().unwrap();
+        assert_eq!((job.status, job.attempts), (quanyi::JobStatus::Queued, 0));
+    }
+
+    let run = newer.run_due_jobs(10).await.unwrap();
+    assert_eq!((run.done, run.retried, run.dead), (1, 1, 1));
+    assert_eq!(grants.ran.lock().len(), 3);
+    let job = |id| {
+        let store = rig.store.clone();
+        async move { store.job(id).await.unwrap().unwrap() }
+    };
+    assert_eq!(job(ok).await.status, quanyi::JobStatus::Done);
+    assert_eq!(
+        job(bad).await.status,
+        quanyi::JobStatus::Dead {
+            reason: "no such plan".into()
+        }
+    );
+    let retried = job(flaky).await;
+    assert_eq!(retried.status, quanyi::JobStatus::Queued);
+    assert_eq!(retried.last_error.as_deref(), Some("ledger busy"));
+    assert!(retried.run_at > now);
+    assert_eq!(rig.store.dead_jobs(&rig.tenant, 10).await.unwrap().len(), 1);
 }

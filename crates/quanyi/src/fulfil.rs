@@ -1,31 +1,13 @@
-//! Delivery of paid orders and the durable jobs that guarantee it.
+//! Delivery of paid orders (run by the delivery job, see `jobs`).
 
 use std::collections::{BTreeMap, HashSet};
 
-use chrono::Duration;
 use quanyi_core::{JobId, OrderId, SkuId};
 use quanyi_goods::{KindTag, StockSource};
 use quanyi_order::{LineStatus, Order, OrderStatus};
-use quanyi_storage::{AuditAction, AuditOutcome, Job, OrderChange};
+use quanyi_storage::{AuditAction, AuditOutcome, OrderChange};
 
-use crate::sales::DELIVER_ORDER_JOB;
 use crate::{Error, RefundRequest, Result, Shop};
-
-/// A job is given up (dead-lettered) after this many attempts.
-pub const MAX_JOB_ATTEMPTS: u32 = 10;
-
-/// What one [`Shop::run_due_jobs`] pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JobRun {
-    /// Jobs finished.
-    pub done: usize,
-    /// Jobs put back for a later attempt.
-    pub retried: usize,
-    /// Jobs given up.
-    pub dead: usize,
-    /// Card keys re-indexed by the pass (see [`Shop::reindex_card_keys`]).
-    pub reindexed: usize,
-}
 
 impl Shop {
     /// Runs the delivery job recorded with a payment right away, if no worker holds it.
@@ -299,84 +281,6 @@ impl Shop {
         }
         Ok(order)
     }
-
-    /// Claims due jobs of every tenant (delivery of paid orders, including those a stopped
-    /// process left behind once their lease ran out) and runs them. Failed jobs are retried with
-    /// exponential backoff, and given up after [`MAX_JOB_ATTEMPTS`].
-    ///
-    /// # Errors
-    /// [`Error::Storage`] when jobs cannot be claimed or their outcome cannot be recorded.
-    pub async fn run_due_jobs(&self, limit: usize) -> Result<JobRun> {
-        let store = self.store_ref();
-        let jobs = store
-            .claim_jobs(&self.inner.worker, self.now(), self.inner.lease, limit)
-            .await?;
-        let mut run = JobRun::default();
-        for job in jobs {
-            match self.finish_job(&job).await? {
-                JobEnd::Done => run.done += 1,
-                JobEnd::Retried => run.retried += 1,
-                JobEnd::Dead => run.dead += 1,
-            }
-        }
-        Ok(run)
-    }
-
-    /// Runs a claimed job and records how it ended.
-    async fn finish_job(&self, job: &Job) -> Result<JobEnd> {
-        let store = self.store_ref();
-        let worker = &self.inner.worker;
-        let shop = self.with_tenant(job.tenant.clone());
-        let result = match job.kind.as_str() {
-            DELIVER_ORDER_JOB => match job
-                .payload
-                .get("order")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.parse::<OrderId>().ok())
-            {
-                Some(order) => shop.settle(order).await.map(|o| o.status()),
-                None => {
-                    store
-                        .dead_letter(job.id, worker, "malformed payload")
-                        .await?;
-                    return Ok(JobEnd::Dead);
-                }
-            },
-            other => {
-                let reason = format!("unknown job kind {}", quanyi_core::text::clip(other));
-                store.dead_letter(job.id, worker, &reason).await?;
-                return Ok(JobEnd::Dead);
-            }
-        };
-        match result {
-            Ok(OrderStatus::Fulfilling) => {
-                // Waiting for a supplier: poll again with a capped backoff; never given up, since
-                // the supplier's answer (callback or query) decides the line.
-                let wait = Duration::seconds(1_i64 << job.attempts.min(8));
-                store
-                    .retry_job(job.id, worker, self.now() + wait, "waiting for a supplier")
-                    .await?;
-                Ok(JobEnd::Retried)
-            }
-            Ok(_) => {
-                store.complete_job(job.id, worker).await?;
-                Ok(JobEnd::Done)
-            }
-            Err(e) if job.attempts >= MAX_JOB_ATTEMPTS || !e.kind().is_transient() => {
-                tracing::error!(job = %job.id, error = %e, "job given up");
-                store.dead_letter(job.id, worker, &e.to_string()).await?;
-                Ok(JobEnd::Dead)
-            }
-            Err(e) => {
-                let backoff = Duration::seconds(1_i64 << job.attempts.min(12));
-                tracing::warn!(job = %job.id, error = %e, "job will be retried");
-                store
-                    .retry_job(job.id, worker, self.now() + backoff, &e.to_string())
-                    .await?;
-                Ok(JobEnd::Retried)
-            }
-        }
-    }
 }
 
 /// The request of the line's latest successful supplier attempt.
@@ -388,10 +292,4 @@ fn succeeded_request(order: &Order, no: u16) -> Option<String> {
             .find(|a| matches!(a.outcome, quanyi_order::AttemptOutcome::Succeeded { .. }))
             .map(|a| a.request.clone())
     })
-}
-
-enum JobEnd {
-    Done,
-    Retried,
-    Dead,
 }

@@ -5,6 +5,7 @@ mod catalog;
 mod error;
 mod events;
 mod fulfil;
+mod jobs;
 mod keys;
 mod memo;
 mod payments;
@@ -15,7 +16,10 @@ mod worker;
 
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
 pub use error::{Error, Result};
-pub use fulfil::{JobRun, MAX_JOB_ATTEMPTS};
+pub use jobs::{
+    DEFAULT_EXPIRY_SWEEP_SECONDS, EXPIRE_UNPAID_SWEEP, JobError, JobHandler, JobOutcome, JobRun,
+    MAX_JOB_ATTEMPTS, SWEEP_JOB_PREFIX, Sweep,
+};
 pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use sales::{
@@ -37,7 +41,7 @@ pub use quanyi_goods::{
     Sku, SkuDraft, StockSource, SupplierRoute,
 };
 pub use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderLine, OrderStatus};
-pub use quanyi_storage::{MemoryStore, StockCount, Store};
+pub use quanyi_storage::{Job, JobStatus, MemoryStore, StockCount, Store};
 pub use quanyi_supplier::{
     Availability, BreakerConfig, RawCallback, Reconciliation, Supplier, SupplierId,
 };

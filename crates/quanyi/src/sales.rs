@@ -722,7 +722,8 @@ impl Shop {
     }
 
     /// Expires every unpaid order (of every tenant) whose deadline has passed and returns its
-    /// card keys to stock; returns how many orders expired. Run it from a timer.
+    /// card keys to stock; returns how many orders expired. The [`crate::Worker`] runs it as a
+    /// sweep ([`crate::EXPIRE_UNPAID_SWEEP`]); call it directly to expire at a moment of your own.
     ///
     /// # Errors
     /// [`Error::Storage`].

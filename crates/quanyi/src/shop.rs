@@ -11,6 +11,7 @@ use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
 use quanyi_supplier::{BreakerConfig, Breakers, StockCache, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
+use crate::jobs::{DEFAULT_EXPIRY_SWEEP_SECONDS, JobHandler, JobKinds, Sweep};
 use crate::memo::{GoodsMemo, PlacedOrders};
 use crate::{Error, PaymentGateway, Result};
 
@@ -49,6 +50,9 @@ pub struct ShopBuilder {
     breakers: BreakerConfig,
     stock_fresh_for: Duration,
     links: Option<(String, Duration)>,
+    job_handlers: Vec<Arc<dyn JobHandler>>,
+    sweeps: Vec<Arc<dyn Sweep>>,
+    expiry_every: Duration,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -145,11 +149,34 @@ impl ShopBuilder {
         self
     }
 
+    /// Registers a host's job kind: the shop's workers claim and run jobs of that kind
+    /// ([`Shop::enqueue_job`] enqueues them). A worker claims only the kinds its shop runs.
+    pub fn job_handler(mut self, handler: Arc<dyn JobHandler>) -> Self {
+        self.job_handlers.push(handler);
+        self
+    }
+
+    /// Registers a sweep: work the shop's workers run once per period, whichever process gets
+    /// to it (see [`Sweep`]).
+    pub fn sweep(mut self, sweep: Arc<dyn Sweep>) -> Self {
+        self.sweeps.push(sweep);
+        self
+    }
+
+    /// How often the workers expire unpaid orders past their deadline (the engine's sweep
+    /// [`EXPIRE_UNPAID_SWEEP`]; default [`DEFAULT_EXPIRY_SWEEP_SECONDS`]). An order is expired
+    /// at most this long after its deadline; its reserved card keys are free for other buyers
+    /// from the deadline on either way.
+    pub fn expiry_sweep_every(mut self, every: Duration) -> Self {
+        self.expiry_every = every;
+        self
+    }
+
     /// Validates the settings and loads the root key.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a non-positive TTL, lease, key ring refresh or key-use limit
-    /// or an empty worker name; [`Error::Vault`] when the key provider cannot supply the root key.
+    /// [`Error::InvalidInput`] for a non-positive TTL, lease, key ring refresh or key-use limit,
+    /// an empty worker name, or a job kind or sweep that is invalid or registered twice; [`Error::Vault`] when the key provider cannot supply the root key.
     pub fn build(self) -> Result<Shop> {
         if self.reservation_ttl <= Duration::zero() {
             return Err(Error::InvalidInput(
@@ -187,6 +214,7 @@ impl ShopBuilder {
                 ));
             }
         }
+        let jobs = JobKinds::new(self.job_handlers, self.sweeps, self.expiry_every)?;
         let root = self.keys.root_key()?;
         Ok(Shop {
             inner: Arc::new(Inner {
@@ -208,6 +236,7 @@ impl ShopBuilder {
                 event_ids: quanyi_core::IdSequence::new(),
                 goods_memo: GoodsMemo::default(),
                 placed: PlacedOrders::default(),
+                jobs,
             }),
             tenant: self.tenant,
         })
@@ -242,6 +271,8 @@ pub(crate) struct Inner {
     pub(crate) goods_memo: GoodsMemo,
     /// Orders this process placed, until their payment (checked by the store at payment).
     pub(crate) placed: PlacedOrders,
+    /// The job kinds and sweeps this shop runs.
+    pub(crate) jobs: JobKinds,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -287,6 +318,9 @@ impl Shop {
             breakers: BreakerConfig::default(),
             stock_fresh_for: Duration::seconds(60),
             links: None,
+            job_handlers: Vec::new(),
+            sweeps: Vec::new(),
+            expiry_every: Duration::seconds(DEFAULT_EXPIRY_SWEEP_SECONDS),
         }
     }
 

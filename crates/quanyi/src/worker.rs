@@ -6,7 +6,10 @@ use std::time::Duration;
 use crate::{JobRun, Result, Shop};
 
 /// Runs the shop's durable jobs: delivery of paid orders and refunds of what could not be
-/// delivered, including jobs a stopped process left behind once their lease ran out; keeps
+/// delivered, the kinds of the host's registered [`crate::JobHandler`]s, and the sweeps
+/// (expiry of unpaid orders past their deadline, and the host's [`crate::Sweep`]s), each once
+/// per period however many workers run; including jobs a stopped process left behind once
+/// their lease ran out. A worker claims only the kinds its shop runs. It also keeps
 /// the supplier stock figures this process uses fresh; and, while the shop's tenant holds card
 /// keys indexed under an older blind-index scheme, re-indexes a batch of them per pass
 /// ([`Shop::reindex_card_keys`]). Several
@@ -51,7 +54,8 @@ impl Worker {
     }
 
     /// One pass: refreshes stale supplier stock figures, re-indexes up to 8 batches' worth of
-    /// card keys when any are left under an older scheme, then claims due jobs and runs them.
+    /// card keys when any are left under an older scheme, enqueues the current period of every
+    /// sweep (once per period per process), then claims due jobs and runs them.
     ///
     /// # Errors
     /// [`crate::Error::Storage`] when jobs cannot be claimed or recorded; [`crate::Error::Vault`]
@@ -63,8 +67,10 @@ impl Worker {
         } else {
             0
         };
+        let sweeps_scheduled = self.shop.schedule_sweeps().await?;
         let mut run = self.shop.run_due_jobs(self.batch).await?;
         run.reindexed = reindexed;
+        run.sweeps_scheduled = sweeps_scheduled;
         Ok(run)
     }
 

@@ -426,3 +426,74 @@ async fn cart_bounds_are_checked_before_anything_is_read() {
         .unwrap_err();
     assert_eq!(err.code(), "amount_overflow", "{err}");
 }
+
+/// A host job kind or sweep named in a way the engine cannot run.
+struct Named(&'static str, chrono::Duration);
+
+#[async_trait::async_trait]
+impl JobHandler for Named {
+    fn kind(&self) -> &str {
+        self.0
+    }
+
+    async fn run(&self, _: &Shop, _: &Job) -> std::result::Result<JobOutcome, JobError> {
+        Ok(JobOutcome::Done)
+    }
+}
+
+#[async_trait::async_trait]
+impl Sweep for Named {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn every(&self) -> chrono::Duration {
+        self.1
+    }
+
+    async fn run(
+        &self,
+        _: &Shop,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> std::result::Result<(), JobError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn job_kinds_and_sweeps_are_checked_when_the_shop_is_built() {
+    let minute = chrono::Duration::minutes(1);
+    let builder = || {
+        let keys = StaticKeyProvider::new(RootKey::from_bytes([3; 32]));
+        Shop::builder(
+            std::sync::Arc::new(MemoryStore::new()),
+            std::sync::Arc::new(keys),
+        )
+    };
+    let handler = |name| std::sync::Arc::new(Named(name, minute));
+    for bad in [
+        builder().job_handler(handler(DELIVER_ORDER_JOB)),
+        builder().job_handler(handler("sweep.mine")),
+        builder().job_handler(handler("")),
+        builder().job_handler(handler("has space")),
+        builder()
+            .job_handler(handler("dup"))
+            .job_handler(handler("dup")),
+        builder().sweep(handler(EXPIRE_UNPAID_SWEEP)),
+        builder().sweep(std::sync::Arc::new(Named(
+            "fast",
+            chrono::Duration::milliseconds(10),
+        ))),
+        builder().expiry_sweep_every(chrono::Duration::zero()),
+    ] {
+        let err = bad.build().unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+        assert_eq!(err.code(), "invalid_input");
+    }
+    // A sweep and a job kind may share a name: their kinds differ.
+    builder()
+        .job_handler(handler("dup"))
+        .sweep(handler("dup"))
+        .build()
+        .unwrap();
+}

@@ -533,7 +533,13 @@ async fn a_dropped_worker_is_taken_over_after_its_lease(store: Arc<dyn Store>) {
     // Another worker claims the job and is never heard of again.
     let later = w.clock.now() + chrono::Duration::minutes(10);
     let claimed = store
-        .claim_jobs("crashed-worker", later, chrono::Duration::seconds(60), 10)
+        .claim_jobs(
+            "crashed-worker",
+            &[quanyi::DELIVER_ORDER_JOB],
+            later,
+            chrono::Duration::seconds(60),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
