@@ -2,6 +2,7 @@
 //! a batch of keys is imported (with a duplicate and a malformed line), a member buys two, the
 //! payment notice arrives twice, the keys are delivered and revealed to the buyer, a second
 //! member is refused more than is left, and an unpaid order expires and gives its keys back.
+//! A placement retried with its idempotency key answers the first order.
 //!
 //! Run it with `cargo run --example quickstart`, or on a durable store with
 //! `-- --store sqlite:/tmp/qs.db` or `-- --store postgres:postgres://postgres@127.0.0.1:5432/test`.
@@ -75,12 +76,27 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     println!("\n-- alice buys 2 --");
     let alice = MemberId::new("alice")?;
-    let order = shop.place_order(&alice, &[CartLine::new(sku, 2)]).await?;
+    // The app sends an idempotency key with the purchase and the same key with every retry.
+    let request = PlaceOrder::new(alice.clone(), vec![CartLine::new(sku, 2)])
+        .idempotency_key("alice-checkout-0001")
+        .context(OrderContext::new(Channel::App).client_ip("203.0.113.7".parse()?));
+    let order = shop.place(request.clone()).await?;
     println!(
-        "order {} placed: {}, pay by {}",
+        "order {} placed from the {} channel: {}, pay by {}",
         order.id(),
+        order.context().channel,
         order.total(),
         order.expires_at().format("%H:%M:%S")
+    );
+    let retried = shop.place(request).await?;
+    println!(
+        "the app retries with the same key: order {} ({})",
+        retried.id(),
+        if retried.id() == order.id() {
+            "the same order, nothing reserved twice"
+        } else {
+            "A SECOND ORDER"
+        }
     );
     println!("stock: {}", stock_line(shop.stock(sku).await?));
 

@@ -62,6 +62,12 @@ pub enum Error {
     /// `expires_at` is not after `now`.
     #[error("expiry must be after the time of placing")]
     InvalidExpiry,
+    /// A part of the order context is too long or holds control characters.
+    #[error("invalid order context: {part}")]
+    InvalidContext {
+        /// The part: `channel`, `device_id`, `user_agent`, `referral` or `attributes`.
+        part: &'static str,
+    },
     /// The payment window closed.
     #[error("order expired at {expires_at}")]
     Expired {
@@ -192,6 +198,7 @@ impl Error {
             Error::AmountOverflow => "amount_overflow",
             Error::Money(_) => "invalid_amount",
             Error::InvalidExpiry => "invalid_expiry",
+            Error::InvalidContext { .. } => "invalid_context",
             Error::Expired { .. } => "order_expired",
             Error::NotYetExpired { .. } => "not_yet_expired",
             Error::AmountMismatch { .. } => "amount_mismatch",

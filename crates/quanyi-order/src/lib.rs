@@ -1,11 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![deny(clippy::float_arithmetic)]
 
+mod context;
 mod error;
 mod event;
 mod order;
 mod status;
 
+pub use context::{
+    Channel, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE_CHARS, MAX_CONTEXT_ATTRIBUTES,
+    MAX_CONTEXT_TEXT_CHARS, OrderContext,
+};
 pub use error::{Error, Result};
 pub use event::OrderEvent;
 pub use order::{

@@ -8,7 +8,7 @@ use quanyi_core::{CardId, Currency, GoodsId, MemberId, Money, OrderId, SkuId, Te
 use quanyi_goods::{KindTag, PurchaseCheck};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, OrderEvent, OrderStatus, Result, Trigger, next_status};
+use crate::{Error, OrderContext, OrderEvent, OrderStatus, Result, Trigger, next_status};
 
 /// The most lines one order holds.
 pub const MAX_LINES: usize = 100;
@@ -197,6 +197,9 @@ pub struct Order {
     payment: Option<Arc<Payment>>,
     version: u64,
     updated_at: DateTime<Utc>,
+    /// Where it was placed; `None` is the default context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    context: Option<Arc<OrderContext>>,
 }
 
 /// The first of `new` that is already on a line or repeats within `new`.
@@ -330,6 +333,7 @@ impl Order {
             payment: None,
             version: 1,
             updated_at: now,
+            context: None,
         };
         let event = OrderEvent::Placed {
             order: id,
@@ -338,6 +342,33 @@ impl Order {
             lines: count16,
         };
         Ok((order, vec![event]))
+    }
+
+    /// The order as placed in `context`: set once, when the order is placed and before it is
+    /// stored (it is part of the placement, not a change: the version stays).
+    ///
+    /// # Errors
+    /// [`Error::InvalidContext`] when a part is malformed (see [`OrderContext::check`]);
+    /// [`Error::WrongStatus`] when the order has moved on from its placement.
+    pub fn with_context(mut self, context: OrderContext) -> Result<Order> {
+        if self.version != 1 || self.status != OrderStatus::AwaitingPayment {
+            return Err(Error::WrongStatus {
+                status: self.status,
+                expected: OrderStatus::AwaitingPayment,
+            });
+        }
+        context.check()?;
+        // The default context (web, nothing else) is not stored: it is what reads back.
+        self.context = (context != OrderContext::default()).then(|| Arc::new(context));
+        Ok(self)
+    }
+
+    /// Where the order was placed. Orders placed without a context, and orders stored before
+    /// contexts existed, read as the default: the web channel with nothing else.
+    pub fn context(&self) -> &OrderContext {
+        static DEFAULT: std::sync::LazyLock<OrderContext> =
+            std::sync::LazyLock::new(OrderContext::default);
+        self.context.as_deref().unwrap_or(&DEFAULT)
     }
 
     /// The order's id.

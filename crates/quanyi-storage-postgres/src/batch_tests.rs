@@ -153,6 +153,7 @@ pub(crate) fn place(
                     reservations: &[Reservation { sku, quantity: 1 }],
                     member_limits: &[],
                     priced_from: &priced,
+                    claims: &[],
                 },
                 t0(),
             )

@@ -134,6 +134,7 @@ fn what_of(constraint: &str) -> &'static str {
         "payment_notices_pkey" | "conflicting_notices_pkey" => "payment notice",
         "audit_id_key" => "audit record",
         "jobs_pkey" | "jobs_dedupe_key" => "job",
+        "sale_claims_pkey" => "claim",
         _ => "record",
     }
 }

@@ -28,10 +28,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "lean_order_path",
         include_str!("../migrations/0005_lean_order_path.sql"),
     ),
+    (
+        6,
+        "sale_claims",
+        include_str!("../migrations/0006_sale_claims.sql"),
+    ),
 ];
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

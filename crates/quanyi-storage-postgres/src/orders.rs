@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
-use quanyi_storage::{Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
+use quanyi_storage::{Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
 use uuid::Uuid;
 
 use crate::codec::{
@@ -119,6 +119,15 @@ pub(crate) static PLACE: LazyLock<[String; 2]> =
 /// Serializes the limit checks of one member (taken before [`PLACE`], in the same transaction,
 /// so its count sees every order committed before the lock was granted).
 const MEMBER_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+/// Takes a placement's claims: $1 tenant, $2 scopes, $3 keys, $4 values, $5 now. A claim another
+/// transaction took fails on `sale_claims_pkey` (after waiting for it to end).
+const INSERT_CLAIMS: &str = "INSERT INTO sale_claims (tenant, scope, key, value, taken_at) \
+     SELECT $1, c.scope, c.key, c.value, $5 \
+     FROM unnest($2::text[], $3::text[], $4::text[]) AS c(scope, key, value)";
+
+/// The claim stored for $1 tenant, $2 scope, $3 key.
+const CLAIM: &str = "SELECT value FROM sale_claims WHERE tenant = $1 AND scope = $2 AND key = $3";
 
 /// Writes an order change: $1 tenant, $2 id, $3 expected version, $4 new version, $5 status,
 /// $6 expires_at, $7 doc, $8 whether the new version is newer, $9..$13 events, $14 the order's
@@ -393,13 +402,99 @@ impl PgStore {
                 row
             }
         };
+        Placed::from_row(&row)
+    }
+
+    /// [`PLACE`] with the claims the placement takes, in one transaction. BEGIN, the member's
+    /// lock (with limits), the claims and the placement go out together; the transaction commits
+    /// only when the placement wrote the order, so a refused placement takes no claim. The
+    /// claims go first: a retry racing the call that took its key waits for that call's
+    /// transaction on the unique key instead of competing for its cards, then finds the key
+    /// taken and answers `Claimed` with the stored claim.
+    async fn place_claimed(
+        &self,
+        conn: &mut Conn,
+        request: &PlaceRequest,
+        lock_key: Option<String>,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<CardId>> {
+        let r = request;
+        let place = conn
+            .prepare(&PLACE[usize::from(lock_key.is_some())])
+            .await?;
+        let lock = conn.prepare(MEMBER_LOCK).await?;
+        let insert = conn.prepare(INSERT_CLAIMS).await?;
+        let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &r.tenant,
+            &r.claim_scopes,
+            &r.claim_keys,
+            &r.claim_values,
+            &r.now,
+        ];
+        conn.in_txn = true;
+        let c = conn.client();
+        let (begin, locked, claimed, placed) = tokio::join!(
+            biased;
+            c.batch_execute("BEGIN"),
+            async {
+                match &lock_key {
+                    Some(key) => c.execute(&lock, &[key]).await.map(|_| ()),
+                    None => Ok(()),
+                }
+            },
+            c.execute(&insert, &claim_params),
+            c.query_one(&place, params),
+        );
+        let outcome = (|| {
+            begin.map_err(db)?;
+            locked.map_err(db)?;
+            claimed.map_err(db)?;
+            r.outcome(Placed::from_row(&placed.map_err(db)?)?)
+        })();
+        match conn.finish(outcome).await {
+            Err(Error::Conflict { what: "claim", .. }) => {
+                let stmt = conn.prepare(CLAIM).await?;
+                for ((scope, key), _) in r
+                    .claim_scopes
+                    .iter()
+                    .zip(&r.claim_keys)
+                    .zip(&r.claim_values)
+                {
+                    let row = conn
+                        .client()
+                        .query_opt(&stmt, &[&r.tenant, scope, key])
+                        .await
+                        .map_err(db)?;
+                    if let Some(row) = row {
+                        return Err(Error::Claimed {
+                            claim: Box::new(Claim {
+                                scope: scope.clone(),
+                                key: key.clone(),
+                                value: get(&row, 0)?,
+                            }),
+                        });
+                    }
+                }
+                Err(Error::conflict(
+                    "claim",
+                    r.order,
+                    "taken by a write that did not commit",
+                ))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Placed {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self> {
         Ok(Placed {
-            existing: get(&row, 0)?,
-            already: get(&row, 1)?,
-            got: get(&row, 2)?,
-            inserted: get(&row, 3)?,
-            picked: get(&row, 4)?,
-            changed_goods: get(&row, 5)?,
+            existing: get(row, 0)?,
+            already: get(row, 1)?,
+            got: get(row, 2)?,
+            inserted: get(row, 3)?,
+            picked: get(row, 4)?,
+            changed_goods: get(row, 5)?,
         })
     }
 }
@@ -429,10 +524,15 @@ pub(crate) struct PlaceRequest {
     limits: Vec<(SkuId, u32, u32)>,
     goods_ids: Vec<Uuid>,
     goods_versions: Vec<i64>,
+    /// The claims the placement takes (placed alone, in a transaction, when there are any).
+    claim_scopes: Vec<String>,
+    claim_keys: Vec<String>,
+    claim_values: Vec<String>,
 }
 
 impl PlaceRequest {
     fn new(new: &NewOrder<'_>, now: DateTime<Utc>) -> Result<Self> {
+        Claim::check_all(new.claims)?;
         let order = new.order;
         let (mut nos, mut line_skus, mut line_qtys) = (Vec::new(), Vec::new(), Vec::new());
         for l in order.lines() {
@@ -490,6 +590,9 @@ impl PlaceRequest {
                 .iter()
                 .map(|g| to_i64(g.version, "goods version"))
                 .collect::<Result<Vec<i64>>>()?,
+            claim_scopes: new.claims.iter().map(|c| c.scope.clone()).collect(),
+            claim_keys: new.claims.iter().map(|c| c.key.clone()).collect(),
+            claim_values: new.claims.iter().map(|c| c.value.clone()).collect(),
         })
     }
 
@@ -783,6 +886,9 @@ impl PgStore {
         let lock_key =
             (!r.limits.is_empty()).then(|| format!("{}:{}:{}", self.schema(), r.tenant, r.member));
         let mut conn = self.conn().await?;
+        if !r.claim_keys.is_empty() {
+            return self.place_claimed(&mut conn, r, lock_key, &params).await;
+        }
         let placed = self
             .run_place(&mut conn, lock_key, &params)
             .await
@@ -872,19 +978,21 @@ fn is_newer(change: &OrderChange<'_>) -> bool {
 impl OrderStore for PgStore {
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
         let request = PlaceRequest::new(&new, now)?;
-        let cards = if !request.limits.is_empty() || !request.well_formed {
-            // Member limits count under a per-member lock, and a malformed call is refused
-            // with its reason: both alone.
-            self.place_alone(&request).await?
-        } else {
-            self.combined(
-                &self.shared.placements,
-                request,
-                |store, batch| async move { store.place_batch(batch).await },
-                |request| async move { self.place_alone(&request).await },
-            )
-            .await?
-        };
+        let cards =
+            if !request.limits.is_empty() || !request.well_formed || !request.claim_keys.is_empty()
+            {
+                // Member limits count under a per-member lock, claims are taken in a transaction,
+                // and a malformed call is refused with its reason: all alone.
+                self.place_alone(&request).await?
+            } else {
+                self.combined(
+                    &self.shared.placements,
+                    request,
+                    |store, batch| async move { store.place_batch(batch).await },
+                    |request| async move { self.place_alone(&request).await },
+                )
+                .await?
+            };
         self.allocated(cards.len());
         Ok(cards)
     }
@@ -902,6 +1010,24 @@ impl OrderStore for PgStore {
         let stmt = conn.prepare(&CLOSE).await?;
         let released = write_change(conn.client(), &stmt, &change).await?;
         Ok(u32::try_from(released).unwrap_or(u32::MAX))
+    }
+
+    async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(CLAIM).await?;
+        let row = conn
+            .client()
+            .query_opt(&stmt, &[&tenant.as_str(), &scope, &key])
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            Ok(Claim {
+                scope: scope.to_owned(),
+                key: key.to_owned(),
+                value: get(&r, 0)?,
+            })
+        })
+        .transpose()
     }
 
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {

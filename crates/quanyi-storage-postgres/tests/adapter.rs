@@ -209,6 +209,7 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
                         reservations: &[Reservation { sku, quantity: 1 }],
                         member_limits: &limits,
                         priced_from: &[],
+                        claims: &[],
                     },
                     t0(),
                 )
@@ -271,6 +272,7 @@ async fn a_payment_cut_off_mid_statement_writes_nothing() {
                 reservations: &[Reservation { sku, quantity: 1 }],
                 member_limits: &[],
                 priced_from: &[],
+                claims: &[],
             },
             t0(),
         )
@@ -1063,6 +1065,21 @@ async fn v4_order(
 /// before, and reserving, lapsing, paying and releasing work on the old rows.
 #[tokio::test]
 async fn migration_5_keeps_cards_lines_and_events_of_an_older_schema() {
+    migrate_v4_data(false).await;
+}
+
+/// The same data moved to version 5 by its migration: after `migrate` (migration 6 adds
+/// `sale_claims`) everything reads and works as before, old orders read with the default
+/// context, and placements take claims.
+#[tokio::test]
+async fn migration_6_keeps_the_data_of_version_5_and_takes_claims() {
+    migrate_v4_data(true).await;
+}
+
+/// Writes orders, cards in every state, events and notices as version 4 stored them; with
+/// `through_5`, applies migration 5 as that version did; then migrates to the current version
+/// and checks.
+async fn migrate_v4_data(through_5: bool) {
     let Some(url) = common::url() else { return };
     let schema = quanyi_testkit::unique_name("qt");
     let admin = common::admin(&url).await;
@@ -1130,10 +1147,23 @@ async fn migration_5_keeps_cards_lines_and_events_of_an_older_schema() {
         .await
         .unwrap();
 
+    if through_5 {
+        admin
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL search_path TO {schema}; {} ; \
+                 INSERT INTO schema_version (version, name) VALUES (5, 'lean_order_path'); COMMIT;",
+                include_str!("../migrations/0005_lean_order_path.sql")
+            ))
+            .await
+            .unwrap();
+    }
     let store = PgStore::connect_with(common::options(&url, &schema))
         .await
         .unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), Some(4));
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        Some(if through_5 { 5 } else { 4 })
+    );
     store.migrate().await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
 
@@ -1194,6 +1224,7 @@ async fn migration_5_keeps_cards_lines_and_events_of_an_older_schema() {
                 reservations: &[],
                 member_limits: &limit,
                 priced_from: &[],
+                claims: &[],
             },
             t0(),
         )
@@ -1250,6 +1281,61 @@ async fn migration_5_keeps_cards_lines_and_events_of_an_older_schema() {
     );
     assert_eq!(stock(later).await, (0, 0, 5));
     assert_eq!(store.release_cards(&tenant, unpaid.id()).await.unwrap(), 0);
+
+    // Old orders read with the default context; a placement takes a claim beside them, and
+    // the same claim again is refused with the stored one.
+    assert_eq!(
+        store
+            .order(&tenant, paid.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .context(),
+        &quanyi_order::OrderContext::default()
+    );
+    let claim = quanyi_storage::Claim {
+        scope: "placement".into(),
+        key: "after-migration".into(),
+        value: "first".into(),
+    };
+    let place = |claim: quanyi_storage::Claim| {
+        let store = store.clone();
+        let goods = goods.clone();
+        async move {
+            let (o, _) = order(&goods, &member("keyed"), 1);
+            store
+                .place_order(
+                    NewOrder {
+                        order: &o,
+                        events: &[],
+                        reservations: &[],
+                        member_limits: &[],
+                        priced_from: &[],
+                        claims: &[claim],
+                    },
+                    t0(),
+                )
+                .await
+        }
+    };
+    place(claim.clone()).await.unwrap();
+    let refused = place(quanyi_storage::Claim {
+        value: "second".into(),
+        ..claim.clone()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, Error::Claimed { claim: stored } if **stored == claim),
+        "{refused}"
+    );
+    assert_eq!(
+        store
+            .claim(&tenant, "placement", "after-migration")
+            .await
+            .unwrap(),
+        Some(claim)
+    );
     drop(store);
     common::drop_schema(url, schema).await;
 }

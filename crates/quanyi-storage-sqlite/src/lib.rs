@@ -23,7 +23,7 @@ pub use pool::Synchronous;
 use crate::pool::{Pool, Settings};
 
 /// The schema version this build of the adapter writes (the number of embedded migrations).
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Every quanyi storage port over one SQLite database file.
 ///
@@ -187,6 +187,7 @@ mod tests {
                         reservations: &[Reservation { sku, quantity: 1 }],
                         member_limits: &[],
                         priced_from: &[],
+                        claims: &[],
                     },
                     t0(),
                 )

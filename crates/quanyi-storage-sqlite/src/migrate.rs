@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_orders_updated_at.sql"),
     include_str!("../migrations/0003_withdrawn_cards_index_schemes_notice_repeats.sql"),
     include_str!("../migrations/0004_lean_order_path.sql"),
+    include_str!("../migrations/0005_sale_claims.sql"),
 ];
 
 /// The schema version this build writes and reads.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
-use quanyi_storage::{Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
+use quanyi_storage::{Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
@@ -251,9 +251,18 @@ impl OrderStore for SqliteStore {
             .collect();
         let priced_from: Vec<(GoodsId, u64)> =
             new.priced_from.iter().map(|g| (g.id, g.version)).collect();
+        Claim::check_all(new.claims)?;
+        let claims = new.claims.to_vec();
         let now = ts(now)?;
         self.pool
             .write(move |tx| {
+                for claim in &claims {
+                    if let Some(taken) = stored_claim(tx, &o.tenant, &claim.scope, &claim.key)? {
+                        return Err(Error::Claimed {
+                            claim: Box::new(taken),
+                        });
+                    }
+                }
                 let exists = tx
                     .prepare_cached("SELECT 1 FROM orders WHERE tenant = ?1 AND id = ?2")
                     .db()?
@@ -305,8 +314,24 @@ impl OrderStore for SqliteStore {
                 reserve(tx, o.id, &chosen, o.expires_at)?;
                 insert_order(tx, &o)?;
                 insert_events(tx, &events)?;
+                for claim in &claims {
+                    tx.prepare_cached(
+                        "INSERT INTO sale_claims (tenant, scope, key, value, taken_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .db()?
+                    .execute(params![o.tenant, claim.scope, claim.key, claim.value, now])
+                    .db()?;
+                }
                 Ok(chosen)
             })
+            .await
+    }
+
+    async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {
+        let (tenant, scope, key) = (tenant.as_str().to_owned(), scope.to_owned(), key.to_owned());
+        self.pool
+            .read(move |tx| stored_claim(tx, &tenant, &scope, &key))
             .await
     }
 
@@ -444,6 +469,28 @@ impl OrderStore for SqliteStore {
             })
             .await
     }
+}
+
+/// The claim stored for (tenant, scope, key).
+fn stored_claim(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    scope: &str,
+    key: &str,
+) -> Result<Option<Claim>> {
+    let value: Option<String> = tx
+        .prepare_cached(
+            "SELECT value FROM sale_claims WHERE tenant = ?1 AND scope = ?2 AND key = ?3",
+        )
+        .db()?
+        .query_row(params![tenant, scope, key], |r| r.get(0))
+        .optional()
+        .db()?;
+    Ok(value.map(|value| Claim {
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+        value,
+    }))
 }
 
 #[cfg(test)]

@@ -636,6 +636,20 @@ fn v3_card(tenant: &TenantId, sku: quanyi_core::SkuId, byte: u8, state: CardStat
 /// and cards in every state keep their state, holder and hold order.
 #[tokio::test]
 async fn version_3_databases_migrate_with_lines_events_cards_and_notices() {
+    migrate_orders_events_cards_and_notices(3).await;
+}
+
+/// Version 4 to 5 adds `sale_claims`: the same data, written at version 3 and moved to version 4
+/// by its migration, reads back at version 5, and placements take claims beside it.
+#[tokio::test]
+async fn version_4_databases_migrate_with_orders_events_and_take_claims() {
+    migrate_orders_events_cards_and_notices(4).await;
+}
+
+/// Writes orders (unpaid, paid, void), cards in every state, events and notices as version 3
+/// stored them, brings the file to `version` (3 or 4) with the migrations of that time, then
+/// opens it with the current store and checks everything reads back and keeps working.
+async fn migrate_orders_events_cards_and_notices(version: i64) {
     let db = TempDb(common::fresh_path());
     let tenant = fixtures::tenant();
     let goods = fixtures::card_goods(&tenant, PurchaseLimits::default());
@@ -741,6 +755,13 @@ async fn version_3_databases_migrate_with_lines_events_cards_and_notices() {
         insert_v3_notice(&conn, &unknown, "");
         insert_v3_notice(&conn, &paid_notice, "");
         insert_v3_notice(&conn, &repeat, "claim of the repeat");
+        if version >= 4 {
+            conn.execute_batch(&format!(
+                "BEGIN; {} INSERT INTO schema_version (version, applied_at) VALUES (4, 1); COMMIT;",
+                include_str!("../migrations/0004_lean_order_path.sql")
+            ))
+            .unwrap();
+        }
     }
 
     let store = SqliteStore::open(db.path()).await.unwrap();
@@ -845,6 +866,7 @@ async fn version_3_databases_migrate_with_lines_events_cards_and_notices() {
                 reservations: &[Reservation { sku, quantity: 1 }],
                 member_limits: &limit,
                 priced_from: &[],
+                claims: &[],
             },
             t0(),
         )
@@ -859,6 +881,7 @@ async fn version_3_databases_migrate_with_lines_events_cards_and_notices() {
                 reservations: &[Reservation { sku, quantity: 1 }],
                 member_limits: &limit,
                 priced_from: &[],
+                claims: &[],
             },
             t0(),
         )
@@ -931,5 +954,66 @@ async fn version_3_databases_migrate_with_lines_events_cards_and_notices() {
     assert_eq!(
         store.notices_to_reconcile(&tenant, 10).await.unwrap(),
         [unknown, repeat, late]
+    );
+
+    // Migrated orders read with the default context; a placement takes a claim beside them,
+    // and the same claim again is refused with the stored one.
+    assert_eq!(
+        store
+            .order(&tenant, paid.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .context(),
+        &quanyi_order::OrderContext::default()
+    );
+    let claim = quanyi_storage::Claim {
+        scope: "placement".into(),
+        key: "after-migration".into(),
+        value: "first".into(),
+    };
+    let (keyed, _) = fixtures::order(&goods, &fixtures::member("dee"), 1);
+    store
+        .place_order(
+            NewOrder {
+                order: &keyed,
+                events: &[],
+                reservations: &[],
+                member_limits: &[],
+                priced_from: &[],
+                claims: std::slice::from_ref(&claim),
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    let (again, _) = fixtures::order(&goods, &fixtures::member("dee"), 1);
+    let refused = store
+        .place_order(
+            NewOrder {
+                order: &again,
+                events: &[],
+                reservations: &[],
+                member_limits: &[],
+                priced_from: &[],
+                claims: &[quanyi_storage::Claim {
+                    value: "second".into(),
+                    ..claim.clone()
+                }],
+            },
+            t0(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, quanyi_storage::Error::Claimed { claim: stored } if **stored == claim),
+        "{refused}"
+    );
+    assert_eq!(
+        store
+            .claim(&tenant, "placement", "after-migration")
+            .await
+            .unwrap(),
+        Some(claim)
     );
 }

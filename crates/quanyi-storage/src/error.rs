@@ -75,6 +75,13 @@ pub enum Error {
         /// The key id.
         key: String,
     },
+    /// A claim the write would take is taken already (by any earlier write, in any process):
+    /// the stored claim, with the value it was taken with. Nothing was written.
+    #[error("claim {} {} is taken", claim.scope, quanyi_core::text::clip(&claim.key))]
+    Claimed {
+        /// The stored claim.
+        claim: Box<crate::Claim>,
+    },
     /// The call itself is malformed (a bug in the caller).
     #[error("invalid storage call: {0}")]
     Invalid(String),
@@ -97,9 +104,10 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Conflict { .. } | Error::KeyNotActive { .. } | Error::DuplicateCards { .. } => {
-                ErrorKind::Conflict
-            }
+            Error::Conflict { .. }
+            | Error::KeyNotActive { .. }
+            | Error::DuplicateCards { .. }
+            | Error::Claimed { .. } => ErrorKind::Conflict,
             Error::OutOfStock { .. }
             | Error::MemberLimitExceeded { .. }
             | Error::KeyExhausted { .. } => ErrorKind::Exhausted,

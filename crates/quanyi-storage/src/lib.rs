@@ -8,10 +8,11 @@ mod ports;
 pub use error::{Error, GOODS_CHANGED, Result};
 pub use memory::MemoryStore;
 pub use model::{
-    AuditAction, AuditOutcome, AuditRecord, CONFLICTING_REPEAT, CardState, DestroyOutcome,
-    GoodsVersion, HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, MemberLimit, NewCard,
-    NewJob, NewOrder, NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome,
-    Reindexed, Reservation, StockCount, StoredCard,
+    AuditAction, AuditOutcome, AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome,
+    GoodsVersion, HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, MAX_CLAIM_KEY,
+    MAX_CLAIM_SCOPE, MAX_CLAIM_VALUE, MemberLimit, NewCard, NewJob, NewOrder, NoticeDisposition,
+    OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, Reservation, StockCount,
+    StoredCard,
 };
 pub use ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore, Store,

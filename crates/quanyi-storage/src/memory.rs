@@ -22,7 +22,7 @@ use quanyi_vault::{
 use smallvec::SmallVec;
 
 use crate::model::{
-    AuditRecord, CONFLICTING_REPEAT, CardState, DestroyOutcome, HeldCard, IndexChange,
+    AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, HeldCard, IndexChange,
     InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder, NoticeDisposition, OrderChange,
     PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
 };
@@ -67,6 +67,8 @@ struct State {
     job_keys: Map<Key<String>, JobId>,
     queue: BTreeSet<(DateTime<Utc>, JobId)>,
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
+    /// Claims sale writes took, by (tenant, scope, key).
+    claims: Map<(TenantId, String, String), Claim>,
 }
 
 /// A time-ordered id (UUID v7) as one big-endian integer: the same order as the id's bytes.
@@ -831,10 +833,19 @@ impl GoodsStore for MemoryStore {
 #[async_trait]
 impl OrderStore for MemoryStore {
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
+        Claim::check_all(new.claims)?;
         let staged = Staged::of(new.order, new.events);
         let mut s = self.state.lock();
         let order = new.order;
         let tenant = order.tenant().clone();
+        if let Some(taken) = new.claims.iter().find_map(|c| {
+            s.claims
+                .get(&(tenant.clone(), c.scope.clone(), c.key.clone()))
+        }) {
+            return Err(Error::Claimed {
+                claim: Box::new(taken.clone()),
+            });
+        }
         if s.orders.contains_key(&(tenant.clone(), order.id())) {
             return Err(Error::conflict("order", order.id(), "id already stored"));
         }
@@ -906,9 +917,22 @@ impl OrderStore for MemoryStore {
             s.unpaid
                 .insert((order.expires_at(), tenant.clone(), order.id()));
         }
+        for c in new.claims {
+            s.claims
+                .insert((tenant.clone(), c.scope.clone(), c.key.clone()), c.clone());
+        }
         s.orders.insert((tenant, order.id()), staged.order);
         s.push_checked_events(staged.events);
         Ok(chosen)
+    }
+
+    async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {
+        Ok(self
+            .state
+            .lock()
+            .claims
+            .get(&(tenant.clone(), scope.to_owned(), key.to_owned()))
+            .cloned())
     }
 
     async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {

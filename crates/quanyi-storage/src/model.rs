@@ -203,6 +203,79 @@ pub struct NewOrder<'a> {
     /// refused (`Conflict` on `"goods"`, nothing written) when any of them changed or is gone
     /// since: a price or shelf change never meets an order priced before it. Empty: no check.
     pub priced_from: &'a [GoodsVersion],
+    /// Claims the placement takes in the same atomic step (an idempotency key, later a one-use
+    /// coupon): when any is already taken, the order is refused with
+    /// [`Error::Claimed`](crate::Error::Claimed) and nothing is written.
+    pub claims: &'a [Claim],
+}
+
+/// The longest claim scope, in bytes.
+pub const MAX_CLAIM_SCOPE: usize = 32;
+/// The longest claim key, in bytes.
+pub const MAX_CLAIM_KEY: usize = 200;
+/// The longest claim value, in bytes.
+pub const MAX_CLAIM_VALUE: usize = 2_000;
+
+/// A mark a sale write takes in its own atomic step: each (tenant, scope, key) is taken at most
+/// once, ever, and keeps the value it was taken with. Domains build their "at most once" rules
+/// on claims without a change to any adapter: the engine's idempotency keys (scope
+/// `placement`), and later one-use coupons or once-per-member trial packs. A write whose claim
+/// is taken is refused whole; a write that is refused for any other reason takes no claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// What kind of mark: 1 to [`MAX_CLAIM_SCOPE`] bytes of lowercase ASCII letters, digits,
+    /// `_`, `.` and `-`.
+    pub scope: String,
+    /// The mark itself, unique within its scope and tenant: 1 to [`MAX_CLAIM_KEY`] bytes.
+    pub key: String,
+    /// What the domain keeps with it (for an idempotency key, the request's fingerprint and the
+    /// order): at most [`MAX_CLAIM_VALUE`] bytes.
+    pub value: String,
+}
+
+impl Claim {
+    /// Checks the sizes and the scope's characters.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`](crate::Error::Invalid) naming what is wrong.
+    pub fn check(&self) -> crate::Result<()> {
+        let scope_ok = !self.scope.is_empty()
+            && self.scope.len() <= MAX_CLAIM_SCOPE
+            && self.scope.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            });
+        if !scope_ok {
+            return Err(crate::Error::Invalid("malformed claim scope".into()));
+        }
+        if self.key.is_empty() || self.key.len() > MAX_CLAIM_KEY {
+            return Err(crate::Error::Invalid(format!(
+                "a claim key must be 1 to {MAX_CLAIM_KEY} bytes"
+            )));
+        }
+        if self.value.len() > MAX_CLAIM_VALUE {
+            return Err(crate::Error::Invalid(format!(
+                "a claim value must be at most {MAX_CLAIM_VALUE} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks every claim of a write and that no (scope, key) repeats in it.
+    ///
+    /// # Errors
+    /// As [`check`](Claim::check); `Invalid` for a repeat.
+    pub fn check_all(claims: &[Claim]) -> crate::Result<()> {
+        for (n, claim) in claims.iter().enumerate() {
+            claim.check()?;
+            if claims[..n]
+                .iter()
+                .any(|c| c.scope == claim.scope && c.key == claim.key)
+            {
+                return Err(crate::Error::Invalid("a claim repeats in one write".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Goods at the version a decision was made from.

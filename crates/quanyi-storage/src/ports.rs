@@ -12,9 +12,9 @@ use quanyi_vault::{IndexScheme, KeyId, SealedCard, WrappedKeyRing};
 
 use crate::Result;
 use crate::model::{
-    AuditRecord, DestroyOutcome, HeldCard, IndexChange, InsertCardsOutcome, Job, MemberLimit,
-    NewCard, NewJob, NewOrder, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed,
-    StockCount, StoredCard,
+    AuditRecord, Claim, DestroyOutcome, HeldCard, IndexChange, InsertCardsOutcome, Job,
+    MemberLimit, NewCard, NewJob, NewOrder, OrderChange, PaymentNotice, PaymentWrite,
+    RecordOutcome, Reindexed, StockCount, StoredCard,
 };
 
 /// Goods and their SKUs, stored as one versioned aggregate.
@@ -58,8 +58,9 @@ pub trait OrderStore: Send + Sync {
     ///
     /// # Errors
     /// `Conflict` when the id is taken, or on `"goods"` when goods in `priced_from` changed;
-    /// `MemberLimitExceeded`; `OutOfStock` for the first SKU short of cards. Nothing is written
-    /// on any error.
+    /// `MemberLimitExceeded`; `OutOfStock` for the first SKU short of cards; `Claimed` with the
+    /// stored claim when one of `claims` is taken; `Invalid` for a malformed claim. Nothing is
+    /// written on any error.
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>>;
 
     /// Stores a new order that reserves nothing: [`place_order`](OrderStore::place_order)
@@ -79,6 +80,7 @@ pub trait OrderStore: Send + Sync {
             reservations: &[],
             member_limits,
             priced_from: &[],
+            claims: &[],
         };
         self.place_order(new, order.created_at()).await.map(|_| ())
     }
@@ -97,6 +99,9 @@ pub trait OrderStore: Send + Sync {
     /// # Errors
     /// As [`update_order`](OrderStore::update_order); nothing is written on any error.
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32>;
+
+    /// The claim a sale write took for (tenant, scope, key), if any.
+    async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>>;
 
     /// An order by id.
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>>;

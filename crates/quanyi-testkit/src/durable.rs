@@ -206,6 +206,45 @@ pub async fn two_shops_never_sell_a_key_twice(durable: Arc<dyn Durable>) {
     assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 10));
 }
 
+/// Ten retries of one placement with one idempotency key, split between two shops with pools
+/// of their own on one database and racing, place one order: every retry answers it, one card
+/// is reserved, and the key with another request is an `idempotency_conflict`.
+pub async fn retries_with_one_key_on_two_shops_place_one_order(durable: Arc<dyn Durable>) {
+    let tenant = fixtures::tenant();
+    let root = RootKey::generate(&mut rand::thread_rng());
+    let a = shop(durable.open().await, &root, &tenant);
+    let b = shop(durable.open().await, &root, &tenant);
+    let (sku, _) = card_goods(&a, 5).await;
+    let buyer = MemberId::new("retrying-buyer").expect("member");
+    let request = PlaceOrder::new(buyer.clone(), vec![CartLine::new(sku, 1)])
+        .idempotency_key("checkout-7f3a")
+        .context(OrderContext::new(Channel::App).referral("share-42"));
+    let tasks: Vec<_> = (0..10)
+        .map(|n| {
+            let shop = if n % 2 == 0 { a.clone() } else { b.clone() };
+            let request = request.clone();
+            tokio::spawn(async move { shop.place(request).await })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        let order = t
+            .await
+            .expect("task")
+            .expect("every retry answers the order");
+        assert_eq!(order.context().referral.as_deref(), Some("share-42"));
+        ids.insert(order.id());
+    }
+    assert_eq!(ids.len(), 1, "one order for one key");
+    let stock = b.stock(sku).await.expect("stock");
+    assert_eq!((stock.available, stock.reserved), (4, 1));
+    let other =
+        PlaceOrder::new(buyer, vec![CartLine::new(sku, 2)]).idempotency_key("checkout-7f3a");
+    let err = a.place(other).await.expect_err("another request");
+    assert_eq!(err.code(), "idempotency_conflict");
+    assert_eq!(b.stock(sku).await.expect("stock").reserved, 1);
+}
+
 /// A notice applied by one shop is a no-op on the other, also when both get it at once.
 pub async fn a_notice_applied_by_one_shop_is_a_no_op_on_the_other(durable: Arc<dyn Durable>) {
     let tenant = fixtures::tenant();

@@ -18,10 +18,10 @@ use quanyi_core::{
 use quanyi_goods::Goods;
 use quanyi_order::Order;
 use quanyi_storage::{
-    AuditRecord, AuditStore, DestroyOutcome, Error, EventStore, GoodsStore, HeldCard, IndexChange,
-    InsertCardsOutcome, Job, JobStore, KeyRingStore, NewCard, NewJob, NewOrder, OrderChange,
-    OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reindexed, Result,
-    StockCount, Store, StoredCard, VaultStore,
+    AuditRecord, AuditStore, Claim, DestroyOutcome, Error, EventStore, GoodsStore, HeldCard,
+    IndexChange, InsertCardsOutcome, Job, JobStore, KeyRingStore, NewCard, NewJob, NewOrder,
+    OrderChange, OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reindexed,
+    Result, StockCount, Store, StoredCard, VaultStore,
 };
 use quanyi_vault::{IndexScheme, KeyId, SealedCard, WrappedKeyRing};
 
@@ -186,6 +186,11 @@ impl OrderStore for HookedStore {
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
         self.before("close_unpaid_order").await?;
         self.inner.close_unpaid_order(change).await
+    }
+
+    async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {
+        self.before("claim").await?;
+        self.inner.claim(tenant, scope, key).await
     }
 
     async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {

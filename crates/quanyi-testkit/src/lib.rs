@@ -50,6 +50,8 @@ macro_rules! storage_conformance {
             jobs_lease_retry_and_dead_letter,
             job_enqueue_is_idempotent,
             jobs_are_claimed_only_by_kinds_the_worker_runs,
+            claims_are_taken_once_with_the_sale,
+            racing_placements_with_one_claim_place_one_order,
             key_ring_versions_and_use_limit,
             reseal_replaces_ciphertext,
             tenants_are_isolated,
@@ -92,7 +94,8 @@ macro_rules! shop_conformance {
             a_conflicting_repeat_notice_is_kept_for_reconciliation,
             expiry_and_cancel_write_the_order_and_release_together,
             sweeps_run_once_per_period_with_two_workers,
-            a_worker_leaves_job_kinds_it_does_not_run
+            a_worker_leaves_job_kinds_it_does_not_run,
+            a_placement_retried_with_its_key_is_one_order
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -116,6 +119,7 @@ macro_rules! durable_conformance {
         $crate::durable_conformance!(@cases $factory;
             reopen_finds_everything,
             two_shops_never_sell_a_key_twice,
+            retries_with_one_key_on_two_shops_place_one_order,
             a_notice_applied_by_one_shop_is_a_no_op_on_the_other
         );
     };

@@ -16,6 +16,13 @@ pub enum Error {
     /// The cart has no lines.
     #[error("the cart is empty")]
     EmptyCart,
+    /// The idempotency key was used before with a different request (another member, cart or
+    /// context); nothing was placed. The first request's order stands.
+    #[error("idempotency key used before with a different request (order {order})")]
+    IdempotencyConflict {
+        /// The order the key placed.
+        order: OrderId,
+    },
     /// A quantity is zero, negative or larger than [`MAX_LINE_QUANTITY`](crate::MAX_LINE_QUANTITY).
     #[error("invalid quantity {0}")]
     InvalidQuantity(i64),
@@ -182,6 +189,7 @@ impl Error {
             Error::UnknownOrder(_) => "unknown_order",
             Error::EmptyCart => "empty_cart",
             Error::CartTooLarge { .. } => "cart_too_large",
+            Error::IdempotencyConflict { .. } => "idempotency_conflict",
             Error::InvalidQuantity(_) => "invalid_quantity",
             Error::CurrencyMismatch { .. } => "currency_mismatch",
             Error::OutOfStock { .. } => "out_of_stock",
@@ -240,6 +248,7 @@ impl Error {
             Error::Money(e) => e.kind(),
             Error::Vault(e) => e.kind(),
             Error::Storage(e) => e.kind(),
+            Error::IdempotencyConflict { .. } => ErrorKind::Conflict,
             Error::EmptyCart
             | Error::InvalidQuantity(_)
             | Error::CartTooLarge { .. }

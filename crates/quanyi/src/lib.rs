@@ -9,6 +9,7 @@ mod jobs;
 mod keys;
 mod memo;
 mod payments;
+mod placement;
 mod sales;
 mod shop;
 mod supply;
@@ -22,6 +23,7 @@ pub use jobs::{
 };
 pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
+pub use placement::{MAX_IDEMPOTENCY_KEY, PLACEMENT_CLAIM_SCOPE, PlaceOrder};
 pub use sales::{
     CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, PaymentNotification,
     PaymentReceipt, PriceSource, Quote, QuoteLine,
@@ -40,7 +42,9 @@ pub use quanyi_goods::{
     AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, PurchaseLimits, Shelf,
     Sku, SkuDraft, StockSource, SupplierRoute,
 };
-pub use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderLine, OrderStatus};
+pub use quanyi_order::{
+    AttemptOutcome, Channel, LineAttempt, LineStatus, Order, OrderContext, OrderLine, OrderStatus,
+};
 pub use quanyi_storage::{Job, JobStatus, MemoryStore, StockCount, Store};
 pub use quanyi_supplier::{
     Availability, BreakerConfig, RawCallback, Reconciliation, Supplier, SupplierId,

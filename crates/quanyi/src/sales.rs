@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use quanyi_core::{Currency, JobId, MemberId, Money, OrderId, SkuId};
 use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
-use quanyi_order::{LineStatus, NewLine, Order, OrderStatus, Payment};
+use quanyi_order::{LineStatus, NewLine, Order, OrderContext, OrderStatus, Payment};
 use quanyi_storage::{
     AuditAction, AuditOutcome, CONFLICTING_REPEAT, CardState, GoodsVersion, HeldCard, MemberLimit,
     NewJob, NewOrder, NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome,
@@ -13,6 +13,7 @@ use quanyi_storage::{
 };
 
 use crate::memo::PlacedOrder;
+use crate::placement::Idempotency;
 use crate::{Error, Result, Shop};
 
 /// The most lines a cart may have: an order's line limit ([`quanyi_order::MAX_LINES`]).
@@ -308,19 +309,36 @@ impl Shop {
     /// As [`quote`](Shop::quote); [`Error::NotFulfillable`]; [`Error::OutOfStock`];
     /// [`Error::MemberLimitExceeded`]; [`Error::Storage`].
     pub async fn place_order(&self, member: &MemberId, cart: &[CartLine]) -> Result<Order> {
+        self.place_checked(member, cart, &OrderContext::default(), None)
+            .await
+    }
+
+    /// [`place_order`](Shop::place_order) with a context and, with `idempotency`, the claim of
+    /// its key taken in the same write.
+    pub(crate) async fn place_checked(
+        &self,
+        member: &MemberId,
+        cart: &[CartLine],
+        context: &OrderContext,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Order> {
         check_cart(cart)?;
         // First from the goods this process remembers. The store refuses the order if they
         // changed since; then, and when a check fails on remembered goods, decide again from
         // fresh reads.
         let mut pricing = Pricing::from_memory();
         for _ in 0..3 {
-            let plan = match self.plan_order(member, cart, &mut pricing).await {
+            let plan = match self.plan_order(member, cart, context, &mut pricing).await {
                 Ok(plan) => plan,
                 Err(_) if pricing.remembered => {
                     pricing = Pricing::fresh();
                     continue;
                 }
                 Err(e) => return Err(e),
+            };
+            let claims = match idempotency {
+                Some(i) => vec![i.claim(plan.order.id())?],
+                None => Vec::new(),
             };
             let placed = self
                 .store_ref()
@@ -331,6 +349,7 @@ impl Shop {
                         reservations: &plan.reservations,
                         member_limits: &plan.limits,
                         priced_from: &pricing.priced_from,
+                        claims: &claims,
                     },
                     plan.now,
                 )
@@ -366,6 +385,7 @@ impl Shop {
         &self,
         member: &MemberId,
         cart: &[CartLine],
+        context: &OrderContext,
         pricing: &mut Pricing,
     ) -> Result<OrderPlan> {
         let quote = self.price_cart(cart, pricing).await?;
@@ -419,6 +439,7 @@ impl Shop {
             now,
             expires_at,
         )?;
+        let order = order.with_context(context.clone())?;
         // Per SKU, in a stable order: the quantity, its member limit, and whether the vault
         // stocks it (only vault SKUs reserve cards).
         let mut per_sku: BTreeMap<SkuId, (u32, Option<u32>, bool)> = BTreeMap::new();

@@ -35,6 +35,7 @@ pub async fn closing_an_unpaid_order_releases_its_cards(store: Arc<dyn Store>) {
                     reservations: &[Reservation { sku, quantity: 1 }],
                     member_limits: &[],
                     priced_from: &[],
+                    claims: &[],
                 },
                 t0(),
             )
