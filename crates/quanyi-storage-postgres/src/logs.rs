@@ -4,7 +4,10 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use quanyi_core::{EventEnvelope, EventId, TenantId};
-use quanyi_storage::{AuditRecord, AuditStore, Error, EventStore, Result};
+use quanyi_storage::{
+    AuditRecord, AuditStore, Error, EventStore, FeedEvent, FeedPosition, Result,
+    check_consumer_name,
+};
 
 use crate::PgStore;
 use crate::codec::{EventColumns, from_json, get, insert_events_sql, limit, row_events, to_json};
@@ -25,6 +28,60 @@ const CANDIDATES: &str = "SELECT seq, doc FROM events WHERE id <= $1 AND id >= $
 const FROM_ROW: &str = "SELECT doc FROM events WHERE seq >= $1 ORDER BY seq LIMIT $2";
 /// How many candidate rows are read at a time while looking for an event's row.
 const CANDIDATE_BATCH: i64 = 16;
+
+/// A tenant's event rows from the feed position ($2 transaction as text, $3 row) on, of
+/// transactions older than every one still running, in feed order.
+const FEED: &str = "SELECT tx::text, seq, doc FROM events \
+     WHERE tenant = $1 AND (tx, seq) >= ($2::text::xid8, $3) \
+       AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+     ORDER BY tx, seq LIMIT $4";
+/// A tenant's last event row the feed would return now.
+const FEED_HEAD: &str = "SELECT tx::text, seq, doc FROM events \
+     WHERE tenant = $1 AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+     ORDER BY tx DESC, seq DESC LIMIT 1";
+const CURSOR: &str = "SELECT position FROM event_consumers WHERE tenant = $1 AND name = $2";
+/// Moves a cursor from $3 (NULL: none yet) to $4; answers a row only when it moved.
+const SAVE_CURSOR: &str = "INSERT INTO event_consumers AS c (tenant, name, position) \
+     SELECT $1, $2, $4 WHERE $3::bytea IS NULL \
+     ON CONFLICT (tenant, name) DO NOTHING RETURNING 1";
+const MOVE_CURSOR: &str = "UPDATE event_consumers SET position = $4 \
+     WHERE tenant = $1 AND name = $2 AND position = $3 RETURNING 1";
+
+/// Bits of a feed position for the row (`seq`) and for the event's place in its row; the
+/// transaction takes the high 64.
+const SEQ_BITS: u32 = 40;
+const PLACE_BITS: u32 = 24;
+
+/// A feed position on PostgreSQL: transaction, row, place in the row.
+fn position(tx: u64, seq: i64, at: usize) -> Result<FeedPosition> {
+    let seq = u64::try_from(seq)
+        .ok()
+        .filter(|s| *s < 1 << SEQ_BITS)
+        .ok_or_else(|| Error::Corrupt(format!("event row {seq} is past the feed's range")))?;
+    let at = u64::try_from(at)
+        .ok()
+        .filter(|a| *a < 1 << PLACE_BITS)
+        .ok_or_else(|| Error::Corrupt(format!("event row {seq} holds too many events")))?;
+    Ok(FeedPosition::from_raw(
+        u128::from(tx) << 64 | u128::from(seq) << PLACE_BITS | u128::from(at),
+    ))
+}
+
+/// The transaction, row and place of a feed position.
+fn parts(p: FeedPosition) -> (u64, i64, usize) {
+    let raw = p.raw();
+    let field = |shift: u32, bits: u32| (raw >> shift) & ((1u128 << bits) - 1);
+    // Each field fits its type by its width: the conversions cannot fail.
+    let tx = u64::try_from(raw >> 64).unwrap_or(u64::MAX);
+    let seq = i64::try_from(field(PLACE_BITS, SEQ_BITS)).unwrap_or(i64::MAX);
+    let at = usize::try_from(field(0, PLACE_BITS)).unwrap_or(usize::MAX);
+    (tx, seq, at)
+}
+
+fn parse_tx(text: &str) -> Result<u64> {
+    text.parse()
+        .map_err(|_| Error::Corrupt(format!("transaction id {text}")))
+}
 
 const AUDIT_APPEND: &str = "INSERT INTO audit (id, tenant, doc) VALUES ($1, $2, $3)";
 const AUDIT_NEWEST: &str = "SELECT doc FROM audit WHERE tenant = $1 ORDER BY seq DESC LIMIT $2";
@@ -111,6 +168,116 @@ impl EventStore for PgStore {
         }
         events.truncate(max);
         Ok(events)
+    }
+
+    async fn read_feed(
+        &self,
+        tenant: &TenantId,
+        after: FeedPosition,
+        max: usize,
+    ) -> Result<Vec<FeedEvent>> {
+        let (tx, seq, place) = parts(after);
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(FEED).await?;
+        let rows = conn
+            .client()
+            .query(
+                &stmt,
+                &[
+                    &tenant.as_str(),
+                    &tx.to_string(),
+                    &seq,
+                    &limit(max.saturating_add(1)),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let mut out = Vec::new();
+        'rows: for r in &rows {
+            let row_tx = parse_tx(get::<&str>(r, 0)?)?;
+            let row_seq: i64 = get(r, 1)?;
+            let cursor_row = after != FeedPosition::START && row_tx == tx && row_seq == seq;
+            for (at, event) in row_events(get::<&str>(r, 2)?)?.into_iter().enumerate() {
+                if cursor_row && at <= place {
+                    continue;
+                }
+                if out.len() == max {
+                    break 'rows;
+                }
+                out.push(FeedEvent {
+                    position: position(row_tx, row_seq, at)?,
+                    event,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn feed_head(&self, tenant: &TenantId) -> Result<FeedPosition> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(FEED_HEAD).await?;
+        let row = conn
+            .client()
+            .query_opt(&stmt, &[&tenant.as_str()])
+            .await
+            .map_err(db)?;
+        match row {
+            None => Ok(FeedPosition::START),
+            Some(r) => {
+                let events = row_events(get::<&str>(&r, 2)?)?;
+                position(
+                    parse_tx(get::<&str>(&r, 0)?)?,
+                    get(&r, 1)?,
+                    events.len().saturating_sub(1),
+                )
+            }
+        }
+    }
+
+    async fn consumer_cursor(&self, tenant: &TenantId, name: &str) -> Result<Option<FeedPosition>> {
+        check_consumer_name(name)?;
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(CURSOR).await?;
+        let row = conn
+            .client()
+            .query_opt(&stmt, &[&tenant.as_str(), &name])
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            let bytes: &[u8] = get(&r, 0)?;
+            <[u8; 16]>::try_from(bytes)
+                .map(FeedPosition::from_bytes)
+                .map_err(|_| Error::Corrupt(format!("cursor of consumer {name}")))
+        })
+        .transpose()
+    }
+
+    async fn save_consumer_cursor(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        expected: Option<FeedPosition>,
+        to: FeedPosition,
+    ) -> Result<()> {
+        check_consumer_name(name)?;
+        let conn = self.conn().await?;
+        let sql = if expected.is_some() {
+            MOVE_CURSOR
+        } else {
+            SAVE_CURSOR
+        };
+        let stmt = conn.prepare(sql).await?;
+        let expected = expected.map(|p| p.to_bytes().to_vec());
+        let to = to.to_bytes().to_vec();
+        let moved = conn
+            .client()
+            .query_opt(&stmt, &[&tenant.as_str(), &name, &expected, &to])
+            .await
+            .map_err(db)?;
+        match moved {
+            Some(_) => Ok(()),
+            None => Err(Error::conflict("consumer", name, "cursor moved")),
+        }
     }
 }
 

@@ -33,10 +33,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "sale_claims",
         include_str!("../migrations/0006_sale_claims.sql"),
     ),
+    (
+        7,
+        "event_feed",
+        include_str!("../migrations/0007_event_feed.sql"),
+    ),
 ];
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

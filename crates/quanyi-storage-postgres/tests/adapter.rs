@@ -1282,6 +1282,26 @@ async fn migrate_v4_data(through_5: bool) {
     assert_eq!(stock(later).await, (0, 0, 5));
     assert_eq!(store.release_cards(&tenant, unpaid.id()).await.unwrap(), 0);
 
+    // The gap-free feed (migration 7) holds the old rows first, in write order, then the new.
+    let mut old_ids: Vec<_> = unpaid_events.iter().map(|e| e.id).collect();
+    old_ids.extend(placed_events.iter().map(|e| e.id));
+    old_ids.extend(fresh_envs.iter().map(|e| e.id));
+    // A transaction still running elsewhere on the server (another test's) holds the newest
+    // rows back for a moment: read until they show.
+    let mut feed = Vec::new();
+    for _ in 0..100_000 {
+        feed = store
+            .read_feed(&tenant, quanyi_storage::FeedPosition::START, 1000)
+            .await
+            .unwrap();
+        if feed.len() >= old_ids.len() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(feed.iter().map(|e| e.event.id).collect::<Vec<_>>(), old_ids);
+    assert!(feed.windows(2).all(|p| p[0].position < p[1].position));
+
     // Old orders read with the default context; a placement takes a claim beside them, and
     // the same claim again is refused with the stored one.
     assert_eq!(

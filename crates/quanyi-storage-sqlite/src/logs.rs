@@ -2,7 +2,10 @@
 
 use async_trait::async_trait;
 use quanyi_core::{EventEnvelope, EventId, TenantId};
-use quanyi_storage::{AuditRecord, AuditStore, Error, EventStore, Result};
+use quanyi_storage::{
+    AuditRecord, AuditStore, Error, EventStore, FeedEvent, FeedPosition, Result,
+    check_consumer_name,
+};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
@@ -219,6 +222,142 @@ impl EventStore for SqliteStore {
             })
             .await
     }
+
+    async fn read_feed(
+        &self,
+        tenant: &TenantId,
+        after: FeedPosition,
+        limit_to: usize,
+    ) -> Result<Vec<FeedEvent>> {
+        let tenant = tenant.as_str().to_owned();
+        self.pool
+            .read(move |tx| read_feed(tx, &tenant, after, limit_to))
+            .await
+    }
+
+    async fn feed_head(&self, tenant: &TenantId) -> Result<FeedPosition> {
+        let tenant = tenant.as_str().to_owned();
+        self.pool
+            .read(move |tx| {
+                let last: Option<(i64, String)> = tx
+                    .prepare_cached(
+                        "SELECT seq, doc FROM events WHERE tenant = ?1 ORDER BY seq DESC LIMIT 1",
+                    )
+                    .db()?
+                    .query_row(params![tenant], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .db()?;
+                match last {
+                    None => Ok(FeedPosition::START),
+                    Some((seq, doc)) => position(seq, row_events(&doc)?.len().saturating_sub(1)),
+                }
+            })
+            .await
+    }
+
+    async fn consumer_cursor(&self, tenant: &TenantId, name: &str) -> Result<Option<FeedPosition>> {
+        check_consumer_name(name)?;
+        let (tenant, name) = (tenant.as_str().to_owned(), name.to_owned());
+        self.pool
+            .read(move |tx| consumer_cursor(tx, &tenant, &name))
+            .await
+    }
+
+    async fn save_consumer_cursor(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        expected: Option<FeedPosition>,
+        to: FeedPosition,
+    ) -> Result<()> {
+        check_consumer_name(name)?;
+        let (tenant, name) = (tenant.as_str().to_owned(), name.to_owned());
+        self.pool
+            .write(move |tx| {
+                if consumer_cursor(tx, &tenant, &name)? != expected {
+                    return Err(Error::conflict("consumer", &name, "cursor moved"));
+                }
+                tx.prepare_cached(
+                    "INSERT INTO event_consumers (tenant, name, position) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tenant, name) DO UPDATE SET position = excluded.position",
+                )
+                .db()?
+                .execute(params![tenant, name, to.to_bytes()])
+                .db()?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// A consumer's stored cursor.
+fn consumer_cursor(tx: &Transaction<'_>, tenant: &str, name: &str) -> Result<Option<FeedPosition>> {
+    let bytes: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT position FROM event_consumers WHERE tenant = ?1 AND name = ?2")
+        .db()?
+        .query_row(params![tenant, name], |r| r.get(0))
+        .optional()
+        .db()?;
+    bytes
+        .map(|b| {
+            <[u8; 16]>::try_from(b.as_slice())
+                .map(FeedPosition::from_bytes)
+                .map_err(|_| Error::Corrupt(format!("cursor of consumer {name}")))
+        })
+        .transpose()
+}
+
+/// A feed position on SQLite: the row in the high bits, the event's place in it in the low 32.
+fn position(seq: i64, at: usize) -> Result<FeedPosition> {
+    let seq = u128::try_from(seq).map_err(|_| Error::Corrupt(format!("event row {seq}")))?;
+    Ok(FeedPosition::from_raw(seq << 32 | at as u128))
+}
+
+/// The row and place of a feed position (row 0 is before every row).
+fn row_and_place(p: FeedPosition) -> Result<(i64, usize)> {
+    let seq = i64::try_from(p.raw() >> 32)
+        .map_err(|_| Error::Invalid(format!("feed position {p} is not one of this store")))?;
+    let place = usize::try_from(p.raw() & 0xffff_ffff).unwrap_or(usize::MAX);
+    Ok((seq, place))
+}
+
+/// The tenant's events after `after`, up to `limit_to`.
+fn read_feed(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    after: FeedPosition,
+    limit_to: usize,
+) -> Result<Vec<FeedEvent>> {
+    let (from_row, place) = row_and_place(after)?;
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT seq, doc FROM events WHERE tenant = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+        )
+        .db()?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map(
+            params![tenant, from_row, limit(limit_to.saturating_add(1))],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .db()?
+        .collect::<rusqlite::Result<_>>()
+        .db()?;
+    let mut out = Vec::new();
+    'rows: for (seq, doc) in rows {
+        for (at, event) in row_events(&doc)?.into_iter().enumerate() {
+            if seq == from_row && at <= place && after != FeedPosition::START {
+                continue;
+            }
+            if out.len() == limit_to {
+                break 'rows;
+            }
+            out.push(FeedEvent {
+                position: position(seq, at)?,
+                event,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The row (`seq`) that holds an event; `NotFound` for an event the log does not hold.

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_withdrawn_cards_index_schemes_notice_repeats.sql"),
     include_str!("../migrations/0004_lean_order_path.sql"),
     include_str!("../migrations/0005_sale_claims.sql"),
+    include_str!("../migrations/0006_event_consumers.sql"),
 ];
 
 /// The schema version this build writes and reads.

@@ -956,6 +956,30 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
         [unknown, repeat, late]
     );
 
+    // The gap-free feed holds the old events first, in write order, then the new rows; a
+    // consumer's cursor is stored (version 6).
+    let feed = store
+        .read_feed(&tenant, quanyi_storage::FeedPosition::START, 1000)
+        .await
+        .unwrap();
+    let ids: Vec<_> = feed.iter().map(|e| e.event.id).collect();
+    assert_eq!(
+        ids[..old_feed.len()],
+        old_feed.iter().map(|e| e.id).collect::<Vec<_>>()[..]
+    );
+    assert!(feed.windows(2).all(|p| p[0].position < p[1].position));
+    store
+        .save_consumer_cursor(&tenant, "after-migration", None, feed[0].position)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .consumer_cursor(&tenant, "after-migration")
+            .await
+            .unwrap(),
+        Some(feed[0].position)
+    );
+
     // Migrated orders read with the default context; a placement takes a claim beside them,
     // and the same claim again is refused with the stored one.
     assert_eq!(

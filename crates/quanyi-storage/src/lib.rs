@@ -14,6 +14,7 @@ pub use model::{
     OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, Reservation, StockCount,
     StoredCard,
 };
+pub use model::{FeedEvent, FeedPosition, MAX_CONSUMER_NAME, check_consumer_name};
 pub use ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore, Store,
     VaultStore,

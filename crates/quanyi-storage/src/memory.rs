@@ -22,9 +22,10 @@ use quanyi_vault::{
 use smallvec::SmallVec;
 
 use crate::model::{
-    AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, HeldCard, IndexChange,
-    InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder, NoticeDisposition, OrderChange,
-    PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
+    AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, FeedEvent, FeedPosition,
+    HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder,
+    NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed,
+    StockCount, StoredCard, check_consumer_name,
 };
 use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
@@ -69,6 +70,8 @@ struct State {
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
     /// Claims sale writes took, by (tenant, scope, key).
     claims: Map<(TenantId, String, String), Claim>,
+    /// Consumer cursors, by (tenant, name).
+    consumers: Map<(TenantId, String), FeedPosition>,
 }
 
 /// A time-ordered id (UUID v7) as one big-endian integer: the same order as the id's bytes.
@@ -244,6 +247,11 @@ struct EventLog {
     /// Every (tenant, aggregate type, event name) stored, by position.
     kinds: Vec<EventKind>,
     kind_pos: Map<EventKind, usize>,
+    /// The tenant (its number in `tenants`) of each kind, by the kind's position.
+    kind_tenant: Vec<usize>,
+    tenants: Map<TenantId, usize>,
+    /// Each tenant's events (log positions, ascending), by the tenant's number: its feed.
+    by_tenant: Vec<Vec<usize>>,
 }
 
 /// The names an event shares with many others.
@@ -283,15 +291,37 @@ impl EventLog {
             return *pos;
         }
         let pos = self.kinds.len();
+        let next = self.tenants.len();
+        let tenant = *self.tenants.entry(key.0.clone()).or_insert(next);
+        if tenant == self.by_tenant.len() {
+            self.by_tenant.push(Vec::new());
+        }
+        self.kind_tenant.push(tenant);
         self.kinds.push(key.clone());
         self.kind_pos.insert(key, pos);
         pos
+    }
+
+    /// A tenant's feed: the log positions of its events, ascending. A feed position is the log
+    /// position plus one ([`FeedPosition::START`] is before the first).
+    fn feed(&self, tenant: &TenantId) -> &[usize] {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| self.by_tenant.get(*t))
+            .map_or(&[], Vec::as_slice)
     }
 
     fn push(&mut self, event: EventEnvelope) {
         let kind = self.kind_of(&event);
         if self.chunks.last().is_none_or(|c| c.len() == Self::CHUNK) {
             self.chunks.push(Vec::with_capacity(Self::CHUNK));
+        }
+        if let Some(feed) = self
+            .kind_tenant
+            .get(kind)
+            .and_then(|t| self.by_tenant.get_mut(*t))
+        {
+            feed.push(self.len);
         }
         if let Some(chunk) = self.chunks.last_mut() {
             chunk.push(StoredEvent {
@@ -1650,6 +1680,61 @@ impl EventStore for MemoryStore {
                 .ok_or_else(|| Error::not_found("event", id))?,
         };
         Ok(s.events.from(start).take(limit).collect())
+    }
+
+    async fn read_feed(
+        &self,
+        tenant: &TenantId,
+        after: FeedPosition,
+        limit: usize,
+    ) -> Result<Vec<FeedEvent>> {
+        let s = self.state.lock();
+        let feed = s.events.feed(tenant);
+        // Writes append under the lock, so the log order is the commit order: gap-free.
+        let start = feed.partition_point(|p| (*p as u128) < after.raw());
+        Ok(feed[start..]
+            .iter()
+            .take(limit)
+            .filter_map(|p| {
+                s.events.get(*p).map(|event| FeedEvent {
+                    position: FeedPosition::from_raw(*p as u128 + 1),
+                    event,
+                })
+            })
+            .collect())
+    }
+
+    async fn feed_head(&self, tenant: &TenantId) -> Result<FeedPosition> {
+        let s = self.state.lock();
+        Ok(s.events
+            .feed(tenant)
+            .last()
+            .map_or(FeedPosition::START, |p| {
+                FeedPosition::from_raw(*p as u128 + 1)
+            }))
+    }
+
+    async fn consumer_cursor(&self, tenant: &TenantId, name: &str) -> Result<Option<FeedPosition>> {
+        check_consumer_name(name)?;
+        let s = self.state.lock();
+        Ok(s.consumers.get(&(tenant.clone(), name.to_owned())).copied())
+    }
+
+    async fn save_consumer_cursor(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        expected: Option<FeedPosition>,
+        to: FeedPosition,
+    ) -> Result<()> {
+        check_consumer_name(name)?;
+        let mut s = self.state.lock();
+        let key = (tenant.clone(), name.to_owned());
+        if s.consumers.get(&key).copied() != expected {
+            return Err(Error::conflict("consumer", name, "cursor moved"));
+        }
+        s.consumers.insert(key, to);
+        Ok(())
     }
 }
 

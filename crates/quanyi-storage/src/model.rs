@@ -493,3 +493,72 @@ pub struct Job {
     /// When it was enqueued.
     pub created_at: DateTime<Utc>,
 }
+
+/// A place in a tenant's event feed. Stores assign every event one when it is written; a reader
+/// that keeps the position of the last event it handled and asks for what comes after it sees
+/// every committed event exactly once, in position order. Opaque: only its order, and
+/// [`FeedPosition::START`] (before every event), mean anything; an adapter encodes what it needs
+/// (a log index, a row and a place in it, a transaction and a row) in its 128 bits.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct FeedPosition(u128);
+
+impl FeedPosition {
+    /// Before every event: a consumer that starts at the beginning starts here.
+    pub const START: FeedPosition = FeedPosition(0);
+
+    /// A position from its stored form.
+    pub const fn from_raw(raw: u128) -> Self {
+        FeedPosition(raw)
+    }
+
+    /// The stored form.
+    pub const fn raw(self) -> u128 {
+        self.0
+    }
+
+    /// The 16 big-endian bytes of the stored form (what durable stores keep).
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// A position from [`to_bytes`](FeedPosition::to_bytes).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        FeedPosition(u128::from_be_bytes(bytes))
+    }
+}
+
+impl std::fmt::Display for FeedPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// An event with its position in the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEvent {
+    /// Where it stands in its tenant's feed.
+    pub position: FeedPosition,
+    /// The event.
+    pub event: EventEnvelope,
+}
+
+/// The longest consumer name, in bytes.
+pub const MAX_CONSUMER_NAME: usize = 64;
+
+/// Checks a consumer name: 1 to [`MAX_CONSUMER_NAME`] printable ASCII characters.
+///
+/// # Errors
+/// [`Error::Invalid`](crate::Error::Invalid).
+pub fn check_consumer_name(name: &str) -> crate::Result<()> {
+    if name.is_empty()
+        || name.len() > MAX_CONSUMER_NAME
+        || !name.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(crate::Error::Invalid(format!(
+            "a consumer name must be 1 to {MAX_CONSUMER_NAME} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}

@@ -12,9 +12,9 @@ use quanyi_vault::{IndexScheme, KeyId, SealedCard, WrappedKeyRing};
 
 use crate::Result;
 use crate::model::{
-    AuditRecord, Claim, DestroyOutcome, HeldCard, IndexChange, InsertCardsOutcome, Job,
-    MemberLimit, NewCard, NewJob, NewOrder, OrderChange, PaymentNotice, PaymentWrite,
-    RecordOutcome, Reindexed, StockCount, StoredCard,
+    AuditRecord, Claim, DestroyOutcome, FeedEvent, FeedPosition, HeldCard, IndexChange,
+    InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, NewOrder, OrderChange, PaymentNotice,
+    PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
 };
 
 /// Goods and their SKUs, stored as one versioned aggregate.
@@ -387,12 +387,51 @@ pub trait EventStore: Send + Sync {
     ) -> Result<Vec<EventEnvelope>>;
 
     /// Up to `limit` events of every tenant written after `after` (from the start when `None`), in
-    /// the order written.
+    /// the order written. On a store whose writers commit concurrently (PostgreSQL), an event
+    /// whose write commits after a later-written one was read can be passed over: readers that
+    /// must see every event use [`read_feed`](EventStore::read_feed).
     async fn events_after(
         &self,
         after: Option<EventId>,
         limit: usize,
     ) -> Result<Vec<EventEnvelope>>;
+
+    /// Up to `limit` events of a tenant after the position `after`, in position order, each
+    /// with its position. Gap-free: a reader that asks again after the last position it got
+    /// sees every committed event exactly once, also when writers commit out of order (an
+    /// event is returned only once no write still in progress can take an earlier position),
+    /// and no writer waits for another to take a position.
+    async fn read_feed(
+        &self,
+        tenant: &TenantId,
+        after: FeedPosition,
+        limit: usize,
+    ) -> Result<Vec<FeedEvent>>;
+
+    /// The position of the tenant's last event [`read_feed`](EventStore::read_feed) would
+    /// return now ([`FeedPosition::START`] when none): where a consumer that starts at "now"
+    /// starts, so that it sees every event committed later.
+    async fn feed_head(&self, tenant: &TenantId) -> Result<FeedPosition>;
+
+    /// The stored cursor of the tenant's consumer `name`, if it has one.
+    ///
+    /// # Errors
+    /// `Invalid` for a malformed name (see [`check_consumer_name`](crate::check_consumer_name)).
+    async fn consumer_cursor(&self, tenant: &TenantId, name: &str) -> Result<Option<FeedPosition>>;
+
+    /// Moves the tenant's consumer `name` from `expected` (`None`: it has no cursor yet) to
+    /// `to`, atomically.
+    ///
+    /// # Errors
+    /// `Conflict` when the stored cursor is not `expected` (another process moved it);
+    /// `Invalid` for a malformed name. Nothing is written on any error.
+    async fn save_consumer_cursor(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        expected: Option<FeedPosition>,
+        to: FeedPosition,
+    ) -> Result<()>;
 }
 
 /// The audit log.

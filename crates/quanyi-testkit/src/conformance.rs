@@ -9,9 +9,9 @@ use quanyi_core::{BatchId, EventEnvelope, OrderId, TenantId};
 use quanyi_goods::{PurchaseLimits, Shelf};
 use quanyi_order::{OrderStatus, Payment};
 use quanyi_storage::{
-    AuditAction, AuditOutcome, AuditRecord, CardState, Claim, Error, GOODS_CHANGED, GoodsVersion,
-    JobStatus, MemberLimit, NewJob, NewOrder, NoticeDisposition, OrderChange, PaymentNotice,
-    PaymentWrite, RecordOutcome, Reservation, Store,
+    AuditAction, AuditOutcome, AuditRecord, CardState, Claim, Error, FeedEvent, FeedPosition,
+    GOODS_CHANGED, GoodsVersion, JobStatus, MemberLimit, NewJob, NewOrder, NoticeDisposition,
+    OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reservation, Store,
 };
 use quanyi_vault::{KeyId, SealedCard, SealedValue};
 
@@ -46,6 +46,8 @@ pub const CASES: &[&str] = &[
     "jobs_lease_retry_and_dead_letter",
     "job_enqueue_is_idempotent",
     "claims_are_taken_once_with_the_sale",
+    "the_feed_is_gap_free_under_concurrent_writers",
+    "consumer_cursors_move_by_compare_and_swap",
     "racing_placements_with_one_claim_place_one_order",
     "jobs_are_claimed_only_by_kinds_the_worker_runs",
     "key_ring_versions_and_use_limit",
@@ -1879,6 +1881,209 @@ pub async fn jobs_are_claimed_only_by_kinds_the_worker_runs(store: Arc<dyn Store
         taken.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(),
         vec![(newer.id, 2)]
     );
+}
+
+/// One event of an order of `goods` that is not stored (an event of no stored change).
+fn loose_event(goods: &quanyi_goods::Goods) -> EventEnvelope {
+    let (o, events) = order(goods, &member("loose"), 1);
+    envelopes(&o, &events).remove(0)
+}
+
+/// Reads a tenant's feed from `after` until it holds `want` events or `reads` reads are done.
+async fn drain_feed(
+    store: &dyn Store,
+    tenant: &TenantId,
+    after: FeedPosition,
+    want: usize,
+    reads: usize,
+) -> Vec<FeedEvent> {
+    let mut got: Vec<FeedEvent> = Vec::new();
+    let mut cursor = after;
+    for _ in 0..reads {
+        if got.len() >= want {
+            break;
+        }
+        let batch = store.read_feed(tenant, cursor, 64).await.unwrap();
+        match batch.last() {
+            Some(last) => cursor = last.position,
+            // Nothing new yet (a write still in progress): read again.
+            None => tokio::task::yield_now().await,
+        }
+        got.extend(batch);
+    }
+    got
+}
+
+/// Eight writers append events (orders with their events, and events of no aggregate) while a
+/// reader follows the feed from its cursor: afterwards the reader has seen every event exactly
+/// once, in ascending positions, and none of another tenant's.
+pub async fn the_feed_is_gap_free_under_concurrent_writers(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let other = fixtures::tenant();
+    let goods = Arc::new(card_goods(&tenant, PurchaseLimits::default()));
+    let theirs = Arc::new(card_goods(&other, PurchaseLimits::default()));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (store, goods, done, theirs) =
+                (store.clone(), goods.clone(), done.clone(), theirs.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..12 {
+                    let (o, events) = order(&goods, &member(&format!("w{w}-{n}")), 1);
+                    let envs = envelopes(&o, &events);
+                    store.insert_order(&o, &envs, &[]).await.unwrap();
+                    ids.extend(envs.iter().map(|e| e.id));
+                    let loose = loose_event(&goods);
+                    store
+                        .append_events(std::slice::from_ref(&loose))
+                        .await
+                        .unwrap();
+                    ids.push(loose.id);
+                    let noise = loose_event(&theirs);
+                    store.append_events(&[noise]).await.unwrap();
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                ids
+            })
+        })
+        .collect();
+    // The reader races the writers.
+    let mut seen: Vec<FeedEvent> = Vec::new();
+    let mut cursor = FeedPosition::START;
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+        let batch = store.read_feed(&tenant, cursor, 16).await.unwrap();
+        if let Some(last) = batch.last() {
+            cursor = last.position;
+        }
+        seen.extend(batch);
+        tokio::task::yield_now().await;
+    }
+    let mut written = HashSet::new();
+    for w in writers {
+        written.extend(w.await.unwrap());
+    }
+    let rest = written.len().saturating_sub(seen.len());
+    seen.extend(drain_feed(&*store, &tenant, cursor, rest, 100_000).await);
+    let ids: Vec<_> = seen.iter().map(|e| e.event.id).collect();
+    assert_eq!(ids.len(), written.len(), "every event exactly once");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+    assert!(ids.iter().all(|id| written.contains(id)));
+    assert!(seen.iter().all(|e| e.event.tenant == tenant));
+    assert!(
+        seen.windows(2).all(|p| p[0].position < p[1].position),
+        "ascending positions"
+    );
+    assert!(seen[0].position > FeedPosition::START);
+    // The head is the last position; nothing comes after it until something is written.
+    assert_eq!(
+        store.feed_head(&tenant).await.unwrap(),
+        seen.last().unwrap().position
+    );
+    assert!(
+        store
+            .read_feed(&tenant, seen.last().unwrap().position, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Reading again from any position gives the same events after it.
+    let middle = seen.len() / 2;
+    let again = drain_feed(
+        &*store,
+        &tenant,
+        seen[middle].position,
+        seen.len() - middle - 1,
+        1000,
+    )
+    .await;
+    assert_eq!(
+        again.iter().map(|e| e.event.id).collect::<Vec<_>>(),
+        ids[middle + 1..]
+    );
+}
+
+/// A consumer's cursor is stored per tenant and name and moves only from the position the
+/// mover read: a second process moving it from a stale position gets a conflict. A consumer
+/// that starts at the feed's head sees only what is written after.
+pub async fn consumer_cursors_move_by_compare_and_swap(store: Arc<dyn Store>) {
+    let tenant = fixtures::tenant();
+    let other = fixtures::tenant();
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    assert_eq!(store.feed_head(&tenant).await.unwrap(), FeedPosition::START);
+    for _ in 0..3 {
+        store.append_events(&[loose_event(&goods)]).await.unwrap();
+    }
+    let feed = drain_feed(&*store, &tenant, FeedPosition::START, 3, 100_000).await;
+    assert_eq!(feed.len(), 3);
+    let head = store.feed_head(&tenant).await.unwrap();
+    assert_eq!(head, feed[2].position);
+    assert_eq!(
+        store.consumer_cursor(&tenant, "growth").await.unwrap(),
+        None
+    );
+    store
+        .save_consumer_cursor(&tenant, "growth", None, feed[0].position)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind_of(
+            store
+                .save_consumer_cursor(&tenant, "growth", None, feed[1].position)
+                .await
+        ),
+        quanyi_core::ErrorKind::Conflict
+    );
+    store
+        .save_consumer_cursor(&tenant, "growth", Some(feed[0].position), feed[1].position)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind_of(
+            store
+                .save_consumer_cursor(&tenant, "growth", Some(feed[0].position), feed[2].position)
+                .await
+        ),
+        quanyi_core::ErrorKind::Conflict
+    );
+    assert_eq!(
+        store.consumer_cursor(&tenant, "growth").await.unwrap(),
+        Some(feed[1].position)
+    );
+    // Another tenant's consumer of the same name is its own, and sees none of these events.
+    assert_eq!(store.consumer_cursor(&other, "growth").await.unwrap(), None);
+    assert!(
+        store
+            .read_feed(&other, FeedPosition::START, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A consumer starting at the head sees only what comes after it.
+    store
+        .save_consumer_cursor(&tenant, "messages", None, head)
+        .await
+        .unwrap();
+    let later = loose_event(&goods);
+    store
+        .append_events(std::slice::from_ref(&later))
+        .await
+        .unwrap();
+    let next = drain_feed(&*store, &tenant, head, 1, 100_000).await;
+    assert_eq!(
+        next.iter().map(|e| e.event.id).collect::<Vec<_>>(),
+        [later.id]
+    );
+    for bad in ["", "has space", &"n".repeat(65)] {
+        assert_eq!(
+            kind_of(store.consumer_cursor(&tenant, bad).await),
+            quanyi_core::ErrorKind::Invalid
+        );
+        assert_eq!(
+            kind_of(store.save_consumer_cursor(&tenant, bad, None, head).await),
+            quanyi_core::ErrorKind::Invalid
+        );
+    }
 }
 
 /// A claim for the placement's idempotency key, holding `value`.

@@ -18,10 +18,10 @@ use quanyi_core::{
 use quanyi_goods::Goods;
 use quanyi_order::Order;
 use quanyi_storage::{
-    AuditRecord, AuditStore, Claim, DestroyOutcome, Error, EventStore, GoodsStore, HeldCard,
-    IndexChange, InsertCardsOutcome, Job, JobStore, KeyRingStore, NewCard, NewJob, NewOrder,
-    OrderChange, OrderStore, PaymentNotice, PaymentStore, PaymentWrite, RecordOutcome, Reindexed,
-    Result, StockCount, Store, StoredCard, VaultStore,
+    AuditRecord, AuditStore, Claim, DestroyOutcome, Error, EventStore, FeedEvent, FeedPosition,
+    GoodsStore, HeldCard, IndexChange, InsertCardsOutcome, Job, JobStore, KeyRingStore, NewCard,
+    NewJob, NewOrder, OrderChange, OrderStore, PaymentNotice, PaymentStore, PaymentWrite,
+    RecordOutcome, Reindexed, Result, StockCount, Store, StoredCard, VaultStore,
 };
 use quanyi_vault::{IndexScheme, KeyId, SealedCard, WrappedKeyRing};
 
@@ -472,6 +472,39 @@ impl EventStore for HookedStore {
     ) -> Result<Vec<EventEnvelope>> {
         self.before("events_after").await?;
         self.inner.events_after(after, limit).await
+    }
+
+    async fn read_feed(
+        &self,
+        tenant: &TenantId,
+        after: FeedPosition,
+        limit: usize,
+    ) -> Result<Vec<FeedEvent>> {
+        self.before("read_feed").await?;
+        self.inner.read_feed(tenant, after, limit).await
+    }
+
+    async fn feed_head(&self, tenant: &TenantId) -> Result<FeedPosition> {
+        self.before("feed_head").await?;
+        self.inner.feed_head(tenant).await
+    }
+
+    async fn consumer_cursor(&self, tenant: &TenantId, name: &str) -> Result<Option<FeedPosition>> {
+        self.before("consumer_cursor").await?;
+        self.inner.consumer_cursor(tenant, name).await
+    }
+
+    async fn save_consumer_cursor(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        expected: Option<FeedPosition>,
+        to: FeedPosition,
+    ) -> Result<()> {
+        self.before("save_consumer_cursor").await?;
+        self.inner
+            .save_consumer_cursor(tenant, name, expected, to)
+            .await
     }
 }
 

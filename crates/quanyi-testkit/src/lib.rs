@@ -51,6 +51,8 @@ macro_rules! storage_conformance {
             job_enqueue_is_idempotent,
             jobs_are_claimed_only_by_kinds_the_worker_runs,
             claims_are_taken_once_with_the_sale,
+            the_feed_is_gap_free_under_concurrent_writers,
+            consumer_cursors_move_by_compare_and_swap,
             racing_placements_with_one_claim_place_one_order,
             key_ring_versions_and_use_limit,
             reseal_replaces_ciphertext,
@@ -95,7 +97,8 @@ macro_rules! shop_conformance {
             expiry_and_cancel_write_the_order_and_release_together,
             sweeps_run_once_per_period_with_two_workers,
             a_worker_leaves_job_kinds_it_does_not_run,
-            a_placement_retried_with_its_key_is_one_order
+            a_placement_retried_with_its_key_is_one_order,
+            a_restarted_consumer_resumes_at_its_cursor
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -47,6 +47,8 @@ pub struct JobRun {
     /// Sweep periods this pass enqueued (a period another process enqueued first is not
     /// counted); see [`Sweep`].
     pub sweeps_scheduled: usize,
+    /// Events the registered consumers handled in the pass (see [`crate::EventConsumer`]).
+    pub events_consumed: usize,
 }
 
 /// What a [`JobHandler`] made of a job it ran.

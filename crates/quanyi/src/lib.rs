@@ -2,6 +2,7 @@
 
 mod cards;
 mod catalog;
+mod consumers;
 mod error;
 mod events;
 mod fulfil;
@@ -16,6 +17,7 @@ mod supply;
 mod worker;
 
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
+pub use consumers::{ConsumerRun, EventConsumer, StartAt};
 pub use error::{Error, Result};
 pub use jobs::{
     DEFAULT_EXPIRY_SWEEP_SECONDS, EXPIRE_UNPAID_SWEEP, JobError, JobHandler, JobOutcome, JobRun,
@@ -45,7 +47,7 @@ pub use quanyi_goods::{
 pub use quanyi_order::{
     AttemptOutcome, Channel, LineAttempt, LineStatus, Order, OrderContext, OrderLine, OrderStatus,
 };
-pub use quanyi_storage::{Job, JobStatus, MemoryStore, StockCount, Store};
+pub use quanyi_storage::{FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, StockCount, Store};
 pub use quanyi_supplier::{
     Availability, BreakerConfig, RawCallback, Reconciliation, Supplier, SupplierId,
 };

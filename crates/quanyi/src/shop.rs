@@ -11,6 +11,7 @@ use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
 use quanyi_supplier::{BreakerConfig, Breakers, StockCache, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
+use crate::consumers::{Consumers, EventConsumer};
 use crate::jobs::{DEFAULT_EXPIRY_SWEEP_SECONDS, JobHandler, JobKinds, Sweep};
 use crate::memo::{GoodsMemo, PlacedOrders};
 use crate::{Error, PaymentGateway, Result};
@@ -53,6 +54,7 @@ pub struct ShopBuilder {
     job_handlers: Vec<Arc<dyn JobHandler>>,
     sweeps: Vec<Arc<dyn Sweep>>,
     expiry_every: Duration,
+    consumers: Vec<Arc<dyn EventConsumer>>,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -172,6 +174,13 @@ impl ShopBuilder {
         self
     }
 
+    /// Registers a durable consumer of the tenant's event feed, run by every worker pass (see
+    /// [`EventConsumer`]).
+    pub fn consumer(mut self, consumer: Arc<dyn EventConsumer>) -> Self {
+        self.consumers.push(consumer);
+        self
+    }
+
     /// Validates the settings and loads the root key.
     ///
     /// # Errors
@@ -215,6 +224,7 @@ impl ShopBuilder {
             }
         }
         let jobs = JobKinds::new(self.job_handlers, self.sweeps, self.expiry_every)?;
+        let consumers = Consumers::new(self.consumers)?;
         let root = self.keys.root_key()?;
         Ok(Shop {
             inner: Arc::new(Inner {
@@ -237,6 +247,7 @@ impl ShopBuilder {
                 goods_memo: GoodsMemo::default(),
                 placed: PlacedOrders::default(),
                 jobs,
+                consumers,
             }),
             tenant: self.tenant,
         })
@@ -273,6 +284,8 @@ pub(crate) struct Inner {
     pub(crate) placed: PlacedOrders,
     /// The job kinds and sweeps this shop runs.
     pub(crate) jobs: JobKinds,
+    /// The event consumers this shop runs.
+    pub(crate) consumers: Consumers,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -321,6 +334,7 @@ impl Shop {
             job_handlers: Vec::new(),
             sweeps: Vec::new(),
             expiry_every: Duration::seconds(DEFAULT_EXPIRY_SWEEP_SECONDS),
+            consumers: Vec::new(),
         }
     }
 

@@ -55,7 +55,8 @@ impl Worker {
 
     /// One pass: refreshes stale supplier stock figures, re-indexes up to 8 batches' worth of
     /// card keys when any are left under an older scheme, enqueues the current period of every
-    /// sweep (once per period per process), then claims due jobs and runs them.
+    /// sweep (once per period per process), claims due jobs and runs them, then runs the
+    /// registered event consumers ([`Shop::run_consumers`]) over a batch each.
     ///
     /// # Errors
     /// [`crate::Error::Storage`] when jobs cannot be claimed or recorded; [`crate::Error::Vault`]
@@ -69,8 +70,10 @@ impl Worker {
         };
         let sweeps_scheduled = self.shop.schedule_sweeps().await?;
         let mut run = self.shop.run_due_jobs(self.batch).await?;
+        let consumed = self.shop.run_consumers(self.batch * 8).await?;
         run.reindexed = reindexed;
         run.sweeps_scheduled = sweeps_scheduled;
+        run.events_consumed = consumed.handled;
         Ok(run)
     }
 
@@ -81,7 +84,9 @@ impl Worker {
         tokio::pin!(shutdown);
         loop {
             let busy = match self.run_once().await {
-                Ok(run) => run.done + run.retried + run.dead + run.reindexed > 0,
+                Ok(run) => {
+                    run.done + run.retried + run.dead + run.reindexed + run.events_consumed > 0
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "worker pass failed");
                     false
