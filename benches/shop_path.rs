@@ -51,7 +51,7 @@ impl Path {
 
     /// Imports keys, untimed, `chunk` lines per call, until at least `target` are available.
     pub(crate) async fn stock_up(&self, target: u64, chunk: u64) {
-        let mut available = self.shop.stock(self.sku).await.unwrap().available;
+        let mut available = self.shop.stock().count(self.sku).await.unwrap().available;
         while available < target {
             let n = chunk.min(target - available);
             let first = self.next_code.fetch_add(n, Ordering::Relaxed);

@@ -215,7 +215,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     bar.finish();
     std::fs::write(&args.report, &report)?;
-    let stock = shop.stock(sku).await?;
+    let stock = shop.stock().count(sku).await?;
     println!(
         "imported {imported}, duplicates {duplicates}, malformed {malformed} in {:.1} s; {} available for {sku}",
         started.elapsed().as_secs_f64(),

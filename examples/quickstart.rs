@@ -2,7 +2,8 @@
 //! a batch of keys is imported (with a duplicate and a malformed line), a member buys two, the
 //! payment notice arrives twice, the keys are delivered and revealed to the buyer, a second
 //! member is refused more than is left, and an unpaid order expires and gives its keys back.
-//! A placement retried with its idempotency key answers the first order.
+//! A placement retried with its idempotency key answers the first order, and an operator
+//! searches the orders and finds a card by its code (shown masked).
 //!
 //! Run it with `cargo run --example quickstart`, or on a durable store with
 //! `-- --store sqlite:/tmp/qs.db` or `-- --store postgres:postgres://postgres@127.0.0.1:5432/test`.
@@ -98,7 +99,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             "A SECOND ORDER"
         }
     );
-    println!("stock: {}", stock_line(shop.stock(sku).await?));
+    println!("stock: {}", stock_line(shop.stock().count(sku).await?));
 
     let notice = PaymentNotification {
         provider: "alipay".into(),
@@ -137,7 +138,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Err(e) => println!("mallory asks for the same keys: refused ({})", e.code()),
         Ok(_) => return Err("another member saw alice's keys".into()),
     }
-    println!("stock: {}", stock_line(shop.stock(sku).await?));
+    println!("stock: {}", stock_line(shop.stock().count(sku).await?));
 
     println!("\n-- bob wants 4, but 3 are left --");
     let bob = MemberId::new("bob")?;
@@ -147,7 +148,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     println!(
         "stock: {} (nothing reserved)",
-        stock_line(shop.stock(sku).await?)
+        stock_line(shop.stock().count(sku).await?)
     );
 
     println!("\n-- carol orders 2 and never pays --");
@@ -156,7 +157,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!(
         "order {} placed; stock: {}",
         unpaid.id(),
-        stock_line(shop.stock(sku).await?)
+        stock_line(shop.stock().count(sku).await?)
     );
     clock.advance(chrono::Duration::minutes(DEFAULT_RESERVATION_TTL_MINUTES));
     println!("(the clock moves on {DEFAULT_RESERVATION_TTL_MINUTES} minutes)");
@@ -171,8 +172,26 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     println!(
         "stock: {} (keys back in stock)",
-        stock_line(shop.stock(sku).await?)
+        stock_line(shop.stock().count(sku).await?)
     );
+
+    println!("\n-- an operator looks things up --");
+    let support = Actor::new("lin", "support")?;
+    let expired = OrderQuery::new().status(OrderStatus::Expired);
+    let page = shop.orders().search(&support, &expired, None, 10).await?;
+    for order in &page.orders {
+        println!(
+            "  expired: order {} of {} ({} line(s), {})",
+            order.id(),
+            order.member(),
+            order.lines().len(),
+            order.context().channel.as_str()
+        );
+    }
+    let asked = CardKey::new(CardCode::new("vip-month-0002-cd34")?, None);
+    if let Some(card) = shop.stock().find_card(&support, &asked).await? {
+        println!("  card {} is {:?}", card.masked, card.state);
+    }
 
     println!("\n-- audit log (newest first) --");
     for record in shop.audit_log(10).await? {

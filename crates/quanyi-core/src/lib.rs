@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(clippy::float_arithmetic)]
 
+mod actor;
 mod clock;
 mod error;
 mod event;
@@ -8,6 +9,7 @@ mod id;
 mod money;
 pub mod text;
 
+pub use actor::{Actor, MAX_ACTOR_NAME, MAX_ROLE};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ErrorKind;
 pub use event::{DomainEvent, EventEnvelope, Payload};

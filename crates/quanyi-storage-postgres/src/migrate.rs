@@ -38,10 +38,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "event_feed",
         include_str!("../migrations/0007_event_feed.sql"),
     ),
+    (
+        8,
+        "order_search",
+        include_str!("../migrations/0008_order_search.sql"),
+    ),
 ];
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

@@ -8,7 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
-use quanyi_storage::{Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
+use quanyi_storage::{
+    Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderCursor, OrderQuery, OrderStore,
+    Result, search_in_pages,
+};
 use uuid::Uuid;
 
 use crate::codec::{
@@ -29,7 +32,8 @@ use crate::{Conn, PgStore};
 /// $6 version, $7 doc, $8 line numbers, $9 line SKUs, $10 line quantities, $11..$15 events,
 /// $16 reservation SKUs, $17 quantities, $18 now, $19 limit SKUs, $20 limits, $21 requested,
 /// $22 whether the call is well formed, $23 the order's updated_at, $24 and $25 the goods the
-/// order was priced from and their versions (checked against the statement's snapshot).
+/// order was priced from and their versions (checked against the statement's snapshot), $26 the
+/// order's placement time (`placed_at`).
 ///
 /// Two shapes: with member limits, and without (most orders), which leaves the member count
 /// out of the statement, since the server sets up every part of a statement on every call; that
@@ -65,12 +69,12 @@ fn place_sql(with_limits: bool) -> String {
                    AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v), \
          new_order AS ( \
              INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at, \
-                                 line_skus, line_qtys) \
+                                 line_skus, line_qtys, placed_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $23, \
                     ARRAY(SELECT u.sku FROM unnest($8::integer[], $9::uuid[]) AS u(no, sku) \
                           ORDER BY u.no), \
                     ARRAY(SELECT u.qty FROM unnest($8::integer[], $10::bigint[]) AS u(no, qty) \
-                          ORDER BY u.no) \
+                          ORDER BY u.no), $26 \
              FROM ok WHERE ok.v \
              RETURNING 1 \
          ), \
@@ -171,6 +175,49 @@ const UPDATED: &str = "SELECT doc FROM orders \
      WHERE tenant = $1 AND updated_at >= $2 AND updated_at < $3 \
        AND (updated_at, id) > ($4, $5) \
      ORDER BY updated_at, id LIMIT $6";
+/// An operator's search, newest first: $1 tenant, $2 member, $3 and $4 the placement window,
+/// $5 and $6 the cursor (placement time and id), $7 statuses (none: any), $8 a SKU the order
+/// must have a line of (null: any), $9 limit. Two shapes: by member (`orders_member`, the
+/// member's orders then sorted) and without (`orders_placed`, read backwards); the rest of a
+/// query is checked on the decoded orders.
+pub(crate) const SEARCH: [&str; 2] = [
+    "SELECT doc FROM orders \
+     WHERE tenant = $1 AND $2::text IS NULL AND placed_at >= $3 AND placed_at < $4 \
+       AND (placed_at, id) < ($5, $6) \
+       AND (cardinality($7::text[]) = 0 OR status = ANY($7)) \
+       AND ($8::uuid IS NULL OR $8 = ANY(line_skus)) \
+     ORDER BY placed_at DESC, id DESC LIMIT $9",
+    "SELECT doc FROM orders \
+     WHERE tenant = $1 AND member = $2 AND placed_at >= $3 AND placed_at < $4 \
+       AND (placed_at, id) < ($5, $6) \
+       AND (cardinality($7::text[]) = 0 OR status = ANY($7)) \
+       AND ($8::uuid IS NULL OR $8 = ANY(line_skus)) \
+     ORDER BY placed_at DESC, id DESC LIMIT $9",
+];
+
+/// An instant as [`micros`] stores it, or the nearest a column can hold: a search bound far
+/// outside the stored range holds every stored order on its side.
+fn clamped(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+        .checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(i64::from(t.timestamp_subsec_micros())))
+        .unwrap_or(if t.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
+}
+
+/// [`clamped`], rounded up to a whole microsecond.
+fn ceil_micros(t: DateTime<Utc>) -> i64 {
+    let us = clamped(t);
+    if t.timestamp_subsec_nanos() % 1_000 == 0 {
+        us
+    } else {
+        us.saturating_add(1)
+    }
+}
+
 const UNPAID_DUE: &str = "SELECT tenant, id FROM orders \
      WHERE status = 'awaiting_payment' AND expires_at <= $1 \
      ORDER BY expires_at, tenant, id LIMIT $2";
@@ -509,6 +556,7 @@ pub(crate) struct PlaceRequest {
     version: i64,
     doc: String,
     updated: i64,
+    placed: i64,
     now: i64,
     nos: Vec<i32>,
     line_skus: Vec<Uuid>,
@@ -574,6 +622,7 @@ impl PlaceRequest {
             version: to_i64(order.version(), "order version")?,
             doc: to_json(order, "order")?,
             updated: micros(order.updated_at()),
+            placed: micros(quanyi_storage::placed_at(order)),
             now: micros(now),
             nos,
             line_skus,
@@ -656,6 +705,7 @@ struct PlaceColumns<'a> {
     versions: Vec<i64>,
     docs: Vec<&'a str>,
     updated: Vec<i64>,
+    placed: Vec<i64>,
     line_k: Vec<i64>,
     nos: Vec<i32>,
     line_skus: Vec<Uuid>,
@@ -681,6 +731,7 @@ impl<'a> PlaceColumns<'a> {
             c.versions.push(r.version);
             c.docs.push(&r.doc);
             c.updated.push(r.updated);
+            c.placed.push(r.placed);
             c.line_k.extend(std::iter::repeat_n(k, r.nos.len()));
             c.nos.extend(&r.nos);
             c.line_skus.extend(&r.line_skus);
@@ -707,12 +758,13 @@ impl<'a> PlaceColumns<'a> {
 /// $1..$8 per request: tenant, id, member, status, expires_at, version, doc, updated_at;
 /// $9 now (the earliest of the calls'); lines $10 request, $11 no, $12 SKU, $13 quantity; events $14 request, $15..$19
 /// id, tenant, aggregate type, aggregate id, doc; reservations $20 request, $21 SKU,
-/// $22 quantity; goods $23 request, $24 id, $25 version.
+/// $22 quantity; goods $23 request, $24 id, $25 version; $26 per request: placement time.
 pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
     "WITH o AS ( \
          SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
-                              $6::bigint[], $7::text[], $8::bigint[]) \
-              WITH ORDINALITY AS o(tenant, id, member, status, expires_at, version, doc, updated_at, k)), \
+                              $6::bigint[], $7::text[], $8::bigint[], $26::bigint[]) \
+              WITH ORDINALITY AS o(tenant, id, member, status, expires_at, version, doc, updated_at, \
+                                   placed_at, k)), \
      checked AS ( \
          SELECT o.k, o.tenant, \
                 (SELECT EXISTS (SELECT 1 FROM orders x WHERE x.tenant = o.tenant AND x.id = o.id)) AS stored, \
@@ -765,9 +817,9 @@ pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
          GROUP BY l.k), \
      new_orders AS ( \
          INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at, \
-                             line_skus, line_qtys) \
+                             line_skus, line_qtys, placed_at) \
          SELECT o.tenant, o.id, o.member, o.status, o.expires_at, o.version, o.doc, o.updated_at, \
-                COALESCE(l.skus, '{}'), COALESCE(l.qtys, '{}') \
+                COALESCE(l.skus, '{}'), COALESCE(l.qtys, '{}'), o.placed_at \
          FROM o LEFT JOIN lines l ON l.k = o.k WHERE o.k IN (SELECT k FROM ok) ORDER BY o.k), \
      ev AS ( \
          INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
@@ -847,7 +899,7 @@ impl PgStore {
     /// One try of [`PLACE`], under the member's lock when it has limits.
     async fn place_once(&self, request: &PlaceRequest) -> Result<Vec<CardId>> {
         let r = request;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 26] = [
             &r.tenant,
             r.order.as_uuid(),
             &r.member,
@@ -882,6 +934,7 @@ impl PgStore {
             &r.updated,
             &r.goods_ids,
             &r.goods_versions,
+            &r.placed,
         ];
         let lock_key =
             (!r.limits.is_empty()).then(|| format!("{}:{}:{}", self.schema(), r.tenant, r.member));
@@ -929,7 +982,7 @@ impl PgStore {
         let c = PlaceColumns::new(requests);
         // A reservation counts as lapsed only if it had lapsed at every call's own time.
         let now = requests.iter().map(|r| r.now).min().unwrap_or(0);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 26] = [
             &c.tenants,
             &c.ids,
             &c.members,
@@ -955,6 +1008,7 @@ impl PgStore {
             &c.goods_k,
             &c.goods_ids,
             &c.goods_versions,
+            &c.placed,
         ];
         let rows = self.batch_rows(&PLACE_BATCH, &params).await?;
         rows.iter()
@@ -1092,6 +1146,56 @@ impl OrderStore for PgStore {
         rows.iter()
             .map(|r| from_json(get::<&str>(r, 0)?, "order"))
             .collect()
+    }
+
+    async fn search_orders(
+        &self,
+        tenant: &TenantId,
+        query: &OrderQuery,
+        after: Option<OrderCursor>,
+        max: usize,
+    ) -> Result<Vec<Order>> {
+        let member = query.member.as_ref().map(MemberId::as_str);
+        // Placement times are whole microseconds: at or after `from` is at or after its next
+        // whole microsecond, and before `before` likewise.
+        let from = query.placed_from.map_or(i64::MIN, ceil_micros);
+        let before = query.placed_before.map_or(i64::MAX, ceil_micros);
+        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+        let sku = query.sku.map(|s| *s.as_uuid());
+        let sql = SEARCH[usize::from(member.is_some())];
+        search_in_pages(query, after, max, |cursor, n| {
+            let (at, id) = match cursor {
+                Some(c) => (clamped(c.placed_at_micros()), *c.id.as_uuid()),
+                None => (i64::MAX, Uuid::max()),
+            };
+            let statuses = &statuses;
+            async move {
+                let conn = self.conn().await?;
+                let stmt = conn.prepare(sql).await?;
+                let rows = conn
+                    .client()
+                    .query(
+                        &stmt,
+                        &[
+                            &tenant.as_str(),
+                            &member,
+                            &from,
+                            &before,
+                            &at,
+                            &id,
+                            statuses,
+                            &sku,
+                            &limit(n),
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                rows.iter()
+                    .map(|r| from_json(get::<&str>(r, 0)?, "order"))
+                    .collect()
+            }
+        })
+        .await
     }
 
     async fn unpaid_orders_due(

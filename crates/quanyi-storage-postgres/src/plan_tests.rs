@@ -124,6 +124,8 @@ async fn hot_statements_plan_index_lookups_with_statistics() {
                 ),
                 ("record batch".into(), crate::payments::RECORD_BATCH.clone()),
                 ("claim due jobs".into(), crate::jobs::CLAIM_DUE.clone()),
+                ("search".into(), crate::orders::SEARCH[0].to_owned()),
+                ("search by member".into(), crate::orders::SEARCH[1].to_owned()),
             ];
             for shape in crate::payments::RecordShape::ALL {
                 statements.push((

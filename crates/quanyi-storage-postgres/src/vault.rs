@@ -735,6 +735,23 @@ impl VaultStore for PgStore {
         row.as_ref().map(stored_card).transpose()
     }
 
+    async fn card_by_index(
+        &self,
+        tenant: &TenantId,
+        index: &BlindIndex,
+    ) -> Result<Option<StoredCard>> {
+        let conn = self.conn().await?;
+        let sql =
+            format!("SELECT {CARD_COLUMNS} FROM cards WHERE blind_index = $2 AND tenant = $1");
+        let stmt = conn.prepare(&sql).await?;
+        let row = conn
+            .client()
+            .query_opt(&stmt, &[&tenant.as_str(), &index.as_bytes().as_slice()])
+            .await
+            .map_err(db)?;
+        row.as_ref().map(stored_card).transpose()
+    }
+
     async fn stock(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Result<StockCount> {
         let conn = self.conn().await?;
         let stmt = conn.prepare(STOCK).await?;

@@ -1100,6 +1100,10 @@ async fn migrate_v4_data(through_5: bool) {
     let buyer = member("regular");
     let (unpaid, unpaid_events) = order(&goods, &buyer, 1);
     let unpaid_events = envelopes(&unpaid, &unpaid_events);
+    // Placed at a time finer than a microsecond (and holding no card): migration 8 keeps its
+    // placement time to the microsecond, as the store does.
+    let fine = t0() + Span::nanoseconds(123_456_789);
+    let (finer, _) = fixtures::order_at(&goods, &member("finer"), 1, fine);
     let (placed, placed_events) = order(&goods, &buyer, 2);
     let applied = test_notice(&placed, "txn-v4", NoticeDisposition::Applied);
     let (paid, paid_events) = fixtures::paid_by(&placed, &applied);
@@ -1107,6 +1111,7 @@ async fn migrate_v4_data(through_5: bool) {
     placed_events.extend(paid_events);
     v4_order(&admin, &schema, &unpaid, &unpaid_events).await;
     v4_order(&admin, &schema, &paid, &placed_events).await;
+    v4_order(&admin, &schema, &finer, &[]).await;
     old_notice(&admin, &schema, &applied).await;
     let old = cards(sku, 6);
     let gone = t0() + Span::seconds(3);
@@ -1281,6 +1286,39 @@ async fn migrate_v4_data(through_5: bool) {
     );
     assert_eq!(stock(later).await, (0, 0, 5));
     assert_eq!(store.release_cards(&tenant, unpaid.id()).await.unwrap(), 0);
+
+    // Migration 8 gave every old order its placement time: searches find them by it.
+    let micro = t0() + Span::nanoseconds(123_456_000);
+    let old_ids = [unpaid.id(), paid.id(), finer.id()];
+    let mut at_t0 = vec![unpaid.id(), paid.id()];
+    at_t0.sort_by(|a, b| b.cmp(a));
+    let search = |query: quanyi_storage::OrderQuery| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        async move {
+            store
+                .search_orders(&tenant, &query, None, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(Order::id)
+                .filter(|id| old_ids.contains(id))
+                .collect::<Vec<_>>()
+        }
+    };
+    let q = quanyi_storage::OrderQuery::new;
+    assert_eq!(
+        search(q().placed_between(micro, micro + Span::microseconds(1))).await,
+        vec![finer.id()]
+    );
+    assert_eq!(
+        search(q().placed_between(t0(), t0() + Span::microseconds(1))).await,
+        at_t0
+    );
+    let mut all = vec![finer.id()];
+    all.extend(&at_t0);
+    assert_eq!(search(q()).await, all);
+    assert_eq!(search(q().member(buyer.clone()).sku(sku)).await, at_t0);
 
     // The gap-free feed (migration 7) holds the old rows first, in write order, then the new.
     let mut old_ids: Vec<_> = unpaid_events.iter().map(|e| e.id).collect();

@@ -685,6 +685,25 @@ impl VaultStore for SqliteStore {
             .await
     }
 
+    async fn card_by_index(
+        &self,
+        tenant: &TenantId,
+        index: &BlindIndex,
+    ) -> Result<Option<StoredCard>> {
+        let tenant = tenant.as_str().to_owned();
+        let index = index.as_bytes().to_vec();
+        self.pool
+            .read(move |tx| {
+                let mut cards = cards_where(
+                    tx,
+                    "tenant = ?1 AND blind_index = ?2",
+                    params![tenant, index],
+                )?;
+                Ok(cards.pop())
+            })
+            .await
+    }
+
     async fn stock(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Result<StockCount> {
         let tenant = tenant.as_str().to_owned();
         let now = ts(now)?;

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_lean_order_path.sql"),
     include_str!("../migrations/0005_sale_claims.sql"),
     include_str!("../migrations/0006_event_consumers.sql"),
+    include_str!("../migrations/0007_order_search.sql"),
 ];
 
 /// The schema version this build writes and reads.

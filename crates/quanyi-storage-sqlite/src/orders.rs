@@ -5,7 +5,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
-use quanyi_storage::{Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderStore, Result};
+use quanyi_storage::{
+    Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderCursor, OrderQuery, OrderStore,
+    Result, search_in_pages,
+};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
@@ -26,6 +29,8 @@ pub(crate) struct OrderRow {
     expires_at: i64,
     version: u64,
     updated_at: i64,
+    /// `Order::created_at`, for searches.
+    placed_at: i64,
     doc: String,
     /// Each line's SKU and quantity, as [`encode_lines`] writes them.
     lines: Vec<u8>,
@@ -70,6 +75,7 @@ pub(crate) fn order_row(order: &Order) -> Result<OrderRow> {
         expires_at: ts(order.expires_at())?,
         version: order.version(),
         updated_at: ts(order.updated_at())?,
+        placed_at: ts(quanyi_storage::placed_at(order))?,
         doc: to_doc(order, "order")?,
         lines: encode_lines(order),
     })
@@ -198,8 +204,8 @@ fn member_quantity(tx: &Transaction<'_>, tenant: &str, member: &str, sku: SkuId)
 fn insert_order(tx: &Transaction<'_>, o: &OrderRow) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at,
-                             lines)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                             lines, placed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .db()?
     .execute(params![
@@ -211,10 +217,21 @@ fn insert_order(tx: &Transaction<'_>, o: &OrderRow) -> Result<()> {
         int(o.version, "order version")?,
         o.doc,
         o.updated_at,
-        o.lines
+        o.lines,
+        o.placed_at
     ])
     .db()?;
     Ok(())
+}
+
+/// An instant as [`ts`] stores it, or the nearest the column can hold: a search bound past
+/// 1677..2262 holds every stored order on its side.
+fn clamped(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 fn decode(doc: &str) -> Result<Order> {
@@ -438,6 +455,61 @@ impl OrderStore for SqliteStore {
                 docs.iter().map(|d| decode(d)).collect()
             })
             .await
+    }
+
+    async fn search_orders(
+        &self,
+        tenant: &TenantId,
+        query: &OrderQuery,
+        after: Option<OrderCursor>,
+        limit_to: usize,
+    ) -> Result<Vec<Order>> {
+        // The member and the time window narrow in SQL (through `orders_by_member` or
+        // `orders_placed`); the rest of the query is checked on the decoded orders.
+        let tenant = tenant.as_str().to_owned();
+        let member = query.member.as_ref().map(|m| m.as_str().to_owned());
+        let from = query.placed_from.map_or(i64::MIN, clamped);
+        let before = query.placed_before.map_or(i64::MAX, clamped);
+        search_in_pages(query, after, limit_to, |cursor, n| {
+            let (tenant, member) = (tenant.clone(), member.clone());
+            let (cursor_at, cursor_id) = match cursor {
+                Some(c) => (clamped(c.placed_at_micros()), c.id.as_bytes().to_vec()),
+                // Before everything: no id is 17 bytes of 0xff.
+                None => (i64::MAX, vec![0xff; 17]),
+            };
+            async move {
+                let n = limit(n);
+                self.pool
+                    .read(move |tx| {
+                        let sql = if member.is_some() {
+                            "SELECT doc FROM orders INDEXED BY orders_by_member
+                             WHERE tenant = ?1 AND member = ?2
+                               AND placed_at >= ?3 AND placed_at < ?4
+                               AND (placed_at < ?5 OR (placed_at = ?5 AND id < ?6))
+                             ORDER BY placed_at DESC, id DESC LIMIT ?7"
+                        } else {
+                            // ?2 (no member) keeps the parameters of both shapes alike.
+                            "SELECT doc FROM orders INDEXED BY orders_placed
+                             WHERE tenant = ?1 AND ?2 IS NULL
+                               AND placed_at >= ?3 AND placed_at < ?4
+                               AND (placed_at < ?5 OR (placed_at = ?5 AND id < ?6))
+                             ORDER BY placed_at DESC, id DESC LIMIT ?7"
+                        };
+                        let mut stmt = tx.prepare_cached(sql).db()?;
+                        let docs = stmt
+                            .query_map(
+                                params![tenant, member, from, before, cursor_at, cursor_id, n],
+                                |r| r.get::<_, String>(0),
+                            )
+                            .db()?
+                            .collect::<rusqlite::Result<Vec<String>>>()
+                            .db()?;
+                        docs.iter().map(|d| decode(d)).collect()
+                    })
+                    .await
+            }
+        })
+        .await
     }
 
     async fn unpaid_orders_due(

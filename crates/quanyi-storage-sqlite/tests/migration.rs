@@ -663,7 +663,10 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
     let placed_envs = fixtures::envelopes(&placed, &placed_events);
     let paid_notice = notice(&tenant, placed.id(), "txn-paid", placed.total());
     let (paid, paid_envs) = fixtures::paid_by(&placed, &paid_notice);
-    let (mut void, _) = fixtures::order(&goods, &bob, 1);
+    // Placed at a time finer than a microsecond: the migration keeps its placement time to
+    // the microsecond, as the store does.
+    let fine = t0() + Duration::nanoseconds(123_456_789);
+    let (mut void, _) = fixtures::order_at(&goods, &bob, 1, fine);
     void.expire(void.expires_at()).unwrap();
 
     let sold_at = t0() + Duration::minutes(1);
@@ -793,6 +796,39 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
             Some(order)
         );
     }
+    // Migration 7 gave every order its placement time: searches find them by it.
+    let micro = t0() + Duration::nanoseconds(123_456_000);
+    let search = |query: quanyi_storage::OrderQuery| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        async move {
+            store
+                .search_orders(&tenant, &query, None, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(Order::id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut at_t0 = vec![unpaid.id(), paid.id()];
+    at_t0.sort_by(|a, b| b.cmp(a));
+    let q = quanyi_storage::OrderQuery::new;
+    assert_eq!(
+        search(q().placed_between(micro, micro + Duration::microseconds(1))).await,
+        vec![void.id()]
+    );
+    assert_eq!(
+        search(q().placed_between(t0(), t0() + Duration::microseconds(1))).await,
+        at_t0
+    );
+    let mut all = vec![void.id()];
+    all.extend(&at_t0);
+    assert_eq!(search(q()).await, all);
+    assert_eq!(
+        search(q().member(bob.clone()).status(OrderStatus::Expired)).await,
+        vec![void.id()]
+    );
     for (card, _) in &cards {
         assert_eq!(
             store.card(&tenant, card.id).await.unwrap().as_ref(),

@@ -24,8 +24,8 @@ use smallvec::SmallVec;
 use crate::model::{
     AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, FeedEvent, FeedPosition,
     HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder,
-    NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed,
-    StockCount, StoredCard, check_consumer_name,
+    NoticeDisposition, OrderChange, OrderCursor, OrderQuery, PaymentNotice, PaymentWrite,
+    RecordOutcome, Reindexed, StockCount, StoredCard, check_consumer_name,
 };
 use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
@@ -1037,6 +1037,33 @@ impl OrderStore for MemoryStore {
         Ok(out.into_iter().take(limit).cloned().collect())
     }
 
+    async fn search_orders(
+        &self,
+        tenant: &TenantId,
+        query: &OrderQuery,
+        after: Option<OrderCursor>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        if !query.is_satisfiable() {
+            return Ok(Vec::new());
+        }
+        let s = self.state.lock();
+        let mut out: Vec<&Order> = s
+            .orders
+            .iter()
+            .filter(|((t, _), o)| {
+                t == tenant && query.matches(o) && after.is_none_or(|c| c.precedes(o))
+            })
+            .map(|(_, o)| &**o)
+            .collect();
+        out.sort_by_key(|o| std::cmp::Reverse((crate::placed_at(o), o.id())));
+        Ok(out
+            .into_iter()
+            .take(limit.min(crate::MAX_SEARCH_PAGE))
+            .cloned()
+            .collect())
+    }
+
     async fn unpaid_orders_due(
         &self,
         now: DateTime<Utc>,
@@ -1263,6 +1290,19 @@ impl VaultStore for MemoryStore {
             .cards
             .get(&id)
             .filter(|c| &c.tenant == tenant)
+            .cloned())
+    }
+
+    async fn card_by_index(
+        &self,
+        tenant: &TenantId,
+        index: &BlindIndex,
+    ) -> Result<Option<StoredCard>> {
+        let s = self.state.lock();
+        Ok(s.blind
+            .get(&(tenant.clone(), *index))
+            .and_then(|id| s.cards.get(id))
+            .filter(|c| &c.tenant == tenant && c.blind_index == *index)
             .cloned())
     }
 

@@ -397,6 +397,10 @@ pub enum AuditAction {
     SupplierDuplicate,
     /// A payment notice repeated a recorded transaction with another order or amount.
     NoticeConflict,
+    /// An operator searched the orders.
+    OrdersSearched,
+    /// An operator looked a card up by its code.
+    CardLookedUp,
 }
 
 /// Whether an audited action was allowed.
@@ -561,4 +565,180 @@ pub fn check_consumer_name(name: &str) -> crate::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The most orders one [`OrderStore::search_orders`](crate::OrderStore::search_orders) call
+/// returns.
+pub const MAX_SEARCH_PAGE: usize = 500;
+
+/// What an operator looks for among a tenant's orders: every criterion given must hold, and a
+/// query without criteria matches every order. Built with its methods
+/// (`OrderQuery::new().member(..).status(..)`); [`matches`](OrderQuery::matches) is the rule
+/// every store applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OrderQuery {
+    /// The buyer.
+    pub member: Option<quanyi_core::MemberId>,
+    /// Any of these statuses (none given: any status).
+    pub statuses: Vec<quanyi_order::OrderStatus>,
+    /// Placed at or after ([`placed_at`]).
+    pub placed_from: Option<DateTime<Utc>>,
+    /// Placed before.
+    pub placed_before: Option<DateTime<Utc>>,
+    /// With a line of this SKU.
+    pub sku: Option<SkuId>,
+    /// Placed through this channel (an order without a context was placed on the web).
+    pub channel: Option<quanyi_order::Channel>,
+}
+
+impl OrderQuery {
+    /// A query that matches every order.
+    pub fn new() -> Self {
+        OrderQuery::default()
+    }
+
+    /// Only this member's orders.
+    #[must_use]
+    pub fn member(mut self, member: quanyi_core::MemberId) -> Self {
+        self.member = Some(member);
+        self
+    }
+
+    /// Also orders in `status` (the first call narrows from any status to this one).
+    #[must_use]
+    pub fn status(mut self, status: quanyi_order::OrderStatus) -> Self {
+        if !self.statuses.contains(&status) {
+            self.statuses.push(status);
+        }
+        self
+    }
+
+    /// Only orders placed in `[from, before)`.
+    #[must_use]
+    pub fn placed_between(mut self, from: DateTime<Utc>, before: DateTime<Utc>) -> Self {
+        self.placed_from = Some(from);
+        self.placed_before = Some(before);
+        self
+    }
+
+    /// Only orders with a line of `sku`.
+    #[must_use]
+    pub fn sku(mut self, sku: SkuId) -> Self {
+        self.sku = Some(sku);
+        self
+    }
+
+    /// Only orders placed through `channel`.
+    #[must_use]
+    pub fn channel(mut self, channel: quanyi_order::Channel) -> Self {
+        self.channel = Some(channel);
+        self
+    }
+
+    /// Whether `order` meets every criterion (its tenant aside).
+    pub fn matches(&self, order: &Order) -> bool {
+        self.member.as_ref().is_none_or(|m| order.member() == m)
+            && (self.statuses.is_empty() || self.statuses.contains(&order.status()))
+            && self.placed_from.is_none_or(|t| placed_at(order) >= t)
+            && self.placed_before.is_none_or(|t| placed_at(order) < t)
+            && self
+                .sku
+                .is_none_or(|sku| order.lines().iter().any(|l| l.sku == sku))
+            && self
+                .channel
+                .as_ref()
+                .is_none_or(|c| order.context().channel == *c)
+    }
+
+    /// Whether the query can match anything: an empty time window cannot.
+    pub fn is_satisfiable(&self) -> bool {
+        match (self.placed_from, self.placed_before) {
+            (Some(from), Some(before)) => from < before,
+            _ => true,
+        }
+    }
+}
+
+/// An order's placement time as searches see it: `Order::created_at` to the microsecond, the
+/// precision every store keeps it at. Searches order by it and their windows compare it.
+pub fn placed_at(order: &Order) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    order.created_at().trunc_subsecs(6)
+}
+
+/// Where a page of [`OrderStore::search_orders`](crate::OrderStore::search_orders) ended: the
+/// last order's placement time and id. The next page starts after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OrderCursor {
+    /// [`placed_at`] of the last order of the page (compared to the microsecond).
+    pub placed_at: DateTime<Utc>,
+    /// Its id.
+    pub id: OrderId,
+}
+
+impl OrderCursor {
+    /// The cursor just past `order`.
+    pub fn after(order: &Order) -> Self {
+        OrderCursor {
+            placed_at: placed_at(order),
+            id: order.id(),
+        }
+    }
+
+    /// The cursor's placement time to the microsecond.
+    pub fn placed_at_micros(&self) -> DateTime<Utc> {
+        use chrono::SubsecRound;
+        self.placed_at.trunc_subsecs(6)
+    }
+
+    /// Whether `order` comes after this cursor in search order (newest first: placed earlier,
+    /// or at the same time with a smaller id).
+    pub fn precedes(&self, order: &Order) -> bool {
+        (placed_at(order), order.id()) < (self.placed_at_micros(), self.id)
+    }
+}
+
+/// Reads a page of a search from a store that can narrow by some criteria but not all:
+/// `fetch(after, n)` returns up to `n` orders in search order (newest first) after the cursor
+/// that match at least what the store can check; this keeps those that match the whole query
+/// and reads on until `limit` match or the store has no more.
+///
+/// # Errors
+/// What `fetch` returns.
+pub async fn search_in_pages<F, Fut>(
+    query: &OrderQuery,
+    after: Option<OrderCursor>,
+    limit: usize,
+    mut fetch: F,
+) -> crate::Result<Vec<Order>>
+where
+    F: FnMut(Option<OrderCursor>, usize) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<Vec<Order>>>,
+{
+    let limit = limit.min(MAX_SEARCH_PAGE);
+    let mut out = Vec::new();
+    if limit == 0 || !query.is_satisfiable() {
+        return Ok(out);
+    }
+    let chunk = limit.max(100);
+    let mut cursor = after;
+    loop {
+        let rows = fetch(cursor, chunk).await?;
+        let full = rows.len() == chunk;
+        if let Some(last) = rows.last() {
+            cursor = Some(OrderCursor::after(last));
+        }
+        for order in rows {
+            if query.matches(&order) {
+                out.push(order);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
 }

@@ -8,13 +8,13 @@ use quanyi_core::{
 };
 use quanyi_goods::Goods;
 use quanyi_order::Order;
-use quanyi_vault::{IndexScheme, KeyId, SealedCard, WrappedKeyRing};
+use quanyi_vault::{BlindIndex, IndexScheme, KeyId, SealedCard, WrappedKeyRing};
 
 use crate::Result;
 use crate::model::{
     AuditRecord, Claim, DestroyOutcome, FeedEvent, FeedPosition, HeldCard, IndexChange,
-    InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, NewOrder, OrderChange, PaymentNotice,
-    PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
+    InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, NewOrder, OrderChange, OrderCursor,
+    OrderQuery, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
 };
 
 /// Goods and their SKUs, stored as one versioned aggregate.
@@ -126,6 +126,19 @@ pub trait OrderStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Order>>;
 
+    /// Up to `limit` (at most [`MAX_SEARCH_PAGE`](crate::MAX_SEARCH_PAGE)) of a tenant's orders
+    /// that match `query` ([`OrderQuery::matches`]), newest first: by placement time
+    /// (`Order::created_at`), then id, both descending; after the cursor `after` when given.
+    /// An operator's order search; a query that cannot match (an empty time window) returns
+    /// nothing.
+    async fn search_orders(
+        &self,
+        tenant: &TenantId,
+        query: &OrderQuery,
+        after: Option<OrderCursor>,
+        limit: usize,
+    ) -> Result<Vec<Order>>;
+
     /// Orders of any tenant still awaiting payment whose deadline is at or before `now`, oldest
     /// deadline first.
     async fn unpaid_orders_due(
@@ -212,6 +225,15 @@ pub trait VaultStore: Send + Sync {
 
     /// One card by id.
     async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>>;
+
+    /// The tenant's card that holds `index` as its blind index, in any state (an operator's
+    /// lookup of a code: the caller computes the index of the code under each scheme it
+    /// accepts).
+    async fn card_by_index(
+        &self,
+        tenant: &TenantId,
+        index: &BlindIndex,
+    ) -> Result<Option<StoredCard>>;
 
     /// Card stock of a SKU at `now`.
     async fn stock(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Result<StockCount>;

@@ -49,6 +49,8 @@ pub const CASES: &[&str] = &[
     "the_feed_is_gap_free_under_concurrent_writers",
     "consumer_cursors_move_by_compare_and_swap",
     "racing_placements_with_one_claim_place_one_order",
+    "operators_search_orders",
+    "cards_are_found_by_blind_index",
     "jobs_are_claimed_only_by_kinds_the_worker_runs",
     "key_ring_versions_and_use_limit",
     "reseal_replaces_ciphertext",
@@ -65,6 +67,7 @@ pub const CASES: &[&str] = &[
 
 mod keys;
 mod later;
+mod search;
 
 pub use keys::{
     a_destroyed_key_shreds_what_it_sealed, an_import_racing_a_rotation_never_stores_an_old_key,
@@ -74,6 +77,7 @@ pub use keys::{
 pub use later::{
     closing_an_unpaid_order_releases_its_cards, conflicting_notices_are_kept_for_reconciliation,
 };
+pub use search::{cards_are_found_by_blind_index, operators_search_orders};
 
 pub(crate) fn kind_of<T: std::fmt::Debug>(r: Result<T, Error>) -> quanyi_core::ErrorKind {
     match r {

@@ -93,7 +93,7 @@ pub async fn reopen_finds_everything(durable: Arc<dyn Durable>) {
         .expect("orders");
     let sold = first.order_cards(&tenant, paid.id()).await.expect("cards");
     let held = first.held_cards(&tenant, unpaid.id()).await.expect("held");
-    let stock = s1.stock(sku).await.expect("stock");
+    let stock = s1.stock().count(sku).await.expect("stock");
     let record = first
         .payment_notice(&tenant, "testpay", "txn-reopen")
         .await
@@ -126,7 +126,7 @@ pub async fn reopen_finds_everything(durable: Arc<dyn Durable>) {
         second.held_cards(&tenant, unpaid.id()).await.expect("held"),
         held
     );
-    assert_eq!(s2.stock(sku).await.expect("stock"), stock);
+    assert_eq!(s2.stock().count(sku).await.expect("stock"), stock);
     assert_eq!(
         second
             .payment_notice(&tenant, "testpay", "txn-reopen")
@@ -202,7 +202,7 @@ pub async fn two_shops_never_sell_a_key_twice(durable: Arc<dyn Durable>) {
         "a key was sold twice"
     );
     assert!(sold.iter().all(|c| codes.contains(c)));
-    let stock = b.stock(sku).await.expect("stock");
+    let stock = b.stock().count(sku).await.expect("stock");
     assert_eq!((stock.available, stock.reserved, stock.sold), (0, 0, 10));
 }
 
@@ -236,13 +236,13 @@ pub async fn retries_with_one_key_on_two_shops_place_one_order(durable: Arc<dyn 
         ids.insert(order.id());
     }
     assert_eq!(ids.len(), 1, "one order for one key");
-    let stock = b.stock(sku).await.expect("stock");
+    let stock = b.stock().count(sku).await.expect("stock");
     assert_eq!((stock.available, stock.reserved), (4, 1));
     let other =
         PlaceOrder::new(buyer, vec![CartLine::new(sku, 2)]).idempotency_key("checkout-7f3a");
     let err = a.place(other).await.expect_err("another request");
     assert_eq!(err.code(), "idempotency_conflict");
-    assert_eq!(b.stock(sku).await.expect("stock").reserved, 1);
+    assert_eq!(b.stock().count(sku).await.expect("stock").reserved, 1);
 }
 
 /// A notice applied by one shop is a no-op on the other, also when both get it at once.
@@ -268,7 +268,7 @@ pub async fn a_notice_applied_by_one_shop_is_a_no_op_on_the_other(durable: Arc<d
         .expect("repeat");
     assert!(again.repeated);
     assert_eq!(again.order, first.order);
-    assert_eq!(b.stock(sku).await.expect("stock").sold, 1);
+    assert_eq!(b.stock().count(sku).await.expect("stock").sold, 1);
 
     let second = b
         .place_order(&buyer, &[CartLine::new(sku, 2)])
@@ -286,6 +286,6 @@ pub async fn a_notice_applied_by_one_shop_is_a_no_op_on_the_other(durable: Arc<d
     );
     assert_eq!(x.order.status(), OrderStatus::Delivered);
     assert_eq!(y.order.status(), OrderStatus::Delivered);
-    let stock = a.stock(sku).await.expect("stock");
+    let stock = a.stock().count(sku).await.expect("stock");
     assert_eq!((stock.available, stock.sold), (1, 3));
 }

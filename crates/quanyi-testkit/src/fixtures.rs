@@ -100,6 +100,16 @@ pub fn first_sku(goods: &Goods) -> SkuId {
 
 /// An unpaid order for `quantity` of the goods' first SKU, due 15 minutes after [`t0`].
 pub fn order(goods: &Goods, member: &MemberId, quantity: u32) -> (Order, Vec<OrderEvent>) {
+    order_at(goods, member, quantity, t0())
+}
+
+/// [`order`] placed at `at`, due 15 minutes later.
+pub fn order_at(
+    goods: &Goods,
+    member: &MemberId,
+    quantity: u32,
+    at: DateTime<Utc>,
+) -> (Order, Vec<OrderEvent>) {
     let sku = &goods.skus()[0];
     let line = NewLine {
         sku: sku.id,
@@ -117,8 +127,8 @@ pub fn order(goods: &Goods, member: &MemberId, quantity: u32) -> (Order, Vec<Ord
         goods.tenant().clone(),
         member.clone(),
         vec![line],
-        t0(),
-        t0() + Duration::minutes(15),
+        at,
+        at + Duration::minutes(15),
     )
     .expect("fixture orders are valid")
 }

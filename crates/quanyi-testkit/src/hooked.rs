@@ -222,6 +222,17 @@ impl OrderStore for HookedStore {
             .await
     }
 
+    async fn search_orders(
+        &self,
+        tenant: &TenantId,
+        query: &quanyi_storage::OrderQuery,
+        after: Option<quanyi_storage::OrderCursor>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        self.before("search_orders").await?;
+        self.inner.search_orders(tenant, query, after, limit).await
+    }
+
     async fn unpaid_orders_due(
         &self,
         now: DateTime<Utc>,
@@ -305,6 +316,15 @@ impl VaultStore for HookedStore {
     async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>> {
         self.before("card").await?;
         self.inner.card(tenant, id).await
+    }
+
+    async fn card_by_index(
+        &self,
+        tenant: &TenantId,
+        index: &quanyi_vault::BlindIndex,
+    ) -> Result<Option<StoredCard>> {
+        self.before("card_by_index").await?;
+        self.inner.card_by_index(tenant, index).await
     }
 
     async fn stock(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> Result<StockCount> {

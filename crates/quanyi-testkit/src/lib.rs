@@ -54,6 +54,8 @@ macro_rules! storage_conformance {
             the_feed_is_gap_free_under_concurrent_writers,
             consumer_cursors_move_by_compare_and_swap,
             racing_placements_with_one_claim_place_one_order,
+            operators_search_orders,
+            cards_are_found_by_blind_index,
             key_ring_versions_and_use_limit,
             reseal_replaces_ciphertext,
             tenants_are_isolated,
@@ -98,7 +100,8 @@ macro_rules! shop_conformance {
             sweeps_run_once_per_period_with_two_workers,
             a_worker_leaves_job_kinds_it_does_not_run,
             a_placement_retried_with_its_key_is_one_order,
-            a_restarted_consumer_resumes_at_its_cursor
+            a_restarted_consumer_resumes_at_its_cursor,
+            operators_search_orders_and_find_cards
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

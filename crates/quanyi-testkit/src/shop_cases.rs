@@ -19,8 +19,11 @@ use quanyi_supplier::{ProductCode, SupplierId};
 use quanyi_vault::{CardCode, CardKey, KeyRing};
 
 use crate::fixtures::{self, t0};
+
+mod operators;
 use crate::hooked::HookedStore;
 use crate::supplier_sim::SimSupplier;
+pub use operators::operators_search_orders_and_find_cards;
 
 /// Every case name, in the order the macro generates them.
 pub const CASES: &[&str] = &[
@@ -36,6 +39,7 @@ pub const CASES: &[&str] = &[
     "a_worker_leaves_job_kinds_it_does_not_run",
     "a_placement_retried_with_its_key_is_one_order",
     "a_restarted_consumer_resumes_at_its_cursor",
+    "operators_search_orders_and_find_cards",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.
@@ -166,7 +170,7 @@ pub async fn invisible_variants_of_a_code_are_duplicates(store: Arc<dyn Store>) 
             .iter()
             .all(|d| d.of == DuplicateOf::Line(1))
     );
-    assert_eq!(shop.stock(sku).await.unwrap().available, 1);
+    assert_eq!(shop.stock().count(sku).await.unwrap().available, 1);
     // Within one file, too.
     let report = import(&shop, sku, &["NEW-0001", "NEW\u{200B}-0001", "ＮＥＷ-0001"]).await;
     assert_eq!(report.imported, 1);
@@ -178,7 +182,7 @@ pub async fn invisible_variants_of_a_code_are_duplicates(store: Arc<dyn Store>) 
             .collect::<Vec<_>>(),
         vec![(2, DuplicateOf::Line(1)), (3, DuplicateOf::Line(1))]
     );
-    assert_eq!(shop.stock(sku).await.unwrap().available, 2);
+    assert_eq!(shop.stock().count(sku).await.unwrap().available, 2);
 }
 
 /// Seals `codes` the way a shop of the legacy scheme did: sealed under the active key, indexed
@@ -330,7 +334,7 @@ pub async fn reindexing_moves_legacy_keys_and_resumes_after_a_stop(store: Arc<dy
     }
     assert_eq!(withdrawn, 2);
     // The pool sells what is left: 6 legacy codes and the plain one, less the two withdrawn.
-    assert_eq!(shop.stock(sku).await.unwrap().available, 7 + 1 - 2);
+    assert_eq!(shop.stock().count(sku).await.unwrap().available, 7 + 1 - 2);
     // Now every variant is found.
     let variants = [
         "LG-0001-PLAIN",
@@ -424,7 +428,7 @@ pub async fn a_destroyed_key_never_opens_again_in_any_shop(store: Arc<dyn Store>
         seller.reveal(&buyer, order.id()).await,
         Err(Error::RevealDenied)
     ));
-    assert_eq!(seller.stock(sku).await.unwrap().available, 0);
+    assert_eq!(seller.stock().count(sku).await.unwrap().available, 0);
     let card = rig
         .store
         .order_cards(&rig.tenant, order.id())
@@ -626,7 +630,7 @@ pub async fn a_supplier_card_already_held_fails_over_or_is_refunded(store: Arc<d
         2
     );
     // The codes already sold were not sold again.
-    assert_eq!(shop.stock(vault_sku).await.unwrap().sold, 2);
+    assert_eq!(shop.stock().count(vault_sku).await.unwrap().sold, 2);
 }
 
 /// A notice that repeats a recorded transaction id with another amount (or for another order)
@@ -685,7 +689,7 @@ pub async fn a_conflicting_repeat_notice_is_kept_for_reconciliation(store: Arc<d
         shop.order(other.id()).await.unwrap().status(),
         OrderStatus::AwaitingPayment
     );
-    assert_eq!(shop.stock(sku).await.unwrap().sold, 1);
+    assert_eq!(shop.stock().count(sku).await.unwrap().sold, 1);
     let audit = shop.audit_log(50).await.unwrap();
     assert_eq!(
         audit
@@ -751,7 +755,7 @@ pub async fn expiry_and_cancel_write_the_order_and_release_together(store: Arc<d
         OrderStatus::Expired
     );
     assert_eq!(holds(late.id()).await, 0);
-    let stock = shop.stock(sku).await.unwrap();
+    let stock = shop.stock().count(sku).await.unwrap();
     assert_eq!((stock.available, stock.reserved), (2, 0));
 }
 
@@ -815,7 +819,7 @@ pub async fn sweeps_run_once_per_period_with_two_workers(store: Arc<dyn Store>) 
         a.order(unpaid.id()).await.unwrap().status(),
         OrderStatus::Expired
     );
-    assert_eq!(a.stock(sku).await.unwrap().available, 1);
+    assert_eq!(a.stock().count(sku).await.unwrap().available, 1);
     // The next period runs once more.
     rig.clock.advance(Duration::minutes(1));
     for _ in 0..2 {
@@ -974,7 +978,7 @@ pub async fn a_placement_retried_with_its_key_is_one_order(store: Arc<dyn Store>
     let shown = format!("{stored:?}");
     assert!(!shown.contains("203.0.113.7") && !shown.contains("device-5c2e91f7"));
     assert!(shown.contains("203.0.113.*"));
-    let stock = a.stock(sku).await.unwrap();
+    let stock = a.stock().count(sku).await.unwrap();
     assert_eq!((stock.available, stock.reserved), (2, 1));
 
     // A value outside the fingerprint may change on a retry.
@@ -994,7 +998,7 @@ pub async fn a_placement_retried_with_its_key_is_one_order(store: Arc<dyn Store>
             other => panic!("expected idempotency_conflict, got {other:?}"),
         }
     }
-    assert_eq!(a.stock(sku).await.unwrap().reserved, 1);
+    assert_eq!(a.stock().count(sku).await.unwrap().reserved, 1);
     // Malformed keys and contexts are refused before anything is read.
     for key in ["", "has space", &"k".repeat(201)] {
         let bad = quanyi::PlaceOrder::new(member("ona"), vec![CartLine::new(sku, 1)])
@@ -1003,7 +1007,18 @@ pub async fn a_placement_retried_with_its_key_is_one_order(store: Arc<dyn Store>
     }
     let bad = quanyi::PlaceOrder::new(member("ona"), vec![CartLine::new(sku, 1)])
         .context(quanyi::OrderContext::default().user_agent("evil\u{0}agent"));
+    assert_eq!(a.quote(&bad).await.unwrap_err().code(), "invalid_context");
     assert_eq!(a.place(bad).await.unwrap_err().code(), "invalid_context");
+    // A quote takes the request a checkout places and writes nothing, key or not.
+    let asked = quanyi::PlaceOrder::new(member("ona"), vec![CartLine::new(sku, 2)])
+        .idempotency_key("ona-quote")
+        .context(context.clone());
+    let quote = a.quote(&asked).await.unwrap();
+    assert_eq!(quote.lines.len(), 1);
+    assert_eq!(quote.total, quote.lines[0].check.amount);
+    assert_eq!(quote.lines[0].check.quantity, 2);
+    assert_eq!(a.quote(&asked).await.unwrap().total, quote.total);
+    assert_eq!(a.stock().count(sku).await.unwrap().reserved, 1);
     // A refused placement keeps no record of its key: the retry is decided afresh.
     let big = quanyi::PlaceOrder::new(member("quinn"), vec![CartLine::new(sku, 3)])
         .idempotency_key("quinn-1");
@@ -1014,7 +1029,7 @@ pub async fn a_placement_retried_with_its_key_is_one_order(store: Arc<dyn Store>
     import(&a, sku, &["IDEM-0004"]).await;
     let placed = a.place(big.clone()).await.unwrap();
     assert_eq!(b.place(big).await.unwrap().id(), placed.id());
-    assert_eq!(a.stock(sku).await.unwrap().available, 0);
+    assert_eq!(a.stock().count(sku).await.unwrap().available, 0);
 }
 
 /// A consumer that records the events it handled.

@@ -252,11 +252,8 @@ impl Shop {
         Ok(report)
     }
 
-    /// Card-key stock of a SKU now.
-    ///
-    /// # Errors
-    /// [`Error::UnknownSku`]; [`Error::Storage`].
-    pub async fn stock(&self, sku: SkuId) -> Result<StockCount> {
+    /// Card-key stock of a SKU now ([`Stock::count`](crate::Stock::count)).
+    pub(crate) async fn stock_count(&self, sku: SkuId) -> Result<StockCount> {
         self.goods_of(sku).await?;
         Ok(self
             .store_ref()

@@ -9,6 +9,7 @@ mod fulfil;
 mod jobs;
 mod keys;
 mod memo;
+mod operators;
 mod payments;
 mod placement;
 mod sales;
@@ -24,6 +25,7 @@ pub use jobs::{
     MAX_JOB_ATTEMPTS, SWEEP_JOB_PREFIX, Sweep,
 };
 pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
+pub use operators::{FoundCard, OrderPage, Orders, Stock};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use placement::{MAX_IDEMPOTENCY_KEY, PLACEMENT_CLAIM_SCOPE, PlaceOrder};
 pub use sales::{
@@ -37,8 +39,8 @@ pub use supply::CallbackOutcome;
 pub use worker::Worker;
 
 pub use quanyi_core::{
-    CardId, Clock, Currency, Decimal, ErrorKind, EventEnvelope, GoodsId, ManualClock, MemberId,
-    Money, OrderId, Payload, Rounding, SkuId, SystemClock, TenantId, chrono,
+    Actor, CardId, Clock, Currency, Decimal, ErrorKind, EventEnvelope, GoodsId, ManualClock,
+    MemberId, Money, OrderId, Payload, Rounding, SkuId, SystemClock, TenantId, chrono,
 };
 pub use quanyi_goods::{
     AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, PurchaseLimits, Shelf,
@@ -47,7 +49,10 @@ pub use quanyi_goods::{
 pub use quanyi_order::{
     AttemptOutcome, Channel, LineAttempt, LineStatus, Order, OrderContext, OrderLine, OrderStatus,
 };
-pub use quanyi_storage::{FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, StockCount, Store};
+pub use quanyi_storage::{
+    CardState, FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, OrderCursor, OrderQuery,
+    StockCount, Store,
+};
 pub use quanyi_supplier::{
     Availability, BreakerConfig, RawCallback, Reconciliation, Supplier, SupplierId,
 };

@@ -109,7 +109,7 @@ impl PlaceOrder {
     }
 
     /// Checks the key and the context.
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if let Some(key) = &self.key {
             if key.is_empty()
                 || key.len() > MAX_IDEMPOTENCY_KEY

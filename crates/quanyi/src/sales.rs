@@ -13,7 +13,7 @@ use quanyi_storage::{
 };
 
 use crate::memo::PlacedOrder;
-use crate::placement::Idempotency;
+use crate::placement::{Idempotency, PlaceOrder};
 use crate::{Error, Result, Shop};
 
 /// The most lines a cart may have: an order's line limit ([`quanyi_order::MAX_LINES`]).
@@ -226,17 +226,23 @@ impl Shop {
         Ok(out)
     }
 
-    /// Prices a cart at list prices, checking every line as an order would (shelf, quantity,
-    /// per-order limits, top-up accounts, one currency). A cart of more than
+    /// Prices a placement request's cart as [`place`](Shop::place) would price it, checking
+    /// every line as an order would (shelf, quantity, per-order limits, top-up accounts, one
+    /// currency), and writes nothing. The request is the one a checkout will place (member,
+    /// cart, context), so prices that depend on who buys and from where quote alike; an
+    /// idempotency key on it is checked for form but takes no claim. A cart of more than
     /// [`MAX_CART_LINES`] lines or a quantity above [`MAX_LINE_QUANTITY`] is refused before
     /// anything is read.
     ///
     /// # Errors
     /// [`Error::EmptyCart`]; [`Error::CartTooLarge`]; [`Error::InvalidQuantity`]; [`Error::UnknownSku`];
-    /// [`Error::Goods`] (off shelf, limit, account); [`Error::CurrencyMismatch`]; [`Error::Money`].
-    pub async fn quote(&self, cart: &[CartLine]) -> Result<Quote> {
-        check_cart(cart)?;
-        self.price_cart(cart, &mut Pricing::fresh()).await
+    /// [`Error::Goods`] (off shelf, limit, account); [`Error::CurrencyMismatch`]; [`Error::Money`];
+    /// [`Error::InvalidInput`] for a malformed key; [`Error::Order`] (`invalid_context`) for a
+    /// malformed context.
+    pub async fn quote(&self, request: &PlaceOrder) -> Result<Quote> {
+        request.check()?;
+        check_cart(request.cart())?;
+        self.price_cart(request.cart(), &mut Pricing::fresh()).await
     }
 
     /// The goods of a SKU for pricing, noting the version it was priced from.

@@ -17,7 +17,7 @@ struct Snapshot {
 
 async fn snapshot(w: &World, sku: SkuId, buyer: &MemberId) -> Snapshot {
     Snapshot {
-        stock: w.shop.stock(sku).await.unwrap(),
+        stock: w.shop.stock().count(sku).await.unwrap(),
         orders: w
             .store
             .member_orders(w.shop.tenant(), buyer, 1000)
@@ -124,7 +124,7 @@ async fn refused_orders_change_nothing() {
             "{what} changed something"
         );
     }
-    assert_eq!(w.shop.stock(usd).await.unwrap().available, 2);
+    assert_eq!(w.shop.stock().count(usd).await.unwrap().available, 2);
 }
 
 #[tokio::test]
@@ -232,7 +232,7 @@ async fn malformed_imports_import_nothing_unless_asked() {
         }
         other => panic!("unexpected {other}"),
     }
-    assert_eq!(w.shop.stock(sku).await.unwrap().available, 0);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().available, 0);
     let report = w
         .shop
         .import_card_keys(sku, text, &ImportOptions::default(), BadLines::Skip)
@@ -322,7 +322,11 @@ async fn top_up_accounts_are_validated_before_anything_else() {
         let mut line = CartLine::new(sku, 1);
         line.account = account.map(str::to_owned);
         assert_eq!(
-            w.shop.quote(&[line.clone()]).await.unwrap_err().code(),
+            w.shop
+                .quote(&PlaceOrder::new(buyer.clone(), vec![line.clone()]))
+                .await
+                .unwrap_err()
+                .code(),
             code,
             "{account:?}"
         );
@@ -336,7 +340,11 @@ async fn top_up_accounts_are_validated_before_anything_else() {
         );
     }
     let good = CartLine::new(sku, 1).with_account("+86 138-0013-8000");
-    let quote = w.shop.quote(std::slice::from_ref(&good)).await.unwrap();
+    let quote = w
+        .shop
+        .quote(&PlaceOrder::new(buyer.clone(), vec![good.clone()]))
+        .await
+        .unwrap();
     assert_eq!(quote.lines[0].check.account.as_deref(), Some("13800138000"));
     // Top-ups are quoted, but this shop has no supplier to fulfil them yet.
     assert_eq!(
@@ -384,7 +392,10 @@ async fn cart_bounds_are_checked_before_anything_is_read() {
         ("100,000 lines", &huge, "cart_too_large"),
         ("quantity over the maximum", &over, "invalid_quantity"),
     ] {
-        let quoted = shop.quote(cart).await.unwrap_err();
+        let quoted = shop
+            .quote(&PlaceOrder::new(buyer.clone(), cart.clone()))
+            .await
+            .unwrap_err();
         assert_eq!(quoted.code(), code, "{what}: {quoted}");
         let placed = shop.place_order(&buyer, cart).await.unwrap_err();
         assert_eq!(placed.code(), code, "{what}: {placed}");
@@ -395,7 +406,10 @@ async fn cart_bounds_are_checked_before_anything_is_read() {
     let at_bounds: Vec<CartLine> = (0..MAX_CART_LINES)
         .map(|_| CartLine::new(sku, i64::from(MAX_LINE_QUANTITY)))
         .collect();
-    let quote = shop.quote(&at_bounds).await.unwrap();
+    let quote = shop
+        .quote(&PlaceOrder::new(buyer.clone(), at_bounds))
+        .await
+        .unwrap();
     assert_eq!(quote.lines.len(), MAX_CART_LINES);
     assert_eq!(
         quote.total,
@@ -416,7 +430,10 @@ async fn cart_bounds_are_checked_before_anything_is_read() {
     .await
     .unwrap();
     let err = shop
-        .quote(&[CartLine::new(dear, 2), CartLine::new(dear, 3)])
+        .quote(&PlaceOrder::new(
+            buyer.clone(),
+            vec![CartLine::new(dear, 2), CartLine::new(dear, 3)],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "amount_overflow", "{err}");

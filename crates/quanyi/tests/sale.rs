@@ -24,7 +24,7 @@ async fn a_paid_order_is_delivered_once_and_revealed_to_its_buyer() {
         .await
         .unwrap();
     assert_eq!(order.total(), Money::parse("60.00", Currency::CNY).unwrap());
-    let stock = w.shop.stock(sku).await.unwrap();
+    let stock = w.shop.stock().count(sku).await.unwrap();
     assert_eq!((stock.available, stock.reserved), (3, 2));
 
     let first = w
@@ -51,7 +51,7 @@ async fn a_paid_order_is_delivered_once_and_revealed_to_its_buyer() {
     assert!(got.iter().all(|c| codes.iter().any(|k| k == c)));
     // Oldest import first.
     assert!(got.contains(codes[0].as_str()) && got.contains(codes[1].as_str()));
-    let stock = w.shop.stock(sku).await.unwrap();
+    let stock = w.shop.stock().count(sku).await.unwrap();
     assert_eq!((stock.available, stock.reserved, stock.sold), (3, 0, 2));
 
     let names: Vec<String> = w
@@ -175,7 +175,7 @@ async fn an_unpaid_order_expires_and_its_keys_return() {
         .place_order(&buyer, &[CartLine::new(sku, 2)])
         .await
         .unwrap();
-    assert_eq!(w.shop.stock(sku).await.unwrap().available, 0);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().available, 0);
     assert_eq!(
         w.shop.expire_unpaid_orders().await.unwrap(),
         0,
@@ -188,7 +188,7 @@ async fn an_unpaid_order_expires_and_its_keys_return() {
         w.shop.order(order.id()).await.unwrap().status(),
         OrderStatus::Expired
     );
-    let stock = w.shop.stock(sku).await.unwrap();
+    let stock = w.shop.stock().count(sku).await.unwrap();
     assert_eq!((stock.available, stock.reserved), (2, 0));
     // A late payment is kept for reconciliation and delivers nothing.
     let err = w
@@ -203,7 +203,7 @@ async fn an_unpaid_order_expires_and_its_keys_return() {
         .await
         .unwrap();
     assert_eq!(kept.len(), 1);
-    assert_eq!(w.shop.stock(sku).await.unwrap().sold, 0);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().sold, 0);
     // Repeating it gives the same answer.
     let again = w
         .shop
@@ -268,7 +268,7 @@ async fn concurrent_identical_notices_apply_once() {
         }
     }
     assert_eq!(fresh, 1);
-    assert_eq!(w.shop.stock(sku).await.unwrap().sold, 2);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().sold, 2);
     let order = w.shop.order(order.id()).await.unwrap();
     assert_eq!(order.status(), OrderStatus::Delivered);
     // A second, different transaction for the same order is kept for reconciliation.
@@ -278,7 +278,7 @@ async fn concurrent_identical_notices_apply_once() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "not_payable");
-    assert_eq!(w.shop.stock(sku).await.unwrap().sold, 2);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().sold, 2);
 }
 
 #[tokio::test]
@@ -362,7 +362,7 @@ async fn a_paid_order_left_undelivered_is_delivered_by_the_job() {
         .await
         .unwrap();
     assert!(receipt.repeated);
-    assert_eq!(w.shop.stock(sku).await.unwrap().sold, 1);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().sold, 1);
 }
 
 #[tokio::test]
@@ -386,14 +386,14 @@ async fn cancelled_orders_release_and_refuse_payment() {
         .cancel_order(&buyer, order.id(), "changed my mind")
         .await
         .unwrap();
-    assert_eq!(w.shop.stock(sku).await.unwrap().available, 1);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().available, 1);
     let err = w
         .shop
         .confirm_payment(notice(&order, "txn-c"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "not_payable");
-    assert_eq!(w.shop.stock(sku).await.unwrap().available, 1);
+    assert_eq!(w.shop.stock().count(sku).await.unwrap().available, 1);
 }
 
 #[tokio::test]

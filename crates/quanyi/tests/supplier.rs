@@ -477,7 +477,7 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
             .iter()
             .all(|c| c.key.code.expose().starts_with("SIM-"))
     );
-    assert_eq!(shop.stock(sku).await.unwrap().sold, 2);
+    assert_eq!(shop.stock().count(sku).await.unwrap().sold, 2);
     // Availability is the supplier's figure, trusted while fresh, then asked again.
     assert_eq!(
         shop.availability(sku).await.unwrap(),
