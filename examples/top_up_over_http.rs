@@ -335,14 +335,14 @@ async fn main() -> AnyResult<()> {
             SkuDraft::new(instant, "50 yuan, instant", price)
                 .with_stock(StockSource::Supplier)
                 .with_routes(vec![
-                    SupplierRoute::new(gone_id.as_str(), TOP_UP_PRODUCT, cost),
-                    SupplierRoute::new(now_id.as_str(), TOP_UP_PRODUCT, cost),
+                    SupplierRoute::new(gone_id.clone(), ProductCode::new(TOP_UP_PRODUCT)?, cost),
+                    SupplierRoute::new(now_id.clone(), ProductCode::new(TOP_UP_PRODUCT)?, cost),
                 ]),
             SkuDraft::new(deferred, "50 yuan, within minutes", price)
                 .with_stock(StockSource::Supplier)
                 .with_routes(vec![SupplierRoute::new(
-                    later_id.as_str(),
-                    TOP_UP_PRODUCT,
+                    later_id.clone(),
+                    ProductCode::new(TOP_UP_PRODUCT)?,
                     cost,
                 )]),
         ],

@@ -29,6 +29,16 @@ impl IdError {
     pub fn kind(&self) -> ErrorKind {
         ErrorKind::Invalid
     }
+
+    /// What was being parsed (`supplier id`, `time zone`...).
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// The refused text, clipped and with control characters escaped.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 /// A new time-ordered UUID (version 7) from a timestamp and a random source.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use quanyi_core::{Currency, GoodsId, Money, SkuId, TenantId};
+use quanyi_core::{Currency, GoodsId, Money, ProductCode, SkuId, SupplierId, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, GoodsKind, KindTag, Result};
@@ -514,19 +514,19 @@ pub const MAX_ROUTES: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SupplierRoute {
     /// The supplier's id, as the shop registered it.
-    pub supplier: String,
+    pub supplier: SupplierId,
     /// The supplier's product code.
-    pub product: String,
+    pub product: ProductCode,
     /// The cost of one unit.
     pub cost: Money,
 }
 
 impl SupplierRoute {
     /// A route to `supplier`'s `product` at `cost` per unit.
-    pub fn new(supplier: impl Into<String>, product: impl Into<String>, cost: Money) -> Self {
+    pub fn new(supplier: SupplierId, product: ProductCode, cost: Money) -> Self {
         SupplierRoute {
-            supplier: supplier.into(),
-            product: product.into(),
+            supplier,
+            product,
             cost,
         }
     }
@@ -546,16 +546,6 @@ fn check_routes(
         return bad(format!("at most {MAX_ROUTES} routes"));
     }
     for (i, r) in routes.iter().enumerate() {
-        for text in [&r.supplier, &r.product] {
-            let printable = text.bytes().all(|b| b.is_ascii_graphic());
-            if text.is_empty() || text.len() > 64 || !printable {
-                return bad(format!(
-                    "route {}: ids are 1 to 64 printable ascii characters, got {}",
-                    i + 1,
-                    quanyi_core::text::clip(text)
-                ));
-            }
-        }
         if r.cost.currency() != currency || r.cost.is_negative() {
             return bad(format!(
                 "route {}: cost must be a non-negative {currency}",

@@ -15,6 +15,7 @@ const MAX_MEMBERSHIP_DAYS: u32 = 36_600;
 /// What is sold and how it is delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum GoodsKind {
     /// A redeemable code (卡密) taken from the vault or bought from a supplier.
     CardKey,

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use quanyi_core::{CardId, DomainEvent, MemberId, Money, OrderId, Payload};
+use quanyi_core::{CardId, DomainEvent, MemberId, Money, OrderId, Payload, SupplierId};
 use serde::{Deserialize, Serialize};
 
 /// What happened to an order. Events carry card ids, never card key text.
@@ -60,7 +60,7 @@ pub enum OrderEvent {
         /// The line number.
         line: u16,
         /// The supplier.
-        supplier: String,
+        supplier: SupplierId,
         /// pending, succeeded, definite or unknown.
         outcome: String,
     },

@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use quanyi_core::{CardId, Currency, GoodsId, MemberId, Money, OrderId, SkuId, TenantId};
+use quanyi_core::{
+    CardId, Currency, GoodsId, MemberId, Money, OrderId, RequestId, SkuId, SupplierId, TenantId,
+};
 use quanyi_goods::{KindTag, PurchaseCheck};
 use serde::{Deserialize, Serialize};
 
@@ -116,9 +118,9 @@ impl AttemptOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineAttempt {
     /// The supplier.
-    pub supplier: String,
+    pub supplier: SupplierId,
     /// Our request id (the supplier's idempotency key).
-    pub request: String,
+    pub request: RequestId,
     /// What became of it.
     pub outcome: AttemptOutcome,
     /// When the outcome was learned.

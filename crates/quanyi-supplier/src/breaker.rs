@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Duration, Utc};
 use parking_lot::Mutex;
 
-use crate::id::SupplierId;
+use quanyi_core::SupplierId;
 
 /// How a [`CircuitBreaker`] trips and recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -163,6 +163,13 @@ impl SupplierError {
     }
 }
 
+impl From<quanyi_core::IdError> for SupplierError {
+    /// A supplier id, product code or request id that failed to parse.
+    fn from(e: quanyi_core::IdError) -> Self {
+        SupplierError::invalid(e.what(), e.text())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

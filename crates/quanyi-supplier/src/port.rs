@@ -9,7 +9,7 @@ use quanyi_vault::CardKey;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::id::{ProductCode, RequestId, SupplierId};
+use quanyi_core::{ProductCode, RequestId, SupplierId};
 
 /// How many units a supplier can deliver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use quanyi_core::Money;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ProductCode, RequestId};
 use crate::port::{StatementRecord, StatementStatus};
+use quanyi_core::{ProductCode, RequestId};
 
 /// What we recorded for one settled supplier request. Resolve pending requests with
 /// [`Supplier::query`](crate::Supplier::query) before reconciling.

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::Breakers;
 use crate::error::{FailureOutcome, Result, SupplierError};
-use crate::id::{ProductCode, SupplierId};
 use crate::port::{RequestStatus, TopUpOutcome};
+use quanyi_core::{ProductCode, SupplierId};
 
 /// The most routes a plan may hold.
 pub const MAX_ROUTES: usize = 10;

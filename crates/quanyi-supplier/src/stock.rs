@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::id::{ProductCode, SupplierId};
 use crate::port::{Availability, SupplierStock};
 use crate::route::{Route, RoutePlan};
+use quanyi_core::{ProductCode, SupplierId};
 
 /// How current a cached stock figure is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -101,7 +101,8 @@ macro_rules! shop_conformance {
             a_worker_leaves_job_kinds_it_does_not_run,
             a_placement_retried_with_its_key_is_one_order,
             a_restarted_consumer_resumes_at_its_cursor,
-            operators_search_orders_and_find_cards
+            operators_search_orders_and_find_cards,
+            sweeps_follow_the_shops_calendar
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

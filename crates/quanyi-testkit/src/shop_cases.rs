@@ -20,9 +20,11 @@ use quanyi_vault::{CardCode, CardKey, KeyRing};
 
 use crate::fixtures::{self, t0};
 
+mod calendar;
 mod operators;
 use crate::hooked::HookedStore;
 use crate::supplier_sim::SimSupplier;
+pub use calendar::sweeps_follow_the_shops_calendar;
 pub use operators::operators_search_orders_and_find_cards;
 
 /// Every case name, in the order the macro generates them.
@@ -40,6 +42,7 @@ pub const CASES: &[&str] = &[
     "a_placement_retried_with_its_key_is_one_order",
     "a_restarted_consumer_resumes_at_its_cursor",
     "operators_search_orders_and_find_cards",
+    "sweeps_follow_the_shops_calendar",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.
@@ -570,7 +573,13 @@ pub async fn a_supplier_card_already_held_fails_over_or_is_refunded(store: Arc<d
             sku
         }
     };
-    let route = |name: &str| SupplierRoute::new(name, "CARD-30", cost);
+    let route = |name: &str| {
+        SupplierRoute::new(
+            quanyi_supplier::SupplierId::new(name).unwrap(),
+            quanyi_supplier::ProductCode::new("CARD-30").unwrap(),
+            cost,
+        )
+    };
     let from = t0() - Duration::hours(1);
 
     // Two routes: the reseller's duplicate is refused, the honest supplier delivers.
@@ -598,7 +607,7 @@ pub async fn a_supplier_card_already_held_fails_over_or_is_refunded(store: Arc<d
         .unwrap();
     assert_eq!(report.status_mismatch.len(), 1, "{report:?}");
     assert_eq!(
-        report.status_mismatch[0].0.request.as_str(),
+        report.status_mismatch[0].0.request,
         order.lines()[0].attempts[0].request
     );
 
@@ -761,17 +770,19 @@ pub async fn expiry_and_cancel_write_the_order_and_release_together(store: Arc<d
 
 /// A host sweep that records the periods it ran for.
 struct Tally {
+    name: &'static str,
+    period: quanyi::SweepPeriod,
     periods: Mutex<Vec<chrono::DateTime<chrono::Utc>>>,
 }
 
 #[async_trait::async_trait]
 impl quanyi::Sweep for Tally {
     fn name(&self) -> &str {
-        "tally"
+        self.name
     }
 
-    fn every(&self) -> Duration {
-        Duration::minutes(1)
+    fn period(&self) -> quanyi::SweepPeriod {
+        self.period
     }
 
     async fn run(
@@ -789,6 +800,8 @@ impl quanyi::Sweep for Tally {
 pub async fn sweeps_run_once_per_period_with_two_workers(store: Arc<dyn Store>) {
     let rig = Rig::new(store);
     let tally = Arc::new(Tally {
+        name: "tally",
+        period: quanyi::SweepPeriod::Every(Duration::minutes(1)),
         periods: Mutex::new(Vec::new()),
     });
     let process = |name: &str| {

@@ -290,6 +290,6 @@ fn succeeded_request(order: &Order, no: u16) -> Option<String> {
             .iter()
             .rev()
             .find(|a| matches!(a.outcome, quanyi_order::AttemptOutcome::Succeeded { .. }))
-            .map(|a| a.request.clone())
+            .map(|a| a.request.as_str().to_owned())
     })
 }

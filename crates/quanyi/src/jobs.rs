@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use quanyi_core::{JobId, OrderId};
+use quanyi_core::{Calendar, JobId, OrderId};
 use quanyi_order::OrderStatus;
 use quanyi_storage::{Job, NewJob};
 
@@ -142,15 +142,17 @@ pub trait JobHandler: Send + Sync {
 /// builder ([`crate::ShopBuilder::sweep`]) and run by [`crate::Worker`]s as jobs of kind
 /// `sweep.<name>` keyed by the period's start, so with several workers each period runs once
 /// (a second run is possible only when a worker stops mid-sweep and its lease runs out, so a
-/// sweep must be idempotent). Periods are multiples of [`every`](Sweep::every) counted from
-/// the Unix epoch; a period whose job was not run before the next began still runs, once.
+/// sweep must be idempotent). Its [`period`](Sweep::period) says how periods are cut: fixed
+/// lengths counted from the Unix epoch, or the days or months of the shop's calendar
+/// ([`crate::ShopBuilder::time_zone`]); a period whose job was not run before the next began
+/// still runs, once.
 #[async_trait]
 pub trait Sweep: Send + Sync {
     /// Its name: 1 to 57 printable ASCII characters, unique in the shop.
     fn name(&self) -> &str;
 
-    /// How long a period is (at least one second).
-    fn every(&self) -> Duration;
+    /// How its periods are cut.
+    fn period(&self) -> SweepPeriod;
 
     /// Runs the sweep of the period that starts at `period`. `shop` is a handle on the tenant
     /// the sweep was scheduled for.
@@ -158,6 +160,35 @@ pub trait Sweep: Send + Sync {
     /// # Errors
     /// As [`JobHandler::run`].
     async fn run(&self, shop: &Shop, period: DateTime<Utc>) -> std::result::Result<(), JobError>;
+}
+
+/// How a [`Sweep`]'s periods are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SweepPeriod {
+    /// Fixed lengths (at least a second) counted from the Unix epoch, whatever the calendar.
+    Every(Duration),
+    /// The days of the shop's calendar: each starts at local midnight (days across a
+    /// daylight-saving change are 23 or 25 hours).
+    Daily,
+    /// The months of the shop's calendar: each starts at local midnight of its first day.
+    Monthly,
+}
+
+impl SweepPeriod {
+    /// The start of the period that holds `now`, in `calendar`.
+    pub fn start(self, now: DateTime<Utc>, calendar: &Calendar) -> Option<DateTime<Utc>> {
+        match self {
+            SweepPeriod::Every(every) => {
+                let every = every.num_microseconds()?;
+                let at = now.timestamp_micros();
+                let start = at.checked_sub(at.rem_euclid(every))?;
+                Utc.timestamp_micros(start).single()
+            }
+            SweepPeriod::Daily => calendar.day_start(now),
+            SweepPeriod::Monthly => calendar.month_start(now),
+        }
+    }
 }
 
 /// The engine's sweep that expires unpaid orders past their deadline.
@@ -171,8 +202,8 @@ impl Sweep for ExpireUnpaid {
         EXPIRE_UNPAID_SWEEP
     }
 
-    fn every(&self) -> Duration {
-        self.every
+    fn period(&self) -> SweepPeriod {
+        SweepPeriod::Every(self.every)
     }
 
     async fn run(&self, shop: &Shop, _period: DateTime<Utc>) -> std::result::Result<(), JobError> {
@@ -229,7 +260,7 @@ impl JobKinds {
         }
         for sweep in &sweeps {
             check_name("sweep name", sweep.name(), 64 - SWEEP_JOB_PREFIX.len())?;
-            if sweep.every() < Duration::seconds(1) {
+            if matches!(sweep.period(), SweepPeriod::Every(every) if every < Duration::seconds(1)) {
                 return Err(Error::InvalidInput(format!(
                     "sweep {} needs a period of at least a second",
                     sweep.name()
@@ -261,14 +292,6 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The start of the period of length `every` (counted from the Unix epoch) that holds `now`.
-fn period_start(now: DateTime<Utc>, every: Duration) -> Option<DateTime<Utc>> {
-    let every = every.num_microseconds()?;
-    let at = now.timestamp_micros();
-    let start = at.checked_sub(at.rem_euclid(every))?;
-    Utc.timestamp_micros(start).single()
 }
 
 impl Shop {
@@ -315,7 +338,7 @@ impl Shop {
         let now = self.now();
         let mut added = 0;
         for sweep in &self.inner.jobs.sweeps {
-            let Some(period) = period_start(now, sweep.every()) else {
+            let Some(period) = sweep.period().start(now, &self.inner.calendar) else {
                 continue;
             };
             let key = (self.tenant.clone(), sweep.name().to_owned());

@@ -22,7 +22,7 @@ pub use consumers::{ConsumerRun, EventConsumer, StartAt};
 pub use error::{Error, Result};
 pub use jobs::{
     DEFAULT_EXPIRY_SWEEP_SECONDS, EXPIRE_UNPAID_SWEEP, JobError, JobHandler, JobOutcome, JobRun,
-    MAX_JOB_ATTEMPTS, SWEEP_JOB_PREFIX, Sweep,
+    MAX_JOB_ATTEMPTS, SWEEP_JOB_PREFIX, Sweep, SweepPeriod,
 };
 pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
 pub use operators::{FoundCard, OrderPage, Orders, Stock};
@@ -39,8 +39,9 @@ pub use supply::CallbackOutcome;
 pub use worker::Worker;
 
 pub use quanyi_core::{
-    Actor, CardId, Clock, Currency, Decimal, ErrorKind, EventEnvelope, GoodsId, ManualClock,
-    MemberId, Money, OrderId, Payload, Rounding, SkuId, SystemClock, TenantId, chrono,
+    Actor, Calendar, CardId, Clock, Currency, Decimal, ErrorKind, EventEnvelope, GoodsId,
+    ManualClock, MemberId, Money, OrderId, Payload, Rounding, SkuId, SystemClock, TenantId, chrono,
+    chrono_tz,
 };
 pub use quanyi_goods::{
     AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, PurchaseLimits, Shelf,
@@ -54,7 +55,8 @@ pub use quanyi_storage::{
     StockCount, Store,
 };
 pub use quanyi_supplier::{
-    Availability, BreakerConfig, RawCallback, Reconciliation, Supplier, SupplierId,
+    Availability, BreakerConfig, ProductCode, RawCallback, Reconciliation, RequestId, Supplier,
+    SupplierId,
 };
 pub use quanyi_vault::{
     CardCode, CardKey, CardSecret, EnvKeyProvider, FileKeyProvider, ImportFormat, ImportOptions,

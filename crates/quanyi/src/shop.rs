@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use parking_lot::RwLock;
-use quanyi_core::{AuditId, Clock, DomainEvent, EventEnvelope, EventId, SystemClock, TenantId};
+use quanyi_core::{
+    AuditId, Calendar, Clock, DomainEvent, EventEnvelope, EventId, SystemClock, TenantId,
+};
 use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
 use quanyi_supplier::{BreakerConfig, Breakers, StockCache, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
@@ -55,6 +57,7 @@ pub struct ShopBuilder {
     sweeps: Vec<Arc<dyn Sweep>>,
     expiry_every: Duration,
     consumers: Vec<Arc<dyn EventConsumer>>,
+    time_zone: Option<String>,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -64,6 +67,7 @@ impl fmt::Debug for ShopBuilder {
             .field("reservation_ttl", &self.reservation_ttl)
             .field("key_use_limit", &self.key_use_limit)
             .field("worker", &self.worker)
+            .field("time_zone", &self.time_zone)
             .finish_non_exhaustive()
     }
 }
@@ -174,6 +178,14 @@ impl ShopBuilder {
         self
     }
 
+    /// The shop's time zone, an IANA name (`Asia/Shanghai`): every calendar rule follows it
+    /// (daily and monthly sweeps now; daily caps, monthly grants and billing periods as those
+    /// domains join). Without one the calendar is UTC.
+    pub fn time_zone(mut self, name: impl Into<String>) -> Self {
+        self.time_zone = Some(name.into());
+        self
+    }
+
     /// Registers a durable consumer of the tenant's event feed, run by every worker pass (see
     /// [`EventConsumer`]).
     pub fn consumer(mut self, consumer: Arc<dyn EventConsumer>) -> Self {
@@ -185,7 +197,8 @@ impl ShopBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a non-positive TTL, lease, key ring refresh or key-use limit,
-    /// an empty worker name, or a job kind or sweep that is invalid or registered twice; [`Error::Vault`] when the key provider cannot supply the root key.
+    /// an empty worker name, a time zone that is not an IANA name, or a job kind or sweep that
+    /// is invalid or registered twice; [`Error::Vault`] when the key provider cannot supply the root key.
     pub fn build(self) -> Result<Shop> {
         if self.reservation_ttl <= Duration::zero() {
             return Err(Error::InvalidInput(
@@ -223,6 +236,12 @@ impl ShopBuilder {
                 ));
             }
         }
+        let calendar = match &self.time_zone {
+            None => Calendar::utc(),
+            Some(name) => Calendar::new(name).map_err(|e| {
+                Error::InvalidInput(format!("the shop's time zone must be an IANA name: {e}"))
+            })?,
+        };
         let jobs = JobKinds::new(self.job_handlers, self.sweeps, self.expiry_every)?;
         let consumers = Consumers::new(self.consumers)?;
         let root = self.keys.root_key()?;
@@ -248,6 +267,7 @@ impl ShopBuilder {
                 placed: PlacedOrders::default(),
                 jobs,
                 consumers,
+                calendar,
             }),
             tenant: self.tenant,
         })
@@ -286,6 +306,8 @@ pub(crate) struct Inner {
     pub(crate) jobs: JobKinds,
     /// The event consumers this shop runs.
     pub(crate) consumers: Consumers,
+    /// The shop's calendar (time zone), for every calendar rule.
+    pub(crate) calendar: Calendar,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -335,6 +357,7 @@ impl Shop {
             sweeps: Vec::new(),
             expiry_every: Duration::seconds(DEFAULT_EXPIRY_SWEEP_SECONDS),
             consumers: Vec::new(),
+            time_zone: None,
         }
     }
 
@@ -349,6 +372,11 @@ impl Shop {
     /// The tenant this handle works for.
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
+    }
+
+    /// The shop's calendar: the time zone its calendar rules follow.
+    pub fn calendar(&self) -> Calendar {
+        self.inner.calendar
     }
 
     /// The store, for queries the shop does not wrap.

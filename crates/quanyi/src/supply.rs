@@ -251,8 +251,8 @@ impl Shop {
             events.extend(order.record_attempt(
                 no,
                 LineAttempt {
-                    supplier: route.supplier.as_str().to_owned(),
-                    request: request.as_str().to_owned(),
+                    supplier: route.supplier.clone(),
+                    request: request.clone(),
                     outcome,
                     at: now,
                 },
@@ -550,7 +550,7 @@ impl Shop {
                                 g.sku(line.sku).and_then(|s| {
                                     s.routes
                                         .iter()
-                                        .find(|r| r.supplier == supplier_id.as_str())
+                                        .find(|r| r.supplier == *supplier_id)
                                         .cloned()
                                 })
                             });
@@ -562,7 +562,7 @@ impl Shop {
                     for a in line
                         .attempts
                         .iter()
-                        .filter(|a| a.supplier == supplier_id.as_str() && a.at >= from && a.at < to)
+                        .filter(|a| a.supplier == *supplier_id && a.at >= from && a.at < to)
                     {
                         let status = match a.outcome {
                             AttemptOutcome::Succeeded { .. } => StatementStatus::Succeeded,
@@ -654,7 +654,7 @@ impl Shop {
             let ours = line
                 .attempts
                 .iter()
-                .any(|a| a.supplier == supplier_id.as_str() && a.request == event.request.as_str());
+                .any(|a| a.supplier == *supplier_id && a.request == event.request);
             if !ours {
                 return Err(Error::UnknownRequest);
             }
@@ -665,7 +665,7 @@ impl Shop {
                 let goods = self.goods_of(line.sku).await?;
                 let expected = goods
                     .sku(line.sku)
-                    .and_then(|s| s.routes.iter().find(|r| r.supplier == supplier_id.as_str()))
+                    .and_then(|s| s.routes.iter().find(|r| r.supplier == *supplier_id))
                     .map(|r| r.cost.checked_mul(i64::from(line.quantity)))
                     .transpose()?;
                 if expected.is_some_and(|e| e != amount) {
@@ -686,8 +686,8 @@ impl Shop {
             let mut events = order.record_attempt(
                 no,
                 LineAttempt {
-                    supplier: supplier_id.as_str().to_owned(),
-                    request: event.request.as_str().to_owned(),
+                    supplier: supplier_id.clone(),
+                    request: event.request.clone(),
                     outcome,
                     at: now,
                 },

@@ -464,8 +464,8 @@ impl Sweep for Named {
         self.0
     }
 
-    fn every(&self) -> chrono::Duration {
-        self.1
+    fn period(&self) -> SweepPeriod {
+        SweepPeriod::Every(self.1)
     }
 
     async fn run(

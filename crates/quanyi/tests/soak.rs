@@ -79,8 +79,16 @@ async fn two_thousand_orders_through_faulty_suppliers_settle_exactly() {
             SkuDraft::new(sku, "50 yuan", Money::from_minor(4950, Currency::CNY))
                 .with_stock(StockSource::Supplier)
                 .with_routes(vec![
-                    SupplierRoute::new("sim-a", "MOBILE-50", cost),
-                    SupplierRoute::new("sim-b", "MOBILE-50", cost),
+                    SupplierRoute::new(
+                        SupplierId::new("sim-a").unwrap(),
+                        ProductCode::new("MOBILE-50").unwrap(),
+                        cost,
+                    ),
+                    SupplierRoute::new(
+                        SupplierId::new("sim-b").unwrap(),
+                        ProductCode::new("MOBILE-50").unwrap(),
+                        cost,
+                    ),
                 ]),
         ],
     })

@@ -140,8 +140,16 @@ async fn world(store: Arc<dyn Store>, a: SimSupplier, b: SimSupplier) -> World {
             )
             .with_stock(StockSource::Supplier)
             .with_routes(vec![
-                SupplierRoute::new("sim-a", "MOBILE-50", cost),
-                SupplierRoute::new("sim-b", "MOBILE-50", cost),
+                SupplierRoute::new(
+                    SupplierId::new("sim-a").unwrap(),
+                    ProductCode::new("MOBILE-50").unwrap(),
+                    cost,
+                ),
+                SupplierRoute::new(
+                    SupplierId::new("sim-b").unwrap(),
+                    ProductCode::new("MOBILE-50").unwrap(),
+                    cost,
+                ),
             ]),
         ],
     })
@@ -455,7 +463,11 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
                 Money::parse("9.90", Currency::CNY).unwrap(),
             )
             .with_stock(StockSource::Supplier)
-            .with_routes(vec![SupplierRoute::new("sim-a", "GAME-CARD", cost)]),
+            .with_routes(vec![SupplierRoute::new(
+                SupplierId::new("sim-a").unwrap(),
+                ProductCode::new("GAME-CARD").unwrap(),
+                cost,
+            )]),
         ],
     })
     .await

@@ -1,13 +1,16 @@
-//! Validated names: [`SupplierId`], [`ProductCode`] and our idempotency key [`RequestId`].
+//! Validated names of the supplier side: [`SupplierId`], [`ProductCode`] and our idempotency
+//! key [`RequestId`]. They live here, beside the other ids, so that goods (their supplier
+//! routes), orders (their supplier calls) and the supplier port all hold the same types.
 
 use std::fmt;
 use std::str::FromStr;
 
-use quanyi_core::OrderId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Result, SupplierError};
+use crate::{IdError, OrderId};
+
+type Result<T> = std::result::Result<T, IdError>;
 
 /// The longest [`SupplierId`], [`ProductCode`] or [`RequestId`], in bytes.
 pub const MAX_CODE_LEN: usize = 64;
@@ -34,13 +37,13 @@ macro_rules! define_code {
             /// Validates and wraps the text.
             ///
             /// # Errors
-            #[doc = concat!("[`SupplierError::Invalid`] unless the text is ", $rule, ".")]
+            #[doc = concat!("[`IdError`] unless the text is ", $rule, ".")]
             pub fn new(text: impl Into<String>) -> Result<Self> {
                 let text = text.into();
                 if $valid(&text) {
                     Ok($name(text))
                 } else {
-                    Err(SupplierError::invalid($what, &text))
+                    Err(IdError::new($what, &text))
                 }
             }
 
@@ -63,14 +66,14 @@ macro_rules! define_code {
         }
 
         impl FromStr for $name {
-            type Err = SupplierError;
+            type Err = IdError;
             fn from_str(s: &str) -> Result<Self> {
                 $name::new(s)
             }
         }
 
         impl TryFrom<String> for $name {
-            type Error = SupplierError;
+            type Error = IdError;
             fn try_from(s: String) -> Result<Self> {
                 $name::new(s)
             }
@@ -88,12 +91,12 @@ define_code!(
     /// Names a supplier channel inside one host: 1 to 64 ASCII letters, digits and `_ - . :`.
     ///
     /// ```
-    /// use quanyi_supplier::SupplierId;
+    /// use quanyi_core::SupplierId;
     ///
     /// let id = SupplierId::new("acme-cards")?;
     /// assert_eq!(id.as_str(), "acme-cards");
     /// assert!(SupplierId::new("acme cards").is_err());
-    /// # Ok::<(), quanyi_supplier::SupplierError>(())
+    /// # Ok::<(), quanyi_core::IdError>(())
     /// ```
     SupplierId,
     "supplier id",
@@ -133,7 +136,7 @@ impl RequestId {
     ///
     /// ```
     /// use quanyi_core::OrderId;
-    /// use quanyi_supplier::{RequestId, SupplierId};
+    /// use quanyi_core::{RequestId, SupplierId};
     ///
     /// let order: OrderId = "ord_0190c8f0e0e07c4c8a1b2c3d4e5f6a7b".parse()?;
     /// let acme = SupplierId::new("acme")?;
