@@ -22,6 +22,20 @@ pub trait DomainEvent: Serialize {
     fn shared_payload(&self) -> Option<Payload> {
         None
     }
+
+    /// The version of this kind's payload shape: 1 until a change of its fields that readers
+    /// must tell apart (a renamed or retyped field); added optional fields keep the version.
+    fn schema_version(&self) -> u16 {
+        1
+    }
+}
+
+fn is_first_version(v: &u16) -> bool {
+    *v == 1
+}
+
+fn first_version() -> u16 {
+    1
 }
 
 /// The body of an event, written as compact JSON when first needed.
@@ -166,6 +180,15 @@ pub struct EventEnvelope {
     /// The event body as JSON. Shared, so that copies of an envelope (stores, outboxes) are
     /// cheap.
     pub payload: Payload,
+    /// The version of the payload's shape ([`DomainEvent::schema_version`]); 1 when absent
+    /// from stored JSON.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub schema_version: u16,
+    /// What ties this event to the others of one request, when that is not its aggregate:
+    /// set for the events a placement with an idempotency key writes (`placement:<key>`).
+    /// Read it through [`correlation`](EventEnvelope::correlation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Arc<str>>,
 }
 
 impl EventEnvelope {
@@ -190,6 +213,8 @@ impl EventEnvelope {
             aggregate_version,
             name: Cow::Borrowed(event.name()),
             occurred_at,
+            schema_version: event.schema_version(),
+            correlation_id: None,
             payload: Payload::of(event)?,
         })
     }
@@ -213,10 +238,27 @@ impl EventEnvelope {
             aggregate_version,
             name: Cow::Borrowed(event.name()),
             occurred_at,
+            schema_version: event.schema_version(),
+            correlation_id: None,
             payload: event
                 .shared_payload()
                 .unwrap_or_else(|| Payload::deferred(event)),
         }
+    }
+}
+
+impl EventEnvelope {
+    /// The envelope with `correlation` as its correlation id.
+    #[must_use]
+    pub fn with_correlation(mut self, correlation: Arc<str>) -> Self {
+        self.correlation_id = Some(correlation);
+        self
+    }
+
+    /// The correlation id: the request's when one was set, otherwise the aggregate's id (the
+    /// order, for an order's events).
+    pub fn correlation(&self) -> &str {
+        self.correlation_id.as_deref().unwrap_or(&self.aggregate_id)
     }
 }
 
@@ -289,6 +331,25 @@ mod tests {
             );
         }
         assert_eq!(eager(), deferred());
+    }
+
+    #[test]
+    fn schema_versions_and_correlations_round_trip_and_default() {
+        let plain = eager();
+        assert_eq!(plain.schema_version, 1);
+        assert_eq!(plain.correlation(), "o-1");
+        let doc = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !doc.contains("schema_version") && !doc.contains("correlation_id"),
+            "{doc}"
+        );
+        let mut marked = eager().with_correlation(Arc::from("placement:k-1"));
+        marked.schema_version = 2;
+        assert_eq!(marked.correlation(), "placement:k-1");
+        let doc = serde_json::to_string(&marked).unwrap();
+        assert!(doc.contains(r#""schema_version":2"#), "{doc}");
+        let back: EventEnvelope = serde_json::from_str(&doc).unwrap();
+        assert_eq!(back, marked);
     }
 
     #[test]

@@ -252,12 +252,15 @@ struct EventLog {
     tenants: Map<TenantId, usize>,
     /// Each tenant's events (log positions, ascending), by the tenant's number: its feed.
     by_tenant: Vec<Vec<usize>>,
+    /// The correlation ids of the few events that have one, by log position (kept apart so
+    /// that the many without one stay small).
+    correlations: Map<usize, Arc<str>>,
 }
 
 /// The names an event shares with many others.
-type EventKind = (TenantId, Cow<'static, str>, Cow<'static, str>);
+type EventKind = (TenantId, Cow<'static, str>, Cow<'static, str>, u16);
 
-/// An event as the log keeps it, without its names: 80 bytes where an envelope takes 136.
+/// An event as the log keeps it, without its names (and its schema version, kept with them).
 struct StoredEvent {
     id: EventId,
     payload: Payload,
@@ -280,13 +283,21 @@ impl EventLog {
     /// The position of an event's names, stored first if new.
     fn kind_of(&mut self, e: &EventEnvelope) -> usize {
         // A shop writes a handful of kinds: the first few are found by comparing short strings.
-        let same = |(tenant, kind, name): &EventKind| {
-            *name == e.name && *kind == e.aggregate_type && *tenant == e.tenant
+        let same = |(tenant, kind, name, version): &EventKind| {
+            *name == e.name
+                && *kind == e.aggregate_type
+                && *version == e.schema_version
+                && *tenant == e.tenant
         };
         if let Some(pos) = self.kinds.iter().take(Self::SCANNED_KINDS).position(same) {
             return pos;
         }
-        let key: EventKind = (e.tenant.clone(), e.aggregate_type.clone(), e.name.clone());
+        let key: EventKind = (
+            e.tenant.clone(),
+            e.aggregate_type.clone(),
+            e.name.clone(),
+            e.schema_version,
+        );
         if let Some(pos) = self.kind_pos.get(&key) {
             return *pos;
         }
@@ -323,6 +334,9 @@ impl EventLog {
         {
             feed.push(self.len);
         }
+        if let Some(correlation) = event.correlation_id {
+            self.correlations.insert(self.len, correlation);
+        }
         if let Some(chunk) = self.chunks.last_mut() {
             chunk.push(StoredEvent {
                 id: event.id,
@@ -342,7 +356,7 @@ impl EventLog {
             .chunks
             .get(pos / Self::CHUNK)
             .and_then(|c| c.get(pos % Self::CHUNK))?;
-        let (tenant, aggregate_type, name) = self.kinds.get(e.kind)?;
+        let (tenant, aggregate_type, name, schema_version) = self.kinds.get(e.kind)?;
         Some(EventEnvelope {
             id: e.id,
             tenant: tenant.clone(),
@@ -352,6 +366,8 @@ impl EventLog {
             name: name.clone(),
             occurred_at: e.occurred_at,
             payload: e.payload.clone(),
+            schema_version: *schema_version,
+            correlation_id: self.correlations.get(&pos).cloned(),
         })
     }
 
@@ -1960,6 +1976,8 @@ mod tests {
                 name,
                 occurred_at: now + Duration::seconds(i64::try_from(n).unwrap()),
                 payload: Payload::of(&n).unwrap(),
+                schema_version: u16::try_from(n % 3).unwrap() + 1,
+                correlation_id: (n % 4 == 0).then(|| Arc::from(format!("placement:k-{n}"))),
             };
             log.push(e.clone());
             written.push(e);

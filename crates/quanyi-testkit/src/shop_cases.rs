@@ -988,6 +988,17 @@ pub async fn a_placement_retried_with_its_key_is_one_order(store: Arc<dyn Store>
     assert_eq!(first.context(), &context);
     let stored = a.order(first.id()).await.unwrap();
     assert_eq!(stored.context(), &context);
+    let placed_events = rig
+        .store
+        .aggregate_events(&rig.tenant, "order", &first.id().to_string())
+        .await
+        .unwrap();
+    assert!(!placed_events.is_empty());
+    assert!(
+        placed_events
+            .iter()
+            .all(|e| e.correlation() == "placement:ona-checkout-1")
+    );
     let shown = format!("{stored:?}");
     assert!(!shown.contains("203.0.113.7") && !shown.contains("device-5c2e91f7"));
     assert!(shown.contains("203.0.113.*"));

@@ -25,7 +25,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// fingerprint covers the member, every cart line (SKU, quantity, account) and the whole
 /// context; [`unfingerprinted`](PlaceOrder::unfingerprinted) values (a step-up proof a retry
 /// may carry anew) are left out. A placement that is refused (out of stock, say) keeps no
-/// record of its key: a retry is decided afresh.
+/// record of its key: a retry is decided afresh. The events of a placement with a key carry
+/// the correlation id `placement:<key>`, so a feed reader can tie them to the client's request.
 ///
 /// ```
 /// # use quanyi::{Channel, MemberId, OrderContext, PlaceOrder, CartLine, SkuId};
@@ -180,6 +181,11 @@ pub(crate) struct Idempotency {
 }
 
 impl Idempotency {
+    /// The correlation id of the events the placement writes: `placement:<key>`.
+    pub(crate) fn correlation(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::from(format!("{PLACEMENT_CLAIM_SCOPE}:{}", self.key))
+    }
+
     /// The claim the placement of `order` takes.
     pub(crate) fn claim(&self, order: OrderId) -> Result<Claim> {
         let value = serde_json::to_string(&Placed {

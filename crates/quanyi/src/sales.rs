@@ -334,7 +334,7 @@ impl Shop {
         // fresh reads.
         let mut pricing = Pricing::from_memory();
         for _ in 0..3 {
-            let plan = match self.plan_order(member, cart, context, &mut pricing).await {
+            let mut plan = match self.plan_order(member, cart, context, &mut pricing).await {
                 Ok(plan) => plan,
                 Err(_) if pricing.remembered => {
                     pricing = Pricing::fresh();
@@ -343,7 +343,13 @@ impl Shop {
                 Err(e) => return Err(e),
             };
             let claims = match idempotency {
-                Some(i) => vec![i.claim(plan.order.id())?],
+                Some(i) => {
+                    let request = i.correlation();
+                    for e in &mut plan.events {
+                        e.correlation_id = Some(request.clone());
+                    }
+                    vec![i.claim(plan.order.id())?]
+                }
                 None => Vec::new(),
             };
             let placed = self
