@@ -397,6 +397,8 @@ pub enum AuditAction {
     SupplierDuplicate,
     /// A payment notice repeated a recorded transaction with another order or amount.
     NoticeConflict,
+    /// A paid line waited on its suppliers past the shop's deadline and was given up.
+    SupplierOverdue,
     /// An operator searched the orders.
     OrdersSearched,
     /// An operator looked a card up by its code.

@@ -103,7 +103,8 @@ macro_rules! shop_conformance {
             a_placement_retried_with_its_key_is_one_order,
             a_restarted_consumer_resumes_at_its_cursor,
             operators_search_orders_and_find_cards,
-            sweeps_follow_the_shops_calendar
+            sweeps_follow_the_shops_calendar,
+            a_line_waiting_on_a_supplier_past_the_deadline_is_refunded
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -22,10 +22,12 @@ use crate::fixtures::{self, t0};
 
 mod calendar;
 mod operators;
+mod overdue;
 use crate::hooked::HookedStore;
 use crate::supplier_sim::SimSupplier;
 pub use calendar::sweeps_follow_the_shops_calendar;
 pub use operators::operators_search_orders_and_find_cards;
+pub use overdue::a_line_waiting_on_a_supplier_past_the_deadline_is_refunded;
 
 /// Every case name, in the order the macro generates them.
 pub const CASES: &[&str] = &[
@@ -43,6 +45,7 @@ pub const CASES: &[&str] = &[
     "a_restarted_consumer_resumes_at_its_cursor",
     "operators_search_orders_and_find_cards",
     "sweeps_follow_the_shops_calendar",
+    "a_line_waiting_on_a_supplier_past_the_deadline_is_refunded",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

@@ -141,6 +141,21 @@ impl Shop {
                     )?);
                 }
             }
+            // A line waiting on its suppliers past the deadline is given up (and refunded by
+            // `settle`); the request stays on the line for reconciliation.
+            let paid_at = order.payment().map(|p| p.paid_at);
+            let overdue: Vec<(u16, String)> = match paid_at {
+                Some(paid_at) if now - paid_at > self.inner.supplier_deadline => order
+                    .lines()
+                    .iter()
+                    .filter(|l| l.status == LineStatus::Pending)
+                    .filter_map(|l| Some((l.no, l.attempts.last()?.request.as_str().to_owned())))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (no, _) in &overdue {
+                events.extend(order.fail_line(*no, "supplier_overdue".into(), now)?);
+            }
             // Lines still waiting for a supplier keep the order fulfilling; the job comes back.
             if order
                 .lines()
@@ -165,6 +180,17 @@ impl Shop {
             };
             match written {
                 Ok(()) => {
+                    for (no, request) in overdue {
+                        self.audit(
+                            "system",
+                            AuditAction::SupplierOverdue,
+                            request.clone(),
+                            AuditOutcome::Denied,
+                            format!("order {id} line {no}: no answer within the supplier deadline"),
+                        )
+                        .await?;
+                        tracing::warn!(order = %id, line = no, %request, "supplier line overdue, refunding");
+                    }
                     tracing::info!(order = %id, status = %order.status(), "order fulfilled");
                     return Ok(order);
                 }

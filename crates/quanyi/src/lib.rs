@@ -33,7 +33,8 @@ pub use sales::{
     PaymentReceipt, PriceSource, Quote, QuoteLine,
 };
 pub use shop::{
-    DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES, Shop, ShopBuilder,
+    DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES,
+    DEFAULT_SUPPLIER_DEADLINE_HOURS, Shop, ShopBuilder,
 };
 pub use supply::CallbackOutcome;
 pub use worker::Worker;

@@ -26,6 +26,10 @@ pub const DEFAULT_RESERVATION_TTL_MINUTES: i64 = 15;
 /// this one at most this long after the retirement was stored.
 pub const DEFAULT_KEY_RING_REFRESH_SECONDS: i64 = 60;
 
+/// How long a paid line may wait on its suppliers, from the payment, before it is given up
+/// and refunded, unless told otherwise: 24 hours.
+pub const DEFAULT_SUPPLIER_DEADLINE_HOURS: i64 = 24;
+
 /// Builds a [`Shop`]. The store and the key provider are required; the rest has defaults.
 ///
 /// ```
@@ -52,6 +56,7 @@ pub struct ShopBuilder {
     suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
     breakers: BreakerConfig,
     stock_fresh_for: Duration,
+    supplier_deadline: Duration,
     links: Option<(String, Duration)>,
     job_handlers: Vec<Arc<dyn JobHandler>>,
     sweeps: Vec<Arc<dyn Sweep>>,
@@ -146,6 +151,17 @@ impl ShopBuilder {
         self
     }
 
+    /// How long a paid line may wait on its suppliers, counted from the payment (default
+    /// [`DEFAULT_SUPPLIER_DEADLINE_HOURS`]): past it the line is given up
+    /// (`supplier_overdue`), refunded through the payment gateway, and audited
+    /// (`supplier_overdue`) for reconciliation; if the supplier still fulfils it later,
+    /// [`Shop::reconcile_supplier`] reports the request as a status mismatch. An order is
+    /// never left waiting on a supplier for good.
+    pub fn supplier_deadline(mut self, deadline: Duration) -> Self {
+        self.supplier_deadline = deadline;
+        self
+    }
+
     /// Delivers link goods that are not stocked from the vault as signed links: `base` (your
     /// redemption endpoint, at most 100 characters, http or https) with a subject naming the
     /// order, line and unit, an expiry `valid_for` after delivery, and a signature that
@@ -205,6 +221,11 @@ impl ShopBuilder {
                 "reservation ttl must be positive".into(),
             ));
         }
+        if self.supplier_deadline <= Duration::zero() {
+            return Err(Error::InvalidInput(
+                "supplier deadline must be positive".into(),
+            ));
+        }
         if self.lease <= Duration::zero() {
             return Err(Error::InvalidInput("job lease must be positive".into()));
         }
@@ -260,6 +281,7 @@ impl ShopBuilder {
                 suppliers: self.suppliers,
                 breakers: Breakers::new(self.breakers),
                 supplier_stock: parking_lot::Mutex::new(StockCache::new(self.stock_fresh_for)),
+                supplier_deadline: self.supplier_deadline,
                 links: self.links,
                 watched_routes: parking_lot::Mutex::new(Vec::new()),
                 event_ids: quanyi_core::IdSequence::new(),
@@ -292,6 +314,8 @@ pub(crate) struct Inner {
     pub(crate) suppliers: HashMap<SupplierId, Arc<dyn Supplier>>,
     pub(crate) breakers: Breakers,
     pub(crate) supplier_stock: parking_lot::Mutex<StockCache>,
+    /// How long a paid line may wait on its suppliers.
+    pub(crate) supplier_deadline: Duration,
     pub(crate) links: Option<(String, Duration)>,
     /// Every supplier route whose stock this process has been asked about, kept fresh by the
     /// worker.
@@ -352,6 +376,7 @@ impl Shop {
             suppliers: HashMap::new(),
             breakers: BreakerConfig::default(),
             stock_fresh_for: Duration::seconds(60),
+            supplier_deadline: Duration::hours(DEFAULT_SUPPLIER_DEADLINE_HOURS),
             links: None,
             job_handlers: Vec::new(),
             sweeps: Vec::new(),

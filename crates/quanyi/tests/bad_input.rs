@@ -502,6 +502,9 @@ fn job_kinds_and_sweeps_are_checked_when_the_shop_is_built() {
             chrono::Duration::milliseconds(10),
         ))),
         builder().expiry_sweep_every(chrono::Duration::zero()),
+        builder().supplier_deadline(chrono::Duration::zero()),
+        builder().supplier_deadline(chrono::Duration::hours(-1)),
+        builder().time_zone("Asia/Nowhere"),
     ] {
         let err = bad.build().unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");

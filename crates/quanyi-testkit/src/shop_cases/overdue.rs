@@ -1,0 +1,126 @@
+//! Shop case of the supplier deadline: a paid line never waits on a supplier for good.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use quanyi::{
+    AccountRule, CartLine, Clock, GoodsDraft, GoodsKind, OrderStatus, SkuDraft, SkuId, StockSource,
+    Store, SupplierRoute, Worker,
+};
+use quanyi_storage::AuditAction;
+use quanyi_supplier::{ProductCode, SupplierId};
+
+use super::{Refunds, Rig, cny, member, notice};
+use crate::fixtures;
+use crate::supplier_sim::{SimSupplier, TopUpMode};
+
+/// A top-up the supplier accepted but never finishes: the order keeps fulfilling within the
+/// shop's supplier deadline, and past it the line is given up, refunded once through the
+/// gateway, and audited with the request for reconciliation; the supplier's late callback
+/// then changes nothing.
+pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let product = ProductCode::new("MOBILE-50").unwrap();
+    let sim_id = SupplierId::new("slow-sim").unwrap();
+    let sim = Arc::new(SimSupplier::new(sim_id.clone(), 5).with_top_up_product(
+        product.clone(),
+        cny("48.00"),
+        TopUpMode::Async,
+    ));
+    let refunds = Arc::new(Refunds::default());
+    let shop = rig
+        .builder(rig.store.clone())
+        .supplier(sim.clone())
+        .payment_gateway(refunds.clone())
+        .supplier_deadline(Duration::hours(2))
+        .build()
+        .unwrap();
+    let sku = fixtures::id(SkuId::generate);
+    shop.create_goods(GoodsDraft {
+        title: "China Mobile credit 50".into(),
+        kind: GoodsKind::DirectTopUp {
+            account: AccountRule::MainlandMobile,
+        },
+        skus: vec![
+            SkuDraft::new(sku, "50 yuan", cny("50.00"))
+                .with_stock(StockSource::Supplier)
+                .with_routes(vec![SupplierRoute::new(
+                    sim_id.clone(),
+                    product,
+                    cny("48.00"),
+                )]),
+        ],
+    })
+    .await
+    .unwrap();
+    let order = shop
+        .place_order(
+            &member("dora"),
+            &[CartLine::new(sku, 1).with_account("13800138000")],
+        )
+        .await
+        .unwrap();
+    let paid = shop
+        .confirm_payment(notice(&order, "txn-overdue"))
+        .await
+        .unwrap()
+        .order;
+    assert_eq!(paid.status(), OrderStatus::Fulfilling);
+    let worker = Worker::new(shop.clone());
+
+    // Within the deadline the line keeps waiting.
+    rig.clock.advance(Duration::hours(1));
+    worker.run_once().await.unwrap();
+    assert_eq!(
+        shop.order(order.id()).await.unwrap().status(),
+        OrderStatus::Fulfilling
+    );
+    assert!(refunds.0.lock().is_empty());
+
+    // Past it: given up and paid back, once, however often the worker passes.
+    rig.clock.advance(Duration::hours(2));
+    for _ in 0..3 {
+        worker.run_once().await.unwrap();
+        rig.clock.advance(Duration::minutes(10));
+    }
+    let settled = shop.order(order.id()).await.unwrap();
+    assert_eq!(settled.status(), OrderStatus::Refunded);
+    assert_eq!(settled.lines()[0].status, quanyi::LineStatus::Refunded);
+    let failed: Vec<String> = rig
+        .store
+        .aggregate_events(&rig.tenant, "order", &order.id().to_string())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.name == "order.line_failed")
+        .map(|e| e.payload.json().unwrap().to_owned())
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].contains("supplier_overdue"), "{}", failed[0]);
+    let paid_back: Vec<_> = refunds
+        .0
+        .lock()
+        .iter()
+        .filter(|r| r.order == order.id())
+        .map(|r| r.amount)
+        .collect();
+    assert_eq!(paid_back, vec![cny("50.00")]);
+    let request = settled.lines()[0].attempts[0].request.clone();
+    let log = shop.audit_log(50).await.unwrap();
+    let overdue: Vec<_> = log
+        .iter()
+        .filter(|r| r.action == AuditAction::SupplierOverdue)
+        .collect();
+    assert_eq!(overdue.len(), 1);
+    assert_eq!(overdue[0].subject, request.as_str());
+    assert!(rig.clock.now() > paid.updated_at() + Duration::hours(2));
+
+    // The supplier finishes late: the settled line stays as it is.
+    for callback in sim.finish_pending() {
+        let _ = shop.supplier_callback(&sim_id, &callback).await;
+    }
+    assert_eq!(
+        shop.order(order.id()).await.unwrap().status(),
+        OrderStatus::Refunded
+    );
+}
