@@ -78,7 +78,9 @@ pub use keys::{
 pub use later::{
     closing_an_unpaid_order_releases_its_cards, conflicting_notices_are_kept_for_reconciliation,
 };
-pub use search::{cards_are_found_by_blind_index, operators_search_orders};
+pub use search::{
+    cards_are_found_by_blind_index, migrated_orders_are_found_by_placement, operators_search_orders,
+};
 
 pub(crate) fn kind_of<T: std::fmt::Debug>(r: Result<T, Error>) -> quanyi_core::ErrorKind {
     match r {

@@ -302,3 +302,31 @@ pub async fn cards_are_found_by_blind_index(store: Arc<dyn Store>) {
             .is_none()
     );
 }
+
+/// Checks, after a migration, that stored orders are found by their placement time: `finer`
+/// (placed a fraction of a microsecond after a whole microsecond past [`t0`]) alone in its
+/// microsecond, the two orders placed at [`t0`] in theirs, and all three newest first. Other
+/// orders of the tenant are left out of the comparison.
+pub async fn migrated_orders_are_found_by_placement(
+    store: &dyn Store,
+    tenant: &quanyi_core::TenantId,
+    finer: &Order,
+    at_t0: [&Order; 2],
+) {
+    use quanyi_core::chrono::SubsecRound;
+    let ours = [finer.id(), at_t0[0].id(), at_t0[1].id()];
+    let search = |query: OrderQuery| async move {
+        let mut ids = found(store, tenant, &query, None, 100).await;
+        ids.retain(|id| ours.contains(id));
+        ids
+    };
+    let micro = finer.created_at().trunc_subsecs(6);
+    let mut at_start = vec![at_t0[0].id(), at_t0[1].id()];
+    at_start.sort_by(|a, b| b.cmp(a));
+    let window = |from| OrderQuery::new().placed_between(from, from + Duration::microseconds(1));
+    assert_eq!(search(window(micro)).await, vec![finer.id()]);
+    assert_eq!(search(window(t0())).await, at_start);
+    let mut all = vec![finer.id()];
+    all.extend(&at_start);
+    assert_eq!(search(OrderQuery::new()).await, all);
+}
