@@ -62,6 +62,12 @@ pub enum Error {
     /// `expires_at` is not after `now`.
     #[error("expiry must be after the time of placing")]
     InvalidExpiry,
+    /// A checkout decision's stage name or reasons are malformed.
+    #[error("invalid checkout decision: {part}")]
+    InvalidDecision {
+        /// `stage` or `reasons`.
+        part: &'static str,
+    },
     /// A part of the order context is too long or holds control characters.
     #[error("invalid order context: {part}")]
     InvalidContext {
@@ -199,6 +205,7 @@ impl Error {
             Error::Money(_) => "invalid_amount",
             Error::InvalidExpiry => "invalid_expiry",
             Error::InvalidContext { .. } => "invalid_context",
+            Error::InvalidDecision { .. } => "invalid_decision",
             Error::Expired { .. } => "order_expired",
             Error::NotYetExpired { .. } => "not_yet_expired",
             Error::AmountMismatch { .. } => "amount_mismatch",

@@ -1,12 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![deny(clippy::float_arithmetic)]
 
+mod checkout;
 mod context;
 mod error;
 mod event;
 mod order;
 mod status;
 
+pub use checkout::{
+    ALLOW_ALL_STAGE, Decision, MAX_DECISION_REASONS, MAX_DECISION_TEXT, PriceSource, Verdict,
+};
 pub use context::{
     Channel, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE_CHARS, MAX_CONTEXT_ATTRIBUTES,
     MAX_CONTEXT_TEXT_CHARS, OrderContext,

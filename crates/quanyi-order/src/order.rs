@@ -10,7 +10,10 @@ use quanyi_core::{
 use quanyi_goods::{KindTag, PurchaseCheck};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, OrderContext, OrderEvent, OrderStatus, Result, Trigger, next_status};
+use crate::{
+    Decision, Error, OrderContext, OrderEvent, OrderStatus, PriceSource, Result, Trigger, Verdict,
+    next_status,
+};
 
 /// The most lines one order holds.
 pub const MAX_LINES: usize = 100;
@@ -69,6 +72,9 @@ pub struct OrderLine {
     /// The bundle SKU this line is a component of.
     #[serde(default)]
     pub bundle: Option<SkuId>,
+    /// Why the line has its price (written only when it is not the list price).
+    #[serde(default, skip_serializing_if = "PriceSource::is_list_price")]
+    pub price_source: PriceSource,
 }
 
 /// What became of a call to a supplier for a line.
@@ -149,6 +155,9 @@ pub struct NewLine {
     pub allocated: Option<Money>,
     /// The bundle SKU this line is a component of.
     pub bundle: Option<SkuId>,
+    /// Why the line has its price.
+    #[serde(default)]
+    pub price_source: PriceSource,
 }
 
 impl NewLine {
@@ -164,6 +173,7 @@ impl NewLine {
             account: check.account.clone(),
             allocated: None,
             bundle: None,
+            price_source: PriceSource::ListPrice,
         }
     }
 }
@@ -202,6 +212,9 @@ pub struct Order {
     /// Where it was placed; `None` is the default context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     context: Option<Arc<OrderContext>>,
+    /// What the checkout's decide stage concluded; `None` is [`Decision::allow_all`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decision: Option<Arc<Decision>>,
 }
 
 /// The first of `new` that is already on a line or repeats within `new`.
@@ -321,6 +334,7 @@ impl Order {
                 cards: Vec::new(),
                 attempts: Vec::new(),
                 bundle: l.bundle,
+                price_source: l.price_source,
             });
         }
         let order = Order {
@@ -336,6 +350,7 @@ impl Order {
             version: 1,
             updated_at: now,
             context: None,
+            decision: None,
         };
         let event = OrderEvent::Placed {
             order: id,
@@ -363,6 +378,36 @@ impl Order {
         // The default context (web, nothing else) is not stored: it is what reads back.
         self.context = (context != OrderContext::default()).then(|| Arc::new(context));
         Ok(self)
+    }
+
+    /// The order as the checkout decided it: set once, when the order is placed and before it
+    /// is stored, like the context. Only an allowing decision can be kept.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDecision`] when the decision is malformed or does not allow the order;
+    /// [`Error::WrongStatus`] when the order has moved on from its placement.
+    pub fn with_decision(mut self, decision: Decision) -> Result<Order> {
+        if self.version != 1 || self.status != OrderStatus::AwaitingPayment {
+            return Err(Error::WrongStatus {
+                status: self.status,
+                expected: OrderStatus::AwaitingPayment,
+            });
+        }
+        decision.check()?;
+        if decision.verdict != Verdict::Allow {
+            return Err(Error::InvalidDecision { part: "verdict" });
+        }
+        // The default decision is not stored: it is what reads back.
+        self.decision = (decision != Decision::allow_all()).then(|| Arc::new(decision));
+        Ok(self)
+    }
+
+    /// What the checkout's decide stage concluded. Orders placed under the default stage, and
+    /// orders stored before decisions existed, read as [`Decision::allow_all`].
+    pub fn decision(&self) -> &Decision {
+        static DEFAULT: std::sync::LazyLock<Decision> =
+            std::sync::LazyLock::new(Decision::allow_all);
+        self.decision.as_deref().unwrap_or(&DEFAULT)
     }
 
     /// Where the order was placed. Orders placed without a context, and orders stored before

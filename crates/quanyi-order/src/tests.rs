@@ -36,6 +36,7 @@ fn line(kind: KindTag, quantity: u32, unit_price: Money) -> NewLine {
         account: None,
         allocated: None,
         bundle: None,
+        price_source: crate::PriceSource::ListPrice,
     }
 }
 

@@ -929,6 +929,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
             account: None,
             allocated: None,
             bundle: None,
+            price_source: quanyi_order::PriceSource::ListPrice,
         };
         quanyi_order::Order::place(
             id(OrderId::generate),

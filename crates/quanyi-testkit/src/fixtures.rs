@@ -121,6 +121,7 @@ pub fn order_at(
         account: None,
         allocated: None,
         bundle: None,
+        price_source: quanyi_order::PriceSource::ListPrice,
     };
     Order::place(
         id(OrderId::generate),

@@ -104,7 +104,8 @@ macro_rules! shop_conformance {
             a_restarted_consumer_resumes_at_its_cursor,
             operators_search_orders_and_find_cards,
             sweeps_follow_the_shops_calendar,
-            a_line_waiting_on_a_supplier_past_the_deadline_is_refunded
+            a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
+            checkout_keeps_its_decisions_and_a_denial_writes_nothing
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

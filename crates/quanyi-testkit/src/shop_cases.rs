@@ -21,11 +21,13 @@ use quanyi_vault::{CardCode, CardKey, KeyRing};
 use crate::fixtures::{self, t0};
 
 mod calendar;
+mod checkout;
 mod operators;
 mod overdue;
 use crate::hooked::HookedStore;
 use crate::supplier_sim::SimSupplier;
 pub use calendar::sweeps_follow_the_shops_calendar;
+pub use checkout::checkout_keeps_its_decisions_and_a_denial_writes_nothing;
 pub use operators::operators_search_orders_and_find_cards;
 pub use overdue::a_line_waiting_on_a_supplier_past_the_deadline_is_refunded;
 
@@ -46,6 +48,7 @@ pub const CASES: &[&str] = &[
     "operators_search_orders_and_find_cards",
     "sweeps_follow_the_shops_calendar",
     "a_line_waiting_on_a_supplier_past_the_deadline_is_refunded",
+    "checkout_keeps_its_decisions_and_a_denial_writes_nothing",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

@@ -23,6 +23,14 @@ pub enum Error {
         /// The order the key placed.
         order: OrderId,
     },
+    /// The checkout's decide stage refused the order; nothing was placed.
+    #[error("checkout denied by {stage}: {}", reasons.join(", "))]
+    CheckoutDenied {
+        /// The stage that decided.
+        stage: String,
+        /// Its reasons (rule names).
+        reasons: Vec<String>,
+    },
     /// A quantity is zero, negative or larger than [`MAX_LINE_QUANTITY`](crate::MAX_LINE_QUANTITY).
     #[error("invalid quantity {0}")]
     InvalidQuantity(i64),
@@ -190,6 +198,7 @@ impl Error {
             Error::EmptyCart => "empty_cart",
             Error::CartTooLarge { .. } => "cart_too_large",
             Error::IdempotencyConflict { .. } => "idempotency_conflict",
+            Error::CheckoutDenied { .. } => "checkout_denied",
             Error::InvalidQuantity(_) => "invalid_quantity",
             Error::CurrencyMismatch { .. } => "currency_mismatch",
             Error::OutOfStock { .. } => "out_of_stock",
@@ -249,6 +258,7 @@ impl Error {
             Error::Vault(e) => e.kind(),
             Error::Storage(e) => e.kind(),
             Error::IdempotencyConflict { .. } => ErrorKind::Conflict,
+            Error::CheckoutDenied { .. } => ErrorKind::Forbidden,
             Error::EmptyCart
             | Error::InvalidQuantity(_)
             | Error::CartTooLarge { .. }

@@ -2,6 +2,7 @@
 
 mod cards;
 mod catalog;
+mod checkout;
 mod consumers;
 mod error;
 mod events;
@@ -18,6 +19,7 @@ mod supply;
 mod worker;
 
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
+pub use checkout::DecideStage;
 pub use consumers::{ConsumerRun, EventConsumer, StartAt};
 pub use error::{Error, Result};
 pub use jobs::{
@@ -30,7 +32,7 @@ pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use placement::{MAX_IDEMPOTENCY_KEY, PLACEMENT_CLAIM_SCOPE, PlaceOrder};
 pub use sales::{
     CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, PaymentNotification,
-    PaymentReceipt, PriceSource, Quote, QuoteLine,
+    PaymentReceipt, Quote, QuoteLine,
 };
 pub use shop::{
     DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES,
@@ -49,7 +51,8 @@ pub use quanyi_goods::{
     Sku, SkuDraft, StockSource, SupplierRoute,
 };
 pub use quanyi_order::{
-    AttemptOutcome, Channel, LineAttempt, LineStatus, Order, OrderContext, OrderLine, OrderStatus,
+    ALLOW_ALL_STAGE, AttemptOutcome, Channel, Decision, LineAttempt, LineStatus, Order,
+    OrderContext, OrderLine, OrderStatus, PriceSource, Verdict,
 };
 pub use quanyi_storage::{
     CardState, FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, OrderCursor, OrderQuery,

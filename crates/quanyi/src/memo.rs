@@ -142,6 +142,7 @@ mod tests {
                 account: None,
                 allocated: None,
                 bundle: None,
+                price_source: quanyi_order::PriceSource::ListPrice,
             }],
             now,
             now + Duration::minutes(15),

@@ -230,6 +230,7 @@ impl Shop {
                 &request.member,
                 &request.cart,
                 &request.context,
+                &request.unfingerprinted,
                 idempotency.as_ref(),
             )
             .await

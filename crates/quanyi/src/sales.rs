@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use quanyi_core::{Currency, JobId, MemberId, Money, OrderId, SkuId};
 use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
-use quanyi_order::{LineStatus, NewLine, Order, OrderContext, OrderStatus, Payment};
+use quanyi_order::{LineStatus, NewLine, Order, OrderContext, OrderStatus, Payment, PriceSource};
 use quanyi_storage::{
     AuditAction, AuditOutcome, CONFLICTING_REPEAT, CardState, GoodsVersion, HeldCard, MemberLimit,
     NewJob, NewOrder, NoticeDisposition, OrderChange, PaymentNotice, PaymentWrite, RecordOutcome,
@@ -75,14 +75,6 @@ impl CartLine {
         self.account = Some(account.into());
         self
     }
-}
-
-/// Where a quoted price comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PriceSource {
-    /// The SKU's list price.
-    ListPrice,
 }
 
 /// A priced cart line.
@@ -315,17 +307,26 @@ impl Shop {
     /// As [`quote`](Shop::quote); [`Error::NotFulfillable`]; [`Error::OutOfStock`];
     /// [`Error::MemberLimitExceeded`]; [`Error::Storage`].
     pub async fn place_order(&self, member: &MemberId, cart: &[CartLine]) -> Result<Order> {
-        self.place_checked(member, cart, &OrderContext::default(), None)
-            .await
+        self.place_checked(
+            member,
+            cart,
+            &OrderContext::default(),
+            &BTreeMap::new(),
+            None,
+        )
+        .await
     }
 
-    /// [`place_order`](Shop::place_order) with a context and, with `idempotency`, the claim of
-    /// its key taken in the same write.
+    /// [`place_order`](Shop::place_order) with a context, the request's unfingerprinted values
+    /// (for the decide stage) and, with `idempotency`, the claim of its key taken in the same
+    /// write. The checkout's stages run in order: price, check, decide, reserve and write (see
+    /// `checkout`).
     pub(crate) async fn place_checked(
         &self,
         member: &MemberId,
         cart: &[CartLine],
         context: &OrderContext,
+        extras: &BTreeMap<String, String>,
         idempotency: Option<&Idempotency>,
     ) -> Result<Order> {
         check_cart(cart)?;
@@ -334,8 +335,14 @@ impl Shop {
         // fresh reads.
         let mut pricing = Pricing::from_memory();
         for _ in 0..3 {
-            let mut plan = match self.plan_order(member, cart, context, &mut pricing).await {
+            let planned = self
+                .plan_order(member, cart, context, extras, &mut pricing)
+                .await;
+            let mut plan = match planned {
                 Ok(plan) => plan,
+                Err(Error::CheckoutDenied { stage, reasons }) => {
+                    return Err(Error::CheckoutDenied { stage, reasons });
+                }
                 Err(_) if pricing.remembered => {
                     pricing = Pricing::fresh();
                     continue;
@@ -398,6 +405,7 @@ impl Shop {
         member: &MemberId,
         cart: &[CartLine],
         context: &OrderContext,
+        extras: &BTreeMap<String, String>,
         pricing: &mut Pricing,
     ) -> Result<OrderPlan> {
         let quote = self.price_cart(cart, pricing).await?;
@@ -452,6 +460,8 @@ impl Shop {
             expires_at,
         )?;
         let order = order.with_context(context.clone())?;
+        // The decide stage, before anything is reserved or written.
+        let order = self.decide(order, extras).await?;
         // Per SKU, in a stable order: the quantity, its member limit, and whether the vault
         // stocks it (only vault SKUs reserve cards).
         let mut per_sku: BTreeMap<SkuId, (u32, Option<u32>, bool)> = BTreeMap::new();

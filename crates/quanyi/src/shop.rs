@@ -13,6 +13,7 @@ use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
 use quanyi_supplier::{BreakerConfig, Breakers, StockCache, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
+use crate::checkout::{AllowAll, DecideStage};
 use crate::consumers::{Consumers, EventConsumer};
 use crate::jobs::{DEFAULT_EXPIRY_SWEEP_SECONDS, JobHandler, JobKinds, Sweep};
 use crate::memo::{GoodsMemo, PlacedOrders};
@@ -63,6 +64,7 @@ pub struct ShopBuilder {
     expiry_every: Duration,
     consumers: Vec<Arc<dyn EventConsumer>>,
     time_zone: Option<String>,
+    decide: Arc<dyn DecideStage>,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -186,11 +188,18 @@ impl ShopBuilder {
     }
 
     /// How often the workers expire unpaid orders past their deadline (the engine's sweep
-    /// [`EXPIRE_UNPAID_SWEEP`]; default [`DEFAULT_EXPIRY_SWEEP_SECONDS`]). An order is expired
+    /// [`EXPIRE_UNPAID_SWEEP`](crate::EXPIRE_UNPAID_SWEEP); default [`DEFAULT_EXPIRY_SWEEP_SECONDS`]). An order is expired
     /// at most this long after its deadline; its reserved card keys are free for other buyers
     /// from the deadline on either way.
     pub fn expiry_sweep_every(mut self, every: Duration) -> Self {
         self.expiry_every = every;
+        self
+    }
+
+    /// The checkout's decide stage (see [`DecideStage`]); without one every order is allowed
+    /// ([`quanyi_order::ALLOW_ALL_STAGE`]).
+    pub fn decide_stage(mut self, stage: Arc<dyn DecideStage>) -> Self {
+        self.decide = stage;
         self
     }
 
@@ -290,6 +299,7 @@ impl ShopBuilder {
                 jobs,
                 consumers,
                 calendar,
+                decide: self.decide,
             }),
             tenant: self.tenant,
         })
@@ -332,6 +342,8 @@ pub(crate) struct Inner {
     pub(crate) consumers: Consumers,
     /// The shop's calendar (time zone), for every calendar rule.
     pub(crate) calendar: Calendar,
+    /// The checkout's decide stage.
+    pub(crate) decide: Arc<dyn DecideStage>,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -383,6 +395,7 @@ impl Shop {
             expiry_every: Duration::seconds(DEFAULT_EXPIRY_SWEEP_SECONDS),
             consumers: Vec::new(),
             time_zone: None,
+            decide: Arc::new(AllowAll),
         }
     }
 
