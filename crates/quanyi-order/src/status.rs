@@ -44,8 +44,22 @@ impl OrderStatus {
         OrderStatus::Refunded,
     ];
 
+    /// The statuses of orders that bought nothing: they do not count toward per-member
+    /// limits (every store counts a member's quantities over the other statuses).
+    pub const VOID: [OrderStatus; 3] = [
+        OrderStatus::Expired,
+        OrderStatus::Cancelled,
+        OrderStatus::Refunded,
+    ];
+
+    /// Whether an order in this status counts toward per-member limits (it is not
+    /// [`VOID`](OrderStatus::VOID)).
+    pub fn counts_toward_limits(self) -> bool {
+        !OrderStatus::VOID.contains(&self)
+    }
+
     /// A stable snake_case name.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             OrderStatus::AwaitingPayment => "awaiting_payment",
             OrderStatus::Paid => "paid",

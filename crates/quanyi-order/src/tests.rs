@@ -689,3 +689,20 @@ fn events_without_fields_share_one_body_that_equals_their_own_json() {
     };
     assert!(refunded.shared_payload().is_none());
 }
+
+#[test]
+fn only_orders_that_bought_nothing_are_left_out_of_member_limits() {
+    for status in OrderStatus::ALL {
+        let void = matches!(
+            status,
+            OrderStatus::Expired | OrderStatus::Cancelled | OrderStatus::Refunded
+        );
+        assert_eq!(status.counts_toward_limits(), !void, "{status:?}");
+    }
+    const NAMES: [&str; 3] = [
+        OrderStatus::VOID[0].as_str(),
+        OrderStatus::VOID[1].as_str(),
+        OrderStatus::VOID[2].as_str(),
+    ];
+    assert_eq!(NAMES, ["expired", "cancelled", "refunded"]);
+}

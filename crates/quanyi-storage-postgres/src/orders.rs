@@ -41,13 +41,13 @@ use crate::{Conn, PgStore};
 fn place_sql(with_limits: bool) -> String {
     let (limits_cte, limits_ok, limits_out) = if with_limits {
         (
-            LIMITS_CTE,
+            limits_cte(),
             "NOT EXISTS (SELECT 1 FROM limits WHERE already + req > max)",
             "ARRAY(SELECT already FROM limits ORDER BY ord)",
         )
     } else {
         (
-            "",
+            String::new(),
             "cardinality($19::uuid[]) + cardinality($20::bigint[]) + cardinality($21::bigint[]) = 0",
             "'{}'::bigint[]",
         )
@@ -105,16 +105,26 @@ fn place_sql(with_limits: bool) -> String {
     )
 }
 
-/// The per-member count of [`place_sql`]'s shape with limits.
-const LIMITS_CTE: &str = "limits AS ( \
-     SELECT l.ord, l.max, l.req, COALESCE(( \
-         SELECT sum(u.qty) FROM orders o \
-         CROSS JOIN LATERAL unnest(o.line_skus, o.line_qtys) AS u(sku, qty) \
-         WHERE o.tenant = $1 AND o.member = $3 AND u.sku = l.sku \
-           AND o.status NOT IN ('expired', 'cancelled', 'refunded') \
-     ), 0)::bigint AS already \
-     FROM unnest($19::uuid[], $20::bigint[], $21::bigint[]) WITH ORDINALITY AS l(sku, max, req, ord) \
- ), ";
+/// The per-member count of [`place_sql`]'s shape with limits: the member's quantities in
+/// orders whose status counts toward limits (all but `OrderStatus::VOID`).
+fn limits_cte() -> String {
+    let void: Vec<String> = quanyi_order::OrderStatus::VOID
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!(
+        "limits AS ( \
+         SELECT l.ord, l.max, l.req, COALESCE(( \
+             SELECT sum(u.qty) FROM orders o \
+             CROSS JOIN LATERAL unnest(o.line_skus, o.line_qtys) AS u(sku, qty) \
+             WHERE o.tenant = $1 AND o.member = $3 AND u.sku = l.sku \
+               AND o.status NOT IN ({}) \
+         ), 0)::bigint AS already \
+         FROM unnest($19::uuid[], $20::bigint[], $21::bigint[]) WITH ORDINALITY AS l(sku, max, req, ord) \
+     ), ",
+        void.join(", ")
+    )
+}
 
 /// [`place_sql`] without and with member limits.
 pub(crate) static PLACE: LazyLock<[String; 2]> =

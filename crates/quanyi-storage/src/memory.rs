@@ -471,10 +471,7 @@ fn available(tenant: &TenantId, c: &NewCard, now: DateTime<Utc>) -> StoredCard {
 }
 
 fn is_live(status: OrderStatus) -> bool {
-    !matches!(
-        status,
-        OrderStatus::Expired | OrderStatus::Cancelled | OrderStatus::Refunded
-    )
+    status.counts_toward_limits()
 }
 
 impl State {
