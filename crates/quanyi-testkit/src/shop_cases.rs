@@ -373,10 +373,10 @@ pub async fn an_import_racing_a_retirement_is_sealed_again(store: Arc<dyn Store>
     // reseals what the old key sealed and retires it.
     let op = operator.clone();
     hooked.before_next("insert_cards", move || async move {
-        let new = op.rotate_data_key().await.unwrap();
+        let new = op.rotate_data_key(&admin()).await.unwrap();
         assert_eq!(new, KeyId(2));
-        assert_eq!(op.reseal_cards(KeyId(1)).await.unwrap(), 2);
-        op.retire_key(KeyId(1)).await.unwrap();
+        assert_eq!(op.reseal_cards(&admin(), KeyId(1)).await.unwrap(), 2);
+        op.retire_key(&admin(), KeyId(1)).await.unwrap();
     });
     let report = import(&importer, sku, &["RACE-0003", "RACE-0004", "RACE-0005"]).await;
     assert_eq!(report.imported, 3);
@@ -429,7 +429,7 @@ pub async fn a_destroyed_key_never_opens_again_in_any_shop(store: Arc<dyn Store>
         revealed(&seller, &buyer, &order).await.unwrap(),
         ["BURN-0001"]
     );
-    let report = operator.destroy_key(KeyId(1)).await.unwrap();
+    let report = operator.destroy_key(&admin(), KeyId(1)).await.unwrap();
     assert_eq!(report.rotated_to, Some(KeyId(2)));
     assert_eq!((report.shredded, report.withdrawn), (3, 2));
     // The seller's cached ring still holds k1; the ciphertext is gone from the store.
@@ -461,7 +461,7 @@ pub async fn a_destroyed_key_never_opens_again_in_any_shop(store: Arc<dyn Store>
     let audit = operator.audit_log(50).await.unwrap();
     assert!(audit.iter().any(|r| r.action == AuditAction::KeyDestroyed));
     // A key the ring does not have is refused.
-    assert!(operator.destroy_key(KeyId(9)).await.is_err());
+    assert!(operator.destroy_key(&admin(), KeyId(9)).await.is_err());
 }
 
 /// A retired key stops opening in another process within that process's key ring refresh:
@@ -491,9 +491,9 @@ pub async fn a_retired_key_stops_opening_within_the_refresh(store: Arc<dyn Store
         .await
         .unwrap()
         .remove(0);
-    operator.rotate_data_key().await.unwrap();
-    operator.reseal_cards(KeyId(1)).await.unwrap();
-    operator.retire_key(KeyId(1)).await.unwrap();
+    operator.rotate_data_key(&admin()).await.unwrap();
+    operator.reseal_cards(&admin(), KeyId(1)).await.unwrap();
+    operator.retire_key(&admin(), KeyId(1)).await.unwrap();
     hooked.serve_stale(before.id, before.sealed.clone());
     // The operator's ring dropped k1 at once.
     let stale_operator = rig.shop_on(hooked.clone());
@@ -1190,4 +1190,9 @@ pub async fn a_restarted_consumer_resumes_at_its_cursor(store: Arc<dyn Store>) {
             .build(),
         Err(Error::InvalidInput(_))
     ));
+}
+
+/// The operator the key commands of these tests run as.
+fn admin() -> quanyi::Actor {
+    quanyi::Actor::new("key-admin", "admin").unwrap()
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use quanyi_core::CardId;
+use quanyi_core::{Actor, CardId};
 use quanyi_storage::{AuditAction, AuditOutcome, CardState, IndexChange, Reindexed, StoredCard};
 use quanyi_vault::{
     Field, IndexScheme, KeyId, KeyRing, KeyState, RootKey, SealContext, SealedCard, WrappedKeyRing,
@@ -134,7 +134,7 @@ impl Shop {
                     return Ok(ring);
                 }
                 Err(quanyi_storage::Error::KeyExhausted { .. }) => {
-                    self.rotate_data_key().await?;
+                    self.rotate_as("system").await?;
                     ring = self.ring().await?;
                 }
                 // The key was rotated by another process: reload and try the new one.
@@ -162,16 +162,24 @@ impl Shop {
     /// Starts a new data key; later imports seal under it. The old key still opens what it
     /// sealed until [`reseal_cards`](Shop::reseal_cards) and [`retire_key`](Shop::retire_key).
     ///
+    /// The rotation is audited with `actor`.
+    ///
     /// # Errors
     /// [`Error::Vault`]; [`Error::Storage`].
-    pub async fn rotate_data_key(&self) -> Result<KeyId> {
+    pub async fn rotate_data_key(&self, actor: &Actor) -> Result<KeyId> {
+        self.rotate_as(&actor.to_string()).await
+    }
+
+    /// [`rotate_data_key`](Shop::rotate_data_key), audited as `actor` (`system` when the
+    /// engine rotates a key whose budget ran out).
+    async fn rotate_as(&self, actor: &str) -> Result<KeyId> {
         self.ring().await?;
         let (ring, key) = self
             .change_ring(|ring, root, now| ring.rotate(root, now, &mut rand::thread_rng()))
             .await?;
         self.vault_event(VaultEvent::KeyRotated { key }).await?;
         self.audit(
-            "system",
+            actor,
             AuditAction::KeyRotated,
             key.to_string(),
             AuditOutcome::Allowed,
@@ -182,11 +190,12 @@ impl Shop {
     }
 
     /// Reseals every card still sealed with `from` under the active key; returns how many.
+    /// Audited with `actor`.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for the active key; [`Error::Vault`] when a card fails to open;
     /// [`Error::Storage`].
-    pub async fn reseal_cards(&self, from: KeyId) -> Result<usize> {
+    pub async fn reseal_cards(&self, actor: &Actor, from: KeyId) -> Result<usize> {
         let store = self.store_ref();
         let mut done = 0usize;
         let mut skipped: HashSet<CardId> = HashSet::new();
@@ -255,7 +264,7 @@ impl Shop {
         })
         .await?;
         self.audit(
-            "system",
+            &actor.to_string(),
             AuditAction::KeyRewrapped,
             from.to_string(),
             AuditOutcome::Allowed,
@@ -266,6 +275,7 @@ impl Shop {
     }
 
     /// Retires a decrypt-only data key: its material is destroyed, so it opens nothing again.
+    /// Audited with `actor`.
     /// Refused while any card is still sealed with it. Other shops on the same store drop the
     /// key when they next read the ring, at most their key ring refresh later
     /// ([`ShopBuilder::key_ring_refresh`](crate::ShopBuilder::key_ring_refresh)).
@@ -273,7 +283,7 @@ impl Shop {
     /// # Errors
     /// [`Error::InvalidInput`] when cards still use the key; [`Error::Vault`] for the active or an
     /// unknown key; [`Error::Storage`].
-    pub async fn retire_key(&self, key: KeyId) -> Result<()> {
+    pub async fn retire_key(&self, actor: &Actor, key: KeyId) -> Result<()> {
         if !self
             .store_ref()
             .cards_sealed_with(&self.tenant, key, 1)
@@ -287,7 +297,7 @@ impl Shop {
         self.change_ring(|ring, _, _| ring.retire(key)).await?;
         self.vault_event(VaultEvent::KeyRetired { key }).await?;
         self.audit(
-            "system",
+            &actor.to_string(),
             AuditAction::KeyRetired,
             key.to_string(),
             AuditOutcome::Allowed,
@@ -296,7 +306,8 @@ impl Shop {
         .await
     }
 
-    /// Destroys a data key that may be compromised, at once: its material is dropped from the
+    /// Destroys a data key that may be compromised, at once (audited with `actor`): its
+    /// material is dropped from the
     /// stored ring and, in the same atomic write, every card still sealed with it is shredded
     /// (its sealed values emptied) and the unsold ones are withdrawn from sale. No shop on the
     /// same store can open those cards again, whatever ring it has cached; buyers of cards
@@ -307,11 +318,12 @@ impl Shop {
     ///
     /// # Errors
     /// [`Error::Vault`] for an unknown key; [`Error::Storage`].
-    pub async fn destroy_key(&self, key: KeyId) -> Result<DestroyReport> {
+    pub async fn destroy_key(&self, actor: &Actor, key: KeyId) -> Result<DestroyReport> {
         let store = self.store_ref();
+        let by = actor.to_string();
         let mut rotated_to = None;
         if self.load_ring().await?.active_key_id() == key {
-            rotated_to = Some(self.rotate_data_key().await?);
+            rotated_to = Some(self.rotate_as(&by).await?);
         }
         for _ in 0..5 {
             let (wrapped, version) = store
@@ -321,7 +333,7 @@ impl Shop {
             let mut ring = self.unwrap_ring(&wrapped)?;
             if ring.active_key_id() == key {
                 // Made active by another process meanwhile: rotate away from it again.
-                rotated_to = Some(self.rotate_data_key().await?);
+                rotated_to = Some(self.rotate_as(&by).await?);
                 continue;
             }
             ring.destroy(key)?;
@@ -345,7 +357,7 @@ impl Shop {
                     })
                     .await?;
                     self.audit(
-                        "system",
+                        &by,
                         AuditAction::KeyDestroyed,
                         key.to_string(),
                         AuditOutcome::Allowed,

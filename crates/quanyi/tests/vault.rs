@@ -25,17 +25,35 @@ async fn rotate_reseal_retire_keeps_every_key_readable() {
         .await
         .unwrap();
 
-    let k2 = w.shop.rotate_data_key().await.unwrap();
+    let k2 = w.shop.rotate_data_key(&admin()).await.unwrap();
     assert_eq!(k2, KeyId(2));
     let new_codes = codes(2);
     stock_up(&w.shop, sku, &new_codes).await;
     // Retiring a key that still seals cards is refused.
     assert_eq!(
-        w.shop.retire_key(KeyId(1)).await.unwrap_err().code(),
+        w.shop
+            .retire_key(&admin(), KeyId(1))
+            .await
+            .unwrap_err()
+            .code(),
         "invalid_input"
     );
-    assert_eq!(w.shop.reseal_cards(KeyId(1)).await.unwrap(), 3);
-    w.shop.retire_key(KeyId(1)).await.unwrap();
+    assert_eq!(w.shop.reseal_cards(&admin(), KeyId(1)).await.unwrap(), 3);
+    w.shop.retire_key(&admin(), KeyId(1)).await.unwrap();
+    let key_records: Vec<_> = w
+        .shop
+        .audit_log(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.subject == "k1" || r.subject == "k2")
+        .map(|r| r.actor)
+        .collect();
+    assert_eq!(key_records.len(), 3, "rotated, resealed, retired");
+    assert!(
+        key_records.iter().all(|a| a == "admin:key-admin"),
+        "{key_records:?}"
+    );
     // Re-importing a card sold under the old key is still a duplicate.
     let again = stock_up(&w.shop, sku, &old_codes[..1]).await;
     assert_eq!(again.duplicates.len(), 1);
@@ -91,4 +109,9 @@ async fn a_fresh_shop_on_the_same_store_opens_what_the_first_sealed() {
     let third = Shop::builder(store, wrong).build().unwrap();
     let err = third.reveal(&buyer, order.id()).await.unwrap_err();
     assert_eq!(err.code(), "wrong_root_key", "{err}");
+}
+
+/// The operator the key commands of these tests run as.
+fn admin() -> quanyi::Actor {
+    quanyi::Actor::new("key-admin", "admin").unwrap()
 }
