@@ -1,0 +1,117 @@
+//! The key-ring port of the memory store.
+
+use super::*;
+
+#[async_trait]
+impl KeyRingStore for MemoryStore {
+    async fn key_ring(&self, tenant: &TenantId) -> Result<Option<(WrappedKeyRing, u64)>> {
+        Ok(self.state.lock().rings.get(tenant).cloned())
+    }
+
+    async fn insert_key_ring(&self, ring: &WrappedKeyRing) -> Result<()> {
+        let mut s = self.state.lock();
+        if s.rings.contains_key(&ring.tenant) {
+            return Err(Error::conflict(
+                "key ring",
+                &ring.tenant,
+                "tenant already has one",
+            ));
+        }
+        s.rings.insert(ring.tenant.clone(), (ring.clone(), 1));
+        Ok(())
+    }
+
+    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64> {
+        let mut s = self.state.lock();
+        let stored = s
+            .rings
+            .get_mut(&ring.tenant)
+            .ok_or_else(|| Error::not_found("key ring", &ring.tenant))?;
+        if stored.1 != expected_version {
+            return Err(Error::conflict("key ring", &ring.tenant, "stale version"));
+        }
+        *stored = (ring.clone(), expected_version + 1);
+        Ok(stored.1)
+    }
+
+    async fn destroy_key(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        key: KeyId,
+        now: DateTime<Utc>,
+    ) -> Result<DestroyOutcome> {
+        if ring.key_state(key) != Some(KeyState::Destroyed) {
+            return Err(Error::Invalid(format!(
+                "ring does not mark {key} destroyed"
+            )));
+        }
+        let mut s = self.state.lock();
+        let stored = s
+            .rings
+            .get(&ring.tenant)
+            .ok_or_else(|| Error::not_found("key ring", &ring.tenant))?;
+        if stored.1 != expected_version {
+            return Err(Error::conflict("key ring", &ring.tenant, "stale version"));
+        }
+        let tenant = &ring.tenant;
+        let sealed: Vec<CardId> = s
+            .cards
+            .values()
+            .filter(|c| &c.tenant == tenant && c.key_id == key)
+            .map(|c| c.id)
+            .collect();
+        let mut outcome = DestroyOutcome {
+            version: expected_version + 1,
+            shredded: 0,
+            withdrawn: 0,
+        };
+        for id in sealed {
+            if s.withdraw(tenant, id, now) {
+                outcome.withdrawn += 1;
+            }
+            if let Some(card) = s.cards.get_mut(&id) {
+                card.sealed = SealedCard {
+                    code: SealedValue::from_bytes(Vec::new()),
+                    secret: None,
+                };
+                outcome.shredded += 1;
+            }
+        }
+        s.rings
+            .insert(tenant.clone(), (ring.clone(), outcome.version));
+        Ok(outcome)
+    }
+
+    async fn reserve_key_uses(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        uses: u64,
+        limit: u64,
+    ) -> Result<u64> {
+        let mut s = self.state.lock();
+        let (ring, version) = s
+            .rings
+            .get_mut(tenant)
+            .ok_or_else(|| Error::not_found("key ring", tenant))?;
+        let data_key = ring
+            .keys
+            .iter_mut()
+            .find(|k| k.id == key)
+            .ok_or_else(|| Error::not_found("data key", key))?;
+        if data_key.state != KeyState::Active {
+            return Err(Error::conflict("data key", key, "not the active key"));
+        }
+        let after = data_key
+            .encryptions
+            .checked_add(uses)
+            .filter(|n| *n <= limit)
+            .ok_or_else(|| Error::KeyExhausted {
+                key: key.to_string(),
+            })?;
+        data_key.encryptions = after;
+        *version += 1;
+        Ok(after)
+    }
+}

@@ -1,0 +1,841 @@
+//! The in-memory adapter: every port, behind one lock, so each command is atomic. It is the
+//! reference the conformance suite holds the durable adapters to, and the store of tests,
+//! examples and single-process hosts that keep nothing across restarts.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::Mutex;
+use quanyi_core::{
+    AuditId, CardId, EventEnvelope, EventId, GoodsId, JobId, MemberId, OrderId, Payload, SkuId,
+    TenantId,
+};
+use quanyi_goods::Goods;
+use quanyi_order::{Order, OrderStatus};
+use quanyi_vault::{
+    BlindIndex, IndexScheme, KeyId, KeyState, SealedCard, SealedValue, WrappedKeyRing,
+};
+use smallvec::SmallVec;
+
+use crate::model::{
+    AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, FeedEvent, FeedPosition,
+    HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder,
+    NoticeDisposition, OrderChange, OrderCursor, OrderQuery, PaymentNotice, PaymentWrite,
+    RecordOutcome, Reindexed, StockCount, StoredCard, check_consumer_name,
+};
+use crate::ports::{
+    AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
+    VaultStore,
+};
+use crate::{Error, GOODS_CHANGED, Result};
+
+mod events;
+mod goods;
+mod jobs;
+mod keys;
+mod orders;
+mod payments;
+mod vault;
+
+type Key<T> = (TenantId, T);
+// Keys are internal ids and validated names; a fast seeded hasher is enough.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<T> = HashSet<T, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct State {
+    goods: Map<Key<GoodsId>, Goods>,
+    sku_goods: Map<Key<SkuId>, GoodsId>,
+    // Orders are shared: a read clones the order after the lock is released, and a growing map
+    // moves pointers, not whole orders.
+    orders: Map<Key<OrderId>, Arc<Order>>,
+    member_orders: Map<Key<MemberId>, Vec<OrderId>>,
+    unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
+    cards: IdMap<CardId, StoredCard>,
+    pools: Map<Key<SkuId>, Pool>,
+    order_cards: Map<Key<OrderId>, Vec<CardId>>,
+    /// Every blind index a tenant holds, with the card that holds it.
+    blind: Map<Key<BlindIndex>, CardId>,
+    rings: Map<TenantId, (WrappedKeyRing, u64)>,
+    notices: Map<NoticeKey, NoticeRow>,
+    /// The notices kept for reconciliation (not applied), in the order they came: recorded
+    /// notices by key, conflicting repeats in full. Notices are never changed once recorded.
+    to_reconcile: Vec<Reconcile>,
+    events: EventLog,
+    event_pos: EventIndex,
+    /// Positions in `events` by aggregate; the key shares the envelope's strings. An order's
+    /// usual events fit inline.
+    aggregate_events: Map<AggregateKey, SmallVec<[usize; 5]>>,
+    audit: Vec<AuditRecord>,
+    audit_ids: BTreeSet<AuditId>,
+    jobs: Map<JobId, Job>,
+    job_keys: Map<Key<String>, JobId>,
+    queue: BTreeSet<(DateTime<Utc>, JobId)>,
+    leases: BTreeSet<(DateTime<Utc>, JobId)>,
+    /// Claims sale writes took, by (tenant, scope, key).
+    claims: Map<(TenantId, String, String), Claim>,
+    /// Consumer cursors, by (tenant, name).
+    consumers: Map<(TenantId, String), FeedPosition>,
+}
+
+/// A time-ordered id (UUID v7) as one big-endian integer: the same order as the id's bytes.
+trait Seq: Copy {
+    fn seq(&self) -> u128;
+}
+
+impl Seq for CardId {
+    fn seq(&self) -> u128 {
+        u128::from_be_bytes(*self.as_bytes())
+    }
+}
+
+impl Seq for EventId {
+    fn seq(&self) -> u128 {
+        u128::from_be_bytes(*self.as_bytes())
+    }
+}
+
+/// A map keyed by time-ordered ids, kept in id order: recent entries sit together as the store
+/// grows, and comparing two keys is one integer comparison.
+struct IdMap<K, V> {
+    map: BTreeMap<u128, V>,
+    key: std::marker::PhantomData<K>,
+}
+
+impl<K, V> Default for IdMap<K, V> {
+    fn default() -> Self {
+        IdMap {
+            map: BTreeMap::new(),
+            key: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: Seq, V> IdMap<K, V> {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn get(&self, id: &K) -> Option<&V> {
+        self.map.get(&id.seq())
+    }
+
+    fn get_mut(&mut self, id: &K) -> Option<&mut V> {
+        self.map.get_mut(&id.seq())
+    }
+
+    fn contains_key(&self, id: &K) -> bool {
+        self.map.contains_key(&id.seq())
+    }
+
+    fn insert(&mut self, id: K, value: V) -> Option<V> {
+        self.map.insert(id.seq(), value)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values()
+    }
+}
+
+/// Where each stored event is in the log, by id. Events that arrive in id order (the events of
+/// one shop, whose ids come from one sequence) are found by binary search over a plain list;
+/// the others in an ordered map.
+#[derive(Default)]
+struct EventIndex {
+    /// Ids of the events that sorted after every event stored before them, in arrival order,
+    /// so ascending.
+    in_order: Vec<u128>,
+    /// Their positions in the log.
+    in_order_pos: Vec<usize>,
+    /// The events that arrived out of id order.
+    others: BTreeMap<u128, usize>,
+}
+
+impl EventIndex {
+    /// The greatest id stored.
+    fn last(&self) -> Option<u128> {
+        self.in_order.last().copied()
+    }
+
+    fn get(&self, id: &EventId) -> Option<usize> {
+        let id = id.seq();
+        if self.last().is_none_or(|last| id > last) {
+            return None;
+        }
+        match self.in_order.binary_search(&id) {
+            Ok(i) => self.in_order_pos.get(i).copied(),
+            Err(_) => self.others.get(&id).copied(),
+        }
+    }
+
+    /// Records a new id (checked with [`EventIndex::get`] first).
+    fn insert(&mut self, id: &EventId, pos: usize) {
+        let id = id.seq();
+        if self.last().is_none_or(|last| id > last) {
+            self.in_order.push(id);
+            self.in_order_pos.push(pos);
+        } else {
+            self.others.insert(id, pos);
+        }
+    }
+}
+
+/// An order change copied before the store's lock is taken, so that the lock is held for moves
+/// and index updates only.
+struct Staged {
+    order: Arc<Order>,
+    events: Vec<EventEnvelope>,
+}
+
+impl Staged {
+    fn of(order: &Order, events: &[EventEnvelope]) -> Self {
+        Staged {
+            order: Arc::new(order.clone()),
+            events: events.to_vec(),
+        }
+    }
+}
+
+/// An event's aggregate: tenant, type, id.
+type AggregateKey = (TenantId, Cow<'static, str>, Arc<str>);
+
+/// A payment notice's identity: tenant, provider, transaction id.
+type NoticeKey = (TenantId, Arc<str>, Arc<str>);
+
+/// A notice kept for reconciliation.
+enum Reconcile {
+    /// A recorded notice that was not applied.
+    Recorded(NoticeKey),
+    /// A repeat of a recorded transaction with another order or amount.
+    Conflict(PaymentNotice),
+}
+
+/// A recorded payment notice without the names its key holds.
+struct NoticeRow {
+    order: OrderId,
+    amount: quanyi_core::Money,
+    received_at: DateTime<Utc>,
+    disposition: crate::NoticeDisposition,
+}
+
+impl NoticeRow {
+    fn of(notice: &PaymentNotice) -> Self {
+        NoticeRow {
+            order: notice.order,
+            amount: notice.amount,
+            received_at: notice.received_at,
+            disposition: notice.disposition.clone(),
+        }
+    }
+
+    fn notice(&self, (tenant, provider, transaction_id): &NoticeKey) -> PaymentNotice {
+        PaymentNotice {
+            tenant: tenant.clone(),
+            provider: provider.clone(),
+            transaction_id: transaction_id.clone(),
+            order: self.order,
+            amount: self.amount,
+            received_at: self.received_at,
+            disposition: self.disposition.clone(),
+        }
+    }
+}
+
+/// The event log in fixed-size chunks: appending never moves what is stored, so a long-lived
+/// store does not copy (and fault in) an ever larger buffer as it grows. Events are kept without
+/// the names most of them repeat (tenant, aggregate type, event name), which are stored once.
+#[derive(Default)]
+struct EventLog {
+    chunks: Vec<Vec<StoredEvent>>,
+    len: usize,
+    /// Every (tenant, aggregate type, event name) stored, by position.
+    kinds: Vec<EventKind>,
+    kind_pos: Map<EventKind, usize>,
+    /// The tenant (its number in `tenants`) of each kind, by the kind's position.
+    kind_tenant: Vec<usize>,
+    tenants: Map<TenantId, usize>,
+    /// Each tenant's events (log positions, ascending), by the tenant's number: its feed.
+    by_tenant: Vec<Vec<usize>>,
+    /// The correlation ids of the few events that have one, by log position (kept apart so
+    /// that the many without one stay small).
+    correlations: Map<usize, Arc<str>>,
+}
+
+/// The names an event shares with many others.
+type EventKind = (TenantId, Cow<'static, str>, Cow<'static, str>, u16);
+
+/// An event as the log keeps it, without its names (and its schema version, kept with them).
+struct StoredEvent {
+    id: EventId,
+    payload: Payload,
+    aggregate_id: Arc<str>,
+    aggregate_version: u64,
+    occurred_at: DateTime<Utc>,
+    /// Position in [`EventLog::kinds`].
+    kind: usize,
+}
+
+impl EventLog {
+    const CHUNK: usize = 4096;
+    /// Kinds looked for by comparison before the map is asked.
+    const SCANNED_KINDS: usize = 16;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The position of an event's names, stored first if new.
+    fn kind_of(&mut self, e: &EventEnvelope) -> usize {
+        // A shop writes a handful of kinds: the first few are found by comparing short strings.
+        let same = |(tenant, kind, name, version): &EventKind| {
+            *name == e.name
+                && *kind == e.aggregate_type
+                && *version == e.schema_version
+                && *tenant == e.tenant
+        };
+        if let Some(pos) = self.kinds.iter().take(Self::SCANNED_KINDS).position(same) {
+            return pos;
+        }
+        let key: EventKind = (
+            e.tenant.clone(),
+            e.aggregate_type.clone(),
+            e.name.clone(),
+            e.schema_version,
+        );
+        if let Some(pos) = self.kind_pos.get(&key) {
+            return *pos;
+        }
+        let pos = self.kinds.len();
+        let next = self.tenants.len();
+        let tenant = *self.tenants.entry(key.0.clone()).or_insert(next);
+        if tenant == self.by_tenant.len() {
+            self.by_tenant.push(Vec::new());
+        }
+        self.kind_tenant.push(tenant);
+        self.kinds.push(key.clone());
+        self.kind_pos.insert(key, pos);
+        pos
+    }
+
+    /// A tenant's feed: the log positions of its events, ascending. A feed position is the log
+    /// position plus one ([`FeedPosition::START`] is before the first).
+    fn feed(&self, tenant: &TenantId) -> &[usize] {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| self.by_tenant.get(*t))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn push(&mut self, event: EventEnvelope) {
+        let kind = self.kind_of(&event);
+        if self.chunks.last().is_none_or(|c| c.len() == Self::CHUNK) {
+            self.chunks.push(Vec::with_capacity(Self::CHUNK));
+        }
+        if let Some(feed) = self
+            .kind_tenant
+            .get(kind)
+            .and_then(|t| self.by_tenant.get_mut(*t))
+        {
+            feed.push(self.len);
+        }
+        if let Some(correlation) = event.correlation_id {
+            self.correlations.insert(self.len, correlation);
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(StoredEvent {
+                id: event.id,
+                payload: event.payload,
+                aggregate_id: event.aggregate_id,
+                aggregate_version: event.aggregate_version,
+                occurred_at: event.occurred_at,
+                kind,
+            });
+            self.len += 1;
+        }
+    }
+
+    /// The envelope at `pos`, rebuilt from what is stored (copies share their strings).
+    fn get(&self, pos: usize) -> Option<EventEnvelope> {
+        let e = self
+            .chunks
+            .get(pos / Self::CHUNK)
+            .and_then(|c| c.get(pos % Self::CHUNK))?;
+        let (tenant, aggregate_type, name, schema_version) = self.kinds.get(e.kind)?;
+        Some(EventEnvelope {
+            id: e.id,
+            tenant: tenant.clone(),
+            aggregate_type: aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+            aggregate_version: e.aggregate_version,
+            name: name.clone(),
+            occurred_at: e.occurred_at,
+            payload: e.payload.clone(),
+            schema_version: *schema_version,
+            correlation_id: self.correlations.get(&pos).cloned(),
+        })
+    }
+
+    fn from(&self, start: usize) -> impl Iterator<Item = EventEnvelope> + '_ {
+        (start..self.len).filter_map(|p| self.get(p))
+    }
+}
+
+/// The unsold cards of one SKU, indexed so that finding free cards costs what is taken, not
+/// what is stocked.
+#[derive(Default)]
+struct Pool {
+    /// Available cards, oldest first.
+    free: BTreeSet<CardId>,
+    /// Reserved cards by deadline; those at or before `now` count as free.
+    held: BTreeSet<(DateTime<Utc>, CardId)>,
+    /// How many were sold.
+    sold: u64,
+}
+
+impl Pool {
+    /// Up to `n` free cards at `now`, oldest first, skipping `exclude`.
+    fn take(&self, now: DateTime<Utc>, n: usize, exclude: &[CardId]) -> Vec<CardId> {
+        let mut out: Vec<CardId> = self
+            .free
+            .iter()
+            .filter(|id| !exclude.contains(id))
+            .take(n)
+            .copied()
+            .collect();
+        out.extend(
+            self.held
+                .iter()
+                .take_while(|(until, _)| *until <= now)
+                .map(|(_, id)| *id)
+                .filter(|id| !exclude.contains(id)),
+        );
+        out.sort_unstable();
+        out.truncate(n);
+        out
+    }
+
+    /// How many cards are free at `now`.
+    fn free_count(&self, now: DateTime<Utc>) -> u64 {
+        let expired = self
+            .held
+            .iter()
+            .take_while(|(until, _)| *until <= now)
+            .count();
+        (self.free.len() + expired) as u64
+    }
+}
+
+/// Every storage port in memory. Cheap to create; nothing survives the process.
+///
+/// ```
+/// use std::sync::Arc;
+/// use quanyi_storage::{MemoryStore, Store};
+/// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// # let _ = store;
+/// ```
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.lock();
+        f.debug_struct("MemoryStore")
+            .field("goods", &s.goods.len())
+            .field("orders", &s.orders.len())
+            .field("cards", &s.cards.len())
+            .field("events", &s.events.len())
+            .field("jobs", &s.jobs.len())
+            .finish()
+    }
+}
+
+/// A new card as stored, available.
+fn available(tenant: &TenantId, c: &NewCard, now: DateTime<Utc>) -> StoredCard {
+    StoredCard {
+        id: c.id,
+        tenant: tenant.clone(),
+        sku: c.sku,
+        batch: c.batch,
+        blind_index: c.blind_index,
+        index_scheme: c.index_scheme,
+        sealed: c.sealed.clone(),
+        key_id: c.key_id,
+        state: CardState::Available,
+        imported_at: now,
+    }
+}
+
+fn is_live(status: OrderStatus) -> bool {
+    status.counts_toward_limits()
+}
+
+impl State {
+    /// The first event id that is stored already or repeats within `events`.
+    fn event_conflict(&self, events: &[EventEnvelope]) -> Option<EventId> {
+        // A change carries a handful of events: comparing pairs beats building a set.
+        events
+            .iter()
+            .enumerate()
+            .find(|(i, e)| {
+                self.event_pos.get(&e.id).is_some() || events[..*i].iter().any(|p| p.id == e.id)
+            })
+            .map(|(_, e)| e.id)
+    }
+
+    fn push_events(&mut self, events: &[EventEnvelope]) -> Result<()> {
+        if let Some(id) = self.event_conflict(events) {
+            return Err(Error::conflict("event", id, "id already stored"));
+        }
+        self.push_checked_events(events.to_vec());
+        Ok(())
+    }
+
+    /// Appends events whose ids were checked with [`State::event_conflict`] under this lock.
+    fn push_checked_events(&mut self, events: Vec<EventEnvelope>) {
+        // The events of one change usually share their aggregate: look its index up once.
+        let mut run: Option<(AggregateKey, &mut SmallVec<[usize; 5]>)> = None;
+        for e in events {
+            let pos = self.events.len();
+            self.event_pos.insert(&e.id, pos);
+            let same = run.as_ref().is_some_and(|((tenant, kind, id), _)| {
+                *tenant == e.tenant && *kind == e.aggregate_type && *id == e.aggregate_id
+            });
+            if !same {
+                let key = (
+                    e.tenant.clone(),
+                    e.aggregate_type.clone(),
+                    e.aggregate_id.clone(),
+                );
+                let index = self.aggregate_events.entry(key.clone()).or_default();
+                run = Some((key, index));
+            }
+            if let Some((_, index)) = run.as_mut() {
+                index.push(pos);
+            }
+            self.events.push(e);
+        }
+    }
+
+    fn check_order_change(&self, change: &OrderChange<'_>) -> Result<()> {
+        let key = (change.order.tenant().clone(), change.order.id());
+        let stored = self
+            .orders
+            .get(&key)
+            .ok_or_else(|| Error::not_found("order", change.order.id()))?;
+        if stored.version() != change.expected_version {
+            return Err(Error::conflict("order", change.order.id(), "stale version"));
+        }
+        if change.order.version() <= change.expected_version {
+            return Err(Error::Invalid(format!(
+                "order {} written without a new version",
+                change.order.id()
+            )));
+        }
+        if self.event_conflict(change.events).is_some() {
+            return Err(Error::conflict(
+                "event",
+                change.order.id(),
+                "id already stored",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies a change checked with [`State::check_order_change`] under this lock. Returns the
+    /// order it replaces, to be dropped once the lock is released.
+    fn apply_order_change(&mut self, staged: Staged) -> Option<Arc<Order>> {
+        let order = &*staged.order;
+        let key = (order.tenant().clone(), order.id());
+        if let Some(old) = self.orders.get(&key) {
+            if old.status() == OrderStatus::AwaitingPayment {
+                self.unpaid
+                    .remove(&(old.expires_at(), key.0.clone(), key.1));
+            }
+        }
+        if order.status() == OrderStatus::AwaitingPayment {
+            self.unpaid
+                .insert((order.expires_at(), key.0.clone(), key.1));
+        }
+        let replaced = self.orders.insert(key, staged.order);
+        self.push_checked_events(staged.events);
+        replaced
+    }
+
+    fn member_quantity(&self, tenant: &TenantId, member: &MemberId, sku: SkuId) -> u64 {
+        let Some(ids) = self.member_orders.get(&(tenant.clone(), member.clone())) else {
+            return 0;
+        };
+        ids.iter()
+            .filter_map(|id| self.orders.get(&(tenant.clone(), *id)))
+            .filter(|o| is_live(o.status()))
+            .flat_map(|o| o.lines().iter())
+            .filter(|l| l.sku == sku)
+            .map(|l| u64::from(l.quantity))
+            .sum()
+    }
+
+    fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> JobId {
+        let key = (job.tenant.clone(), job.dedupe_key.clone());
+        if let Some(id) = self.job_keys.get(&key) {
+            return *id;
+        }
+        self.job_keys.insert(key, job.id);
+        self.queue.insert((job.run_at, job.id));
+        self.jobs.insert(
+            job.id,
+            Job {
+                id: job.id,
+                tenant: job.tenant.clone(),
+                kind: job.kind.clone(),
+                dedupe_key: job.dedupe_key.clone(),
+                payload: job.payload.clone(),
+                run_at: job.run_at,
+                status: JobStatus::Queued,
+                attempts: 0,
+                last_error: None,
+                created_at: now,
+            },
+        );
+        job.id
+    }
+
+    /// Claims a job known to be due.
+    fn claim(&mut self, id: JobId, worker: &str, lease_until: DateTime<Utc>) -> Option<Job> {
+        let job = self.jobs.get_mut(&id)?;
+        match &job.status {
+            JobStatus::Queued => {
+                self.queue.remove(&(job.run_at, id));
+            }
+            JobStatus::Running { lease_until, .. } => {
+                self.leases.remove(&(*lease_until, id));
+            }
+            JobStatus::Done | JobStatus::Dead { .. } => return None,
+        }
+        job.status = JobStatus::Running {
+            worker: worker.to_owned(),
+            lease_until,
+        };
+        job.attempts = job.attempts.saturating_add(1);
+        self.leases.insert((lease_until, id));
+        Some(job.clone())
+    }
+
+    /// The job if `worker` holds it; removes its lease entry.
+    fn held(&mut self, id: JobId, worker: &str) -> Result<&mut Job> {
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .ok_or_else(|| Error::not_found("job", id))?;
+        match &job.status {
+            JobStatus::Running {
+                worker: w,
+                lease_until,
+            } if w == worker => {
+                self.leases.remove(&(*lease_until, id));
+                Ok(job)
+            }
+            _ => Err(Error::conflict("job", id, "not held by this worker")),
+        }
+    }
+
+    /// Moves a card to `state`, keeping its pool's indexes true.
+    fn set_card_state(&mut self, id: CardId, state: CardState) {
+        let Some(card) = self.cards.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut card.state, state);
+        let pool = self
+            .pools
+            .entry((card.tenant.clone(), card.sku))
+            .or_default();
+        match old {
+            CardState::Available => {
+                pool.free.remove(&id);
+            }
+            CardState::Reserved { until, .. } => {
+                pool.held.remove(&(until, id));
+            }
+            CardState::Sold { .. } | CardState::Withdrawn { .. } => {}
+        }
+        match state {
+            CardState::Available => {
+                pool.free.insert(id);
+            }
+            CardState::Reserved { until, .. } => {
+                pool.held.insert((until, id));
+            }
+            CardState::Sold { .. } => pool.sold += 1,
+            CardState::Withdrawn { .. } => {}
+        }
+    }
+
+    /// True when the tenant's active data key is `key`.
+    fn is_active_key(&self, tenant: &TenantId, key: KeyId) -> bool {
+        self.rings
+            .get(tenant)
+            .is_some_and(|(ring, _)| ring.active == key)
+    }
+
+    /// Refuses cards sealed with a key that is not the tenant's active one.
+    fn check_keys(&self, tenant: &TenantId, cards: &[NewCard]) -> Result<()> {
+        match cards.iter().find(|c| !self.is_active_key(tenant, c.key_id)) {
+            Some(c) => Err(Error::KeyNotActive {
+                key: c.key_id.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// True when the tenant holds the card's index or legacy index.
+    fn holds_index_of(&self, tenant: &TenantId, c: &NewCard) -> bool {
+        std::iter::once(c.blind_index)
+            .chain(c.legacy_index)
+            .any(|i| self.blind.contains_key(&(tenant.clone(), i)))
+    }
+
+    /// Takes an unsold card out of sale; false when it is sold, withdrawn or unknown.
+    fn withdraw(&mut self, tenant: &TenantId, id: CardId, now: DateTime<Utc>) -> bool {
+        let Some(card) = self.cards.get(&id).filter(|c| &c.tenant == tenant) else {
+            return false;
+        };
+        let holder = match card.state {
+            CardState::Available => None,
+            CardState::Reserved { order, .. } => Some(order),
+            CardState::Sold { .. } | CardState::Withdrawn { .. } => return false,
+        };
+        self.set_card_state(id, CardState::Withdrawn { at: now });
+        if let Some(order) = holder {
+            let key = (tenant.clone(), order);
+            if let Some(ids) = self.order_cards.get_mut(&key) {
+                ids.retain(|c| *c != id);
+                if ids.is_empty() {
+                    self.order_cards.remove(&key);
+                }
+            }
+        }
+        true
+    }
+
+    /// Returns the order's reserved cards to stock; answers how many.
+    fn release(&mut self, tenant: &TenantId, order: OrderId) -> u32 {
+        let key = (tenant.clone(), order);
+        let Some(ids) = self.order_cards.remove(&key) else {
+            return 0;
+        };
+        let mut released = 0u32;
+        let mut kept = Vec::new();
+        for id in ids {
+            let Some(card) = self.cards.get(&id) else {
+                continue;
+            };
+            match card.state {
+                CardState::Reserved { order: o, .. } if o == order => {
+                    self.set_card_state(id, CardState::Available);
+                    released = released.saturating_add(1);
+                }
+                CardState::Sold { order: o, .. } if o == order => kept.push(id),
+                _ => {}
+            }
+        }
+        if !kept.is_empty() {
+            self.order_cards.insert(key, kept);
+        }
+        released
+    }
+
+    /// Up to `n` free cards of a SKU at `now`, oldest first, skipping `exclude`.
+    fn free_cards(
+        &self,
+        tenant: &TenantId,
+        sku: SkuId,
+        now: DateTime<Utc>,
+        n: usize,
+        exclude: &[CardId],
+    ) -> Vec<CardId> {
+        self.pools
+            .get(&(tenant.clone(), sku))
+            .map(|pool| pool.take(now, n, exclude))
+            .unwrap_or_default()
+    }
+
+    fn free_count(&self, tenant: &TenantId, sku: SkuId, now: DateTime<Utc>) -> u64 {
+        self.pools
+            .get(&(tenant.clone(), sku))
+            .map_or(0, |pool| pool.free_count(now))
+    }
+
+    fn held_by(&self, tenant: &TenantId, order: OrderId, sku: SkuId) -> (Vec<CardId>, Vec<CardId>) {
+        let mut reserved = Vec::new();
+        let mut sold = Vec::new();
+        for id in self
+            .order_cards
+            .get(&(tenant.clone(), order))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if let Some(card) = self.cards.get(id).filter(|c| c.sku == sku) {
+                match card.state {
+                    CardState::Reserved { order: o, .. } if o == order => reserved.push(*id),
+                    CardState::Sold { order: o, .. } if o == order => sold.push(*id),
+                    _ => {}
+                }
+            }
+        }
+        (reserved, sold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_event_is_smaller_than_its_envelope() {
+        assert!(std::mem::size_of::<StoredEvent>() <= 80);
+        assert!(std::mem::size_of::<EventEnvelope>() > std::mem::size_of::<StoredEvent>());
+    }
+
+    #[test]
+    fn the_log_gives_back_what_it_was_given() {
+        let mut log = EventLog::default();
+        let mut rng = rand::thread_rng();
+        let now = Utc::now();
+        let tenants = [TenantId::default(), TenantId::new("other").unwrap()];
+        let mut written = Vec::new();
+        // More kinds than are found by comparison, so the map is used too.
+        for n in 0..40u64 {
+            let name: Cow<'static, str> = Cow::Owned(format!("thing.happened_{}", n % 20));
+            let e = EventEnvelope {
+                id: EventId::generate(now, &mut rng),
+                tenant: tenants[usize::from(n % 3 == 0)].clone(),
+                aggregate_type: Cow::Borrowed(if n % 2 == 0 { "order" } else { "goods" }),
+                aggregate_id: Arc::from(format!("agg-{}", n % 7)),
+                aggregate_version: n,
+                name,
+                occurred_at: now + Duration::seconds(i64::try_from(n).unwrap()),
+                payload: Payload::of(&n).unwrap(),
+                schema_version: u16::try_from(n % 3).unwrap() + 1,
+                correlation_id: (n % 4 == 0).then(|| Arc::from(format!("placement:k-{n}"))),
+            };
+            log.push(e.clone());
+            written.push(e);
+        }
+        assert_eq!(log.len(), written.len());
+        assert_eq!(log.from(0).collect::<Vec<_>>(), written);
+        assert_eq!(log.get(17), written.get(17).cloned());
+        assert_eq!(log.get(40), None);
+    }
+}

@@ -1,0 +1,222 @@
+//! The order port of the memory store.
+
+use super::*;
+
+#[async_trait]
+impl OrderStore for MemoryStore {
+    async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
+        Claim::check_all(new.claims)?;
+        let staged = Staged::of(new.order, new.events);
+        let mut s = self.state.lock();
+        let order = new.order;
+        let tenant = order.tenant().clone();
+        if let Some(taken) = new.claims.iter().find_map(|c| {
+            s.claims
+                .get(&(tenant.clone(), c.scope.clone(), c.key.clone()))
+        }) {
+            return Err(Error::Claimed {
+                claim: Box::new(taken.clone()),
+            });
+        }
+        if s.orders.contains_key(&(tenant.clone(), order.id())) {
+            return Err(Error::conflict("order", order.id(), "id already stored"));
+        }
+        if let Some(changed) = new.priced_from.iter().find(|g| {
+            s.goods
+                .get(&(tenant.clone(), g.id))
+                .is_none_or(|stored| stored.version() != g.version)
+        }) {
+            return Err(Error::conflict("goods", changed.id, GOODS_CHANGED));
+        }
+        for limit in new.member_limits {
+            let requested: u32 = order
+                .lines()
+                .iter()
+                .filter(|l| l.sku == limit.sku)
+                .map(|l| l.quantity)
+                .fold(0u32, u32::saturating_add);
+            let already = s.member_quantity(&tenant, order.member(), limit.sku);
+            if already.saturating_add(u64::from(requested)) > u64::from(limit.limit) {
+                return Err(Error::MemberLimitExceeded {
+                    sku: limit.sku,
+                    limit: limit.limit,
+                    already,
+                    requested,
+                });
+            }
+        }
+        if s.event_conflict(new.events).is_some() {
+            return Err(Error::conflict("event", order.id(), "id already stored"));
+        }
+        // Choose every card before changing any, so a shortage changes nothing.
+        let mut chosen: Vec<CardId> = Vec::new();
+        for r in new.reservations {
+            if r.quantity == 0 {
+                return Err(Error::Invalid("reserve of zero cards".into()));
+            }
+            let want = usize::try_from(r.quantity).unwrap_or(usize::MAX);
+            let free = s.free_cards(&tenant, r.sku, now, want, &chosen);
+            if free.len() < want {
+                return Err(Error::OutOfStock {
+                    sku: r.sku,
+                    requested: r.quantity,
+                    available: s.free_count(&tenant, r.sku, now),
+                });
+            }
+            chosen.extend(free);
+        }
+        let until = order.expires_at();
+        for id in &chosen {
+            s.set_card_state(
+                *id,
+                CardState::Reserved {
+                    order: order.id(),
+                    until,
+                },
+            );
+        }
+        if !chosen.is_empty() {
+            s.order_cards
+                .entry((tenant.clone(), order.id()))
+                .or_default()
+                .extend(chosen.iter().copied());
+        }
+        s.member_orders
+            .entry((tenant.clone(), order.member().clone()))
+            .or_default()
+            .push(order.id());
+        if order.status() == OrderStatus::AwaitingPayment {
+            s.unpaid
+                .insert((order.expires_at(), tenant.clone(), order.id()));
+        }
+        for c in new.claims {
+            s.claims
+                .insert((tenant.clone(), c.scope.clone(), c.key.clone()), c.clone());
+        }
+        s.orders.insert((tenant, order.id()), staged.order);
+        s.push_checked_events(staged.events);
+        Ok(chosen)
+    }
+
+    async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {
+        Ok(self
+            .state
+            .lock()
+            .claims
+            .get(&(tenant.clone(), scope.to_owned(), key.to_owned()))
+            .cloned())
+    }
+
+    async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
+        let staged = Staged::of(change.order, change.events);
+        let mut s = self.state.lock();
+        s.check_order_change(&change)?;
+        let replaced = s.apply_order_change(staged);
+        drop(s);
+        drop(replaced);
+        Ok(())
+    }
+
+    async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
+        let staged = Staged::of(change.order, change.events);
+        let mut s = self.state.lock();
+        s.check_order_change(&change)?;
+        let released = s.release(change.order.tenant(), change.order.id());
+        let replaced = s.apply_order_change(staged);
+        drop(s);
+        drop(replaced);
+        Ok(released)
+    }
+
+    async fn order(&self, tenant: &TenantId, id: OrderId) -> Result<Option<Order>> {
+        let shared = self.state.lock().orders.get(&(tenant.clone(), id)).cloned();
+        Ok(shared.map(|o| Order::clone(&o)))
+    }
+
+    async fn member_orders(
+        &self,
+        tenant: &TenantId,
+        member: &MemberId,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        let s = self.state.lock();
+        let mut out: Vec<Order> = s
+            .member_orders
+            .get(&(tenant.clone(), member.clone()))
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| s.orders.get(&(tenant.clone(), *id)))
+                    .map(|o| Order::clone(o))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|o| std::cmp::Reverse(o.id()));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn orders_updated(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        let s = self.state.lock();
+        let mut out: Vec<&Order> = s
+            .orders
+            .iter()
+            .filter(|((t, _), o)| {
+                t == tenant
+                    && o.updated_at() >= from
+                    && o.updated_at() < to
+                    && after.is_none_or(|cursor| (o.updated_at(), o.id()) > cursor)
+            })
+            .map(|(_, o)| &**o)
+            .collect();
+        out.sort_by_key(|o| (o.updated_at(), o.id()));
+        Ok(out.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn search_orders(
+        &self,
+        tenant: &TenantId,
+        query: &OrderQuery,
+        after: Option<OrderCursor>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        if !query.is_satisfiable() {
+            return Ok(Vec::new());
+        }
+        let s = self.state.lock();
+        let mut out: Vec<&Order> = s
+            .orders
+            .iter()
+            .filter(|((t, _), o)| {
+                t == tenant && query.matches(o) && after.is_none_or(|c| c.precedes(o))
+            })
+            .map(|(_, o)| &**o)
+            .collect();
+        out.sort_by_key(|o| std::cmp::Reverse((crate::placed_at(o), o.id())));
+        Ok(out
+            .into_iter()
+            .take(limit.min(crate::MAX_SEARCH_PAGE))
+            .cloned()
+            .collect())
+    }
+
+    async fn unpaid_orders_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(TenantId, OrderId)>> {
+        let s = self.state.lock();
+        Ok(s.unpaid
+            .iter()
+            .take_while(|(at, _, _)| *at <= now)
+            .take(limit)
+            .map(|(_, t, id)| (t.clone(), *id))
+            .collect())
+    }
+}
