@@ -3,6 +3,7 @@
 mod cards;
 mod catalog;
 mod checkout;
+mod closing;
 mod consumers;
 mod error;
 mod events;
@@ -11,6 +12,7 @@ mod jobs;
 mod keys;
 mod memo;
 mod operators;
+mod paying;
 mod payments;
 mod placement;
 mod sales;
@@ -28,12 +30,10 @@ pub use jobs::{
 };
 pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
 pub use operators::{FoundCard, OrderPage, Orders, Stock};
+pub use paying::{PaymentNotification, PaymentReceipt};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use placement::{MAX_IDEMPOTENCY_KEY, PLACEMENT_CLAIM_SCOPE, PlaceOrder};
-pub use sales::{
-    CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, PaymentNotification,
-    PaymentReceipt, Quote, QuoteLine,
-};
+pub use sales::{CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, Quote, QuoteLine};
 pub use shop::{
     DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES,
     DEFAULT_SUPPLIER_DEADLINE_HOURS, Shop, ShopBuilder,
