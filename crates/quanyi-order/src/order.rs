@@ -398,7 +398,8 @@ impl Order {
             return Err(Error::InvalidDecision { part: "verdict" });
         }
         // The default decision is not stored: it is what reads back.
-        self.decision = (decision != Decision::allow_all()).then(|| Arc::new(decision));
+        let default = decision.stage == crate::ALLOW_ALL_STAGE && decision.reasons.is_empty();
+        self.decision = (!default).then(|| Arc::new(decision));
         Ok(self)
     }
 

@@ -33,21 +33,6 @@ pub trait DecideStage: Send + Sync {
     ) -> Result<Decision>;
 }
 
-/// The default decide stage: allows every order.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct AllowAll;
-
-#[async_trait]
-impl DecideStage for AllowAll {
-    fn name(&self) -> &str {
-        quanyi_order::ALLOW_ALL_STAGE
-    }
-
-    async fn decide(&self, _: &Shop, _: &Order, _: &BTreeMap<String, String>) -> Result<Decision> {
-        Ok(Decision::allow_all())
-    }
-}
-
 impl Shop {
     /// Runs the decide stage on a priced and checked order: the order with its decision when
     /// allowed.
@@ -56,7 +41,10 @@ impl Shop {
         order: Order,
         extras: &BTreeMap<String, String>,
     ) -> Result<Order> {
-        let stage = &self.inner.decide;
+        // Without a stage every order is allowed: the default decision, which is not stored.
+        let Some(stage) = &self.inner.decide else {
+            return Ok(order);
+        };
         let decision = stage.decide(self, &order, extras).await?;
         if decision.stage != stage.name() {
             return Err(Error::InvalidInput(format!(

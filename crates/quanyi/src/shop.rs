@@ -13,7 +13,7 @@ use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, Store};
 use quanyi_supplier::{BreakerConfig, Breakers, StockCache, Supplier, SupplierId};
 use quanyi_vault::{DEFAULT_KEY_USE_LIMIT, KeyProvider, KeyRing, RootKey};
 
-use crate::checkout::{AllowAll, DecideStage};
+use crate::checkout::DecideStage;
 use crate::consumers::{Consumers, EventConsumer};
 use crate::jobs::{DEFAULT_EXPIRY_SWEEP_SECONDS, JobHandler, JobKinds, Sweep};
 use crate::memo::{GoodsMemo, PlacedOrders};
@@ -64,7 +64,7 @@ pub struct ShopBuilder {
     expiry_every: Duration,
     consumers: Vec<Arc<dyn EventConsumer>>,
     time_zone: Option<String>,
-    decide: Arc<dyn DecideStage>,
+    decide: Option<Arc<dyn DecideStage>>,
 }
 
 impl fmt::Debug for ShopBuilder {
@@ -199,7 +199,7 @@ impl ShopBuilder {
     /// The checkout's decide stage (see [`DecideStage`]); without one every order is allowed
     /// ([`quanyi_order::ALLOW_ALL_STAGE`]).
     pub fn decide_stage(mut self, stage: Arc<dyn DecideStage>) -> Self {
-        self.decide = stage;
+        self.decide = Some(stage);
         self
     }
 
@@ -342,8 +342,8 @@ pub(crate) struct Inner {
     pub(crate) consumers: Consumers,
     /// The shop's calendar (time zone), for every calendar rule.
     pub(crate) calendar: Calendar,
-    /// The checkout's decide stage.
-    pub(crate) decide: Arc<dyn DecideStage>,
+    /// The checkout's decide stage; `None` allows every order without a call.
+    pub(crate) decide: Option<Arc<dyn DecideStage>>,
 }
 
 /// A shop: every use case of selling virtual goods, for one tenant. Cheap to clone; clones and
@@ -395,7 +395,7 @@ impl Shop {
             expiry_every: Duration::seconds(DEFAULT_EXPIRY_SWEEP_SECONDS),
             consumers: Vec::new(),
             time_zone: None,
-            decide: Arc::new(AllowAll),
+            decide: None,
         }
     }
 
