@@ -23,7 +23,8 @@ pub struct Orders<'a> {
 pub struct OrderPage {
     /// The orders, newest first (placement time, then id).
     pub orders: Vec<Order>,
-    /// Where the next page starts: `None` when this page is the last.
+    /// Where the next page starts: `None` when this page is the last. (A full page of
+    /// [`MAX_SEARCH_PAGE`] orders always has one, which may lead to an empty page.)
     pub next: Option<OrderCursor>,
 }
 
@@ -48,15 +49,17 @@ impl Orders<'_> {
             )));
         }
         let shop = self.shop;
-        // One more than asked, to know whether another page follows.
+        // One more than asked, to know whether another page follows; a store answers at most
+        // MAX_SEARCH_PAGE, so a full page of that size says only that another may follow.
+        let ask = (limit + 1).min(MAX_SEARCH_PAGE);
         let mut orders = if query.is_satisfiable() {
             shop.store_ref()
-                .search_orders(&shop.tenant, query, after, limit + 1)
+                .search_orders(&shop.tenant, query, after, ask)
                 .await?
         } else {
             Vec::new()
         };
-        let more = orders.len() > limit;
+        let more = orders.len() > limit || (ask == limit && orders.len() == limit);
         orders.truncate(limit);
         let next = more
             .then(|| orders.last().map(OrderCursor::after))
