@@ -149,7 +149,15 @@ impl Shop {
                     .lines()
                     .iter()
                     .filter(|l| l.status == LineStatus::Pending)
-                    .filter_map(|l| Some((l.no, l.attempts.last()?.request.as_str().to_owned())))
+                    // A line no supplier was ever called for (every breaker open) is given up
+                    // too; its audit record then names no request.
+                    .map(|l| {
+                        let request = l
+                            .attempts
+                            .last()
+                            .map_or_else(|| "none".to_owned(), |a| a.request.as_str().to_owned());
+                        (l.no, request)
+                    })
                     .collect(),
                 _ => Vec::new(),
             };
