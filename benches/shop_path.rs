@@ -70,6 +70,7 @@ impl Path {
             let report = self
                 .shop
                 .import_card_keys(
+                    &quanyi::Actor::new("bench", "stock").unwrap(),
                     self.sku,
                     text.as_bytes(),
                     &ImportOptions::default(),

@@ -156,6 +156,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} lines  {per_sec}  eta {eta}")?
             .progress_chars("=> "),
     );
+    // The audit log names this tool as the operator of its imports.
+    let operator = Actor::new("import_keys", "stock")?;
     let mut imported = 0usize;
     let mut report = String::new();
     let (mut duplicates, mut malformed) = (0usize, 0usize);
@@ -165,7 +167,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         options.has_header &= n == 0;
         let input: Vec<u8> = chunk.concat();
         let result = shop
-            .import_card_keys(sku, &input, &options, args.bad_lines)
+            .import_card_keys(&operator, sku, &input, &options, args.bad_lines)
             .await;
         let part = match result {
             Ok(part) => part,

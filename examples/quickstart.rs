@@ -65,8 +65,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
 
     println!("\n-- import card keys (7 lines) --");
+    // Operator commands name who runs them; the audit log shows it.
+    let keeper = Actor::new("wei", "stock")?;
     let report = shop
         .import_card_keys(
+            &keeper,
             sku,
             BATCH.as_bytes(),
             &ImportOptions::default(),

@@ -43,6 +43,7 @@ async fn card_goods(shop: &Shop, keys: usize) -> (SkuId, Vec<String>) {
     let tag: u32 = rand::random();
     let codes: Vec<String> = (0..keys).map(|i| format!("DUR{i:04}-{tag:08X}")).collect();
     shop.import_card_keys(
+        &quanyi::Actor::new("stock-keeper", "stock").unwrap(),
         sku,
         codes.join("\n").as_bytes(),
         &ImportOptions::default(),

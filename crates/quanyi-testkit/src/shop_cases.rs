@@ -113,6 +113,7 @@ async fn card_sku(shop: &Shop) -> SkuId {
 
 async fn import(shop: &Shop, sku: SkuId, codes: &[&str]) -> quanyi::ImportReport {
     shop.import_card_keys(
+        &quanyi::Actor::new("stock-keeper", "stock").unwrap(),
         sku,
         codes.join("\n").as_bytes(),
         &ImportOptions::default(),

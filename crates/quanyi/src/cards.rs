@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use quanyi_core::{BatchId, CardId, MemberId, OrderId, SkuId};
+use quanyi_core::{Actor, BatchId, CardId, MemberId, OrderId, SkuId};
 use quanyi_goods::StockSource;
 use quanyi_order::OrderStatus;
 use quanyi_storage::{AuditAction, AuditOutcome, InsertCardsOutcome, NewCard, StockCount};
@@ -147,13 +147,15 @@ impl Shop {
     /// Imports a plain-text or CSV batch of card keys into a SKU's vault pool. Each key is
     /// sealed (AES-256-GCM, bound to tenant, SKU, card and field) before it reaches storage.
     /// Duplicates, within the file or of any card the shop ever held, are skipped and reported;
-    /// malformed lines reject the whole batch unless `bad_lines` is [`BadLines::Skip`].
+    /// malformed lines reject the whole batch unless `bad_lines` is [`BadLines::Skip`]. The
+    /// import is audited with `actor`, the operator who brought the batch in.
     ///
     /// # Errors
     /// [`Error::UnknownSku`]; [`Error::NotVaultStocked`]; [`Error::ImportRejected`] (nothing
     /// imported); [`Error::Vault`]; [`Error::Storage`].
     pub async fn import_card_keys(
         &self,
+        actor: &Actor,
         sku: SkuId,
         input: &[u8],
         options: &ImportOptions,
@@ -236,7 +238,7 @@ impl Shop {
         let events = self.envelopes("card_batch", batch, 1, vec![event], now);
         self.store_ref().append_events(&events).await?;
         self.audit(
-            "system",
+            &actor.to_string(),
             AuditAction::Import,
             batch.to_string(),
             AuditOutcome::Allowed,

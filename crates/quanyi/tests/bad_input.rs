@@ -219,7 +219,13 @@ async fn malformed_imports_import_nothing_unless_asked() {
     let text = b"\xEF\xBB\xBFGOOD-0001\r\n\r\n  GOOD-0002  \nBAD\x01LINE\nGOOD-0003\n%0A-literal\n";
     let err = w
         .shop
-        .import_card_keys(sku, text, &ImportOptions::default(), BadLines::Reject)
+        .import_card_keys(
+            &Actor::new("stock-keeper", "stock").unwrap(),
+            sku,
+            text,
+            &ImportOptions::default(),
+            BadLines::Reject,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), "import_rejected");
@@ -235,7 +241,13 @@ async fn malformed_imports_import_nothing_unless_asked() {
     assert_eq!(w.shop.stock().count(sku).await.unwrap().available, 0);
     let report = w
         .shop
-        .import_card_keys(sku, text, &ImportOptions::default(), BadLines::Skip)
+        .import_card_keys(
+            &Actor::new("stock-keeper", "stock").unwrap(),
+            sku,
+            text,
+            &ImportOptions::default(),
+            BadLines::Skip,
+        )
         .await
         .unwrap();
     assert_eq!(report.imported, 4);
@@ -243,7 +255,13 @@ async fn malformed_imports_import_nothing_unless_asked() {
     // Importing the same file again: every card is a duplicate of a stored one.
     let again = w
         .shop
-        .import_card_keys(sku, text, &ImportOptions::default(), BadLines::Skip)
+        .import_card_keys(
+            &Actor::new("stock-keeper", "stock").unwrap(),
+            sku,
+            text,
+            &ImportOptions::default(),
+            BadLines::Skip,
+        )
         .await
         .unwrap();
     assert_eq!(again.imported, 0);
@@ -263,7 +281,13 @@ async fn malformed_imports_import_nothing_unless_asked() {
     // Unknown SKU, and a SKU not stocked from the vault.
     let err = w
         .shop
-        .import_card_keys(new_sku(), text, &ImportOptions::default(), BadLines::Skip)
+        .import_card_keys(
+            &Actor::new("stock-keeper", "stock").unwrap(),
+            new_sku(),
+            text,
+            &ImportOptions::default(),
+            BadLines::Skip,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), "unknown_sku");
@@ -285,7 +309,13 @@ async fn malformed_imports_import_nothing_unless_asked() {
         .unwrap();
     let err = w
         .shop
-        .import_card_keys(unlimited, text, &ImportOptions::default(), BadLines::Skip)
+        .import_card_keys(
+            &Actor::new("stock-keeper", "stock").unwrap(),
+            unlimited,
+            text,
+            &ImportOptions::default(),
+            BadLines::Skip,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), "not_vault_stocked");

@@ -68,12 +68,24 @@ fn no_plaintext_in_logs_debug_events_or_errors() {
             };
             let line = format!("{code}|{secret}\n{code}|{secret}\nbad-without-secret\n");
             let err = shop
-                .import_card_keys(sku, line.as_bytes(), &options, BadLines::Reject)
+                .import_card_keys(
+                    &Actor::new("stock-keeper", "stock").unwrap(),
+                    sku,
+                    line.as_bytes(),
+                    &options,
+                    BadLines::Reject,
+                )
                 .await
                 .unwrap_err();
             seen.push_str(&format!("{err} {err:?}\n"));
             let report = shop
-                .import_card_keys(sku, line.as_bytes(), &options, BadLines::Skip)
+                .import_card_keys(
+                    &Actor::new("stock-keeper", "stock").unwrap(),
+                    sku,
+                    line.as_bytes(),
+                    &options,
+                    BadLines::Skip,
+                )
                 .await
                 .unwrap();
             seen.push_str(&format!("{report} {report:?}\n"));

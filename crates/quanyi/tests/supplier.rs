@@ -606,6 +606,7 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
     let tag: u32 = rand::random();
     w.shop
         .import_card_keys(
+            &Actor::new("stock-keeper", "stock").unwrap(),
             card,
             format!("PACK-{tag:08X}\n").as_bytes(),
             &ImportOptions::default(),

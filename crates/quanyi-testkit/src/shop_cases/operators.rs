@@ -130,5 +130,11 @@ pub async fn operators_search_orders_and_find_cards(store: Arc<dyn Store>) {
         .filter(|r| r.action == AuditAction::OrdersSearched)
         .count();
     assert_eq!(searches, 7);
+    let imports: Vec<_> = log
+        .iter()
+        .filter(|r| r.action == AuditAction::Import)
+        .map(|r| r.actor.as_str())
+        .collect();
+    assert_eq!(imports, vec!["stock:stock-keeper"]);
     assert!(format!("{log:?}").find("OPS-A1B2").is_none());
 }

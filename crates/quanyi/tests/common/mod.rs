@@ -60,6 +60,7 @@ pub fn codes(n: usize) -> Vec<String> {
 pub async fn stock_up(shop: &Shop, sku: SkuId, codes: &[String]) -> ImportReport {
     let text = codes.join("\n");
     shop.import_card_keys(
+        &Actor::new("stock-keeper", "stock").unwrap(),
         sku,
         text.as_bytes(),
         &ImportOptions::default(),
