@@ -380,6 +380,17 @@ impl Order {
         Ok(self)
     }
 
+    /// The units of `sku` the order's lines buy: what a per-member limit of the SKU counts
+    /// (every store counts it the same way, over the member's orders that
+    /// [count toward limits](OrderStatus::counts_toward_limits)). Saturates at `u32::MAX`.
+    pub fn quantity_of(&self, sku: SkuId) -> u32 {
+        self.lines
+            .iter()
+            .filter(|l| l.sku == sku)
+            .map(|l| l.quantity)
+            .fold(0u32, u32::saturating_add)
+    }
+
     /// The order as the checkout decided it: set once, when the order is placed and before it
     /// is stored, like the context. Only an allowing decision can be kept.
     ///

@@ -706,3 +706,17 @@ fn only_orders_that_bought_nothing_are_left_out_of_member_limits() {
     ];
     assert_eq!(NAMES, ["expired", "cancelled", "refunded"]);
 }
+
+#[test]
+fn the_quantity_of_a_sku_sums_its_lines() {
+    let a = line(KindTag::CardKey, 2, cny(100));
+    let b = line(KindTag::CardKey, 3, cny(100));
+    let again = NewLine {
+        quantity: 4,
+        ..a.clone()
+    };
+    let (order, _) = place(vec![a.clone(), b.clone(), again]).unwrap();
+    assert_eq!(order.quantity_of(a.sku), 6);
+    assert_eq!(order.quantity_of(b.sku), 3);
+    assert_eq!(order.quantity_of(line(KindTag::CardKey, 9, cny(1)).sku), 0);
+}

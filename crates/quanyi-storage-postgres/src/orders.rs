@@ -613,15 +613,7 @@ impl PlaceRequest {
         let limits = new
             .member_limits
             .iter()
-            .map(|l| {
-                let requested = order
-                    .lines()
-                    .iter()
-                    .filter(|line| line.sku == l.sku)
-                    .map(|line| line.quantity)
-                    .fold(0u32, u32::saturating_add);
-                (l.sku, l.limit, requested)
-            })
+            .map(|l| (l.sku, l.limit, order.quantity_of(l.sku)))
             .collect();
         Ok(PlaceRequest {
             order: order.id(),

@@ -253,16 +253,7 @@ impl OrderStore for SqliteStore {
         let limits: Vec<(SkuId, u32, u32)> = new
             .member_limits
             .iter()
-            .map(|l| {
-                let requested = new
-                    .order
-                    .lines()
-                    .iter()
-                    .filter(|line| line.sku == l.sku)
-                    .map(|line| line.quantity)
-                    .fold(0u32, u32::saturating_add);
-                (l.sku, l.limit, requested)
-            })
+            .map(|l| (l.sku, l.limit, new.order.quantity_of(l.sku)))
             .collect();
         let reservations: Vec<(SkuId, u32)> = new
             .reservations

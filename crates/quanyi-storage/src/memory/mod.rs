@@ -581,9 +581,7 @@ impl State {
         ids.iter()
             .filter_map(|id| self.orders.get(&(tenant.clone(), *id)))
             .filter(|o| is_live(o.status()))
-            .flat_map(|o| o.lines().iter())
-            .filter(|l| l.sku == sku)
-            .map(|l| u64::from(l.quantity))
+            .map(|o| u64::from(o.quantity_of(sku)))
             .sum()
     }
 

@@ -29,12 +29,7 @@ impl OrderStore for MemoryStore {
             return Err(Error::conflict("goods", changed.id, GOODS_CHANGED));
         }
         for limit in new.member_limits {
-            let requested: u32 = order
-                .lines()
-                .iter()
-                .filter(|l| l.sku == limit.sku)
-                .map(|l| l.quantity)
-                .fold(0u32, u32::saturating_add);
+            let requested = order.quantity_of(limit.sku);
             let already = s.member_quantity(&tenant, order.member(), limit.sku);
             if already.saturating_add(u64::from(requested)) > u64::from(limit.limit) {
                 return Err(Error::MemberLimitExceeded {
