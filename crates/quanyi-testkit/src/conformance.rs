@@ -66,10 +66,12 @@ pub const CASES: &[&str] = &[
     "conflicting_notices_are_kept_for_reconciliation",
 ];
 
+mod events;
 mod keys;
 mod later;
 mod search;
 
+pub use events::events_keep_their_schema_version_and_correlation;
 pub use keys::{
     a_destroyed_key_shreds_what_it_sealed, an_import_racing_a_rotation_never_stores_an_old_key,
     cards_need_the_active_key, legacy_indexes_find_stored_cards,
@@ -2447,57 +2449,4 @@ pub async fn tenants_are_isolated(store: Arc<dyn Store>) {
             .len(),
         1
     );
-}
-
-/// Events keep their schema version and correlation id through every way a store is read:
-/// an aggregate's events, the global log and the gap-free feed; events without them read back
-/// as version 1 correlated by their aggregate.
-pub async fn events_keep_their_schema_version_and_correlation(store: Arc<dyn Store>) {
-    let tenant = fixtures::tenant();
-    let goods = card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&goods, &[]).await.unwrap();
-    let (placed, events) = order(&goods, &member("cora"), 1);
-    let mut envs = envelopes(&placed, &events);
-    let request: Arc<str> = Arc::from("placement:cora-checkout-7");
-    for e in &mut envs {
-        e.correlation_id = Some(request.clone());
-        e.schema_version = 2;
-    }
-    store.insert_order(&placed, &envs, &[]).await.unwrap();
-    let plain = loose_event(&goods);
-    store
-        .append_events(std::slice::from_ref(&plain))
-        .await
-        .unwrap();
-
-    let stored = store
-        .aggregate_events(&tenant, "order", &placed.id().to_string())
-        .await
-        .unwrap();
-    assert_eq!(stored, envs);
-    assert!(stored.iter().all(|e| e.correlation() == &*request));
-    let feed = drain_feed(
-        &*store,
-        &tenant,
-        FeedPosition::START,
-        envs.len() + 1,
-        100_000,
-    )
-    .await;
-    let from_feed: Vec<EventEnvelope> = feed.into_iter().map(|f| f.event).collect();
-    let mut all = envs.clone();
-    all.push(plain.clone());
-    assert_eq!(from_feed, all);
-    let last = from_feed.last().unwrap();
-    assert_eq!(last.schema_version, 1);
-    assert_eq!(last.correlation_id, None);
-    assert_eq!(last.correlation(), &*last.aggregate_id);
-    let logged: Vec<EventEnvelope> = store
-        .events_after(None, 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.tenant == tenant)
-        .collect();
-    assert_eq!(logged, all);
 }

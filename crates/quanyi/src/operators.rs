@@ -52,13 +52,10 @@ impl Orders<'_> {
         // One more than asked, to know whether another page follows; a store answers at most
         // MAX_SEARCH_PAGE, so a full page of that size says only that another may follow.
         let ask = (limit + 1).min(MAX_SEARCH_PAGE);
-        let mut orders = if query.is_satisfiable() {
-            shop.store_ref()
-                .search_orders(&shop.tenant, query, after, ask)
-                .await?
-        } else {
-            Vec::new()
-        };
+        let mut orders = shop
+            .store_ref()
+            .search_orders(&shop.tenant, query, after, ask)
+            .await?;
         let more = orders.len() > limit || (ask == limit && orders.len() == limit);
         orders.truncate(limit);
         let next = more
