@@ -74,8 +74,38 @@ pub enum Shelf {
 pub struct PurchaseLimits {
     /// The most units in one order.
     pub per_order: Option<u32>,
-    /// The most units one member may hold across orders (counted by the engine).
+    /// The most units one member may hold across orders (counted by the engine). Orders
+    /// never paid (expired, cancelled) do not count; refunded orders do, unless
+    /// `release_on_refund` is set: a trial pack limited to one per member stays used once
+    /// bought, even when its money is given back.
     pub per_member: Option<u32>,
+    /// A refunded order gives its units back to the member's limit.
+    #[serde(default)]
+    pub release_on_refund: bool,
+}
+
+/// How a membership line is granted: the plan and the days one unit gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipTerms {
+    /// The host's plan name.
+    pub plan: String,
+    /// Days one unit grants.
+    pub days: u32,
+}
+
+/// What a unit of a SKU is delivered as, fixed when it is sold: an order line keeps these
+/// terms, and fulfilment follows them whatever the goods say later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleTerms {
+    /// Where the units come from.
+    pub stock: StockSource,
+    /// The membership a unit grants (membership goods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipTerms>,
+    /// Supplier products that fulfil it, in order of preference, with their costs at the time
+    /// of sale (supplier-stocked SKUs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<SupplierRoute>,
 }
 
 /// A priced, stocked unit of a good.
@@ -185,10 +215,10 @@ pub struct PurchaseCheck {
     pub amount: Money,
     /// The normalised top-up account, for direct top-ups.
     pub account: Option<String>,
-    /// The per-member limit the engine must still enforce across orders.
-    pub per_member_limit: Option<u32>,
-    /// Where units come from.
-    pub stock: StockSource,
+    /// The SKU's purchase limits; the engine still enforces the per-member one across orders.
+    pub limits: PurchaseLimits,
+    /// What the units are delivered as.
+    pub terms: SaleTerms,
     /// The kind of goods.
     pub kind: KindTag,
     /// The good's title.
@@ -434,6 +464,25 @@ impl Goods {
         Ok(())
     }
 
+    /// The terms a unit of `sku` is sold with now; `None` for a SKU the goods do not have.
+    pub fn sale_terms(&self, sku: SkuId) -> Option<SaleTerms> {
+        self.sku(sku).map(|s| self.terms_of(s))
+    }
+
+    fn terms_of(&self, s: &Sku) -> SaleTerms {
+        SaleTerms {
+            stock: s.stock,
+            membership: match &self.0.kind {
+                GoodsKind::Membership { plan, days } => Some(MembershipTerms {
+                    plan: plan.clone(),
+                    days: *days,
+                }),
+                _ => None,
+            },
+            routes: s.routes.clone(),
+        }
+    }
+
     /// Checks that `quantity` units of `sku` may be bought in one order, with `account` for
     /// direct top-ups (a benefit pack passes it on to its components unchecked). A blank account
     /// counts as none.
@@ -485,8 +534,8 @@ impl Goods {
             unit_price: s.price,
             amount,
             account,
-            per_member_limit: s.limits.per_member,
-            stock: s.stock,
+            limits: s.limits,
+            terms: self.terms_of(s),
             kind: self.0.kind.tag(),
             title: self.0.title.clone(),
         })

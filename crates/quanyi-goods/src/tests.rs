@@ -278,6 +278,7 @@ fn creation_rules() {
                 SkuDraft::new(sku(1), "S", cny(1)).with_limits(PurchaseLimits {
                     per_order: Some(0),
                     per_member: None,
+                    release_on_refund: false,
                 }),
             ],
             t,
@@ -289,6 +290,7 @@ fn creation_rules() {
                 SkuDraft::new(sku(1), "S", cny(1)).with_limits(PurchaseLimits {
                     per_order: None,
                     per_member: Some(0),
+                    release_on_refund: false,
                 }),
             ],
             t,
@@ -312,6 +314,7 @@ fn mutations_bump_version() {
         PurchaseLimits {
             per_order: Some(3),
             per_member: Some(9),
+            release_on_refund: false,
         },
     )
     .unwrap();
@@ -336,7 +339,8 @@ fn mutations_bump_version() {
             sku(1),
             PurchaseLimits {
                 per_order: Some(0),
-                per_member: None
+                per_member: None,
+                release_on_refund: false
             }
         )
         .unwrap_err()
@@ -351,6 +355,7 @@ fn purchase_checks() {
     let limits = PurchaseLimits {
         per_order: Some(5),
         per_member: Some(20),
+        release_on_refund: false,
     };
     let cards = goods(
         GoodsKind::CardKey,
@@ -407,8 +412,8 @@ fn purchase_checks() {
         }
     }
     let c = cards.check_purchase(sku(1), 2, None).unwrap();
-    assert_eq!(c.per_member_limit, Some(20));
-    assert_eq!(c.stock, StockSource::VaultPool);
+    assert_eq!(c.limits.per_member, Some(20));
+    assert_eq!(c.terms.stock, StockSource::VaultPool);
     assert_eq!(c.title, "Title");
     assert_eq!(c.amount, cny(2000));
 }
@@ -464,6 +469,7 @@ fn goods_round_trip_through_json() {
                     .with_limits(PurchaseLimits {
                         per_order: Some(2),
                         per_member: None,
+                        release_on_refund: false,
                     }),
             ],
         )

@@ -5,6 +5,7 @@ mod checkout;
 mod context;
 mod error;
 mod event;
+mod legacy;
 mod order;
 mod status;
 
@@ -17,9 +18,10 @@ pub use context::{
 };
 pub use error::{Error, Result};
 pub use event::OrderEvent;
+pub use legacy::complete_terms;
 pub use order::{
     AttemptOutcome, LineAttempt, LineStatus, MAX_LINES, MAX_REASON_CHARS, MAX_TITLE_CHARS, NewLine,
-    Order, OrderLine, Payment,
+    Order, OrderLine, PackTerms, Payment,
 };
 pub use status::{OrderStatus, Trigger, next_status};
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use quanyi_core::{
     CardId, Currency, GoodsId, MemberId, Money, OrderId, RequestId, SkuId, SupplierId, TenantId,
 };
-use quanyi_goods::{KindTag, PurchaseCheck};
+use quanyi_goods::{KindTag, PurchaseCheck, SaleTerms};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -69,9 +69,12 @@ pub struct OrderLine {
     /// Calls made to suppliers for this line, oldest first.
     #[serde(default)]
     pub attempts: Vec<LineAttempt>,
-    /// The bundle SKU this line is a component of.
-    #[serde(default)]
-    pub bundle: Option<SkuId>,
+    /// What the line is delivered as, as it was sold: fulfilment follows these terms, never
+    /// the goods as they are now.
+    pub terms: SaleTerms,
+    /// The benefit pack this line is a component of, as it was sold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PackTerms>,
     /// Why the line has its price (written only when it is not the list price).
     #[serde(default, skip_serializing_if = "PriceSource::is_list_price")]
     pub price_source: PriceSource,
@@ -153,8 +156,10 @@ pub struct NewLine {
     /// The line's share of a bundle's price, when the line is a component of a bundle; `None`
     /// for `unit_price * quantity`.
     pub allocated: Option<Money>,
-    /// The bundle SKU this line is a component of.
-    pub bundle: Option<SkuId>,
+    /// What the line is delivered as.
+    pub terms: SaleTerms,
+    /// The benefit pack this line is a component of.
+    pub pack: Option<PackTerms>,
     /// Why the line has its price.
     #[serde(default)]
     pub price_source: PriceSource,
@@ -172,10 +177,70 @@ impl NewLine {
             unit_price: check.unit_price,
             account: check.account.clone(),
             allocated: None,
-            bundle: None,
+            terms: check.terms.clone(),
+            pack: None,
             price_source: PriceSource::ListPrice,
         }
     }
+}
+
+/// A benefit pack as one of its component lines keeps it: which pack, how many were bought
+/// together, and this component's part of one pack. The line's amount is its share of the
+/// pack's price; the shares of a pack's lines sum to [`PackTerms::price`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackTerms {
+    /// The pack's SKU: per-member limits of the pack count its packs, not its components.
+    pub sku: SkuId,
+    /// The pack's goods.
+    pub goods: GoodsId,
+    /// The pack's place in the order, the same on each of its lines and 1-based: two
+    /// purchases of one pack in an order are two places.
+    pub place: u16,
+    /// Packs bought.
+    pub packs: u32,
+    /// Units of this component in one pack.
+    pub per_pack: u32,
+    /// What the packs bought cost together.
+    pub price: Money,
+}
+
+/// Checks the packs of placed lines: each pack's lines follow one another, agree on the pack
+/// (SKU, goods, packs, price, currency) and their amounts sum to its price.
+fn check_packs(lines: &[OrderLine]) -> Result<()> {
+    let mut seen: HashSet<u16> = HashSet::new();
+    let mut i = 0;
+    while let Some(first) = lines.get(i) {
+        let Some(pack) = &first.pack else {
+            i += 1;
+            continue;
+        };
+        let bad = |line: u16| Error::InvalidLine {
+            line,
+            reason: "a pack's lines follow one another, agree on the pack and sum to its price",
+        };
+        if !seen.insert(pack.place) || pack.price.currency() != first.amount.currency() {
+            return Err(bad(first.no));
+        }
+        let mut sum = Money::zero(pack.price.currency());
+        let mut last = first.no;
+        while let Some((l, p)) = lines
+            .get(i)
+            .and_then(|l| l.pack.as_ref().map(|p| (l, p)))
+            .filter(|(_, p)| p.place == pack.place)
+        {
+            if (p.sku, p.goods, p.packs, p.price) != (pack.sku, pack.goods, pack.packs, pack.price)
+            {
+                return Err(bad(l.no));
+            }
+            sum = sum.checked_add(l.amount)?;
+            last = l.no;
+            i += 1;
+        }
+        if sum != pack.price {
+            return Err(bad(last));
+        }
+    }
+    Ok(())
 }
 
 /// A confirmed payment.
@@ -302,6 +367,29 @@ impl Order {
                     reason: "negative unit price",
                 });
             }
+            if (l.kind == KindTag::Membership) != l.terms.membership.is_some() {
+                return Err(Error::InvalidLine {
+                    line: no,
+                    reason: "membership lines, and only they, carry membership terms",
+                });
+            }
+            if !l.terms.stock.fits(l.kind) {
+                return Err(Error::InvalidLine {
+                    line: no,
+                    reason: "stock source does not fit the kind",
+                });
+            }
+            if let Some(p) = &l.pack {
+                if p.place == 0
+                    || p.per_pack == 0
+                    || p.packs.checked_mul(p.per_pack) != Some(l.quantity)
+                {
+                    return Err(Error::InvalidLine {
+                        line: no,
+                        reason: "pack terms must be packs times units per pack, both above 0",
+                    });
+                }
+            }
             let amount = match l.allocated {
                 Some(share) if share.currency() != currency => {
                     return Err(Error::CurrencyMismatch {
@@ -333,10 +421,12 @@ impl Order {
                 delivered: 0,
                 cards: Vec::new(),
                 attempts: Vec::new(),
-                bundle: l.bundle,
+                terms: l.terms,
+                pack: l.pack,
                 price_source: l.price_source,
             });
         }
+        check_packs(&out)?;
         let order = Order {
             id,
             tenant,
@@ -380,15 +470,31 @@ impl Order {
         Ok(self)
     }
 
-    /// The units of `sku` the order's lines buy: what a per-member limit of the SKU counts
-    /// (every store counts it the same way, over the member's orders that
-    /// [count toward limits](OrderStatus::counts_toward_limits)). Saturates at `u32::MAX`.
+    /// The units of `sku` the order buys: what a per-member limit of the SKU counts (every
+    /// store counts it the same way, over the member's orders that
+    /// [count toward the limit](OrderStatus::counts_toward_limit)). A benefit pack counts its
+    /// packs, beside its components' units. Saturates at `u32::MAX`.
     pub fn quantity_of(&self, sku: SkuId) -> u32 {
-        self.lines
-            .iter()
-            .filter(|l| l.sku == sku)
-            .map(|l| l.quantity)
+        self.limit_units()
+            .filter(|(s, _)| *s == sku)
+            .map(|(_, units)| units)
             .fold(0u32, u32::saturating_add)
+    }
+
+    /// What the order counts toward per-member limits, as stores keep it beside the order:
+    /// each line's SKU and quantity in line order, each pack's SKU and packs after its first
+    /// line.
+    pub fn limit_units(&self) -> impl Iterator<Item = (SkuId, u32)> + '_ {
+        self.lines.iter().enumerate().flat_map(|(i, l)| {
+            let first_of_pack = l.pack.as_ref().filter(|p| {
+                i == 0
+                    || self.lines[i - 1]
+                        .pack
+                        .as_ref()
+                        .is_none_or(|before| before.place != p.place)
+            });
+            std::iter::once((l.sku, l.quantity)).chain(first_of_pack.map(|p| (p.sku, p.packs)))
+        })
     }
 
     /// The order as the checkout decided it: set once, when the order is placed and before it

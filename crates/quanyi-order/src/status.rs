@@ -44,18 +44,26 @@ impl OrderStatus {
         OrderStatus::Refunded,
     ];
 
-    /// The statuses of orders that bought nothing: they do not count toward per-member
-    /// limits (every store counts a member's quantities over the other statuses).
-    pub const VOID: [OrderStatus; 3] = [
-        OrderStatus::Expired,
-        OrderStatus::Cancelled,
-        OrderStatus::Refunded,
-    ];
+    /// The statuses of orders never paid: they never count toward per-member limits.
+    pub const NEVER_PAID: [OrderStatus; 2] = [OrderStatus::Expired, OrderStatus::Cancelled];
 
-    /// Whether an order in this status counts toward per-member limits (it is not
-    /// [`VOID`](OrderStatus::VOID)).
-    pub fn counts_toward_limits(self) -> bool {
-        !OrderStatus::VOID.contains(&self)
+    /// Whether an order in this status counts toward a per-member limit: every order but
+    /// those [never paid](OrderStatus::NEVER_PAID), and but refunded ones when the limit
+    /// releases units on refund (`PurchaseLimits::release_on_refund`).
+    pub fn counts_toward_limit(self, release_on_refund: bool) -> bool {
+        !OrderStatus::uncounted(release_on_refund).contains(&self)
+    }
+
+    /// The statuses a per-member limit leaves out, as a store filters them, always three (a
+    /// limit that keeps refunded orders names a never-paid status twice) so one statement
+    /// serves both kinds of limit.
+    pub const fn uncounted(release_on_refund: bool) -> [OrderStatus; 3] {
+        let [expired, cancelled] = OrderStatus::NEVER_PAID;
+        if release_on_refund {
+            [expired, cancelled, OrderStatus::Refunded]
+        } else {
+            [expired, cancelled, cancelled]
+        }
     }
 
     /// A stable snake_case name.

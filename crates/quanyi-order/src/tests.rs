@@ -1,6 +1,8 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
-use quanyi_core::{CardId, Currency, DomainEvent, ErrorKind, GoodsId, MemberId, Money, TenantId};
+use quanyi_core::{
+    CardId, Currency, DomainEvent, ErrorKind, GoodsId, MemberId, Money, SkuId, TenantId,
+};
 use quanyi_goods::KindTag;
 
 use crate::*;
@@ -25,6 +27,23 @@ fn cny(minor: i64) -> Money {
     Money::from_minor(minor, Currency::CNY)
 }
 
+/// Terms that fit `kind`.
+fn terms_for(kind: KindTag) -> quanyi_goods::SaleTerms {
+    use quanyi_goods::StockSource;
+    quanyi_goods::SaleTerms {
+        stock: match kind {
+            KindTag::DirectTopUp => StockSource::Supplier,
+            KindTag::Membership | KindTag::BenefitPack => StockSource::Unlimited,
+            _ => StockSource::VaultPool,
+        },
+        membership: (kind == KindTag::Membership).then(|| quanyi_goods::MembershipTerms {
+            plan: "vip".into(),
+            days: 30,
+        }),
+        routes: Vec::new(),
+    }
+}
+
 fn line(kind: KindTag, quantity: u32, unit_price: Money) -> NewLine {
     NewLine {
         sku: format!("sku_{:032x}", quantity).parse().unwrap(),
@@ -35,7 +54,8 @@ fn line(kind: KindTag, quantity: u32, unit_price: Money) -> NewLine {
         unit_price,
         account: None,
         allocated: None,
-        bundle: None,
+        terms: terms_for(kind),
+        pack: None,
         price_source: crate::PriceSource::ListPrice,
     }
 }
@@ -691,20 +711,100 @@ fn events_without_fields_share_one_body_that_equals_their_own_json() {
 }
 
 #[test]
-fn only_orders_that_bought_nothing_are_left_out_of_member_limits() {
+fn orders_never_paid_never_count_and_refunded_ones_count_unless_the_limit_releases_them() {
     for status in OrderStatus::ALL {
-        let void = matches!(
-            status,
-            OrderStatus::Expired | OrderStatus::Cancelled | OrderStatus::Refunded
+        let never_paid = matches!(status, OrderStatus::Expired | OrderStatus::Cancelled);
+        let refunded = status == OrderStatus::Refunded;
+        assert_eq!(status.counts_toward_limit(false), !never_paid, "{status:?}");
+        assert_eq!(
+            status.counts_toward_limit(true),
+            !never_paid && !refunded,
+            "{status:?}"
         );
-        assert_eq!(status.counts_toward_limits(), !void, "{status:?}");
     }
-    const NAMES: [&str; 3] = [
-        OrderStatus::VOID[0].as_str(),
-        OrderStatus::VOID[1].as_str(),
-        OrderStatus::VOID[2].as_str(),
-    ];
-    assert_eq!(NAMES, ["expired", "cancelled", "refunded"]);
+    let names = |release| OrderStatus::uncounted(release).map(OrderStatus::as_str);
+    assert_eq!(names(false), ["expired", "cancelled", "cancelled"]);
+    assert_eq!(names(true), ["expired", "cancelled", "refunded"]);
+}
+
+/// Two components of a pack bought twice in one purchase (place 1), and once more on its own
+/// (place 2).
+fn pack_lines() -> (Vec<NewLine>, SkuId) {
+    let pack: SkuId = "sku_0000000000000000000000000000aaaa".parse().unwrap();
+    let terms = |place, packs, per_pack, price| PackTerms {
+        sku: pack,
+        goods: goods_id(),
+        place,
+        packs,
+        per_pack,
+        price: cny(price),
+    };
+    let component = |kind, quantity, share, pack| NewLine {
+        // One SKU per kind, whatever the quantity.
+        sku: line(kind, if kind == KindTag::CardKey { 7 } else { 8 }, cny(1)).sku,
+        allocated: Some(cny(share)),
+        pack: Some(pack),
+        ..line(kind, quantity, cny(100))
+    };
+    (
+        vec![
+            component(KindTag::Membership, 2, 300, terms(1, 2, 1, 500)),
+            component(KindTag::CardKey, 4, 200, terms(1, 2, 2, 500)),
+            component(KindTag::Membership, 1, 150, terms(2, 1, 1, 250)),
+            component(KindTag::CardKey, 2, 100, terms(2, 1, 2, 250)),
+        ],
+        pack,
+    )
+}
+
+#[test]
+fn a_pack_counts_its_packs_toward_its_own_limit() {
+    let (lines, pack) = pack_lines();
+    let membership = lines[0].sku;
+    let (order, _) = place(lines).unwrap();
+    assert_eq!(order.quantity_of(pack), 3);
+    assert_eq!(order.quantity_of(membership), 3);
+    assert_eq!(
+        order.limit_units().collect::<Vec<_>>(),
+        [
+            (membership, 2),
+            (pack, 2),
+            (order.lines()[1].sku, 4),
+            (membership, 1),
+            (pack, 1),
+            (order.lines()[3].sku, 2),
+        ]
+    );
+    assert_eq!(order.total(), cny(750));
+}
+
+#[test]
+fn packs_whose_lines_disagree_are_refused() {
+    let check = |edit: &dyn Fn(&mut Vec<NewLine>)| {
+        let (mut lines, _) = pack_lines();
+        edit(&mut lines);
+        let placed = place(lines);
+        assert!(
+            matches!(placed, Err(Error::InvalidLine { .. })),
+            "an inconsistent pack is refused: {placed:?}"
+        );
+    };
+    // Packs times units per pack is not the quantity.
+    check(&|l| l[0].quantity = 3);
+    // A share that does not sum to the pack's price.
+    check(&|l| l[1].allocated = Some(cny(201)));
+    // A pack's lines apart.
+    check(&|l| l.swap(1, 2));
+    // Lines of one place that name another count of packs.
+    check(&|l| {
+        if let Some(p) = l[1].pack.as_mut() {
+            p.packs = 4;
+            p.per_pack = 1;
+        }
+    });
+    // Membership terms on a line of another kind, and none on a membership line.
+    check(&|l| l[1].terms.membership = l[0].terms.membership.clone());
+    check(&|l| l[0].terms.membership = None);
 }
 
 #[test]
@@ -719,4 +819,22 @@ fn the_quantity_of_a_sku_sums_its_lines() {
     assert_eq!(order.quantity_of(a.sku), 6);
     assert_eq!(order.quantity_of(b.sku), 3);
     assert_eq!(order.quantity_of(line(KindTag::CardKey, 9, cny(1)).sku), 0);
+}
+
+#[test]
+fn completing_terms_leaves_complete_orders_and_refuses_what_is_not_an_order() {
+    let (order, _) = place(vec![line(KindTag::CardKey, 1, cny(100))]).unwrap();
+    let doc = serde_json::to_string(&order).unwrap();
+    let mut never = |_| panic!("complete lines need no goods");
+    assert_eq!(complete_terms(&doc, &mut never), Ok(None));
+    for bad in ["", "[]", "{\"lines\": 3}", "{\"lines\": [{\"sku\": 1}]}"] {
+        assert!(complete_terms(bad, &mut never).is_err(), "{bad}");
+    }
+    // A line without terms whose goods are gone is reported, naming the SKU only.
+    let mut value: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    value["lines"][0].as_object_mut().unwrap().remove("terms");
+    let mut none = |_| None;
+    let err = complete_terms(&value.to_string(), &mut none).unwrap_err();
+    assert!(err.contains(&order.lines()[0].sku.to_string()), "{err}");
+    assert!(!err.contains("VIP month"), "{err}");
 }

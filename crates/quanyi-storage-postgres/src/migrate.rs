@@ -43,10 +43,18 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "order_search",
         include_str!("../migrations/0008_order_search.sql"),
     ),
+    (
+        9,
+        "line_terms",
+        include_str!("../migrations/0009_line_terms.sql"),
+    ),
 ];
 
+/// The version whose migration gives old orders' lines their terms ([`complete_line_terms`]).
+const LINE_TERMS: i32 = 9;
+
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in
@@ -92,6 +100,9 @@ impl PgStore {
         }
         for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             client.batch_execute(sql).await.map_err(db)?;
+            if *version == LINE_TERMS {
+                complete_line_terms(client).await?;
+            }
             client
                 .execute(
                     "INSERT INTO schema_version (version, name) VALUES ($1, $2)",
@@ -128,5 +139,72 @@ impl PgStore {
             .map_err(db)?;
         let v: Option<i32> = row.try_get(0).map_err(db)?;
         Ok(v.and_then(|v| u32::try_from(v).ok()))
+    }
+}
+
+/// Gives every stored order whose lines lack their terms the terms of its goods as they are
+/// now (see [`quanyi_order::complete_terms`]), and rewrites what it counts toward member
+/// limits. The goods are read first (a catalog is small), the orders in pages by key.
+async fn complete_line_terms(client: &tokio_postgres::Client) -> Result<()> {
+    use std::collections::HashMap;
+
+    let mut goods: HashMap<(String, uuid::Uuid), quanyi_goods::Goods> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT s.tenant, s.sku, g.doc FROM skus s \
+             JOIN goods g ON g.tenant = s.tenant AND g.id = s.goods",
+            &[],
+        )
+        .await
+        .map_err(db)?
+    {
+        let doc: &str = row.try_get(2).map_err(db)?;
+        goods.insert(
+            (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?),
+            crate::codec::from_json(doc, "goods")?,
+        );
+    }
+    let mut after = (String::new(), uuid::Uuid::nil());
+    loop {
+        let page = client
+            .query(
+                "SELECT tenant, id, doc FROM orders WHERE (tenant, id) > ($1, $2) \
+                 ORDER BY tenant, id LIMIT 500",
+                &[&after.0, &after.1],
+            )
+            .await
+            .map_err(db)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = (last.try_get(0).map_err(db)?, last.try_get(1).map_err(db)?);
+        for row in &page {
+            let tenant: String = row.try_get(0).map_err(db)?;
+            let id: uuid::Uuid = row.try_get(1).map_err(db)?;
+            let doc: &str = row.try_get(2).map_err(db)?;
+            let mut goods_by_sku =
+                |sku: quanyi_core::SkuId| goods.get(&(tenant.clone(), *sku.as_uuid())).cloned();
+            let completed = quanyi_order::complete_terms(doc, &mut goods_by_sku)
+                .map_err(|reason| Error::Corrupt(format!("stored order {id}: {reason}")))?;
+            let Some(order) = completed else { continue };
+            let (skus, units): (Vec<uuid::Uuid>, Vec<i64>) = order
+                .limit_units()
+                .map(|(sku, n)| (*sku.as_uuid(), i64::from(n)))
+                .unzip();
+            client
+                .execute(
+                    "UPDATE orders SET doc = $3, line_skus = $4, line_qtys = $5 \
+                     WHERE tenant = $1 AND id = $2",
+                    &[
+                        &tenant,
+                        &id,
+                        &crate::codec::to_json(&order, "order")?,
+                        &skus,
+                        &units,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+        }
     }
 }

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
 use quanyi_storage::{
-    Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderCursor, OrderQuery, OrderStore,
-    Result, search_in_pages,
+    Claim, Error, GOODS_CHANGED, MemberLimit, NewOrder, OrderChange, OrderCursor, OrderQuery,
+    OrderStore, Result, search_in_pages,
 };
 use uuid::Uuid;
 
@@ -33,7 +33,11 @@ use crate::{Conn, PgStore};
 /// $16 reservation SKUs, $17 quantities, $18 now, $19 limit SKUs, $20 limits, $21 requested,
 /// $22 whether the call is well formed, $23 the order's updated_at, $24 and $25 the goods the
 /// order was priced from and their versions (checked against the statement's snapshot), $26 the
-/// order's placement time (`placed_at`).
+/// order's placement time (`placed_at`), $27 whether each limit releases units on refund.
+///
+/// The "lines" ($8..$10, and the `line_skus`, `line_qtys` columns) are what the order counts
+/// toward member limits (`Order::limit_units`): each line's SKU and quantity, and each benefit
+/// pack's SKU and packs.
 ///
 /// Two shapes: with member limits, and without (most orders), which leaves the member count
 /// out of the statement, since the server sets up every part of a statement on every call; that
@@ -48,7 +52,8 @@ fn place_sql(with_limits: bool) -> String {
     } else {
         (
             String::new(),
-            "cardinality($19::uuid[]) + cardinality($20::bigint[]) + cardinality($21::bigint[]) = 0",
+            "cardinality($19::uuid[]) + cardinality($20::bigint[]) + cardinality($21::bigint[]) \
+             + cardinality($27::boolean[]) = 0",
             "'{}'::bigint[]",
         )
     };
@@ -105,10 +110,11 @@ fn place_sql(with_limits: bool) -> String {
     )
 }
 
-/// The per-member count of [`place_sql`]'s shape with limits: the member's quantities in
-/// orders whose status counts toward limits (all but `OrderStatus::VOID`).
+/// The per-member count of [`place_sql`]'s shape with limits: the member's units in orders
+/// that count toward each limit (`OrderStatus::counts_toward_limit`: all but those never paid,
+/// and but refunded ones for a limit that releases units on refund).
 fn limits_cte() -> String {
-    let void: Vec<String> = quanyi_order::OrderStatus::VOID
+    let never_paid: Vec<String> = quanyi_order::OrderStatus::NEVER_PAID
         .iter()
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
@@ -118,11 +124,13 @@ fn limits_cte() -> String {
              SELECT sum(u.qty) FROM orders o \
              CROSS JOIN LATERAL unnest(o.line_skus, o.line_qtys) AS u(sku, qty) \
              WHERE o.tenant = $1 AND o.member = $3 AND u.sku = l.sku \
-               AND o.status NOT IN ({}) \
+               AND o.status NOT IN ({}) AND (NOT l.rel OR o.status <> '{}') \
          ), 0)::bigint AS already \
-         FROM unnest($19::uuid[], $20::bigint[], $21::bigint[]) WITH ORDINALITY AS l(sku, max, req, ord) \
+         FROM unnest($19::uuid[], $20::bigint[], $21::bigint[], $27::boolean[]) \
+              WITH ORDINALITY AS l(sku, max, req, rel, ord) \
      ), ",
-        void.join(", ")
+        never_paid.join(", "),
+        quanyi_order::OrderStatus::Refunded.as_str()
     )
 }
 
@@ -578,8 +586,8 @@ pub(crate) struct PlaceRequest {
     /// The reservations as the call gave them, with their SKU's entry in `res_skus`.
     reservations: Vec<(SkuId, u32, usize)>,
     well_formed: bool,
-    /// Per member limit: SKU, limit, quantity the order asks for.
-    limits: Vec<(SkuId, u32, u32)>,
+    /// Per member limit: the limit, and the quantity the order asks for.
+    limits: Vec<(MemberLimit, u32)>,
     goods_ids: Vec<Uuid>,
     goods_versions: Vec<i64>,
     /// The claims the placement takes (placed alone, in a transaction, when there are any).
@@ -593,10 +601,10 @@ impl PlaceRequest {
         Claim::check_all(new.claims)?;
         let order = new.order;
         let (mut nos, mut line_skus, mut line_qtys) = (Vec::new(), Vec::new(), Vec::new());
-        for l in order.lines() {
-            nos.push(i32::from(l.no));
-            line_skus.push(*l.sku.as_uuid());
-            line_qtys.push(i64::from(l.quantity));
+        for (no, (sku, units)) in (1..).zip(order.limit_units()) {
+            nos.push(no);
+            line_skus.push(*sku.as_uuid());
+            line_qtys.push(i64::from(units));
         }
         let mut slot: HashMap<SkuId, usize> = HashMap::new();
         let (mut res_skus, mut res_qtys): (Vec<Uuid>, Vec<i64>) = (Vec::new(), Vec::new());
@@ -613,7 +621,7 @@ impl PlaceRequest {
         let limits = new
             .member_limits
             .iter()
-            .map(|l| (l.sku, l.limit, order.quantity_of(l.sku)))
+            .map(|l| (*l, order.quantity_of(l.sku)))
             .collect();
         Ok(PlaceRequest {
             order: order.id(),
@@ -660,7 +668,7 @@ impl PlaceRequest {
                 GOODS_CHANGED,
             ));
         }
-        for (i, &(sku, limit, requested)) in self.limits.iter().enumerate() {
+        for (i, &(MemberLimit { sku, limit, .. }, requested)) in self.limits.iter().enumerate() {
             let already = to_u64(placed.already.get(i).copied().unwrap_or(0), "quantity")?;
             if already.saturating_add(u64::from(requested)) > u64::from(limit) {
                 return Err(Error::MemberLimitExceeded {
@@ -901,7 +909,7 @@ impl PgStore {
     /// One try of [`PLACE`], under the member's lock when it has limits.
     async fn place_once(&self, request: &PlaceRequest) -> Result<Vec<CardId>> {
         let r = request;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 26] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 27] = [
             &r.tenant,
             r.order.as_uuid(),
             &r.member,
@@ -922,21 +930,25 @@ impl PgStore {
             &r.now,
             &r.limits
                 .iter()
-                .map(|l| *l.0.as_uuid())
+                .map(|l| *l.0.sku.as_uuid())
                 .collect::<Vec<Uuid>>(),
             &r.limits
                 .iter()
-                .map(|l| i64::from(l.1))
+                .map(|l| i64::from(l.0.limit))
                 .collect::<Vec<i64>>(),
             &r.limits
                 .iter()
-                .map(|l| i64::from(l.2))
+                .map(|l| i64::from(l.1))
                 .collect::<Vec<i64>>(),
             &r.well_formed,
             &r.updated,
             &r.goods_ids,
             &r.goods_versions,
             &r.placed,
+            &r.limits
+                .iter()
+                .map(|l| l.0.release_on_refund)
+                .collect::<Vec<bool>>(),
         ];
         let lock_key =
             (!r.limits.is_empty()).then(|| format!("{}:{}:{}", self.schema(), r.tenant, r.member));

@@ -186,6 +186,7 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
         PurchaseLimits {
             per_order: None,
             per_member: Some(5),
+            release_on_refund: false,
         },
     );
     let sku = first_sku(&goods);
@@ -195,7 +196,11 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
         .await
         .unwrap();
     let buyer = member("lost");
-    let limits = [MemberLimit { sku, limit: 5 }];
+    let limits = [MemberLimit {
+        sku,
+        limit: 5,
+        release_on_refund: false,
+    }];
     let place = |o: &quanyi_order::Order| {
         let store = store.clone();
         let o = o.clone();
@@ -1218,7 +1223,11 @@ async fn migrate_v4_data(through_5: bool) {
     // The old lines count for member limits: 1 + 2 held, so 1 more of a limit of 4 fits and 2
     // do not.
     store.insert_goods(&goods, &[]).await.unwrap();
-    let limit = [MemberLimit { sku, limit: 4 }];
+    let limit = [MemberLimit {
+        sku,
+        limit: 4,
+        release_on_refund: false,
+    }];
     let (more, events) = order(&goods, &buyer, 2);
     let envs = envelopes(&more, &events);
     let r = store

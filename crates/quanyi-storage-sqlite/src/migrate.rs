@@ -15,7 +15,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_sale_claims.sql"),
     include_str!("../migrations/0006_event_consumers.sql"),
     include_str!("../migrations/0007_order_search.sql"),
+    include_str!("../migrations/0008_line_terms.sql"),
 ];
+
+/// The version whose migration gives old orders' lines their terms ([`complete_line_terms`]).
+const LINE_TERMS: i64 = 8;
 
 /// The schema version this build writes and reads.
 const SCHEMA_VERSION: i64 = crate::SCHEMA_VERSION as i64;
@@ -56,12 +60,65 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
             .get(index)
             .ok_or_else(|| Error::Corrupt(format!("schema version {current} is unknown")))?;
         tx.execute_batch(sql).db()?;
+        if current + 1 == LINE_TERMS {
+            complete_line_terms(&tx)?;
+        }
         tx.execute(
             "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
             params![current + 1, ts(Utc::now())?],
         )
         .db()?;
         tx.commit().db()?;
+    }
+}
+
+/// Gives every stored order whose lines lack their terms the terms of its goods as they are
+/// now (see [`quanyi_order::complete_terms`]), and rewrites what it counts toward member
+/// limits. Orders are read in pages by id, so memory stays bounded on a large store.
+fn complete_line_terms(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let mut after: (String, Vec<u8>) = (String::new(), Vec::new());
+    loop {
+        let page: Vec<(String, Vec<u8>, String)> = tx
+            .prepare(
+                "SELECT tenant, id, doc FROM orders WHERE (tenant, id) > (?1, ?2)
+                 ORDER BY tenant, id LIMIT 500",
+            )
+            .db()?
+            .query_map(params![after.0, after.1], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .db()?
+            .collect::<rusqlite::Result<_>>()
+            .db()?;
+        let Some((tenant, id, _)) = page.last() else {
+            return Ok(());
+        };
+        after = (tenant.clone(), id.clone());
+        for (tenant, id, doc) in page {
+            let mut goods_by_sku = |sku: quanyi_core::SkuId| -> Option<quanyi_goods::Goods> {
+                tx.query_row(
+                    "SELECT g.doc FROM skus s JOIN goods g ON g.tenant = s.tenant AND g.id = s.goods
+                     WHERE s.tenant = ?1 AND s.sku = ?2",
+                    params![tenant, sku.as_bytes()],
+                    |r| r.get::<_, String>(0),
+                )
+                .ok()
+                .and_then(|doc| serde_json::from_str(&doc).ok())
+            };
+            let completed = quanyi_order::complete_terms(&doc, &mut goods_by_sku)
+                .map_err(|reason| Error::Corrupt(format!("stored order: {reason}")))?;
+            let Some(order) = completed else { continue };
+            tx.execute(
+                "UPDATE orders SET doc = ?3, lines = ?4 WHERE tenant = ?1 AND id = ?2",
+                params![
+                    tenant,
+                    id,
+                    crate::convert::to_doc(&order, "order")?,
+                    crate::orders::encode_lines(&order)
+                ],
+            )
+            .db()?;
+        }
     }
 }
 

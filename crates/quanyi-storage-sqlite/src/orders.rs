@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::{Order, OrderStatus};
 use quanyi_storage::{
-    Claim, Error, GOODS_CHANGED, NewOrder, OrderChange, OrderCursor, OrderQuery, OrderStore,
-    Result, search_in_pages,
+    Claim, Error, GOODS_CHANGED, MemberLimit, NewOrder, OrderChange, OrderCursor, OrderQuery,
+    OrderStore, Result, search_in_pages,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -15,13 +15,6 @@ use crate::SqliteStore;
 use crate::cards::{free_cards, release, reserve};
 use crate::convert::{SqlResult, from_doc, int, limit, to_doc, ts, uint, uuid};
 use crate::logs::{EventRow, check_events_new, event_rows, insert_events};
-
-/// The statuses that do not count toward member limits (`OrderStatus::VOID`), as stored.
-const VOID_STATUSES: [&str; 3] = [
-    OrderStatus::VOID[0].as_str(),
-    OrderStatus::VOID[1].as_str(),
-    OrderStatus::VOID[2].as_str(),
-];
 
 /// An order encoded for a blocking thread.
 pub(crate) struct OrderRow {
@@ -35,19 +28,20 @@ pub(crate) struct OrderRow {
     /// `Order::created_at`, for searches.
     placed_at: i64,
     doc: String,
-    /// Each line's SKU and quantity, as [`encode_lines`] writes them.
+    /// What the order counts toward member limits, as [`encode_lines`] writes it.
     lines: Vec<u8>,
 }
 
-/// Bytes per line in `orders.lines`: the SKU (16) and the quantity (4, big-endian).
+/// Bytes per entry in `orders.lines`: the SKU (16) and the units (4, big-endian).
 const LINE_BYTES: usize = 20;
 
-/// An order's lines as `orders.lines` holds them.
-fn encode_lines(order: &Order) -> Vec<u8> {
+/// What an order counts toward member limits ([`Order::limit_units`]: each line's SKU and
+/// quantity, each pack's SKU and packs) as `orders.lines` holds it.
+pub(crate) fn encode_lines(order: &Order) -> Vec<u8> {
     let mut out = Vec::with_capacity(order.lines().len() * LINE_BYTES);
-    for line in order.lines() {
-        out.extend_from_slice(line.sku.as_bytes());
-        out.extend_from_slice(&line.quantity.to_be_bytes());
+    for (sku, units) in order.limit_units() {
+        out.extend_from_slice(sku.as_bytes());
+        out.extend_from_slice(&units.to_be_bytes());
     }
     out
 }
@@ -178,8 +172,15 @@ pub(crate) fn apply_order_change(
     insert_events(tx, &c.events)
 }
 
-/// The quantity of `sku` in the member's live orders.
-fn member_quantity(tx: &Transaction<'_>, tenant: &str, member: &str, sku: SkuId) -> Result<u64> {
+/// The units of `sku` in the member's orders that count toward its limit.
+fn member_quantity(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    member: &str,
+    sku: SkuId,
+    release_on_refund: bool,
+) -> Result<u64> {
+    let [a, b, c] = OrderStatus::uncounted(release_on_refund);
     let mut stmt = tx
         .prepare_cached(
             // Without statistics the planner might walk the primary key over the whole tenant.
@@ -188,13 +189,7 @@ fn member_quantity(tx: &Transaction<'_>, tenant: &str, member: &str, sku: SkuId)
         )
         .db()?;
     let mut rows = stmt
-        .query(params![
-            tenant,
-            member,
-            VOID_STATUSES[0],
-            VOID_STATUSES[1],
-            VOID_STATUSES[2]
-        ])
+        .query(params![tenant, member, a.as_str(), b.as_str(), c.as_str()])
         .db()?;
     let mut sum = 0u64;
     while let Some(row) = rows.next().db()? {
@@ -250,10 +245,10 @@ impl OrderStore for SqliteStore {
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
         let o = order_row(new.order)?;
         let events = event_rows(new.events)?;
-        let limits: Vec<(SkuId, u32, u32)> = new
+        let limits: Vec<(MemberLimit, u32)> = new
             .member_limits
             .iter()
-            .map(|l| (l.sku, l.limit, new.order.quantity_of(l.sku)))
+            .map(|l| (*l, new.order.quantity_of(l.sku)))
             .collect();
         let reservations: Vec<(SkuId, u32)> = new
             .reservations
@@ -293,8 +288,17 @@ impl OrderStore for SqliteStore {
                         return Err(Error::conflict("goods", goods, GOODS_CHANGED));
                     }
                 }
-                for &(sku, limit, requested) in &limits {
-                    let already = member_quantity(tx, &o.tenant, &o.member, sku)?;
+                for &(
+                    MemberLimit {
+                        sku,
+                        limit,
+                        release_on_refund,
+                    },
+                    requested,
+                ) in &limits
+                {
+                    let already =
+                        member_quantity(tx, &o.tenant, &o.member, sku, release_on_refund)?;
                     if already.saturating_add(u64::from(requested)) > u64::from(limit) {
                         return Err(Error::MemberLimitExceeded {
                             sku,

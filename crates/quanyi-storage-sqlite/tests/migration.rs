@@ -877,7 +877,11 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
 
     // Member limits count the migrated lines of live orders only: bob holds 2 (the expired
     // order's 1 is void), so 1 more fits a limit of 3 and a second 1 does not.
-    let limit = [MemberLimit { sku, limit: 3 }];
+    let limit = [MemberLimit {
+        sku,
+        limit: 3,
+        release_on_refund: false,
+    }];
     let (more, more_events) = fixtures::order(&goods, &bob, 1);
     let more_envs = fixtures::envelopes(&more, &more_events);
     store

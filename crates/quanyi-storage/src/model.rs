@@ -174,8 +174,13 @@ pub struct StockCount {
 pub struct MemberLimit {
     /// The SKU.
     pub sku: SkuId,
-    /// The most the member may hold in live orders (not expired, cancelled or refunded).
+    /// The most the member may buy, counted over the member's orders (see
+    /// [`Order::quantity_of`]) that [count toward the
+    /// limit](quanyi_order::OrderStatus::counts_toward_limit): all but those never paid, and
+    /// but refunded ones when `release_on_refund` is set.
     pub limit: u32,
+    /// Refunded orders give their units back.
+    pub release_on_refund: bool,
 }
 
 /// Card keys of one SKU to hold for a new order until its payment deadline.
@@ -646,7 +651,7 @@ impl OrderQuery {
             && self.placed_before.is_none_or(|t| placed_at(order) < t)
             && self
                 .sku
-                .is_none_or(|sku| order.lines().iter().any(|l| l.sku == sku))
+                .is_none_or(|sku| order.limit_units().any(|(s, _)| s == sku))
             && self
                 .channel
                 .as_ref()

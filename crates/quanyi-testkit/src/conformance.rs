@@ -232,6 +232,7 @@ pub async fn member_limit_is_atomic(store: Arc<dyn Store>) {
         PurchaseLimits {
             per_order: None,
             per_member: Some(3),
+            release_on_refund: false,
         },
     );
     let sku = first_sku(&goods);
@@ -242,7 +243,15 @@ pub async fn member_limit_is_atomic(store: Arc<dyn Store>) {
         let (order, _) = order(&goods, &buyer, 1);
         tasks.push(tokio::spawn(async move {
             store
-                .insert_order(&order, &[], &[MemberLimit { sku, limit: 3 }])
+                .insert_order(
+                    &order,
+                    &[],
+                    &[MemberLimit {
+                        sku,
+                        limit: 3,
+                        release_on_refund: false,
+                    }],
+                )
                 .await
         }));
     }
@@ -271,13 +280,29 @@ pub async fn member_limit_is_atomic(store: Arc<dyn Store>) {
         .unwrap();
     let (again, _) = order(&goods, &buyer, 1);
     store
-        .insert_order(&again, &[], &[MemberLimit { sku, limit: 3 }])
+        .insert_order(
+            &again,
+            &[],
+            &[MemberLimit {
+                sku,
+                limit: 3,
+                release_on_refund: false,
+            }],
+        )
         .await
         .unwrap();
     let (too_many, _) = order(&goods, &buyer, 1);
     assert!(matches!(
         store
-            .insert_order(&too_many, &[], &[MemberLimit { sku, limit: 3 }])
+            .insert_order(
+                &too_many,
+                &[],
+                &[MemberLimit {
+                    sku,
+                    limit: 3,
+                    release_on_refund: false,
+                }]
+            )
             .await,
         Err(Error::MemberLimitExceeded {
             already: 3,
@@ -908,6 +933,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
         PurchaseLimits {
             per_order: None,
             per_member: Some(3),
+            release_on_refund: false,
         },
     );
     let (sku_a, sku_b) = (first_sku(&a), first_sku(&b));
@@ -930,7 +956,10 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
             unit_price: g.skus()[0].price,
             account: None,
             allocated: None,
-            bundle: None,
+            terms: g
+                .sale_terms(g.skus()[0].id)
+                .expect("the goods hold their first SKU"),
+            pack: None,
             price_source: quanyi_order::PriceSource::ListPrice,
         };
         quanyi_order::Order::place(
@@ -980,6 +1009,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
     let limits = [MemberLimit {
         sku: sku_b,
         limit: 1,
+        release_on_refund: false,
     }];
     let r = store
         .place_order(
@@ -1028,6 +1058,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                 member_limits: &[MemberLimit {
                     sku: sku_b,
                     limit: 3,
+                    release_on_refund: false,
                 }],
                 priced_from: &[],
                 claims: &[],

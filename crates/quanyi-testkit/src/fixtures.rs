@@ -120,7 +120,10 @@ pub fn order_at(
         unit_price: sku.price,
         account: None,
         allocated: None,
-        bundle: None,
+        terms: goods
+            .sale_terms(sku.id)
+            .expect("the goods hold their first SKU"),
+        pack: None,
         price_source: quanyi_order::PriceSource::ListPrice,
     };
     Order::place(

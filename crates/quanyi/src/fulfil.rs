@@ -53,12 +53,8 @@ impl Shop {
                 if line.status != LineStatus::Pending {
                     continue;
                 }
-                let from_vault = self
-                    .goods_of(line.sku)
-                    .await?
-                    .sku(line.sku)
-                    .is_some_and(|s| s.stock == StockSource::VaultPool);
-                if from_vault {
+                // The line's terms say how it is delivered, whatever its goods say now.
+                if line.terms.stock == StockSource::VaultPool {
                     per_sku
                         .entry(line.sku)
                         .or_default()
@@ -101,27 +97,17 @@ impl Shop {
                     self.generate_codes(&mut order, no, &mut events, &mut bought, now)
                         .await?;
                 } else if kind == KindTag::Membership {
-                    let sku = order
-                        .line(no)
-                        .map(|l| l.sku)
-                        .ok_or(Error::UnknownOrder(id))?;
-                    let goods = self.goods_of(sku).await?;
-                    if let quanyi_goods::GoodsKind::Membership { plan, days } = goods.kind() {
-                        events.extend(order.grant_entitlement(no, plan.clone(), *days, now)?);
+                    let membership = order.line(no).and_then(|l| l.terms.membership.clone());
+                    if let Some(m) = membership {
+                        events.extend(order.grant_entitlement(no, m.plan, m.days, now)?);
                     } else {
                         events.extend(order.fail_line(no, "not a membership".into(), now)?);
                     }
                 } else if matches!(kind, KindTag::DirectTopUp | KindTag::CardKey) {
-                    let sku = order
-                        .line(no)
-                        .map(|l| l.sku)
-                        .ok_or(Error::UnknownOrder(id))?;
-                    let goods = self.goods_of(sku).await?;
                     let start = bought.len();
                     self.fulfil_supplier_line(
                         &mut order,
                         no,
-                        &goods,
                         &mut events,
                         &mut bought,
                         &rejected,

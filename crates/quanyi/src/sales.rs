@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use quanyi_core::{Currency, MemberId, Money, OrderId, SkuId};
-use quanyi_goods::{Goods, KindTag, PurchaseCheck, StockSource};
-use quanyi_order::{NewLine, Order, OrderContext, PriceSource};
+use quanyi_goods::{Goods, KindTag, PurchaseCheck, PurchaseLimits, StockSource};
+use quanyi_order::{NewLine, Order, OrderContext, PackTerms, PriceSource};
 use quanyi_storage::{CardState, GoodsVersion, HeldCard, MemberLimit, NewOrder, Reservation};
 
 use crate::memo::PlacedOrder;
@@ -81,8 +81,6 @@ pub struct QuoteLine {
     pub goods: quanyi_core::GoodsId,
     /// Why this price.
     pub source: PriceSource,
-    /// The supplier routes of the SKU (empty unless it is supplier-stocked).
-    pub routes: Vec<quanyi_goods::SupplierRoute>,
 }
 
 /// A priced cart.
@@ -99,14 +97,14 @@ impl Shop {
     /// the vault pool; direct top-ups and card keys whose supplier routes name registered
     /// suppliers; memberships (granted as an event); generated reservation codes; signed links
     /// when the shop is configured for them.
-    fn can_fulfil(&self, check: &PurchaseCheck, routes: &[quanyi_goods::SupplierRoute]) -> bool {
-        match (check.kind, check.stock) {
+    fn can_fulfil(&self, check: &PurchaseCheck) -> bool {
+        match (check.kind, check.terms.stock) {
             (
                 KindTag::CardKey | KindTag::Link | KindTag::ReservationCode,
                 StockSource::VaultPool,
             ) => true,
             (KindTag::DirectTopUp | KindTag::CardKey, StockSource::Supplier) => {
-                self.fulfillable_routes(routes)
+                self.fulfillable_routes(&check.terms.routes)
             }
             (KindTag::Membership | KindTag::ReservationCode, StockSource::Unlimited) => true,
             (KindTag::Link, StockSource::Unlimited) => self.inner.links.is_some(),
@@ -116,7 +114,8 @@ impl Shop {
 
     /// The order's lines: each cart line as quoted, except that a benefit pack becomes one line
     /// per component, each carrying its share of the pack's price (allocated by the components'
-    /// list prices, so the shares sum to the pack's price) and the pack's SKU.
+    /// list prices, so the shares sum to the pack's price) and the pack's terms (its place is
+    /// the cart line's number).
     async fn expand_bundles(
         &self,
         quote: &Quote,
@@ -124,14 +123,13 @@ impl Shop {
         pricing: &mut Pricing,
     ) -> Result<Vec<Planned>> {
         let mut out = Vec::with_capacity(quote.lines.len());
-        for (line, asked) in quote.lines.iter().zip(cart) {
+        for ((line, asked), place) in quote.lines.iter().zip(cart).zip(1u16..) {
             if line.check.kind != KindTag::BenefitPack {
                 out.push(Planned {
                     goods: line.goods,
                     check: line.check.clone(),
-                    routes: line.routes.clone(),
                     allocated: None,
-                    bundle: None,
+                    pack: None,
                 });
                 continue;
             }
@@ -150,11 +148,7 @@ impl Shop {
                     .ok_or(Error::InvalidQuantity(i64::from(line.check.quantity)))?;
                 let account = goods.kind().account_rule().and(asked.account.as_deref());
                 let check = goods.check_purchase(c.sku, quantity, account)?;
-                let routes = goods
-                    .sku(c.sku)
-                    .map(|s| s.routes.clone())
-                    .unwrap_or_default();
-                parts.push((goods.id(), check, routes));
+                parts.push((goods.id(), check, c.quantity));
             }
             let weights: Vec<u64> = parts
                 .iter()
@@ -166,13 +160,19 @@ impl Shop {
                 weights
             };
             let shares = line.check.amount.allocate(&weights)?;
-            for ((goods, check, routes), share) in parts.into_iter().zip(shares) {
+            for ((goods, check, per_pack), share) in parts.into_iter().zip(shares) {
                 out.push(Planned {
                     goods,
                     check,
-                    routes,
                     allocated: Some(share),
-                    bundle: Some(line.check.sku),
+                    pack: Some(PackTerms {
+                        sku: line.check.sku,
+                        goods: pack.id(),
+                        place,
+                        packs: line.check.quantity,
+                        per_pack,
+                        price: line.check.amount,
+                    }),
                 });
             }
         }
@@ -245,15 +245,10 @@ impl Shop {
                 None => check.amount,
                 Some(t) => t.checked_add(check.amount)?,
             });
-            let routes = goods
-                .sku(line.sku)
-                .map(|s| s.routes.clone())
-                .unwrap_or_default();
             lines.push(QuoteLine {
                 check,
                 goods: goods.id(),
                 source: PriceSource::ListPrice,
-                routes,
             });
         }
         let total = total.ok_or(Error::EmptyCart)?;
@@ -371,10 +366,7 @@ impl Shop {
     ) -> Result<OrderPlan> {
         let quote = self.price_cart(cart, pricing).await?;
         let planned = self.expand_bundles(&quote, cart, pricing).await?;
-        if let Some(bad) = planned
-            .iter()
-            .find(|l| !self.can_fulfil(&l.check, &l.routes))
-        {
+        if let Some(bad) = planned.iter().find(|l| !self.can_fulfil(&l.check)) {
             return Err(Error::NotFulfillable {
                 sku: bad.check.sku,
                 kind: bad.check.kind.as_str(),
@@ -382,10 +374,9 @@ impl Shop {
         }
         // Supplier card keys are sold only against a fresh supplier stock figure.
         let mut supplier_cards: BTreeMap<SkuId, u64> = BTreeMap::new();
-        for l in planned
-            .iter()
-            .filter(|l| l.check.kind == KindTag::CardKey && l.check.stock == StockSource::Supplier)
-        {
+        for l in planned.iter().filter(|l| {
+            l.check.kind == KindTag::CardKey && l.check.terms.stock == StockSource::Supplier
+        }) {
             *supplier_cards.entry(l.check.sku).or_default() += u64::from(l.check.quantity);
         }
         for (sku, wanted) in supplier_cards {
@@ -408,7 +399,7 @@ impl Shop {
             .iter()
             .map(|l| NewLine {
                 allocated: l.allocated,
-                bundle: l.bundle,
+                pack: l.pack.clone(),
                 ..NewLine::from_check(l.goods, &l.check)
             })
             .collect();
@@ -423,19 +414,24 @@ impl Shop {
         let order = order.with_context(context.clone())?;
         // The decide stage, before anything is reserved or written.
         let order = self.decide(order, extras).await?;
-        // Per SKU, in a stable order: the quantity, its member limit, and whether the vault
-        // stocks it (only vault SKUs reserve cards).
-        let mut per_sku: BTreeMap<SkuId, (u32, Option<u32>, bool)> = BTreeMap::new();
-        for l in &planned {
-            let entry = per_sku.entry(l.check.sku).or_insert((
+        // Per SKU, in a stable order: the quantity, its limits, and whether the vault stocks it
+        // (only vault SKUs reserve cards). A benefit pack counts its packs for its own limits.
+        let mut per_sku: BTreeMap<SkuId, (u32, PurchaseLimits, bool)> = BTreeMap::new();
+        let packs = quote
+            .lines
+            .iter()
+            .filter(|l| l.check.kind == KindTag::BenefitPack)
+            .map(|l| &l.check);
+        for check in planned.iter().map(|l| &l.check).chain(packs) {
+            let entry = per_sku.entry(check.sku).or_insert((
                 0,
-                l.check.per_member_limit,
-                l.check.stock == StockSource::VaultPool,
+                check.limits,
+                check.kind != KindTag::BenefitPack && check.terms.stock == StockSource::VaultPool,
             ));
             entry.0 = entry
                 .0
-                .checked_add(l.check.quantity)
-                .ok_or(Error::InvalidQuantity(i64::from(l.check.quantity)))?;
+                .checked_add(check.quantity)
+                .ok_or(Error::InvalidQuantity(i64::from(check.quantity)))?;
         }
         let reservations: Vec<Reservation> = per_sku
             .iter()
@@ -447,7 +443,13 @@ impl Shop {
             .collect();
         let limits: Vec<MemberLimit> = per_sku
             .iter()
-            .filter_map(|(sku, (_, limit, _))| limit.map(|limit| MemberLimit { sku: *sku, limit }))
+            .filter_map(|(sku, (_, limits, _))| {
+                limits.per_member.map(|limit| MemberLimit {
+                    sku: *sku,
+                    limit,
+                    release_on_refund: limits.release_on_refund,
+                })
+            })
             .collect();
         let envs = self.envelopes("order", id, order.version(), events, now);
         Ok(OrderPlan {
@@ -475,9 +477,8 @@ impl Shop {
 struct Planned {
     goods: quanyi_core::GoodsId,
     check: PurchaseCheck,
-    routes: Vec<quanyi_goods::SupplierRoute>,
     allocated: Option<Money>,
-    bundle: Option<SkuId>,
+    pack: Option<PackTerms>,
 }
 
 /// How an order is priced: from remembered goods or fresh reads, and the goods versions it

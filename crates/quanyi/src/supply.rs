@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId};
-use quanyi_goods::{Goods, KindTag, SupplierRoute};
+use quanyi_goods::{KindTag, SupplierRoute};
 use quanyi_order::{AttemptOutcome, LineAttempt, LineStatus, Order, OrderEvent};
 use quanyi_storage::NewCard;
 use quanyi_storage::{AuditAction, AuditOutcome, OrderChange};
@@ -111,14 +111,14 @@ impl Shop {
     /// A card purchase answered under a request in `rejected` (its cards were refused as
     /// duplicates by an earlier pass's write) is recorded as [`AttemptOutcome::Rejected`], and
     /// the planner moves on to the next route as after a definite failure.
-    // The line, its goods, the pass's outputs and what earlier passes refused: a struct would
-    // only rename them.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// The routes are the line's own, as it was sold ([`OrderLine::terms`]), not its goods'.
+    ///
+    /// [`OrderLine::terms`]: quanyi_order::OrderLine::terms
     pub(crate) async fn fulfil_supplier_line(
         &self,
         order: &mut Order,
         no: u16,
-        goods: &Goods,
         events: &mut Vec<OrderEvent>,
         bought: &mut Vec<NewCard>,
         rejected: &HashSet<String>,
@@ -133,14 +133,8 @@ impl Shop {
                 _ => LineProgress::Failed,
             });
         }
-        let plan = goods
-            .sku(line.sku)
-            .and_then(|sku| plan_of(&sku.routes))
-            .filter(|_| {
-                goods
-                    .sku(line.sku)
-                    .is_some_and(|s| self.fulfillable_routes(&s.routes))
-            });
+        let routes = &line.terms.routes;
+        let plan = plan_of(routes).filter(|_| self.fulfillable_routes(routes));
         let Some(plan) = plan else {
             events.extend(order.fail_line(no, "no usable supplier route".into(), now)?);
             return Ok(LineProgress::Failed);
@@ -531,8 +525,6 @@ impl Shop {
             .get(supplier_id)
             .ok_or_else(|| Error::UnknownSupplier(supplier_id.to_string()))?;
         let mut ours = Vec::new();
-        let mut routes: std::collections::HashMap<quanyi_core::SkuId, Option<SupplierRoute>> =
-            std::collections::HashMap::new();
         let mut after = None;
         loop {
             let page = self
@@ -543,22 +535,15 @@ impl Shop {
             after = Some((last.updated_at(), last.id()));
             for order in &page {
                 for line in order.lines() {
-                    let route = match routes.get(&line.sku) {
-                        Some(r) => r.clone(),
-                        None => {
-                            let r = self.goods_of(line.sku).await.ok().and_then(|g| {
-                                g.sku(line.sku).and_then(|s| {
-                                    s.routes
-                                        .iter()
-                                        .find(|r| r.supplier == *supplier_id)
-                                        .cloned()
-                                })
-                            });
-                            routes.insert(line.sku, r.clone());
-                            r
-                        }
+                    // The product and cost the line was sold with.
+                    let Some(route) = line
+                        .terms
+                        .routes
+                        .iter()
+                        .find(|r| r.supplier == *supplier_id)
+                    else {
+                        continue;
                     };
-                    let Some(route) = route else { continue };
                     for a in line
                         .attempts
                         .iter()
@@ -662,10 +647,11 @@ impl Shop {
                 return Ok(CallbackOutcome::AlreadySettled);
             }
             if let Some(amount) = event.amount {
-                let goods = self.goods_of(line.sku).await?;
-                let expected = goods
-                    .sku(line.sku)
-                    .and_then(|s| s.routes.iter().find(|r| r.supplier == *supplier_id))
+                let expected = line
+                    .terms
+                    .routes
+                    .iter()
+                    .find(|r| r.supplier == *supplier_id)
                     .map(|r| r.cost.checked_mul(i64::from(line.quantity)))
                     .transpose()?;
                 if expected.is_some_and(|e| e != amount) {

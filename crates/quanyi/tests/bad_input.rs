@@ -42,6 +42,7 @@ async fn refused_orders_change_nothing() {
         PurchaseLimits {
             per_order: Some(3),
             per_member: Some(4),
+            release_on_refund: false,
         },
     )
     .await;

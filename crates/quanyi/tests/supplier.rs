@@ -668,7 +668,12 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
         .await
         .unwrap();
     assert_eq!(order.lines().len(), 3);
-    assert!(order.lines().iter().all(|l| l.bundle == Some(pack)));
+    assert!(
+        order
+            .lines()
+            .iter()
+            .all(|l| l.pack.as_ref().map(|p| p.sku) == Some(pack))
+    );
     let shares: Vec<i64> = order.lines().iter().map(|l| l.amount.minor()).collect();
     assert_eq!(
         shares.iter().sum::<i64>(),

@@ -478,10 +478,6 @@ fn available(tenant: &TenantId, c: &NewCard, now: DateTime<Utc>) -> StoredCard {
     }
 }
 
-fn is_live(status: OrderStatus) -> bool {
-    status.counts_toward_limits()
-}
-
 impl State {
     /// The first event id that is stored already or repeats within `events`.
     fn event_conflict(&self, events: &[EventEnvelope]) -> Option<EventId> {
@@ -574,14 +570,19 @@ impl State {
         replaced
     }
 
-    fn member_quantity(&self, tenant: &TenantId, member: &MemberId, sku: SkuId) -> u64 {
+    fn member_quantity(
+        &self,
+        tenant: &TenantId,
+        member: &MemberId,
+        limit: &crate::MemberLimit,
+    ) -> u64 {
         let Some(ids) = self.member_orders.get(&(tenant.clone(), member.clone())) else {
             return 0;
         };
         ids.iter()
             .filter_map(|id| self.orders.get(&(tenant.clone(), *id)))
-            .filter(|o| is_live(o.status()))
-            .map(|o| u64::from(o.quantity_of(sku)))
+            .filter(|o| o.status().counts_toward_limit(limit.release_on_refund))
+            .map(|o| u64::from(o.quantity_of(limit.sku)))
             .sum()
     }
 

@@ -30,7 +30,7 @@ impl OrderStore for MemoryStore {
         }
         for limit in new.member_limits {
             let requested = order.quantity_of(limit.sku);
-            let already = s.member_quantity(&tenant, order.member(), limit.sku);
+            let already = s.member_quantity(&tenant, order.member(), limit);
             if already.saturating_add(u64::from(requested)) > u64::from(limit.limit) {
                 return Err(Error::MemberLimitExceeded {
                     sku: limit.sku,
