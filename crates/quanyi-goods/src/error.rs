@@ -82,6 +82,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An edit would change what kind of goods they are.
+    #[error("{from} goods cannot become {to} goods")]
+    KindChanged {
+        /// The kind they are.
+        from: crate::KindTag,
+        /// The kind asked for.
+        to: crate::KindTag,
+    },
     /// A membership plan or duration is not acceptable.
     #[error("invalid membership: {reason}")]
     InvalidMembership {
@@ -166,6 +174,7 @@ impl Error {
             Error::InvalidLimit { .. } => "invalid_limit",
             Error::InvalidPattern { .. } => "invalid_pattern",
             Error::InvalidBundle { .. } => "invalid_bundle",
+            Error::KindChanged { .. } => "kind_changed",
             Error::InvalidMembership { .. } => "invalid_membership",
             Error::UnknownSku { .. } => "unknown_sku",
             Error::OffShelf { .. } => "off_shelf",

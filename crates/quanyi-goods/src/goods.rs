@@ -440,6 +440,45 @@ impl Goods {
         Ok(())
     }
 
+    /// Changes a SKU's supplier routes, in order of preference. Lines already sold keep the
+    /// routes they were sold with.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSku`], [`Error::InvalidRoute`].
+    pub fn set_routes(&mut self, sku: SkuId, routes: Vec<SupplierRoute>) -> Result<()> {
+        let i = self.sku_index(sku)?;
+        let s = &self.0.skus[i];
+        check_routes(sku, s.stock, s.price.currency(), &routes)?;
+        self.body_mut().skus[i].routes = routes;
+        self.bump();
+        Ok(())
+    }
+
+    /// Changes the kind's data (a membership's plan and days, a pack's components, a top-up's
+    /// account rule) within the same kind. Lines already sold keep the terms they were sold
+    /// with.
+    ///
+    /// # Errors
+    /// [`Error::KindChanged`] for another kind; the kind's own errors (see
+    /// [`GoodsKind::check`]); [`Error::InvalidBundle`] for a pack that would contain itself.
+    pub fn set_kind(&mut self, kind: GoodsKind) -> Result<()> {
+        let (from, to) = (self.0.kind.tag(), kind.tag());
+        if from != to {
+            return Err(Error::KindChanged { from, to });
+        }
+        kind.check()?;
+        if let GoodsKind::BenefitPack { components } = &kind {
+            if let Some(c) = components.iter().find(|c| self.sku(c.sku).is_some()) {
+                return Err(Error::InvalidBundle {
+                    reason: format!("sku {} contains itself", c.sku),
+                });
+            }
+        }
+        self.body_mut().kind = kind;
+        self.bump();
+        Ok(())
+    }
+
     /// Changes a SKU's price; the currency stays the good's.
     ///
     /// # Errors

@@ -420,7 +420,7 @@ async fn timestamps_round_trip_to_the_microsecond() {
 }
 
 /// The migrations of older versions: (version, name, SQL).
-const OLD_MIGRATIONS: [(i32, &str, &str); 4] = [
+const OLD_MIGRATIONS: [(i32, &str, &str); 8] = [
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (
         2,
@@ -437,7 +437,58 @@ const OLD_MIGRATIONS: [(i32, &str, &str); 4] = [
         "withdrawn_cards_index_schemes",
         include_str!("../migrations/0004_withdrawn_cards_index_schemes.sql"),
     ),
+    (
+        5,
+        "lean_order_path",
+        include_str!("../migrations/0005_lean_order_path.sql"),
+    ),
+    (
+        6,
+        "sale_claims",
+        include_str!("../migrations/0006_sale_claims.sql"),
+    ),
+    (
+        7,
+        "event_feed",
+        include_str!("../migrations/0007_event_feed.sql"),
+    ),
+    (
+        8,
+        "order_search",
+        include_str!("../migrations/0008_order_search.sql"),
+    ),
 ];
+
+/// Stores goods as every version wrote them.
+async fn old_goods(admin: &tokio_postgres::Client, schema: &str, goods: &quanyi_goods::Goods) {
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.goods (tenant, id, version, doc) VALUES ($1, $2, $3, $4)"
+            ),
+            &[
+                &goods.tenant().as_str(),
+                goods.id().as_uuid(),
+                &i64::try_from(goods.version()).unwrap(),
+                &serde_json::to_string(goods).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    for sku in goods.skus() {
+        admin
+            .execute(
+                &format!("INSERT INTO {schema}.skus (tenant, sku, goods) VALUES ($1, $2, $3)"),
+                &[
+                    &goods.tenant().as_str(),
+                    sku.id.as_uuid(),
+                    goods.id().as_uuid(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+}
 
 /// Creates `schema` as the migrations up to `version` left it.
 async fn schema_at(admin: &tokio_postgres::Client, schema: &str, version: i32) {
@@ -497,7 +548,7 @@ async fn old_card(
         .unwrap();
 }
 
-/// Stores an order as every version wrote it.
+/// Stores an order as versions 1 to 4 wrote it (its lines without their terms).
 async fn old_order(admin: &tokio_postgres::Client, schema: &str, o: &Order) {
     admin
         .execute(
@@ -512,7 +563,7 @@ async fn old_order(admin: &tokio_postgres::Client, schema: &str, o: &Order) {
                 &o.status().as_str(),
                 &o.expires_at().timestamp_micros(),
                 &i64::try_from(o.version()).unwrap(),
-                &serde_json::to_string(o).unwrap(),
+                &fixtures::doc_before_line_terms(o),
                 &o.updated_at().timestamp_micros(),
             ],
         )
@@ -566,6 +617,7 @@ async fn migration_4_keeps_the_cards_orders_and_notices_of_an_older_schema() {
     let tenant = fixtures::tenant();
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
+    old_goods(&admin, &schema, &goods).await;
     admin
         .execute(
             &format!("INSERT INTO {schema}.key_rings (tenant, version, doc) VALUES ($1, 1, $2)"),
@@ -1092,6 +1144,7 @@ async fn migrate_v4_data(through_5: bool) {
     let tenant = fixtures::tenant();
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
+    old_goods(&admin, &schema, &goods).await;
     admin
         .execute(
             &format!("INSERT INTO {schema}.key_rings (tenant, version, doc) VALUES ($1, 1, $2)"),
@@ -1222,7 +1275,6 @@ async fn migrate_v4_data(through_5: bool) {
     );
     // The old lines count for member limits: 1 + 2 held, so 1 more of a limit of 4 fits and 2
     // do not.
-    store.insert_goods(&goods, &[]).await.unwrap();
     let limit = [MemberLimit {
         sku,
         limit: 4,
@@ -1399,4 +1451,56 @@ async fn migrate_v4_data(through_5: bool) {
 
 fn id_of_new_order() -> OrderId {
     fixtures::id(OrderId::generate)
+}
+
+/// Migration 9: lines stored without their terms get them from their goods (a pack's lines
+/// the pack's terms), and what each order counts toward member limits is written again, so a
+/// pack's limit counts the packs of orders placed before.
+#[tokio::test]
+async fn migration_9_gives_old_lines_their_terms() {
+    let Some(url) = common::url() else { return };
+    let schema = quanyi_testkit::unique_name("qt");
+    let admin = common::admin(&url).await;
+    schema_at(&admin, &schema, 8).await;
+    let tenant = fixtures::tenant();
+    let before = quanyi_testkit::conformance::OrdersBeforeLineTerms::new(&tenant);
+    for goods in &before.goods {
+        old_goods(&admin, &schema, goods).await;
+    }
+    for o in &before.orders {
+        // Version 8's columns: each line's SKU and quantity, nothing for the pack.
+        let skus: Vec<uuid::Uuid> = o.lines().iter().map(|l| *l.sku.as_uuid()).collect();
+        let qtys: Vec<i64> = o.lines().iter().map(|l| i64::from(l.quantity)).collect();
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.orders (tenant, id, member, status, expires_at, \
+                     version, doc, updated_at, line_skus, line_qtys, placed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ),
+                &[
+                    &o.tenant().as_str(),
+                    o.id().as_uuid(),
+                    &o.member().as_str(),
+                    &o.status().as_str(),
+                    &o.expires_at().timestamp_micros(),
+                    &i64::try_from(o.version()).unwrap(),
+                    &fixtures::doc_before_line_terms(o),
+                    &o.updated_at().timestamp_micros(),
+                    &skus,
+                    &qtys,
+                    &o.created_at().timestamp_micros(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let store = PgStore::connect_with(common::options(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(8));
+    store.migrate().await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
+    before.check_after_migration(&store).await;
+    common::drop_schema(url, schema).await;
 }

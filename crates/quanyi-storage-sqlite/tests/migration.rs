@@ -35,6 +35,17 @@ const BEFORE_V4: [&str; 3] = [
     include_str!("../migrations/0003_withdrawn_cards_index_schemes_notice_repeats.sql"),
 ];
 
+/// The migrations of the versions before 8 (lines without their terms).
+const BEFORE_V8: [&str; 7] = [
+    BEFORE_V4[0],
+    BEFORE_V4[1],
+    BEFORE_V4[2],
+    include_str!("../migrations/0004_lean_order_path.sql"),
+    include_str!("../migrations/0005_sale_claims.sql"),
+    include_str!("../migrations/0006_event_consumers.sql"),
+    include_str!("../migrations/0007_order_search.sql"),
+];
+
 /// The indexes on `cards` of the current schema, by name.
 const CARD_INDEXES: [&str; 7] = [
     "cards_by_key",
@@ -140,7 +151,7 @@ fn insert_v2_order(conn: &Connection, order: &Order) {
             order.status().as_str(),
             nanos(order.expires_at()),
             i64::try_from(order.version()).unwrap(),
-            serde_json::to_string(order).unwrap(),
+            fixtures::doc_before_line_terms(order),
             nanos(order.updated_at())
         ],
     )
@@ -1066,4 +1077,52 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
             .unwrap(),
         Some(claim)
     );
+}
+
+/// Version 7 to 8: lines stored without their terms get them from their goods (a pack's lines
+/// the pack's terms), and what each order counts toward member limits is written again, so a
+/// pack's limit counts the packs of orders placed before.
+#[tokio::test]
+async fn version_7_databases_give_old_lines_their_terms() {
+    let db = TempDb(common::fresh_path());
+    let tenant = fixtures::tenant();
+    let before = quanyi_testkit::conformance::OrdersBeforeLineTerms::new(&tenant);
+    {
+        let conn = at_version(db.path(), &BEFORE_V8);
+        for goods in &before.goods {
+            insert_v2_goods(&conn, goods);
+        }
+        for order in &before.orders {
+            // Version 7's columns: each line's SKU and quantity, nothing for the pack.
+            let lines: Vec<u8> = order
+                .lines()
+                .iter()
+                .flat_map(|l| {
+                    let mut entry = l.sku.as_bytes().to_vec();
+                    entry.extend_from_slice(&l.quantity.to_be_bytes());
+                    entry
+                })
+                .collect();
+            conn.execute(
+                "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc,
+                                     updated_at, lines, placed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    order.tenant().as_str(),
+                    order.id().as_bytes(),
+                    order.member().as_str(),
+                    order.status().as_str(),
+                    nanos(order.expires_at()),
+                    i64::try_from(order.version()).unwrap(),
+                    fixtures::doc_before_line_terms(order),
+                    nanos(order.updated_at()),
+                    lines,
+                    nanos(order.created_at())
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    before.check_after_migration(&store).await;
 }

@@ -50,6 +50,7 @@ pub const CASES: &[&str] = &[
     "consumer_cursors_move_by_compare_and_swap",
     "racing_placements_with_one_claim_place_one_order",
     "operators_search_orders",
+    "pack_limits",
     "cards_are_found_by_blind_index",
     "events_keep_their_schema_version_and_correlation",
     "jobs_are_claimed_only_by_kinds_the_worker_runs",
@@ -69,6 +70,7 @@ pub const CASES: &[&str] = &[
 mod events;
 mod keys;
 mod later;
+mod packs;
 mod search;
 
 pub use events::events_keep_their_schema_version_and_correlation;
@@ -80,6 +82,7 @@ pub use keys::{
 pub use later::{
     closing_an_unpaid_order_releases_its_cards, conflicting_notices_are_kept_for_reconciliation,
 };
+pub use packs::{OrdersBeforeLineTerms, pack_limits};
 pub use search::{
     cards_are_found_by_blind_index, migrated_orders_are_found_by_placement, operators_search_orders,
 };

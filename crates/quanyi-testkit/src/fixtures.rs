@@ -219,3 +219,25 @@ pub fn job(tenant: &TenantId, key: &str, run_at: DateTime<Utc>) -> NewJob {
         run_at,
     }
 }
+
+/// The document of `order` as stores wrote it before lines kept their terms (SQLite schema 7,
+/// PostgreSQL schema 8 and earlier): no `terms` and no `pack` on its lines, a pack's lines
+/// naming the pack's SKU in `bundle`.
+pub fn doc_before_line_terms(order: &Order) -> String {
+    let mut doc = serde_json::to_value(order).expect("orders serialize");
+    if let Some(lines) = doc
+        .get_mut("lines")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for line in lines
+            .iter_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+        {
+            line.remove("terms");
+            if let Some(pack) = line.remove("pack") {
+                line.insert("bundle".into(), pack["sku"].clone());
+            }
+        }
+    }
+    doc.to_string()
+}

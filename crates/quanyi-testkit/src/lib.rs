@@ -55,6 +55,7 @@ macro_rules! storage_conformance {
             consumer_cursors_move_by_compare_and_swap,
             racing_placements_with_one_claim_place_one_order,
             operators_search_orders,
+            pack_limits,
             cards_are_found_by_blind_index,
             events_keep_their_schema_version_and_correlation,
             key_ring_versions_and_use_limit,
@@ -105,7 +106,8 @@ macro_rules! shop_conformance {
             operators_search_orders_and_find_cards,
             sweeps_follow_the_shops_calendar,
             a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
-            checkout_keeps_its_decisions_and_a_denial_writes_nothing
+            checkout_keeps_its_decisions_and_a_denial_writes_nothing,
+            what_was_bought_is_delivered_and_a_trial_pack_is_sold_once
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -24,12 +24,14 @@ mod calendar;
 mod checkout;
 mod operators;
 mod overdue;
+mod packs;
 use crate::hooked::HookedStore;
 use crate::supplier_sim::SimSupplier;
 pub use calendar::sweeps_follow_the_shops_calendar;
 pub use checkout::checkout_keeps_its_decisions_and_a_denial_writes_nothing;
 pub use operators::operators_search_orders_and_find_cards;
 pub use overdue::a_line_waiting_on_a_supplier_past_the_deadline_is_refunded;
+pub use packs::what_was_bought_is_delivered_and_a_trial_pack_is_sold_once;
 
 /// Every case name, in the order the macro generates them.
 pub const CASES: &[&str] = &[
@@ -49,6 +51,7 @@ pub const CASES: &[&str] = &[
     "sweeps_follow_the_shops_calendar",
     "a_line_waiting_on_a_supplier_past_the_deadline_is_refunded",
     "checkout_keeps_its_decisions_and_a_denial_writes_nothing",
+    "what_was_bought_is_delivered_and_a_trial_pack_is_sold_once",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

@@ -74,21 +74,55 @@ impl Shop {
         let mut goods = self.goods_of(sku).await?;
         let expected = goods.version();
         goods.set_shelf(sku, shelf)?;
+        self.write_goods(goods, expected, CatalogEvent::ShelfChanged { sku, shelf })
+            .await
+    }
+
+    /// Edits goods with `edit` (any of [`Goods`]' changes: price, limits, routes, the kind's
+    /// data, shelf) and stores them if they are still at the version read. Orders placed
+    /// before keep the terms they were sold with: an edit changes what is sold from now on,
+    /// never what was bought.
+    ///
+    /// # Errors
+    /// [`Error::UnknownGoods`]; [`Error::Goods`] when the edit breaks a catalog rule (nothing
+    /// is stored); [`Error::Storage`] (a `conflict` when another writer got there first:
+    /// reload and retry).
+    pub async fn edit_goods(
+        &self,
+        id: GoodsId,
+        edit: impl FnOnce(&mut Goods) -> quanyi_goods::Result<()>,
+    ) -> Result<Goods> {
+        let mut goods = self
+            .store_ref()
+            .goods(&self.tenant, id)
+            .await?
+            .ok_or(Error::UnknownGoods(id))?;
+        let expected = goods.version();
+        edit(&mut goods)?;
+        let version = goods.version();
+        self.write_goods(
+            goods,
+            expected,
+            CatalogEvent::GoodsEdited { goods: id, version },
+        )
+        .await
+    }
+
+    /// Stores changed goods with their event, and keeps this process's memory of them true.
+    async fn write_goods(&self, goods: Goods, expected: u64, event: CatalogEvent) -> Result<Goods> {
         let now = self.now();
-        let events = self.envelopes(
-            "goods",
-            goods.id(),
-            goods.version(),
-            vec![CatalogEvent::ShelfChanged { sku, shelf }],
-            now,
-        );
+        let events = self.envelopes("goods", goods.id(), goods.version(), vec![event], now);
         let written = self
             .store_ref()
             .update_goods(&goods, expected, &events)
             .await;
         match written {
             Ok(()) => self.inner.goods_memo.put(&goods),
-            Err(_) => self.inner.goods_memo.forget(&self.tenant, sku),
+            Err(_) => {
+                for sku in goods.skus() {
+                    self.inner.goods_memo.forget(&self.tenant, sku.id);
+                }
+            }
         }
         written?;
         Ok(goods)

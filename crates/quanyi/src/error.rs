@@ -1,6 +1,6 @@
 //! The facade's error: every failure a host sees, each with a stable `code()`.
 
-use quanyi_core::{ErrorKind, Money, MoneyError, OrderId, SkuId};
+use quanyi_core::{ErrorKind, GoodsId, Money, MoneyError, OrderId, SkuId};
 use quanyi_vault::MalformedLine;
 
 /// Why a shop operation failed. Match on [`Error::code`] in APIs and UIs; it never changes.
@@ -13,6 +13,9 @@ pub enum Error {
     /// No order with this id in this shop.
     #[error("unknown order {0}")]
     UnknownOrder(OrderId),
+    /// No goods with this id in this shop.
+    #[error("unknown goods {0}")]
+    UnknownGoods(GoodsId),
     /// The cart has no lines.
     #[error("the cart is empty")]
     EmptyCart,
@@ -195,6 +198,7 @@ impl Error {
         match self {
             Error::UnknownSku(_) => "unknown_sku",
             Error::UnknownOrder(_) => "unknown_order",
+            Error::UnknownGoods(_) => "unknown_goods",
             Error::EmptyCart => "empty_cart",
             Error::CartTooLarge { .. } => "cart_too_large",
             Error::IdempotencyConflict { .. } => "idempotency_conflict",
@@ -242,7 +246,9 @@ impl Error {
     /// The driver-neutral kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::UnknownSku(_) | Error::UnknownOrder(_) => ErrorKind::NotFound,
+            Error::UnknownSku(_) | Error::UnknownOrder(_) | Error::UnknownGoods(_) => {
+                ErrorKind::NotFound
+            }
             Error::OutOfStock { .. } | Error::MemberLimitExceeded { .. } => ErrorKind::Exhausted,
             Error::RevealDenied => ErrorKind::Forbidden,
             Error::NotPayable { .. } => ErrorKind::Conflict,

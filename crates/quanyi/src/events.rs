@@ -19,6 +19,10 @@ pub(crate) enum CatalogEvent {
         sku: SkuId,
         shelf: Shelf,
     },
+    GoodsEdited {
+        goods: GoodsId,
+        version: u64,
+    },
 }
 
 impl DomainEvent for CatalogEvent {
@@ -26,6 +30,7 @@ impl DomainEvent for CatalogEvent {
         match self {
             CatalogEvent::GoodsCreated { .. } => "goods.created",
             CatalogEvent::ShelfChanged { .. } => "goods.shelf_changed",
+            CatalogEvent::GoodsEdited { .. } => "goods.edited",
         }
     }
 }

@@ -47,12 +47,12 @@ pub use quanyi_core::{
     chrono_tz,
 };
 pub use quanyi_goods::{
-    AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, PurchaseLimits, Shelf,
-    Sku, SkuDraft, StockSource, SupplierRoute,
+    AccountRule, BundleComponent, Goods, GoodsDraft, GoodsKind, KindTag, MembershipTerms,
+    PurchaseLimits, SaleTerms, Shelf, Sku, SkuDraft, StockSource, SupplierRoute,
 };
 pub use quanyi_order::{
     ALLOW_ALL_STAGE, AttemptOutcome, Channel, Decision, LineAttempt, LineStatus, Order,
-    OrderContext, OrderLine, OrderStatus, PriceSource, Verdict,
+    OrderContext, OrderLine, OrderStatus, PackTerms, PriceSource, Verdict,
 };
 pub use quanyi_storage::{
     CardState, FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, OrderCursor, OrderQuery,
