@@ -27,18 +27,21 @@ impl Path {
             .build()
             .unwrap();
         let sku = SkuId::generate(chrono::Utc::now(), &mut rand::thread_rng());
-        shop.create_goods(GoodsDraft {
-            title: "Video membership, 1 month".into(),
-            kind: GoodsKind::CardKey,
-            skus: vec![
-                SkuDraft::new(
-                    sku,
-                    "1 month",
-                    Money::parse("19.90", Currency::CNY).unwrap(),
-                )
-                .with_stock(StockSource::VaultPool),
-            ],
-        })
+        shop.create_goods(
+            &quanyi::Actor::new("bench", "catalog").expect("a valid actor"),
+            GoodsDraft {
+                title: "Video membership, 1 month".into(),
+                kind: GoodsKind::CardKey,
+                skus: vec![
+                    SkuDraft::new(
+                        sku,
+                        "1 month",
+                        Money::parse("19.90", Currency::CNY).unwrap(),
+                    )
+                    .with_stock(StockSource::VaultPool),
+                ],
+            },
+        )
         .await
         .unwrap();
         Path {

@@ -126,13 +126,16 @@ async fn find_or_create_sku(shop: &Shop, args: &Args) -> Result<SkuId, Box<dyn E
         }
     }
     let id = SkuId::generate(chrono::Utc::now(), &mut rand::thread_rng());
-    shop.create_goods(GoodsDraft {
-        title: args.sku.clone(),
-        kind: GoodsKind::CardKey,
-        skus: vec![
-            SkuDraft::new(id, args.sku.clone(), args.price).with_stock(StockSource::VaultPool),
-        ],
-    })
+    shop.create_goods(
+        &quanyi::Actor::new("mei", "catalog")?,
+        GoodsDraft {
+            title: args.sku.clone(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(id, args.sku.clone(), args.price).with_stock(StockSource::VaultPool),
+            ],
+        },
+    )
     .await?;
     println!("created SKU {:?} ({id}) at {}", args.sku, args.price);
     Ok(id)

@@ -50,14 +50,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("store: {spec}, tenant: {}", shop.tenant());
     let sku = SkuId::generate(clock.now(), &mut rng);
     let goods = shop
-        .create_goods(GoodsDraft {
-            title: "Video membership, 1-month card".into(),
-            kind: GoodsKind::CardKey,
-            skus: vec![
-                SkuDraft::new(sku, "1 month", Money::parse("19.90", Currency::CNY)?)
-                    .with_stock(StockSource::VaultPool),
-            ],
-        })
+        .create_goods(
+            &quanyi::Actor::new("mei", "catalog")?,
+            GoodsDraft {
+                title: "Video membership, 1-month card".into(),
+                kind: GoodsKind::CardKey,
+                skus: vec![
+                    SkuDraft::new(sku, "1 month", Money::parse("19.90", Currency::CNY)?)
+                        .with_stock(StockSource::VaultPool),
+                ],
+            },
+        )
         .await?;
     println!(
         "created goods \"{}\" with SKU {sku} at 19.90 CNY",

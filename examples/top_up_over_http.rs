@@ -326,27 +326,34 @@ async fn main() -> AnyResult<()> {
     let price = Money::parse("49.50", Currency::CNY)?;
     let instant = SkuId::generate(started, &mut rand::thread_rng());
     let deferred = SkuId::generate(started, &mut rand::thread_rng());
-    shop.create_goods(GoodsDraft {
-        title: "China Mobile credit, 50 yuan".into(),
-        kind: GoodsKind::DirectTopUp {
-            account: AccountRule::MainlandMobile,
+    shop.create_goods(
+        &quanyi::Actor::new("mei", "catalog")?,
+        GoodsDraft {
+            title: "China Mobile credit, 50 yuan".into(),
+            kind: GoodsKind::DirectTopUp {
+                account: AccountRule::MainlandMobile,
+            },
+            skus: vec![
+                SkuDraft::new(instant, "50 yuan, instant", price)
+                    .with_stock(StockSource::Supplier)
+                    .with_routes(vec![
+                        SupplierRoute::new(
+                            gone_id.clone(),
+                            ProductCode::new(TOP_UP_PRODUCT)?,
+                            cost,
+                        ),
+                        SupplierRoute::new(now_id.clone(), ProductCode::new(TOP_UP_PRODUCT)?, cost),
+                    ]),
+                SkuDraft::new(deferred, "50 yuan, within minutes", price)
+                    .with_stock(StockSource::Supplier)
+                    .with_routes(vec![SupplierRoute::new(
+                        later_id.clone(),
+                        ProductCode::new(TOP_UP_PRODUCT)?,
+                        cost,
+                    )]),
+            ],
         },
-        skus: vec![
-            SkuDraft::new(instant, "50 yuan, instant", price)
-                .with_stock(StockSource::Supplier)
-                .with_routes(vec![
-                    SupplierRoute::new(gone_id.clone(), ProductCode::new(TOP_UP_PRODUCT)?, cost),
-                    SupplierRoute::new(now_id.clone(), ProductCode::new(TOP_UP_PRODUCT)?, cost),
-                ]),
-            SkuDraft::new(deferred, "50 yuan, within minutes", price)
-                .with_stock(StockSource::Supplier)
-                .with_routes(vec![SupplierRoute::new(
-                    later_id.clone(),
-                    ProductCode::new(TOP_UP_PRODUCT)?,
-                    cost,
-                )]),
-        ],
-    })
+    )
     .await?;
 
     println!();

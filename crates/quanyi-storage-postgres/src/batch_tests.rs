@@ -165,9 +165,17 @@ pub(crate) fn place(
 pub(crate) async fn stocked(store: &PgStore, n: usize) -> (Goods, GoodsVersion) {
     let tenant = quanyi_testkit::fixtures::vault_tenant(store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&goods, &[]).await.unwrap();
     store
-        .insert_cards(goods.tenant(), &cards(first_sku(&goods), n), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(
+            goods.tenant(),
+            &cards(first_sku(&goods), n),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     let version = GoodsVersion {

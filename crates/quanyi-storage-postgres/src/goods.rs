@@ -3,14 +3,15 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use quanyi_core::{EventEnvelope, GoodsId, SkuId, TenantId};
+use quanyi_core::{GoodsId, SkuId, TenantId};
 use quanyi_goods::Goods;
-use quanyi_storage::{Error, GoodsStore, Result};
+use quanyi_storage::{Error, GoodsStore, Result, Trail};
 use uuid::Uuid;
 
 use crate::PgStore;
 use crate::codec::{EventColumns, from_json, get, insert_events_sql, to_i64, to_json};
 use crate::error::{db, with_id};
+use crate::logs::TrailColumns;
 
 /// $1 tenant, $2 id, $3 version, $4 doc, $5 SKU ids, $6..$10 events.
 static INSERT: LazyLock<String> = LazyLock::new(|| {
@@ -52,55 +53,26 @@ fn sku_ids(goods: &Goods) -> Vec<Uuid> {
 
 #[async_trait]
 impl GoodsStore for PgStore {
-    async fn insert_goods(&self, goods: &Goods, events: &[EventEnvelope]) -> Result<()> {
+    async fn insert_goods(&self, goods: &Goods, trail: Trail<'_>) -> Result<()> {
         let doc = to_json(goods, "goods")?;
         let version = to_i64(goods.version(), "goods version")?;
         let skus = sku_ids(goods);
-        let ev = EventColumns::new(events)?;
-        let conn = self.conn().await?;
+        // The events go in the statement; the audit record beside it, in one transaction.
+        let ev = EventColumns::new(trail.events)?;
+        let audit = TrailColumns::new(Trail {
+            events: &[],
+            audit: trail.audit,
+        })?;
+        let mut conn = self.conn().await?;
         let stmt = conn.prepare(&INSERT).await?;
-        conn.client()
-            .query_one(
-                &stmt,
-                &[
-                    &goods.tenant().as_str(),
-                    goods.id().as_uuid(),
-                    &version,
-                    &doc,
-                    &skus,
-                    &ev.ids,
-                    &ev.tenants,
-                    &ev.types,
-                    &ev.aggregates,
-                    &ev.docs,
-                ],
-            )
-            .await
-            .map_err(|e| with_id(db(e), goods.id()))?;
-        Ok(())
-    }
-
-    async fn update_goods(
-        &self,
-        goods: &Goods,
-        expected_version: u64,
-        events: &[EventEnvelope],
-    ) -> Result<()> {
-        let doc = to_json(goods, "goods")?;
-        let expected = to_i64(expected_version, "goods version")?;
-        let version = to_i64(goods.version(), "goods version")?;
-        let skus = sku_ids(goods);
-        let ev = EventColumns::new(events)?;
-        let conn = self.conn().await?;
-        let stmt = conn.prepare(&UPDATE).await?;
-        let row = conn
+        audit.begin(&mut conn).await?;
+        let outcome = conn
             .client()
             .query_one(
                 &stmt,
                 &[
                     &goods.tenant().as_str(),
                     goods.id().as_uuid(),
-                    &expected,
                     &version,
                     &doc,
                     &skus,
@@ -112,28 +84,32 @@ impl GoodsStore for PgStore {
                 ],
             )
             .await
-            .map_err(|e| with_id(db(e), goods.id()))?;
-        let current: Option<i64> = get(&row, 0)?;
-        let other: Option<Uuid> = get(&row, 1)?;
-        let written: bool = get(&row, 2)?;
-        if written {
-            return Ok(());
-        }
-        match current {
-            None => Err(Error::not_found("goods", goods.id())),
-            Some(v) if v != expected => Err(Error::conflict("goods", goods.id(), "stale version")),
-            Some(_) => {
-                if let Some(sku) = other {
-                    Err(Error::conflict(
-                        "sku",
-                        SkuId::from_uuid(sku),
-                        "id already stored",
-                    ))
-                } else {
-                    Err(Error::conflict("goods", goods.id(), "not written"))
-                }
-            }
-        }
+            .map(|_| ())
+            .map_err(|e| with_id(db(e), goods.id()));
+        audit.end(&mut conn, outcome).await
+    }
+
+    async fn update_goods(
+        &self,
+        goods: &Goods,
+        expected_version: u64,
+        trail: Trail<'_>,
+    ) -> Result<()> {
+        let doc = to_json(goods, "goods")?;
+        let expected = to_i64(expected_version, "goods version")?;
+        let version = to_i64(goods.version(), "goods version")?;
+        let skus = sku_ids(goods);
+        let ev = EventColumns::new(trail.events)?;
+        let audit = TrailColumns::new(Trail {
+            events: &[],
+            audit: trail.audit,
+        })?;
+        let mut conn = self.conn().await?;
+        let stmt = conn.prepare(&UPDATE).await?;
+        audit.begin(&mut conn).await?;
+        let outcome =
+            update_outcome(&conn, &stmt, goods, expected, version, &doc, &skus, &ev).await;
+        audit.end(&mut conn, outcome).await
     }
 
     async fn goods(&self, tenant: &TenantId, id: GoodsId) -> Result<Option<Goods>> {
@@ -171,5 +147,60 @@ impl GoodsStore for PgStore {
         rows.iter()
             .map(|r| from_json(get::<&str>(r, 0)?, "goods"))
             .collect()
+    }
+}
+
+/// [`GoodsStore::update_goods`]'s statement and what its answer means.
+#[allow(clippy::too_many_arguments)]
+async fn update_outcome(
+    conn: &crate::Conn,
+    stmt: &tokio_postgres::Statement,
+    goods: &Goods,
+    expected: i64,
+    version: i64,
+    doc: &str,
+    skus: &[Uuid],
+    ev: &EventColumns,
+) -> Result<()> {
+    let row = conn
+        .client()
+        .query_one(
+            stmt,
+            &[
+                &goods.tenant().as_str(),
+                goods.id().as_uuid(),
+                &expected,
+                &version,
+                &doc,
+                &skus,
+                &ev.ids,
+                &ev.tenants,
+                &ev.types,
+                &ev.aggregates,
+                &ev.docs,
+            ],
+        )
+        .await
+        .map_err(|e| with_id(db(e), goods.id()))?;
+    let current: Option<i64> = get(&row, 0)?;
+    let other: Option<Uuid> = get(&row, 1)?;
+    let written: bool = get(&row, 2)?;
+    if written {
+        return Ok(());
+    }
+    match current {
+        None => Err(Error::not_found("goods", goods.id())),
+        Some(v) if v != expected => Err(Error::conflict("goods", goods.id(), "stale version")),
+        Some(_) => {
+            if let Some(sku) = other {
+                Err(Error::conflict(
+                    "sku",
+                    SkuId::from_uuid(sku),
+                    "id already stored",
+                ))
+            } else {
+                Err(Error::conflict("goods", goods.id(), "not written"))
+            }
+        }
     }
 }

@@ -5,15 +5,93 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use quanyi_core::{EventEnvelope, EventId, TenantId};
 use quanyi_storage::{
-    AuditRecord, AuditStore, Error, EventStore, FeedEvent, FeedPosition, Result,
+    AuditRecord, AuditStore, Error, EventStore, FeedEvent, FeedPosition, Result, Trail,
     check_consumer_name,
 };
 
-use crate::PgStore;
 use crate::codec::{EventColumns, from_json, get, insert_events_sql, limit, row_events, to_json};
 use crate::error::{db, with_id};
+use crate::{Conn, PgStore};
 
 static APPEND: LazyLock<String> = LazyLock::new(|| insert_events_sql(1, "true"));
+
+/// An operator change's trail as statement parameters: its events and its audit record (id,
+/// tenant, document).
+pub(crate) struct TrailColumns {
+    events: Option<EventColumns>,
+    audit: Option<(uuid::Uuid, String, String)>,
+}
+
+impl TrailColumns {
+    pub(crate) fn new(trail: Trail<'_>) -> Result<TrailColumns> {
+        Ok(TrailColumns {
+            events: if trail.events.is_empty() {
+                None
+            } else {
+                Some(EventColumns::new(trail.events)?)
+            },
+            audit: trail
+                .audit
+                .map(|r| -> Result<_> {
+                    Ok((
+                        *r.id.as_uuid(),
+                        r.tenant.as_str().to_owned(),
+                        to_json(r, "audit record")?,
+                    ))
+                })
+                .transpose()?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_none() && self.audit.is_none()
+    }
+
+    /// Starts the transaction a change with this trail runs in (nothing for an empty trail).
+    pub(crate) async fn begin(&self, conn: &mut Conn) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        conn.in_txn = true;
+        conn.client().batch_execute("BEGIN").await.map_err(db)
+    }
+
+    /// Writes the trail in the change's transaction (see [`begin`](Self::begin)).
+    pub(crate) async fn write(&self, conn: &Conn) -> Result<()> {
+        if let Some(ev) = &self.events {
+            let stmt = conn.prepare(&APPEND).await?;
+            conn.client()
+                .execute(
+                    &stmt,
+                    &[&ev.ids, &ev.tenants, &ev.types, &ev.aggregates, &ev.docs],
+                )
+                .await
+                .map_err(db)?;
+        }
+        if let Some((id, tenant, doc)) = &self.audit {
+            let stmt = conn.prepare(AUDIT_APPEND).await?;
+            conn.client()
+                .execute(&stmt, &[id, tenant, doc])
+                .await
+                .map_err(|e| with_id(db(e), id))?;
+        }
+        Ok(())
+    }
+
+    /// Ends a change begun with [`begin`](Self::begin): writes the trail after a change that
+    /// succeeded, then commits, or rolls back when anything failed. An empty trail answers the
+    /// change's outcome as it is.
+    pub(crate) async fn end<T>(&self, conn: &mut Conn, outcome: Result<T>) -> Result<T> {
+        if self.is_empty() {
+            return outcome;
+        }
+        let outcome = match outcome {
+            Ok(v) => self.write(conn).await.map(|()| v),
+            Err(e) => Err(e),
+        };
+        conn.finish(outcome).await
+    }
+}
 
 const OF_AGGREGATE: &str = "SELECT doc FROM events \
      WHERE tenant = $1 AND aggregate_type = $2 AND aggregate_id = $3 ORDER BY seq";

@@ -3,12 +3,13 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::TenantId;
-use quanyi_storage::{DestroyOutcome, Error, KeyRingStore, Result};
+use quanyi_storage::{DestroyOutcome, Error, KeyRingStore, Result, Trail};
 use quanyi_vault::{KeyId, KeyState, WrappedKeyRing};
 
 use crate::PgStore;
 use crate::codec::{from_json, get, micros, to_i64, to_json, to_u64};
 use crate::error::{db, with_id};
+use crate::logs::TrailColumns;
 use crate::vault::{WITHDRAW_BY_KEY, withdraw_rounds};
 
 const GET: &str = "SELECT doc, version FROM key_rings WHERE tenant = $1";
@@ -67,23 +68,34 @@ impl KeyRingStore for PgStore {
         Ok(())
     }
 
-    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64> {
+    async fn update_key_ring(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        trail: Trail<'_>,
+    ) -> Result<u64> {
         let doc = to_json(ring, "key ring")?;
         let expected = to_i64(expected_version, "key ring version")?;
-        let conn = self.conn().await?;
+        let trail = TrailColumns::new(trail)?;
+        let mut conn = self.conn().await?;
         let stmt = conn.prepare(UPDATE).await?;
-        let row = conn
-            .client()
-            .query_one(&stmt, &[&ring.tenant.as_str(), &expected, &doc])
-            .await
-            .map_err(db)?;
-        let current: Option<i64> = get(&row, 0)?;
-        let written: Option<i64> = get(&row, 1)?;
-        match (current, written) {
-            (_, Some(v)) => to_u64(v, "key ring version"),
-            (None, None) => Err(Error::not_found("key ring", &ring.tenant)),
-            (Some(_), None) => Err(Error::conflict("key ring", &ring.tenant, "stale version")),
+        trail.begin(&mut conn).await?;
+        let outcome = async {
+            let row = conn
+                .client()
+                .query_one(&stmt, &[&ring.tenant.as_str(), &expected, &doc])
+                .await
+                .map_err(db)?;
+            let current: Option<i64> = get(&row, 0)?;
+            let written: Option<i64> = get(&row, 1)?;
+            match (current, written) {
+                (_, Some(v)) => to_u64(v, "key ring version"),
+                (None, None) => Err(Error::not_found("key ring", &ring.tenant)),
+                (Some(_), None) => Err(Error::conflict("key ring", &ring.tenant, "stale version")),
+            }
         }
+        .await;
+        trail.end(&mut conn, outcome).await
     }
 
     async fn destroy_key(
@@ -92,6 +104,7 @@ impl KeyRingStore for PgStore {
         expected_version: u64,
         key: KeyId,
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<DestroyOutcome> {
         if ring.key_state(key) != Some(KeyState::Destroyed) {
             return Err(Error::Invalid(format!(
@@ -104,6 +117,7 @@ impl KeyRingStore for PgStore {
         let name = tenant.as_str();
         let key_number = i64::from(key.0);
         let at = micros(now);
+        let trail = TrailColumns::new(trail)?;
         let mut conn = self.conn().await?;
         let update = conn.prepare(UPDATE).await?;
         let withdraw = conn.prepare(&WITHDRAW_BY_KEY).await?;
@@ -148,6 +162,7 @@ impl KeyRingStore for PgStore {
                     "cards of the key kept changing while they were withdrawn",
                 ));
             }
+            trail.write(&conn).await?;
             Ok(DestroyOutcome {
                 version,
                 shredded: to_u64(get(&row, 0)?, "count")?,

@@ -123,7 +123,12 @@ async fn a_restock_after_a_sell_out_leaves_plans_for_the_queue_as_it_is() {
             assert_eq!(queue_rows(&admin, &schema).await, 0);
 
             store
-                .insert_cards(goods.tenant(), &cards(first_sku(&goods), 500), t0())
+                .insert_cards(
+                    goods.tenant(),
+                    &cards(first_sku(&goods), 500),
+                    t0(),
+                    quanyi_storage::Trail::NONE,
+                )
                 .await
                 .unwrap();
             until_vacuumed(&mut finished, 2).await;

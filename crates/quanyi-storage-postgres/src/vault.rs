@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId, OrderId, SkuId, TenantId};
 use quanyi_storage::{
     CardState, Error, HeldCard, IndexChange, InsertCardsOutcome, NewCard, OrderChange, Reindexed,
-    Result, StockCount, StoredCard, VaultStore,
+    Result, StockCount, StoredCard, Trail, VaultStore,
 };
 use quanyi_vault::{BlindIndex, IndexScheme, KeyId, SealedCard, SealedValue};
 use tokio_postgres::Row;
@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::codec::{from_micros, get, limit, micros, tenant, to_u64};
 use crate::error::{corrupt, db};
+use crate::logs::TrailColumns;
 use crate::{Conn, PgStore, pipelined};
 
 const CARD_COLUMNS: &str = "id, tenant, sku, batch, blind_index, code, secret, key_id, state, \
@@ -508,10 +509,9 @@ impl VaultStore for PgStore {
         tenant: &TenantId,
         cards: &[NewCard],
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<InsertCardsOutcome> {
-        if cards.is_empty() {
-            return Ok(InsertCardsOutcome::default());
-        }
+        let trail = TrailColumns::new(trail)?;
         let mut ids = Vec::with_capacity(cards.len());
         let mut skus = Vec::with_capacity(cards.len());
         let mut batches = Vec::with_capacity(cards.len());
@@ -532,53 +532,61 @@ impl VaultStore for PgStore {
             schemes.push(scheme_column(c.index_scheme));
             legacy.push(c.legacy_index.as_ref().map(|i| i.as_bytes().as_slice()));
         }
-        let conn = self.conn().await?;
+        let mut conn = self.conn().await?;
         let stmt = conn.prepare(&INSERT).await?;
-        let row = conn
-            .client()
-            .query_one(
-                &stmt,
-                &[
-                    &tenant.as_str(),
-                    &ids,
-                    &skus,
-                    &batches,
-                    &indexes,
-                    &codes,
-                    &secrets,
-                    &keys,
-                    &micros(now),
-                    &schemes,
-                    &legacy,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        if let Some(key) = get::<Option<i64>>(&row, 0)? {
-            return Err(Error::KeyNotActive {
-                key: key_id(key)?.to_string(),
-            });
-        }
-        if let Some(taken) = get::<Option<Uuid>>(&row, 1)? {
-            return Err(Error::conflict(
-                "card",
-                CardId::from_uuid(taken),
-                "id already stored",
-            ));
-        }
-        let stored: HashSet<Uuid> = get::<Vec<Uuid>>(&row, 2)?.into_iter().collect();
-        if !stored.is_empty() {
-            self.restocked();
-        }
-        let mut outcome = InsertCardsOutcome::default();
-        for (i, c) in cards.iter().enumerate() {
-            if stored.contains(c.id.as_uuid()) {
-                outcome.inserted.push(c.id);
-            } else {
-                outcome.duplicates.push(i);
+        trail.begin(&mut conn).await?;
+        let outcome = async {
+            if cards.is_empty() {
+                return Ok(InsertCardsOutcome::default());
             }
+            let row = conn
+                .client()
+                .query_one(
+                    &stmt,
+                    &[
+                        &tenant.as_str(),
+                        &ids,
+                        &skus,
+                        &batches,
+                        &indexes,
+                        &codes,
+                        &secrets,
+                        &keys,
+                        &micros(now),
+                        &schemes,
+                        &legacy,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            if let Some(key) = get::<Option<i64>>(&row, 0)? {
+                return Err(Error::KeyNotActive {
+                    key: key_id(key)?.to_string(),
+                });
+            }
+            if let Some(taken) = get::<Option<Uuid>>(&row, 1)? {
+                return Err(Error::conflict(
+                    "card",
+                    CardId::from_uuid(taken),
+                    "id already stored",
+                ));
+            }
+            let stored: HashSet<Uuid> = get::<Vec<Uuid>>(&row, 2)?.into_iter().collect();
+            if !stored.is_empty() {
+                self.restocked();
+            }
+            let mut outcome = InsertCardsOutcome::default();
+            for (i, c) in cards.iter().enumerate() {
+                if stored.contains(c.id.as_uuid()) {
+                    outcome.inserted.push(c.id);
+                } else {
+                    outcome.duplicates.push(i);
+                }
+            }
+            Ok(outcome)
         }
-        Ok(outcome)
+        .await;
+        trail.end(&mut conn, outcome).await
     }
 
     async fn reserve_cards(

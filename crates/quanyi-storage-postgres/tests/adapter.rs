@@ -190,9 +190,12 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
         },
     );
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
     store
-        .insert_cards(&tenant, &cards(sku, 3), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 3), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let buyer = member("lost");
@@ -265,7 +268,7 @@ async fn a_payment_cut_off_mid_statement_writes_nothing() {
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     store
-        .insert_cards(&tenant, &cards(sku, 2), t0())
+        .insert_cards(&tenant, &cards(sku, 2), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let (placed, _) = order(&goods, &member("cut"), 1);
@@ -372,7 +375,10 @@ async fn a_corrupt_document_is_corrupt() {
     };
     let tenant = fixtures::tenant();
     let goods = card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let (placed, _) = order(&goods, &member("rot"), 1);
     store.insert_order(&placed, &[], &[]).await.unwrap();
     let admin = common::admin(&url).await;
@@ -404,7 +410,7 @@ async fn timestamps_round_trip_to_the_microsecond() {
     let tenant = fixtures::vault_tenant(&store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &cards(sku, 1), t0())
+        .insert_cards(&tenant, &cards(sku, 1), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let until = t0() + Span::microseconds(123_457);
@@ -755,7 +761,10 @@ async fn migration_4_keeps_the_cards_orders_and_notices_of_an_older_schema() {
     // An import finds an old card by a legacy index.
     let mut variant = cards(sku, 1);
     variant[0].legacy_index = Some(old[2].blind_index);
-    let out = store.insert_cards(&tenant, &variant, t0()).await.unwrap();
+    let out = store
+        .insert_cards(&tenant, &variant, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(out.duplicates, vec![0]);
 
     // An old available card is withdrawn; the old unpaid order closes with its reservation.
@@ -797,7 +806,13 @@ async fn migration_4_keeps_the_cards_orders_and_notices_of_an_older_schema() {
     let mut ring = KeyRing::unwrap(&fixtures::root_key(), &wrapped).unwrap();
     ring.destroy(KeyId(1)).unwrap();
     let outcome = store
-        .destroy_key(&ring.to_wrapped(), version, KeyId(1), later)
+        .destroy_key(
+            &ring.to_wrapped(),
+            version,
+            KeyId(1),
+            later,
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     assert_eq!((outcome.shredded, outcome.withdrawn), (4, 2));
@@ -923,7 +938,10 @@ async fn check_waits_for_rotation(url: &str, schema: &str, write: SealedWrite) {
     let batch = cards(sku, 2);
     let resealed = cards(sku, 1);
     if let SealedWrite::Reseal = write {
-        store.insert_cards(&tenant, &resealed, t0()).await.unwrap();
+        store
+            .insert_cards(&tenant, &resealed, t0(), quanyi_storage::Trail::NONE)
+            .await
+            .unwrap();
     }
     let placed = order(&goods, &member("rot"), 1).0;
     store.insert_order(&placed, &[], &[]).await.unwrap();
@@ -962,7 +980,10 @@ async fn check_waits_for_rotation(url: &str, schema: &str, write: SealedWrite) {
         let (card, expected) = (resealed[0].id, placed.version());
         tokio::spawn(async move {
             match write {
-                SealedWrite::Import => store.insert_cards(&tenant, &batch, t0()).await.map(|_| ()),
+                SealedWrite::Import => store
+                    .insert_cards(&tenant, &batch, t0(), quanyi_storage::Trail::NONE)
+                    .await
+                    .map(|_| ()),
                 SealedWrite::Bought => {
                     let change = OrderChange {
                         order: &paid,

@@ -3,12 +3,13 @@
 
 use std::collections::HashSet;
 
+use crate::logs::{trail_rows, write_trail};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::{BatchId, CardId, OrderId, SkuId, TenantId};
 use quanyi_storage::{
     CardState, Error, HeldCard, IndexChange, InsertCardsOutcome, NewCard, OrderChange, Reindexed,
-    Result, StockCount, StoredCard, VaultStore,
+    Result, StockCount, StoredCard, Trail, VaultStore,
 };
 use quanyi_vault::{BlindIndex, IndexScheme, KeyId, SealedCard, SealedValue};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
@@ -491,14 +492,17 @@ impl VaultStore for SqliteStore {
         tenant: &TenantId,
         cards: &[NewCard],
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<InsertCardsOutcome> {
         let tenant = tenant.as_str().to_owned();
         let cards = cards.to_vec();
         let now = ts(now)?;
+        let trail = trail_rows(trail)?;
         self.pool
             .write(move |tx| {
                 check_keys(tx, &tenant, cards.iter().map(|c| c.key_id))?;
                 check_ids_new(tx, &cards)?;
+                write_trail(tx, &trail, &tenant)?;
                 let mut outcome = InsertCardsOutcome::default();
                 let mut seen = HashSet::new();
                 for (i, c) in cards.iter().enumerate() {

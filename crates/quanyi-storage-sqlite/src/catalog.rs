@@ -1,14 +1,14 @@
 //! Goods and their SKUs.
 
 use async_trait::async_trait;
-use quanyi_core::{EventEnvelope, GoodsId, SkuId, TenantId};
+use quanyi_core::{GoodsId, SkuId, TenantId};
 use quanyi_goods::Goods;
-use quanyi_storage::{Error, GoodsStore, Result};
+use quanyi_storage::{Error, GoodsStore, Result, Trail};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
 use crate::convert::{SqlResult, from_doc, int, to_doc, uint, uuid};
-use crate::logs::{check_events_new, event_rows, insert_events};
+use crate::logs::{trail_rows, write_trail};
 
 /// Goods encoded for a blocking thread.
 struct GoodsRow {
@@ -57,9 +57,9 @@ fn decode(doc: &str) -> Result<Goods> {
 
 #[async_trait]
 impl GoodsStore for SqliteStore {
-    async fn insert_goods(&self, goods: &Goods, events: &[EventEnvelope]) -> Result<()> {
+    async fn insert_goods(&self, goods: &Goods, trail: Trail<'_>) -> Result<()> {
         let g = goods_row(goods)?;
-        let events = event_rows(events)?;
+        let trail = trail_rows(trail)?;
         self.pool
             .write(move |tx| {
                 let exists = tx
@@ -75,7 +75,6 @@ impl GoodsStore for SqliteStore {
                         return Err(Error::conflict("sku", sku, "id already stored"));
                     }
                 }
-                check_events_new(tx, &events, "event", g.id)?;
                 link_skus(tx, &g)?;
                 tx.prepare_cached(
                     "INSERT INTO goods (tenant, id, version, doc) VALUES (?1, ?2, ?3, ?4)",
@@ -83,7 +82,7 @@ impl GoodsStore for SqliteStore {
                 .db()?
                 .execute(params![g.tenant, g.id.as_bytes(), g.version, g.doc])
                 .db()?;
-                insert_events(tx, &events)
+                write_trail(tx, &trail, g.id)
             })
             .await
     }
@@ -92,10 +91,10 @@ impl GoodsStore for SqliteStore {
         &self,
         goods: &Goods,
         expected_version: u64,
-        events: &[EventEnvelope],
+        trail: Trail<'_>,
     ) -> Result<()> {
         let g = goods_row(goods)?;
-        let events = event_rows(events)?;
+        let trail = trail_rows(trail)?;
         self.pool
             .write(move |tx| {
                 let stored: Option<i64> = tx
@@ -113,7 +112,6 @@ impl GoodsStore for SqliteStore {
                         return Err(Error::conflict("sku", sku, "id already stored"));
                     }
                 }
-                check_events_new(tx, &events, "event", g.id)?;
                 link_skus(tx, &g)?;
                 tx.prepare_cached(
                     "UPDATE goods SET version = ?3, doc = ?4 WHERE tenant = ?1 AND id = ?2",
@@ -121,7 +119,7 @@ impl GoodsStore for SqliteStore {
                 .db()?
                 .execute(params![g.tenant, g.id.as_bytes(), g.version, g.doc])
                 .db()?;
-                insert_events(tx, &events)
+                write_trail(tx, &trail, g.id)
             })
             .await
     }

@@ -171,9 +171,17 @@ mod tests {
         let tenant = fixtures::vault_tenant(&store).await;
         let goods = fixtures::card_goods(&tenant, PurchaseLimits::default());
         let sku = fixtures::first_sku(&goods);
-        store.insert_goods(&goods, &[]).await.unwrap();
         store
-            .insert_cards(&tenant, &fixtures::cards(sku, 4), t0())
+            .insert_goods(&goods, quanyi_storage::Trail::NONE)
+            .await
+            .unwrap();
+        store
+            .insert_cards(
+                &tenant,
+                &fixtures::cards(sku, 4),
+                t0(),
+                quanyi_storage::Trail::NONE,
+            )
             .await
             .unwrap();
         for (n, name) in ["ann", "bob", "cyd"].into_iter().enumerate() {

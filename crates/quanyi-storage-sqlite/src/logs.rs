@@ -3,13 +3,73 @@
 use async_trait::async_trait;
 use quanyi_core::{EventEnvelope, EventId, TenantId};
 use quanyi_storage::{
-    AuditRecord, AuditStore, Error, EventStore, FeedEvent, FeedPosition, Result,
+    AuditRecord, AuditStore, Error, EventStore, FeedEvent, FeedPosition, Result, Trail,
     check_consumer_name,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
 use crate::convert::{SqlResult, from_doc, limit, to_doc};
+
+/// An operator change's trail encoded for a blocking thread: its event rows and its audit
+/// record (id, tenant, document).
+pub(crate) struct TrailRows {
+    events: Vec<EventRow>,
+    audit: Option<(quanyi_core::AuditId, String, String)>,
+}
+
+pub(crate) fn trail_rows(trail: Trail<'_>) -> Result<TrailRows> {
+    Ok(TrailRows {
+        events: event_rows(trail.events)?,
+        audit: trail
+            .audit
+            .map(|r| -> Result<_> {
+                Ok((
+                    r.id,
+                    r.tenant.as_str().to_owned(),
+                    to_doc(r, "audit record")?,
+                ))
+            })
+            .transpose()?,
+    })
+}
+
+/// Writes a trail in the caller's transaction, refusing ids already stored (the caller's
+/// transaction then rolls back with the change).
+pub(crate) fn write_trail(
+    tx: &Transaction<'_>,
+    trail: &TrailRows,
+    id: impl std::fmt::Display,
+) -> Result<()> {
+    check_events_new(tx, &trail.events, "event", id)?;
+    insert_events(tx, &trail.events)?;
+    if let Some((id, tenant, doc)) = &trail.audit {
+        insert_audit(tx, *id, tenant, doc)?;
+    }
+    Ok(())
+}
+
+/// Appends one audit record in the caller's transaction.
+fn insert_audit(
+    tx: &Transaction<'_>,
+    id: quanyi_core::AuditId,
+    tenant: &str,
+    doc: &str,
+) -> Result<()> {
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM audit WHERE id = ?1")
+        .db()?
+        .exists(params![id.as_bytes()])
+        .db()?;
+    if exists {
+        return Err(Error::conflict("audit record", id, "id already stored"));
+    }
+    tx.prepare_cached("INSERT INTO audit (id, tenant, doc) VALUES (?1, ?2, ?3)")
+        .db()?
+        .execute(params![id.as_bytes(), tenant, doc])
+        .db()?;
+    Ok(())
+}
 
 /// One row of the log: a run of consecutive events of one aggregate (the events of one
 /// aggregate change), encoded for a blocking thread.
@@ -377,21 +437,7 @@ impl AuditStore for SqliteStore {
         let tenant = record.tenant.as_str().to_owned();
         let doc = to_doc(record, "audit record")?;
         self.pool
-            .write(move |tx| {
-                let exists = tx
-                    .prepare_cached("SELECT 1 FROM audit WHERE id = ?1")
-                    .db()?
-                    .exists(params![id.as_bytes()])
-                    .db()?;
-                if exists {
-                    return Err(Error::conflict("audit record", id, "id already stored"));
-                }
-                tx.prepare_cached("INSERT INTO audit (id, tenant, doc) VALUES (?1, ?2, ?3)")
-                    .db()?
-                    .execute(params![id.as_bytes(), tenant, doc])
-                    .db()?;
-                Ok(())
-            })
+            .write(move |tx| insert_audit(tx, id, &tenant, &doc))
             .await
     }
 

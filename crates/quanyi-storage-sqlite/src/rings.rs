@@ -1,9 +1,10 @@
 //! The wrapped key ring of each tenant, its encryption counters, and destroying a data key.
 
+use crate::logs::{trail_rows, write_trail};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quanyi_core::TenantId;
-use quanyi_storage::{DestroyOutcome, Error, KeyRingStore, Result};
+use quanyi_storage::{DestroyOutcome, Error, KeyRingStore, Result, Trail};
 use quanyi_vault::{KeyId, KeyState, WrappedKeyRing};
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -89,13 +90,20 @@ impl KeyRingStore for SqliteStore {
             .await
     }
 
-    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64> {
+    async fn update_key_ring(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        trail: Trail<'_>,
+    ) -> Result<u64> {
         let tenant = ring.tenant.clone();
         let doc = to_doc(ring, "key ring")?;
+        let trail = trail_rows(trail)?;
         self.pool
             .write(move |tx| {
                 let next = next_version(tx, &tenant, expected_version)?;
                 store(tx, tenant.as_str(), &doc, next)?;
+                write_trail(tx, &trail, &tenant)?;
                 Ok(next)
             })
             .await
@@ -107,6 +115,7 @@ impl KeyRingStore for SqliteStore {
         expected_version: u64,
         key: KeyId,
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<DestroyOutcome> {
         if ring.key_state(key) != Some(KeyState::Destroyed) {
             return Err(Error::Invalid(format!(
@@ -116,12 +125,14 @@ impl KeyRingStore for SqliteStore {
         let tenant = ring.tenant.clone();
         let doc = to_doc(ring, "key ring")?;
         let now = ts(now)?;
+        let trail = trail_rows(trail)?;
         self.pool
             .write(move |tx| {
                 let version = next_version(tx, &tenant, expected_version)?;
                 let withdrawn = withdraw_sealed_with(tx, tenant.as_str(), key, now)?;
                 let shredded = shred_sealed_with(tx, tenant.as_str(), key)?;
                 store(tx, tenant.as_str(), &doc, version)?;
+                write_trail(tx, &trail, &tenant)?;
                 Ok(DestroyOutcome {
                     version,
                     shredded,

@@ -435,7 +435,12 @@ async fn version_2_databases_migrate_with_every_card_and_notice() {
     variant.legacy_index = Some(cards[3].0.blind_index);
     let fresh = fixtures::card_with_index(sku, fixtures::id(BatchId::generate), [42; 32]);
     let out = store
-        .insert_cards(&tenant, &[variant, fresh.clone()], t0())
+        .insert_cards(
+            &tenant,
+            &[variant, fresh.clone()],
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     assert_eq!((out.inserted, out.duplicates), (vec![fresh.id], vec![0]));
@@ -535,7 +540,13 @@ async fn version_2_databases_migrate_with_every_card_and_notice() {
         .unwrap();
     unwrapped.destroy(KeyId(1)).unwrap();
     let outcome = store
-        .destroy_key(&unwrapped.to_wrapped(), ring_version, KeyId(1), later)
+        .destroy_key(
+            &unwrapped.to_wrapped(),
+            ring_version,
+            KeyId(1),
+            later,
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     // The five old cards and the new one; of those, three are unsold: the re-indexed one, the

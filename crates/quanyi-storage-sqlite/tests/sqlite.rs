@@ -110,7 +110,10 @@ async fn a_locked_database_answers_unavailable_and_changes_nothing() {
     let raw = db.raw();
     raw.execute_batch("BEGIN IMMEDIATE").unwrap();
     let started = std::time::Instant::now();
-    let err = store.insert_goods(&goods, &[]).await.unwrap_err();
+    let err = store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(
         std::error::Error::source(&err).is_some(),
@@ -130,7 +133,10 @@ async fn a_locked_database_answers_unavailable_and_changes_nothing() {
         store.job(job.id).await.unwrap().is_none(),
         "nothing was written"
     );
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(store.goods(&tenant, goods.id()).await.unwrap(), Some(goods));
 }
 
@@ -149,7 +155,10 @@ where
         .await
         .unwrap();
     let goods = fixtures::card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let (order, _) = fixtures::order(&goods, &fixtures::member("mo"), 1);
     store.insert_order(&order, &[], &[]).await.unwrap();
     store
@@ -157,6 +166,7 @@ where
             &tenant,
             &fixtures::cards(fixtures::first_sku(&goods), 1),
             t0(),
+            quanyi_storage::Trail::NONE,
         )
         .await
         .unwrap();
@@ -215,7 +225,12 @@ async fn instants_read_back_to_the_nanosecond() {
     let tenant = fixtures::vault_tenant(&store).await;
     let sku = fixtures::first_sku(&fixtures::card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &fixtures::cards(sku, 1), t0())
+        .insert_cards(
+            &tenant,
+            &fixtures::cards(sku, 1),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     let until = Utc.timestamp_opt(1_800_000_000, 123_456_789).unwrap();

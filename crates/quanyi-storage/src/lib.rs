@@ -12,7 +12,7 @@ pub use model::{
     GoodsVersion, HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, MAX_CLAIM_KEY,
     MAX_CLAIM_SCOPE, MAX_CLAIM_VALUE, MemberLimit, NewCard, NewJob, NewOrder, NoticeDisposition,
     OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, Reservation, StockCount,
-    StoredCard,
+    StoredCard, Trail,
 };
 pub use model::{FeedEvent, FeedPosition, MAX_CONSUMER_NAME, check_consumer_name};
 pub use model::{MAX_SEARCH_PAGE, OrderCursor, OrderQuery, placed_at, search_in_pages};

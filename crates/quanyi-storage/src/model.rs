@@ -408,6 +408,10 @@ pub enum AuditAction {
     OrdersSearched,
     /// An operator looked a card up by its code.
     CardLookedUp,
+    /// An operator created goods.
+    GoodsCreated,
+    /// An operator changed goods (price, limits, routes, kind data, shelf).
+    GoodsChanged,
 }
 
 /// Whether an audited action was allowed.
@@ -418,6 +422,42 @@ pub enum AuditOutcome {
     Allowed,
     /// It was refused.
     Denied,
+}
+
+/// What an operator's change writes beside it, in the same atomic step as the change: its
+/// events and the operator's audit record. A failure or crash never leaves a change without
+/// its record, nor a record of a change that was not made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trail<'a> {
+    /// The change's events.
+    pub events: &'a [EventEnvelope],
+    /// The operator's record of the change.
+    pub audit: Option<&'a AuditRecord>,
+}
+
+impl<'a> Trail<'a> {
+    /// Nothing beside the change.
+    pub const NONE: Trail<'static> = Trail {
+        events: &[],
+        audit: None,
+    };
+
+    /// The change's events, without an audit record.
+    pub fn events(events: &'a [EventEnvelope]) -> Trail<'a> {
+        Trail {
+            events,
+            audit: None,
+        }
+    }
+
+    /// The same trail with the operator's record.
+    #[must_use]
+    pub fn audited(self, record: &'a AuditRecord) -> Trail<'a> {
+        Trail {
+            audit: Some(record),
+            ..self
+        }
+    }
 }
 
 /// One audit record. Details never hold plaintext keys.

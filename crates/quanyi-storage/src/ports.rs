@@ -15,26 +15,31 @@ use crate::model::{
     AuditRecord, Claim, DestroyOutcome, FeedEvent, FeedPosition, HeldCard, IndexChange,
     InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, NewOrder, OrderChange, OrderCursor,
     OrderQuery, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
+    Trail,
 };
 
 /// Goods and their SKUs, stored as one versioned aggregate.
 #[async_trait]
 pub trait GoodsStore: Send + Sync {
-    /// Stores new goods with their events.
+    /// Stores new goods with their trail (events and the operator's audit record) in one
+    /// atomic step.
     ///
     /// # Errors
-    /// `Conflict` when the goods id or one of its SKU ids is already stored.
-    async fn insert_goods(&self, goods: &Goods, events: &[EventEnvelope]) -> Result<()>;
+    /// `Conflict` when the goods id, one of its SKU ids, an event id or the audit record's id
+    /// is already stored. Nothing is written on any error.
+    async fn insert_goods(&self, goods: &Goods, trail: Trail<'_>) -> Result<()>;
 
-    /// Replaces goods whose stored version is `expected_version`.
+    /// Replaces goods whose stored version is `expected_version`, with their trail in the same
+    /// atomic step.
     ///
     /// # Errors
-    /// `NotFound`, or `Conflict` when the stored version differs.
+    /// `NotFound`, or `Conflict` when the stored version differs or an id of the trail is
+    /// already stored. Nothing is written on any error.
     async fn update_goods(
         &self,
         goods: &Goods,
         expected_version: u64,
-        events: &[EventEnvelope],
+        trail: Trail<'_>,
     ) -> Result<()>;
 
     /// Goods by id.
@@ -154,17 +159,19 @@ pub trait VaultStore: Send + Sync {
     /// Stores sealed cards as available stock. A card whose blind index (or legacy index, when it
     /// has one) the tenant already holds (in any SKU and any state, sold and withdrawn included)
     /// or that repeats an earlier card of the same call is skipped and reported by position; the
-    /// rest are stored in one atomic step.
+    /// rest are stored in one atomic step, with the import's trail (events and the operator's
+    /// audit record).
     ///
     /// # Errors
     /// `KeyNotActive` when a card is sealed with a key that is not the tenant's active key as
-    /// the write commits (also when the tenant has no key ring); `Conflict` when a card id is
-    /// taken. Nothing is written on any error.
+    /// the write commits (also when the tenant has no key ring); `Conflict` when a card id or
+    /// an id of the trail is taken. Nothing is written on any error.
     async fn insert_cards(
         &self,
         tenant: &TenantId,
         cards: &[NewCard],
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<InsertCardsOutcome>;
 
     /// Holds `quantity` cards of a SKU for an order until `until`, oldest import first. Repeating the
@@ -313,26 +320,34 @@ pub trait KeyRingStore: Send + Sync {
     /// `Conflict` when the tenant already has one (another process created it first).
     async fn insert_key_ring(&self, ring: &WrappedKeyRing) -> Result<()>;
 
-    /// Replaces the ring whose stored version is `expected_version`; returns the new version.
+    /// Replaces the ring whose stored version is `expected_version`, with the change's trail in
+    /// the same atomic step; returns the new version.
     ///
     /// # Errors
-    /// `NotFound`, or `Conflict` on a stale version.
-    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64>;
+    /// `NotFound`, or `Conflict` on a stale version or an id of the trail already stored.
+    /// Nothing is written on any error.
+    async fn update_key_ring(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        trail: Trail<'_>,
+    ) -> Result<u64>;
 
     /// Stores `ring`, in which `key` is destroyed, over the version `expected_version`, and in the
     /// same atomic step shreds every card of the tenant sealed with `key`: its sealed values are
     /// emptied (so no process can open them again, whatever ring it holds), and unsold ones are
-    /// withdrawn at `now`.
+    /// withdrawn at `now`; the trail is written in the same step.
     ///
     /// # Errors
-    /// `NotFound`; `Conflict` on a stale version; `Invalid` when `ring` does not mark `key`
-    /// destroyed. Nothing is written on any error.
+    /// `NotFound`; `Conflict` on a stale version or an id of the trail already stored;
+    /// `Invalid` when `ring` does not mark `key` destroyed. Nothing is written on any error.
     async fn destroy_key(
         &self,
         ring: &WrappedKeyRing,
         expected_version: u64,
         key: KeyId,
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<DestroyOutcome>;
 
     /// Adds `uses` to a data key's encryption counter if it stays within `limit`; bumps the ring's

@@ -51,6 +51,7 @@ pub const CASES: &[&str] = &[
     "racing_placements_with_one_claim_place_one_order",
     "operators_search_orders",
     "pack_limits",
+    "operator_changes_are_written_with_their_records",
     "cards_are_found_by_blind_index",
     "events_keep_their_schema_version_and_correlation",
     "jobs_are_claimed_only_by_kinds_the_worker_runs",
@@ -72,6 +73,7 @@ mod keys;
 mod later;
 mod packs;
 mod search;
+mod trails;
 
 pub use events::events_keep_their_schema_version_and_correlation;
 pub use keys::{
@@ -86,6 +88,7 @@ pub use packs::{OrdersBeforeLineTerms, pack_limits};
 pub use search::{
     cards_are_found_by_blind_index, migrated_orders_are_found_by_placement, operators_search_orders,
 };
+pub use trails::operator_changes_are_written_with_their_records;
 
 pub(crate) fn kind_of<T: std::fmt::Debug>(r: Result<T, Error>) -> quanyi_core::ErrorKind {
     match r {
@@ -98,7 +101,10 @@ pub(crate) fn kind_of<T: std::fmt::Debug>(r: Result<T, Error>) -> quanyi_core::E
 pub async fn goods_round_trip(store: Arc<dyn Store>) {
     let tenant = fixtures::tenant();
     let mut goods = card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(
         store.goods(&tenant, goods.id()).await.unwrap().as_ref(),
         Some(&goods)
@@ -110,7 +116,10 @@ pub async fn goods_round_trip(store: Arc<dyn Store>) {
     );
     let before = goods.version();
     goods.set_shelf(sku, Shelf::Off).unwrap();
-    store.update_goods(&goods, before, &[]).await.unwrap();
+    store
+        .update_goods(&goods, before, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let stored = store.goods(&tenant, goods.id()).await.unwrap().unwrap();
     assert_eq!(stored.sku(sku).unwrap().shelf, Shelf::Off);
     assert_eq!(stored.version(), goods.version());
@@ -119,7 +128,11 @@ pub async fn goods_round_trip(store: Arc<dyn Store>) {
         vec![goods.clone()]
     );
     assert_eq!(
-        kind_of(store.insert_goods(&goods, &[]).await),
+        kind_of(
+            store
+                .insert_goods(&goods, quanyi_storage::Trail::NONE)
+                .await
+        ),
         quanyi_core::ErrorKind::Conflict
     );
 }
@@ -128,22 +141,36 @@ pub async fn goods_round_trip(store: Arc<dyn Store>) {
 pub async fn goods_stale_version_conflicts(store: Arc<dyn Store>) {
     let tenant = fixtures::tenant();
     let mut goods = card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let loaded = goods.version();
     let sku = first_sku(&goods);
     goods.set_shelf(sku, Shelf::Off).unwrap();
-    store.update_goods(&goods, loaded, &[]).await.unwrap();
+    store
+        .update_goods(&goods, loaded, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let mut stale = goods.clone();
     stale.set_shelf(sku, Shelf::On).unwrap();
     assert_eq!(
-        kind_of(store.update_goods(&stale, loaded, &[]).await),
+        kind_of(
+            store
+                .update_goods(&stale, loaded, quanyi_storage::Trail::NONE)
+                .await
+        ),
         quanyi_core::ErrorKind::Conflict
     );
     let stored = store.goods(&tenant, goods.id()).await.unwrap().unwrap();
     assert_eq!(stored.sku(sku).unwrap().shelf, Shelf::Off);
     let unknown = card_goods(&tenant, PurchaseLimits::default());
     assert_eq!(
-        kind_of(store.update_goods(&unknown, 1, &[]).await),
+        kind_of(
+            store
+                .update_goods(&unknown, 1, quanyi_storage::Trail::NONE)
+                .await
+        ),
         quanyi_core::ErrorKind::NotFound
     );
 }
@@ -326,7 +353,10 @@ pub async fn duplicate_blind_index_is_skipped(store: Arc<dyn Store>) {
         fixtures::card_with_index(sku, batch, [2; 32]),
         fixtures::card_with_index(sku, batch, [1; 32]),
     ];
-    let out = store.insert_cards(&tenant, &first, t0()).await.unwrap();
+    let out = store
+        .insert_cards(&tenant, &first, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(out.inserted, vec![first[0].id, first[1].id]);
     assert_eq!(out.duplicates, vec![2]);
     // Sell card [1;32], then import it again into another SKU: still a duplicate.
@@ -341,7 +371,10 @@ pub async fn duplicate_blind_index_is_skipped(store: Arc<dyn Store>) {
         fixtures::card_with_index(other_sku, batch, [1; 32]),
         fixtures::card_with_index(other_sku, batch, [3; 32]),
     ];
-    let out = store.insert_cards(&tenant, &again, t0()).await.unwrap();
+    let out = store
+        .insert_cards(&tenant, &again, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(out.duplicates, vec![0]);
     assert_eq!(out.inserted, vec![again[1].id]);
     assert_eq!(
@@ -359,7 +392,7 @@ pub async fn reserve_is_idempotent(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &cards(sku, 5), t0())
+        .insert_cards(&tenant, &cards(sku, 5), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let order_id = id(OrderId::generate);
@@ -393,7 +426,7 @@ pub async fn reserve_out_of_stock_changes_nothing(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &cards(sku, 3), t0())
+        .insert_cards(&tenant, &cards(sku, 3), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let until = t0() + Duration::minutes(15);
@@ -424,7 +457,7 @@ pub async fn commit_is_idempotent_and_final(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &cards(sku, 4), t0())
+        .insert_cards(&tenant, &cards(sku, 4), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let order_id = id(OrderId::generate);
@@ -483,7 +516,7 @@ pub async fn release_returns_cards_to_stock(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &cards(sku, 2), t0())
+        .insert_cards(&tenant, &cards(sku, 2), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let order_id = id(OrderId::generate);
@@ -517,7 +550,7 @@ pub async fn expired_reservation_is_free_again(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &cards(sku, 1), t0())
+        .insert_cards(&tenant, &cards(sku, 1), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let first = id(OrderId::generate);
@@ -566,7 +599,7 @@ pub async fn late_commit_never_takes_a_card_twice(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     store
-        .insert_cards(&tenant, &cards(sku, 3), t0())
+        .insert_cards(&tenant, &cards(sku, 3), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let order_id = id(OrderId::generate);
@@ -592,9 +625,12 @@ pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
     store
-        .insert_cards(&tenant, &cards(sku, 10), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 10), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -670,15 +706,26 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let scarce = card_goods(&tenant, PurchaseLimits::default());
     let (sku, scarce_sku) = (first_sku(&goods), first_sku(&scarce));
-    store.insert_goods(&goods, &[]).await.unwrap();
-    store.insert_goods(&scarce, &[]).await.unwrap();
-    // Slack beyond what succeeds: a refused placement may hold a card for a moment.
     store
-        .insert_cards(&tenant, &cards(sku, 16), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     store
-        .insert_cards(&tenant, &cards(scarce_sku, 3), t0())
+        .insert_goods(&scarce, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    // Slack beyond what succeeds: a refused placement may hold a card for a moment.
+    store
+        .insert_cards(&tenant, &cards(sku, 16), t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(
+            &tenant,
+            &cards(scarce_sku, 3),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     let current = GoodsVersion {
@@ -941,11 +988,11 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
     );
     let (sku_a, sku_b) = (first_sku(&a), first_sku(&b));
     store
-        .insert_cards(&tenant, &cards(sku_a, 5), t0())
+        .insert_cards(&tenant, &cards(sku_a, 5), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     store
-        .insert_cards(&tenant, &cards(sku_b, 2), t0())
+        .insert_cards(&tenant, &cards(sku_b, 2), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let buyer = member("ivy");
@@ -1097,9 +1144,12 @@ pub async fn place_order_checks_goods_versions(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let mut goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
     store
-        .insert_cards(&tenant, &cards(sku, 2), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 2), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let read = GoodsVersion {
@@ -1107,7 +1157,10 @@ pub async fn place_order_checks_goods_versions(store: Arc<dyn Store>) {
         version: goods.version(),
     };
     goods.set_shelf(sku, Shelf::Off).unwrap();
-    store.update_goods(&goods, read.version, &[]).await.unwrap();
+    store
+        .update_goods(&goods, read.version, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let buyer = member("quinn");
     let place = |order: quanyi_order::Order, priced_from: Vec<GoodsVersion>| {
         let store = store.clone();
@@ -1178,7 +1231,7 @@ pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
     store
-        .insert_cards(&tenant, &cards(sku, 2), t0())
+        .insert_cards(&tenant, &cards(sku, 2), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let (order, _) = order(&goods, &member("jay"), 1);
@@ -1434,7 +1487,7 @@ pub async fn bought_cards_arrive_with_their_order_change(store: Arc<dyn Store>) 
     let envs = envelopes(&paid, &ev);
     // A blind index the tenant already holds refuses the whole step.
     let taken = store
-        .insert_cards(&tenant, &cards(sku, 1), t0())
+        .insert_cards(&tenant, &cards(sku, 1), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap()
         .inserted[0];
@@ -1527,7 +1580,7 @@ pub async fn bought_cards_arrive_with_their_order_change(store: Arc<dyn Store>) 
     )];
     assert_eq!(
         store
-            .insert_cards(&tenant, &again, t0())
+            .insert_cards(&tenant, &again, t0(), quanyi_storage::Trail::NONE)
             .await
             .unwrap()
             .duplicates,
@@ -2179,9 +2232,12 @@ pub async fn claims_are_taken_once_with_the_sale(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
     store
-        .insert_cards(&tenant, &cards(sku, 3), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 3), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let first = placement_claim("retry-1", "fingerprint-a");
@@ -2249,9 +2305,17 @@ pub async fn claims_are_taken_once_with_the_sale(store: Arc<dyn Store>) {
     // Another tenant's same key is a claim of its own.
     let other = fixtures::vault_tenant(&*store).await;
     let theirs = card_goods(&other, PurchaseLimits::default());
-    store.insert_goods(&theirs, &[]).await.unwrap();
     store
-        .insert_cards(&other, &cards(first_sku(&theirs), 1), t0())
+        .insert_goods(&theirs, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(
+            &other,
+            &cards(first_sku(&theirs), 1),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     let mine = placement_claim("retry-1", "fingerprint-other");
@@ -2274,9 +2338,12 @@ pub async fn racing_placements_with_one_claim_place_one_order(store: Arc<dyn Sto
     let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
     store
-        .insert_cards(&tenant, &cards(sku, 10), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 10), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let goods = Arc::new(goods);
@@ -2367,10 +2434,20 @@ pub async fn key_ring_versions_and_use_limit(store: Arc<dyn Store>) {
     );
     // A writer that loaded version 1 cannot overwrite the counters.
     assert_eq!(
-        kind_of(store.update_key_ring(&wrapped, 1).await),
+        kind_of(
+            store
+                .update_key_ring(&wrapped, 1, quanyi_storage::Trail::NONE)
+                .await
+        ),
         quanyi_core::ErrorKind::Conflict
     );
-    assert_eq!(store.update_key_ring(&after, 3).await.unwrap(), 4);
+    assert_eq!(
+        store
+            .update_key_ring(&after, 3, quanyi_storage::Trail::NONE)
+            .await
+            .unwrap(),
+        4
+    );
     // After a rotation the old key takes no more uses.
     let root_ring = quanyi_vault::KeyRing::unwrap(&root, &after).unwrap();
     let mut rotated = root_ring;
@@ -2379,7 +2456,7 @@ pub async fn key_ring_versions_and_use_limit(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(
         store
-            .update_key_ring(&rotated.to_wrapped(), 4)
+            .update_key_ring(&rotated.to_wrapped(), 4, quanyi_storage::Trail::NONE)
             .await
             .unwrap(),
         5
@@ -2406,7 +2483,10 @@ pub async fn reseal_replaces_ciphertext(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     let batch = cards(sku, 3);
-    store.insert_cards(&tenant, &batch, t0()).await.unwrap();
+    store
+        .insert_cards(&tenant, &batch, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let old = store.cards_sealed_with(&tenant, KeyId(1), 2).await.unwrap();
     assert_eq!(old.len(), 2);
     assert_eq!(fixtures::rotate_ring(&*store, &tenant).await, KeyId(2));
@@ -2452,9 +2532,15 @@ pub async fn tenants_are_isolated(store: Arc<dyn Store>) {
     let b = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&a, PurchaseLimits::default());
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let batch = cards(sku, 2);
-    store.insert_cards(&a, &batch, t0()).await.unwrap();
+    store
+        .insert_cards(&a, &batch, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let (order, _) = order(&goods, &member("h"), 1);
     store.insert_order(&order, &[], &[]).await.unwrap();
     assert!(store.goods(&b, goods.id()).await.unwrap().is_none());
@@ -2476,7 +2562,7 @@ pub async fn tenants_are_isolated(store: Arc<dyn Store>) {
     )];
     assert_eq!(
         store
-            .insert_cards(&b, &same, t0())
+            .insert_cards(&b, &same, t0(), quanyi_storage::Trail::NONE)
             .await
             .unwrap()
             .inserted

@@ -30,14 +30,17 @@ fn root_bytes(root: &RootKey) -> Box<[u8; 32]> {
 
 async fn card_goods(shop: &Shop, keys: usize) -> (SkuId, Vec<String>) {
     let sku = SkuId::generate(t0(), &mut rand::thread_rng());
-    shop.create_goods(GoodsDraft {
-        title: "Music membership month card".into(),
-        kind: GoodsKind::CardKey,
-        skus: vec![
-            SkuDraft::new(sku, "1 month", Money::from_minor(1500, Currency::CNY))
-                .with_stock(StockSource::VaultPool),
-        ],
-    })
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Music membership month card".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(sku, "1 month", Money::from_minor(1500, Currency::CNY))
+                    .with_stock(StockSource::VaultPool),
+            ],
+        },
+    )
     .await
     .expect("goods");
     let tag: u32 = rand::random();

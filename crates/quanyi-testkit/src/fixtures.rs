@@ -60,7 +60,7 @@ pub async fn rotate_ring(store: &dyn Store, tenant: &TenantId) -> KeyId {
         .rotate(&root_key(), t0(), &mut rand::thread_rng())
         .expect("fixture rings rotate");
     store
-        .update_key_ring(&ring.to_wrapped(), version)
+        .update_key_ring(&ring.to_wrapped(), version, quanyi_storage::Trail::NONE)
         .await
         .expect("the rotated ring is stored");
     key

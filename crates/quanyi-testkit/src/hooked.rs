@@ -21,7 +21,7 @@ use quanyi_storage::{
     AuditRecord, AuditStore, Claim, DestroyOutcome, Error, EventStore, FeedEvent, FeedPosition,
     GoodsStore, HeldCard, IndexChange, InsertCardsOutcome, Job, JobStore, KeyRingStore, NewCard,
     NewJob, NewOrder, OrderChange, OrderStore, PaymentNotice, PaymentStore, PaymentWrite,
-    RecordOutcome, Reindexed, Result, StockCount, Store, StoredCard, VaultStore,
+    RecordOutcome, Reindexed, Result, StockCount, Store, StoredCard, Trail, VaultStore,
 };
 use quanyi_vault::{IndexScheme, KeyId, SealedCard, WrappedKeyRing};
 
@@ -138,20 +138,20 @@ impl HookedStore {
 
 #[async_trait]
 impl GoodsStore for HookedStore {
-    async fn insert_goods(&self, goods: &Goods, events: &[EventEnvelope]) -> Result<()> {
+    async fn insert_goods(&self, goods: &Goods, trail: Trail<'_>) -> Result<()> {
         self.before("insert_goods").await?;
-        self.inner.insert_goods(goods, events).await
+        self.inner.insert_goods(goods, trail).await
     }
 
     async fn update_goods(
         &self,
         goods: &Goods,
         expected_version: u64,
-        events: &[EventEnvelope],
+        trail: Trail<'_>,
     ) -> Result<()> {
         self.before("update_goods").await?;
         self.inner
-            .update_goods(goods, expected_version, events)
+            .update_goods(goods, expected_version, trail)
             .await
     }
 
@@ -250,9 +250,10 @@ impl VaultStore for HookedStore {
         tenant: &TenantId,
         cards: &[NewCard],
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<InsertCardsOutcome> {
         self.before("insert_cards").await?;
-        self.inner.insert_cards(tenant, cards, now).await
+        self.inner.insert_cards(tenant, cards, now, trail).await
     }
 
     async fn reserve_cards(
@@ -398,9 +399,16 @@ impl KeyRingStore for HookedStore {
         self.inner.insert_key_ring(ring).await
     }
 
-    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64> {
+    async fn update_key_ring(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        trail: Trail<'_>,
+    ) -> Result<u64> {
         self.before("update_key_ring").await?;
-        self.inner.update_key_ring(ring, expected_version).await
+        self.inner
+            .update_key_ring(ring, expected_version, trail)
+            .await
     }
 
     async fn destroy_key(
@@ -409,10 +417,11 @@ impl KeyRingStore for HookedStore {
         expected_version: u64,
         key: KeyId,
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<DestroyOutcome> {
         self.before("destroy_key").await?;
         self.inner
-            .destroy_key(ring, expected_version, key, now)
+            .destroy_key(ring, expected_version, key, now, trail)
             .await
     }
 

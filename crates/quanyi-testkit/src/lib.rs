@@ -56,6 +56,7 @@ macro_rules! storage_conformance {
             racing_placements_with_one_claim_place_one_order,
             operators_search_orders,
             pack_limits,
+            operator_changes_are_written_with_their_records,
             cards_are_found_by_blind_index,
             events_keep_their_schema_version_and_correlation,
             key_ring_versions_and_use_limit,

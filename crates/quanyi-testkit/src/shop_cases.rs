@@ -104,11 +104,16 @@ fn member(name: &str) -> MemberId {
 /// Vault-stocked card-key goods; returns the SKU.
 async fn card_sku(shop: &Shop) -> SkuId {
     let sku = fixtures::id(SkuId::generate);
-    shop.create_goods(GoodsDraft {
-        title: "Video membership month card".into(),
-        kind: GoodsKind::CardKey,
-        skus: vec![SkuDraft::new(sku, "1 month", cny("19.90")).with_stock(StockSource::VaultPool)],
-    })
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Video membership month card".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(sku, "1 month", cny("19.90")).with_stock(StockSource::VaultPool),
+            ],
+        },
+    )
     .await
     .unwrap();
     sku
@@ -236,11 +241,17 @@ async fn store_legacy_cards(rig: &Rig, sku: SkuId, codes: &[&str]) -> Vec<quanyi
             })
             .collect()
     };
-    let out = store.insert_cards(&rig.tenant, &cards, t0()).await.unwrap();
+    let out = store
+        .insert_cards(&rig.tenant, &cards, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(out.inserted.len(), codes.len(), "legacy cards are distinct");
     let (mut wrapped, version) = store.key_ring(&rig.tenant).await.unwrap().unwrap();
     wrapped.oldest_index_scheme = IndexScheme::Legacy;
-    store.update_key_ring(&wrapped, version).await.unwrap();
+    store
+        .update_key_ring(&wrapped, version, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     cards.iter().map(|c| c.id).collect()
 }
 
@@ -569,15 +580,18 @@ pub async fn a_supplier_card_already_held_fails_over_or_is_refunded(store: Arc<d
         let shop = shop.clone();
         async move {
             let sku = fixtures::id(SkuId::generate);
-            shop.create_goods(GoodsDraft {
-                title: "Game card 30".into(),
-                kind: GoodsKind::CardKey,
-                skus: vec![
-                    SkuDraft::new(sku, "30", cny("30.00"))
-                        .with_stock(StockSource::Supplier)
-                        .with_routes(routes),
-                ],
-            })
+            shop.create_goods(
+                &quanyi::Actor::new("merchant", "catalog").unwrap(),
+                GoodsDraft {
+                    title: "Game card 30".into(),
+                    kind: GoodsKind::CardKey,
+                    skus: vec![
+                        SkuDraft::new(sku, "30", cny("30.00"))
+                            .with_stock(StockSource::Supplier)
+                            .with_routes(routes),
+                    ],
+                },
+            )
             .await
             .unwrap();
             sku

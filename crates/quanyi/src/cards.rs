@@ -5,7 +5,7 @@ use std::fmt;
 use quanyi_core::{Actor, BatchId, CardId, MemberId, OrderId, SkuId};
 use quanyi_goods::StockSource;
 use quanyi_order::OrderStatus;
-use quanyi_storage::{AuditAction, AuditOutcome, InsertCardsOutcome, NewCard, StockCount};
+use quanyi_storage::{AuditAction, AuditOutcome, InsertCardsOutcome, NewCard, StockCount, Trail};
 use quanyi_vault::{CardKey, ImportOptions, IndexScheme, KeyRing, MalformedLine, parse_import};
 
 use crate::events::VaultEvent;
@@ -114,11 +114,12 @@ impl Shop {
         seal: impl Fn(&KeyRing, &mut rand::rngs::ThreadRng) -> quanyi_vault::Result<Vec<NewCard>>,
         uses: u64,
         now: chrono::DateTime<chrono::Utc>,
+        trail: Trail<'_>,
     ) -> Result<InsertCardsOutcome> {
         if uses == 0 {
             return Ok(self
                 .store_ref()
-                .insert_cards(&self.tenant, &[], now)
+                .insert_cards(&self.tenant, &[], now, trail)
                 .await?);
         }
         let mut last = None;
@@ -127,7 +128,7 @@ impl Shop {
             let cards = seal(&ring, &mut rand::thread_rng())?;
             match self
                 .store_ref()
-                .insert_cards(&self.tenant, &cards, now)
+                .insert_cards(&self.tenant, &cards, now, trail)
                 .await
             {
                 Ok(outcome) => return Ok(outcome),
@@ -182,6 +183,20 @@ impl Shop {
         let batch = BatchId::generate(now, &mut rand::thread_rng());
         // Ids in file order, so the pool sells the batch in the order it was written.
         let ids = CardId::generate_sequence(now, &mut rand::thread_rng(), plan.cards.len());
+        // The operator's record is written with the cards; what the store found (duplicates of
+        // stored cards) follows in the batch's event.
+        let record = self.audit_record(
+            &actor.to_string(),
+            AuditAction::Import,
+            batch.to_string(),
+            AuditOutcome::Allowed,
+            format!(
+                "sku {sku}: {} card(s) offered, {} repeated in the file, {} malformed",
+                plan.cards.len(),
+                plan.duplicates.len(),
+                plan.malformed.len()
+            ),
+        );
         let outcome = self
             .store_sealed(
                 |ring, rng| {
@@ -202,6 +217,7 @@ impl Shop {
                 },
                 uses,
                 now,
+                Trail::NONE.audited(&record),
             )
             .await?;
         let mut duplicates: Vec<DuplicateLine> = plan
@@ -237,19 +253,6 @@ impl Shop {
         };
         let events = self.envelopes("card_batch", batch, 1, vec![event], now);
         self.store_ref().append_events(&events).await?;
-        self.audit(
-            &actor.to_string(),
-            AuditAction::Import,
-            batch.to_string(),
-            AuditOutcome::Allowed,
-            format!(
-                "sku {sku}: imported {}, duplicates {}, malformed {}",
-                report.imported,
-                report.duplicates.len(),
-                report.malformed.len()
-            ),
-        )
-        .await?;
         tracing::info!(%batch, %sku, imported = report.imported, "card keys imported");
         Ok(report)
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use quanyi_core::{Actor, CardId};
-use quanyi_storage::{AuditAction, AuditOutcome, CardState, IndexChange, Reindexed, StoredCard};
+use quanyi_storage::{
+    AuditAction, AuditOutcome, AuditRecord, CardState, IndexChange, Reindexed, StoredCard, Trail,
+};
 use quanyi_vault::{
     Field, IndexScheme, KeyId, KeyRing, KeyState, RootKey, SealContext, SealedCard, WrappedKeyRing,
 };
@@ -174,18 +176,21 @@ impl Shop {
     /// engine rotates a key whose budget ran out).
     async fn rotate_as(&self, actor: &str) -> Result<KeyId> {
         self.ring().await?;
-        let (ring, key) = self
-            .change_ring(|ring, root, now| ring.rotate(root, now, &mut rand::thread_rng()))
+        let (_, key) = self
+            .change_ring(
+                |ring, root, now| ring.rotate(root, now, &mut rand::thread_rng()),
+                |ring, key| {
+                    let record = self.audit_record(
+                        actor,
+                        AuditAction::KeyRotated,
+                        key.to_string(),
+                        AuditOutcome::Allowed,
+                        format!("active key {}", ring.active_key_id()),
+                    );
+                    (vec![VaultEvent::KeyRotated { key: *key }], Some(record))
+                },
+            )
             .await?;
-        self.vault_event(VaultEvent::KeyRotated { key }).await?;
-        self.audit(
-            actor,
-            AuditAction::KeyRotated,
-            key.to_string(),
-            AuditOutcome::Allowed,
-            format!("active key {}", ring.active_key_id()),
-        )
-        .await?;
         Ok(key)
     }
 
@@ -294,16 +299,21 @@ impl Shop {
                 "cards are still sealed with {key}: reseal them first"
             )));
         }
-        self.change_ring(|ring, _, _| ring.retire(key)).await?;
-        self.vault_event(VaultEvent::KeyRetired { key }).await?;
-        self.audit(
-            &actor.to_string(),
-            AuditAction::KeyRetired,
-            key.to_string(),
-            AuditOutcome::Allowed,
-            String::new(),
+        self.change_ring(
+            |ring, _, _| ring.retire(key),
+            |_, ()| {
+                let record = self.audit_record(
+                    &actor.to_string(),
+                    AuditAction::KeyRetired,
+                    key.to_string(),
+                    AuditOutcome::Allowed,
+                    String::new(),
+                );
+                (vec![VaultEvent::KeyRetired { key }], Some(record))
+            },
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Destroys a data key that may be compromised, at once (audited with `actor`): its
@@ -338,8 +348,30 @@ impl Shop {
             }
             ring.destroy(key)?;
             let now = self.now();
+            // The operator's record goes with the destruction; the counts of what it shredded
+            // follow in the event.
+            let record = self.audit_record(
+                &by,
+                AuditAction::KeyDestroyed,
+                key.to_string(),
+                AuditOutcome::Allowed,
+                rotated_to.map_or_else(
+                    || "cards sealed with it shredded, unsold ones withdrawn".to_owned(),
+                    |to| {
+                        format!(
+                            "rotated to {to}; cards sealed with it shredded, unsold ones withdrawn"
+                        )
+                    },
+                ),
+            );
             match store
-                .destroy_key(&ring.to_wrapped(), version, key, now)
+                .destroy_key(
+                    &ring.to_wrapped(),
+                    version,
+                    key,
+                    now,
+                    Trail::NONE.audited(&record),
+                )
                 .await
             {
                 Ok(outcome) => {
@@ -355,17 +387,6 @@ impl Shop {
                         shredded: report.shredded,
                         withdrawn: report.withdrawn,
                     })
-                    .await?;
-                    self.audit(
-                        &by,
-                        AuditAction::KeyDestroyed,
-                        key.to_string(),
-                        AuditOutcome::Allowed,
-                        format!(
-                            "{} card(s) shredded, {} withdrawn from sale",
-                            report.shredded, report.withdrawn
-                        ),
-                    )
                     .await?;
                     tracing::warn!(%key, shredded = report.shredded, "data key destroyed");
                     return Ok(report);
@@ -450,10 +471,13 @@ impl Shop {
         if rest.is_empty() {
             report.finished = true;
             if ring.oldest_index_scheme() < IndexScheme::CURRENT {
-                self.change_ring(|ring, _, _| {
-                    ring.set_oldest_index_scheme(IndexScheme::CURRENT);
-                    Ok(())
-                })
+                self.change_ring(
+                    |ring, _, _| {
+                        ring.set_oldest_index_scheme(IndexScheme::CURRENT);
+                        Ok(())
+                    },
+                    |_, ()| (Vec::new(), None),
+                )
                 .await?;
             }
         }
@@ -549,6 +573,7 @@ impl Shop {
     async fn change_ring<T>(
         &self,
         change: impl Fn(&mut KeyRing, &RootKey, DateTime<Utc>) -> quanyi_vault::Result<T>,
+        trail: impl Fn(&KeyRing, &T) -> (Vec<VaultEvent>, Option<AuditRecord>),
     ) -> Result<(Arc<KeyRing>, T)> {
         let store = self.store_ref();
         for _ in 0..5 {
@@ -559,7 +584,17 @@ impl Shop {
             let mut ring = self.unwrap_ring(&wrapped)?;
             let now = self.now();
             let out = change(&mut ring, &self.inner.root, now)?;
-            match store.update_key_ring(&ring.to_wrapped(), version).await {
+            // The change's events and the operator's record go in the same write.
+            let (events, record) = trail(&ring, &out);
+            let events = self.envelopes("key_ring", &self.tenant, 0, events, now);
+            let trail = Trail {
+                events: &events,
+                audit: record.as_ref(),
+            };
+            match store
+                .update_key_ring(&ring.to_wrapped(), version, trail)
+                .await
+            {
                 Ok(_) => {
                     let ring = Arc::new(ring);
                     self.cache_ring(ring.clone(), now);

@@ -466,8 +466,23 @@ impl Shop {
         outcome: AuditOutcome,
         detail: String,
     ) -> Result<()> {
+        let record = self.audit_record(actor, action, subject, outcome, detail);
+        self.store_ref().append_audit(&record).await?;
+        Ok(())
+    }
+
+    /// An audit record of this tenant, now, to write with the change it records (a store
+    /// write's [`Trail`](quanyi_storage::Trail)).
+    pub(crate) fn audit_record(
+        &self,
+        actor: &str,
+        action: AuditAction,
+        subject: String,
+        outcome: AuditOutcome,
+        detail: String,
+    ) -> AuditRecord {
         let now = self.now();
-        let record = AuditRecord {
+        AuditRecord {
             id: AuditId::generate(now, &mut rand::thread_rng()),
             tenant: self.tenant.clone(),
             at: now,
@@ -476,9 +491,7 @@ impl Shop {
             subject,
             outcome,
             detail,
-        };
-        self.store_ref().append_audit(&record).await?;
-        Ok(())
+        }
     }
 
     /// The latest audit records of this tenant, newest first.

@@ -49,17 +49,27 @@ async fn refused_orders_change_nothing() {
     stock_up(&w.shop, sku, &codes(10)).await;
     let off = card_sku(&w.shop, "30.00", PurchaseLimits::default()).await;
     stock_up(&w.shop, off, &codes(2)).await;
-    w.shop.set_shelf(off, Shelf::Off).await.unwrap();
+    w.shop
+        .set_shelf(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            off,
+            Shelf::Off,
+        )
+        .await
+        .unwrap();
     let usd = new_sku();
     w.shop
-        .create_goods(GoodsDraft {
-            title: "Game credit".into(),
-            kind: GoodsKind::CardKey,
-            skus: vec![
-                SkuDraft::new(usd, "10 USD", Money::parse("10.00", Currency::USD).unwrap())
-                    .with_stock(StockSource::VaultPool),
-            ],
-        })
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Game credit".into(),
+                kind: GoodsKind::CardKey,
+                skus: vec![
+                    SkuDraft::new(usd, "10 USD", Money::parse("10.00", Currency::USD).unwrap())
+                        .with_stock(StockSource::VaultPool),
+                ],
+            },
+        )
         .await
         .unwrap();
     stock_up(&w.shop, usd, &codes(2)).await;
@@ -294,18 +304,21 @@ async fn malformed_imports_import_nothing_unless_asked() {
     assert_eq!(err.code(), "unknown_sku");
     let unlimited = new_sku();
     w.shop
-        .create_goods(GoodsDraft {
-            title: "Gold membership".into(),
-            kind: GoodsKind::Membership {
-                plan: "gold".into(),
-                days: 30,
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Gold membership".into(),
+                kind: GoodsKind::Membership {
+                    plan: "gold".into(),
+                    days: 30,
+                },
+                skus: vec![SkuDraft::new(
+                    unlimited,
+                    "30 days",
+                    Money::parse("15.00", Currency::CNY).unwrap(),
+                )],
             },
-            skus: vec![SkuDraft::new(
-                unlimited,
-                "30 days",
-                Money::parse("15.00", Currency::CNY).unwrap(),
-            )],
-        })
+        )
         .await
         .unwrap();
     let err = w
@@ -327,20 +340,23 @@ async fn top_up_accounts_are_validated_before_anything_else() {
     let w = world();
     let sku = new_sku();
     w.shop
-        .create_goods(GoodsDraft {
-            title: "Mobile top-up".into(),
-            kind: GoodsKind::DirectTopUp {
-                account: AccountRule::MainlandMobile,
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Mobile top-up".into(),
+                kind: GoodsKind::DirectTopUp {
+                    account: AccountRule::MainlandMobile,
+                },
+                skus: vec![
+                    SkuDraft::new(
+                        sku,
+                        "50 yuan",
+                        Money::parse("49.50", Currency::CNY).unwrap(),
+                    )
+                    .with_stock(StockSource::Supplier),
+                ],
             },
-            skus: vec![
-                SkuDraft::new(
-                    sku,
-                    "50 yuan",
-                    Money::parse("49.50", Currency::CNY).unwrap(),
-                )
-                .with_stock(StockSource::Supplier),
-            ],
-        })
+        )
         .await
         .unwrap();
     let buyer = member("carol");
@@ -450,14 +466,17 @@ async fn cart_bounds_are_checked_before_anything_is_read() {
             .unwrap()
     );
     let dear = new_sku();
-    shop.create_goods(GoodsDraft {
-        title: "Gold".into(),
-        kind: GoodsKind::CardKey,
-        skus: vec![
-            SkuDraft::new(dear, "bar", Money::from_minor(i64::MAX / 4, Currency::CNY))
-                .with_stock(StockSource::VaultPool),
-        ],
-    })
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Gold".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(dear, "bar", Money::from_minor(i64::MAX / 4, Currency::CNY))
+                    .with_stock(StockSource::VaultPool),
+            ],
+        },
+    )
     .await
     .unwrap();
     let err = shop

@@ -33,7 +33,14 @@ async fn goods_taken_off_the_shelf_elsewhere_are_not_sold_from_memory() {
         .unwrap();
 
     let other = second_shop(&w);
-    other.set_shelf(sku, Shelf::Off).await.unwrap();
+    other
+        .set_shelf(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            sku,
+            Shelf::Off,
+        )
+        .await
+        .unwrap();
     let err = w
         .shop
         .place_order(&buyer, &[CartLine::new(sku, 1)])
@@ -49,7 +56,14 @@ async fn goods_put_back_on_the_shelf_elsewhere_are_sold_again() {
     let w = world();
     let sku = card_sku(&w.shop, "30.00", PurchaseLimits::default()).await;
     stock_up(&w.shop, sku, &codes(2)).await;
-    w.shop.set_shelf(sku, Shelf::Off).await.unwrap();
+    w.shop
+        .set_shelf(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            sku,
+            Shelf::Off,
+        )
+        .await
+        .unwrap();
     let buyer = member("bo");
     let err = w
         .shop
@@ -59,7 +73,14 @@ async fn goods_put_back_on_the_shelf_elsewhere_are_sold_again() {
     assert_eq!(err.code(), "off_shelf");
 
     // This shop last saw the SKU off the shelf; another one puts it back.
-    second_shop(&w).set_shelf(sku, Shelf::On).await.unwrap();
+    second_shop(&w)
+        .set_shelf(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            sku,
+            Shelf::On,
+        )
+        .await
+        .unwrap();
     let order = w
         .shop
         .place_order(&buyer, &[CartLine::new(sku, 1)])

@@ -409,15 +409,18 @@ async fn signed_links_are_delivered_and_checked_without_a_lookup() {
         .build()
         .unwrap();
     let sku = new_sku();
-    shop.create_goods(GoodsDraft {
-        title: "Online course access".into(),
-        kind: GoodsKind::Link,
-        skus: vec![SkuDraft::new(
-            sku,
-            "lifetime",
-            Money::parse("99.00", Currency::CNY).unwrap(),
-        )],
-    })
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Online course access".into(),
+            kind: GoodsKind::Link,
+            skus: vec![SkuDraft::new(
+                sku,
+                "lifetime",
+                Money::parse("99.00", Currency::CNY).unwrap(),
+            )],
+        },
+    )
     .await
     .unwrap();
     let buyer = member("learner");

@@ -70,28 +70,31 @@ async fn two_thousand_orders_through_faulty_suppliers_settle_exactly() {
     .unwrap();
     let sku = SkuId::generate(t0(), &mut rand::thread_rng());
     let cost = Money::from_minor(4800, Currency::CNY);
-    shop.create_goods(GoodsDraft {
-        title: "Mobile top-up 50".into(),
-        kind: GoodsKind::DirectTopUp {
-            account: AccountRule::MainlandMobile,
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Mobile top-up 50".into(),
+            kind: GoodsKind::DirectTopUp {
+                account: AccountRule::MainlandMobile,
+            },
+            skus: vec![
+                SkuDraft::new(sku, "50 yuan", Money::from_minor(4950, Currency::CNY))
+                    .with_stock(StockSource::Supplier)
+                    .with_routes(vec![
+                        SupplierRoute::new(
+                            SupplierId::new("sim-a").unwrap(),
+                            ProductCode::new("MOBILE-50").unwrap(),
+                            cost,
+                        ),
+                        SupplierRoute::new(
+                            SupplierId::new("sim-b").unwrap(),
+                            ProductCode::new("MOBILE-50").unwrap(),
+                            cost,
+                        ),
+                    ]),
+            ],
         },
-        skus: vec![
-            SkuDraft::new(sku, "50 yuan", Money::from_minor(4950, Currency::CNY))
-                .with_stock(StockSource::Supplier)
-                .with_routes(vec![
-                    SupplierRoute::new(
-                        SupplierId::new("sim-a").unwrap(),
-                        ProductCode::new("MOBILE-50").unwrap(),
-                        cost,
-                    ),
-                    SupplierRoute::new(
-                        SupplierId::new("sim-b").unwrap(),
-                        ProductCode::new("MOBILE-50").unwrap(),
-                        cost,
-                    ),
-                ]),
-        ],
-    })
+    )
     .await
     .unwrap();
 

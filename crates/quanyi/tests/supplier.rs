@@ -127,32 +127,35 @@ async fn world(store: Arc<dyn Store>, a: SimSupplier, b: SimSupplier) -> World {
     .unwrap();
     let sku = SkuId::generate(t0(), &mut rand::thread_rng());
     let cost = Money::parse("48.00", Currency::CNY).unwrap();
-    shop.create_goods(GoodsDraft {
-        title: "Mobile top-up 50".into(),
-        kind: GoodsKind::DirectTopUp {
-            account: AccountRule::MainlandMobile,
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Mobile top-up 50".into(),
+            kind: GoodsKind::DirectTopUp {
+                account: AccountRule::MainlandMobile,
+            },
+            skus: vec![
+                SkuDraft::new(
+                    sku,
+                    "50 yuan",
+                    Money::parse("49.50", Currency::CNY).unwrap(),
+                )
+                .with_stock(StockSource::Supplier)
+                .with_routes(vec![
+                    SupplierRoute::new(
+                        SupplierId::new("sim-a").unwrap(),
+                        ProductCode::new("MOBILE-50").unwrap(),
+                        cost,
+                    ),
+                    SupplierRoute::new(
+                        SupplierId::new("sim-b").unwrap(),
+                        ProductCode::new("MOBILE-50").unwrap(),
+                        cost,
+                    ),
+                ]),
+            ],
         },
-        skus: vec![
-            SkuDraft::new(
-                sku,
-                "50 yuan",
-                Money::parse("49.50", Currency::CNY).unwrap(),
-            )
-            .with_stock(StockSource::Supplier)
-            .with_routes(vec![
-                SupplierRoute::new(
-                    SupplierId::new("sim-a").unwrap(),
-                    ProductCode::new("MOBILE-50").unwrap(),
-                    cost,
-                ),
-                SupplierRoute::new(
-                    SupplierId::new("sim-b").unwrap(),
-                    ProductCode::new("MOBILE-50").unwrap(),
-                    cost,
-                ),
-            ]),
-        ],
-    })
+    )
     .await
     .unwrap();
     World {
@@ -453,23 +456,26 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
     .build()
     .unwrap();
     let sku = SkuId::generate(t0(), &mut rand::thread_rng());
-    shop.create_goods(GoodsDraft {
-        title: "Game card".into(),
-        kind: GoodsKind::CardKey,
-        skus: vec![
-            SkuDraft::new(
-                sku,
-                "10 credits",
-                Money::parse("9.90", Currency::CNY).unwrap(),
-            )
-            .with_stock(StockSource::Supplier)
-            .with_routes(vec![SupplierRoute::new(
-                SupplierId::new("sim-a").unwrap(),
-                ProductCode::new("GAME-CARD").unwrap(),
-                cost,
-            )]),
-        ],
-    })
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Game card".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(
+                    sku,
+                    "10 credits",
+                    Money::parse("9.90", Currency::CNY).unwrap(),
+                )
+                .with_stock(StockSource::Supplier)
+                .with_routes(vec![SupplierRoute::new(
+                    SupplierId::new("sim-a").unwrap(),
+                    ProductCode::new("GAME-CARD").unwrap(),
+                    cost,
+                )]),
+            ],
+        },
+    )
     .await
     .unwrap();
     let buyer = MemberId::new("gamer").unwrap();
@@ -589,18 +595,21 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
     w.b.set_down(true);
     let card = SkuId::generate(t0(), &mut rand::thread_rng());
     w.shop
-        .create_goods(GoodsDraft {
-            title: "Video month card".into(),
-            kind: GoodsKind::CardKey,
-            skus: vec![
-                SkuDraft::new(
-                    card,
-                    "1 month",
-                    Money::parse("30.00", Currency::CNY).unwrap(),
-                )
-                .with_stock(StockSource::VaultPool),
-            ],
-        })
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Video month card".into(),
+                kind: GoodsKind::CardKey,
+                skus: vec![
+                    SkuDraft::new(
+                        card,
+                        "1 month",
+                        Money::parse("30.00", Currency::CNY).unwrap(),
+                    )
+                    .with_stock(StockSource::VaultPool),
+                ],
+            },
+        )
         .await
         .unwrap();
     let tag: u32 = rand::random();
@@ -616,46 +625,52 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
         .unwrap();
     let gold = SkuId::generate(t0(), &mut rand::thread_rng());
     w.shop
-        .create_goods(GoodsDraft {
-            title: "Gold membership".into(),
-            kind: GoodsKind::Membership {
-                plan: "gold".into(),
-                days: 30,
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Gold membership".into(),
+                kind: GoodsKind::Membership {
+                    plan: "gold".into(),
+                    days: 30,
+                },
+                skus: vec![SkuDraft::new(
+                    gold,
+                    "30 days",
+                    Money::parse("20.50", Currency::CNY).unwrap(),
+                )],
             },
-            skus: vec![SkuDraft::new(
-                gold,
-                "30 days",
-                Money::parse("20.50", Currency::CNY).unwrap(),
-            )],
-        })
+        )
         .await
         .unwrap();
     let pack = SkuId::generate(t0(), &mut rand::thread_rng());
     w.shop
-        .create_goods(GoodsDraft {
-            title: "Everything pack".into(),
-            kind: GoodsKind::BenefitPack {
-                components: vec![
-                    BundleComponent {
-                        sku: card,
-                        quantity: 1,
-                    },
-                    BundleComponent {
-                        sku: w.sku,
-                        quantity: 1,
-                    },
-                    BundleComponent {
-                        sku: gold,
-                        quantity: 1,
-                    },
-                ],
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Everything pack".into(),
+                kind: GoodsKind::BenefitPack {
+                    components: vec![
+                        BundleComponent {
+                            sku: card,
+                            quantity: 1,
+                        },
+                        BundleComponent {
+                            sku: w.sku,
+                            quantity: 1,
+                        },
+                        BundleComponent {
+                            sku: gold,
+                            quantity: 1,
+                        },
+                    ],
+                },
+                skus: vec![SkuDraft::new(
+                    pack,
+                    "pack",
+                    Money::parse("80.00", Currency::CNY).unwrap(),
+                )],
             },
-            skus: vec![SkuDraft::new(
-                pack,
-                "pack",
-                Money::parse("80.00", Currency::CNY).unwrap(),
-            )],
-        })
+        )
         .await
         .unwrap();
     let buyer = MemberId::new("packer").unwrap();
@@ -761,15 +776,18 @@ async fn reservation_codes_are_generated_sealed_and_revealed(store: Arc<dyn Stor
     let w = healthy(store).await;
     let sku = SkuId::generate(t0(), &mut rand::thread_rng());
     w.shop
-        .create_goods(GoodsDraft {
-            title: "Museum entry booking".into(),
-            kind: GoodsKind::ReservationCode,
-            skus: vec![SkuDraft::new(
-                sku,
-                "1 adult",
-                Money::parse("60.00", Currency::CNY).unwrap(),
-            )],
-        })
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Museum entry booking".into(),
+                kind: GoodsKind::ReservationCode,
+                skus: vec![SkuDraft::new(
+                    sku,
+                    "1 adult",
+                    Money::parse("60.00", Currency::CNY).unwrap(),
+                )],
+            },
+        )
         .await
         .unwrap();
     let buyer = MemberId::new("visitor").unwrap();

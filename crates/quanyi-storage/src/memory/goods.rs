@@ -4,7 +4,7 @@ use super::*;
 
 #[async_trait]
 impl GoodsStore for MemoryStore {
-    async fn insert_goods(&self, goods: &Goods, events: &[EventEnvelope]) -> Result<()> {
+    async fn insert_goods(&self, goods: &Goods, trail: Trail<'_>) -> Result<()> {
         let mut s = self.state.lock();
         let tenant = goods.tenant().clone();
         if s.goods.contains_key(&(tenant.clone(), goods.id())) {
@@ -17,21 +17,20 @@ impl GoodsStore for MemoryStore {
         {
             return Err(Error::conflict("sku", sku.id, "id already stored"));
         }
-        if s.event_conflict(events).is_some() {
-            return Err(Error::conflict("event", goods.id(), "id already stored"));
-        }
+        s.check_trail(&trail, goods.id())?;
         for sku in goods.skus() {
             s.sku_goods.insert((tenant.clone(), sku.id), goods.id());
         }
         s.goods.insert((tenant, goods.id()), goods.clone());
-        s.push_events(events)
+        s.push_trail(&trail);
+        Ok(())
     }
 
     async fn update_goods(
         &self,
         goods: &Goods,
         expected_version: u64,
-        events: &[EventEnvelope],
+        trail: Trail<'_>,
     ) -> Result<()> {
         let mut s = self.state.lock();
         let tenant = goods.tenant().clone();
@@ -50,14 +49,13 @@ impl GoodsStore for MemoryStore {
         }) {
             return Err(Error::conflict("sku", sku.id, "id already stored"));
         }
-        if s.event_conflict(events).is_some() {
-            return Err(Error::conflict("event", goods.id(), "id already stored"));
-        }
+        s.check_trail(&trail, goods.id())?;
         for sku in goods.skus() {
             s.sku_goods.insert((tenant.clone(), sku.id), goods.id());
         }
         s.goods.insert(key, goods.clone());
-        s.push_events(events)
+        s.push_trail(&trail);
+        Ok(())
     }
 
     async fn goods(&self, tenant: &TenantId, id: GoodsId) -> Result<Option<Goods>> {

@@ -21,17 +21,25 @@ impl KeyRingStore for MemoryStore {
         Ok(())
     }
 
-    async fn update_key_ring(&self, ring: &WrappedKeyRing, expected_version: u64) -> Result<u64> {
+    async fn update_key_ring(
+        &self,
+        ring: &WrappedKeyRing,
+        expected_version: u64,
+        trail: Trail<'_>,
+    ) -> Result<u64> {
         let mut s = self.state.lock();
         let stored = s
             .rings
-            .get_mut(&ring.tenant)
+            .get(&ring.tenant)
             .ok_or_else(|| Error::not_found("key ring", &ring.tenant))?;
         if stored.1 != expected_version {
             return Err(Error::conflict("key ring", &ring.tenant, "stale version"));
         }
-        *stored = (ring.clone(), expected_version + 1);
-        Ok(stored.1)
+        s.check_trail(&trail, &ring.tenant)?;
+        s.rings
+            .insert(ring.tenant.clone(), (ring.clone(), expected_version + 1));
+        s.push_trail(&trail);
+        Ok(expected_version + 1)
     }
 
     async fn destroy_key(
@@ -40,6 +48,7 @@ impl KeyRingStore for MemoryStore {
         expected_version: u64,
         key: KeyId,
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<DestroyOutcome> {
         if ring.key_state(key) != Some(KeyState::Destroyed) {
             return Err(Error::Invalid(format!(
@@ -54,6 +63,8 @@ impl KeyRingStore for MemoryStore {
         if stored.1 != expected_version {
             return Err(Error::conflict("key ring", &ring.tenant, "stale version"));
         }
+        s.check_trail(&trail, &ring.tenant)?;
+        s.push_trail(&trail);
         let tenant = &ring.tenant;
         let sealed: Vec<CardId> = s
             .cards

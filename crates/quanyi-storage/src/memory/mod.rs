@@ -25,7 +25,7 @@ use crate::model::{
     AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, FeedEvent, FeedPosition,
     HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder,
     NoticeDisposition, OrderChange, OrderCursor, OrderQuery, PaymentNotice, PaymentWrite,
-    RecordOutcome, Reindexed, StockCount, StoredCard, check_consumer_name,
+    RecordOutcome, Reindexed, StockCount, StoredCard, Trail, check_consumer_name,
 };
 use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
@@ -489,6 +489,33 @@ impl State {
                 self.event_pos.get(&e.id).is_some() || events[..*i].iter().any(|p| p.id == e.id)
             })
             .map(|(_, e)| e.id)
+    }
+
+    /// Refuses a trail whose event ids or audit id are stored already (checked before the
+    /// change, so a refused trail changes nothing).
+    fn check_trail(&self, trail: &Trail<'_>, id: impl fmt::Display) -> Result<()> {
+        if self.event_conflict(trail.events).is_some() {
+            return Err(Error::conflict("event", id, "id already stored"));
+        }
+        if let Some(record) = trail.audit {
+            if self.audit_ids.contains(&record.id) {
+                return Err(Error::conflict(
+                    "audit record",
+                    record.id,
+                    "id already stored",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checked trail.
+    fn push_trail(&mut self, trail: &Trail<'_>) {
+        self.push_checked_events(trail.events.to_vec());
+        if let Some(record) = trail.audit {
+            self.audit_ids.insert(record.id);
+            self.audit.push(record.clone());
+        }
     }
 
     fn push_events(&mut self, events: &[EventEnvelope]) -> Result<()> {

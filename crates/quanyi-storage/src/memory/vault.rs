@@ -9,6 +9,7 @@ impl VaultStore for MemoryStore {
         tenant: &TenantId,
         cards: &[NewCard],
         now: DateTime<Utc>,
+        trail: Trail<'_>,
     ) -> Result<InsertCardsOutcome> {
         let mut s = self.state.lock();
         s.check_keys(tenant, cards)?;
@@ -19,6 +20,8 @@ impl VaultStore for MemoryStore {
         {
             return Err(Error::conflict("card", c.id, "id already stored"));
         }
+        s.check_trail(&trail, tenant)?;
+        s.push_trail(&trail);
         let mut outcome = InsertCardsOutcome::default();
         let mut seen = HashSet::new();
         for (i, c) in cards.iter().enumerate() {

@@ -15,7 +15,10 @@ use crate::fixtures::{self, card_goods, envelopes, member, order};
 pub async fn events_keep_their_schema_version_and_correlation(store: Arc<dyn Store>) {
     let tenant = fixtures::tenant();
     let goods = card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let (placed, events) = order(&goods, &member("cora"), 1);
     let mut envs = envelopes(&placed, &events);
     let request: Arc<str> = Arc::from("placement:cora-checkout-7");

@@ -34,23 +34,32 @@ pub async fn cards_need_the_active_key(store: Arc<dyn Store>) {
     let no_ring = fixtures::tenant();
     let sku = first_sku(&card_goods(&no_ring, PurchaseLimits::default()));
     let batch = cards(sku, 2);
-    let r = store.insert_cards(&no_ring, &batch, t0()).await;
+    let r = store
+        .insert_cards(&no_ring, &batch, t0(), quanyi_storage::Trail::NONE)
+        .await;
     assert!(is_key_not_active(&r), "{r:?}");
     assert!(store.card(&no_ring, batch[0].id).await.unwrap().is_none());
 
     let tenant = fixtures::vault_tenant(&*store).await;
     let mut wrong = cards(sku, 2);
     wrong[1].key_id = KeyId(2);
-    let r = store.insert_cards(&tenant, &wrong, t0()).await;
+    let r = store
+        .insert_cards(&tenant, &wrong, t0(), quanyi_storage::Trail::NONE)
+        .await;
     assert!(is_key_not_active(&r), "{r:?}");
     assert!(store.card(&tenant, wrong[0].id).await.unwrap().is_none());
     assert_eq!(store.stock(&tenant, sku, t0()).await.unwrap().available, 0);
 
     let kept = cards(sku, 1);
-    store.insert_cards(&tenant, &kept, t0()).await.unwrap();
+    store
+        .insert_cards(&tenant, &kept, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(fixtures::rotate_ring(&*store, &tenant).await, KeyId(2));
     // k1 is decrypt-only now: no new card under it, by import or by reseal.
-    let r = store.insert_cards(&tenant, &cards(sku, 1), t0()).await;
+    let r = store
+        .insert_cards(&tenant, &cards(sku, 1), t0(), quanyi_storage::Trail::NONE)
+        .await;
     assert!(is_key_not_active(&r), "{r:?}");
     let r = store
         .replace_sealed(&tenant, kept[0].id, KeyId(1), &sealed(), KeyId(1))
@@ -62,7 +71,7 @@ pub async fn cards_need_the_active_key(store: Arc<dyn Store>) {
     fresh[0].key_id = KeyId(2);
     assert_eq!(
         store
-            .insert_cards(&tenant, &fresh, t0())
+            .insert_cards(&tenant, &fresh, t0(), quanyi_storage::Trail::NONE)
             .await
             .unwrap()
             .inserted,
@@ -86,7 +95,10 @@ pub async fn an_import_racing_a_rotation_never_stores_an_old_key(store: Arc<dyn 
             // Keep importing under k1 until the importer has seen k1 refused a few times.
             while refused < 3 {
                 let after_rotation = rotated.load(Ordering::SeqCst);
-                match store.insert_cards(&tenant, &cards(sku, 8), t0()).await {
+                match store
+                    .insert_cards(&tenant, &cards(sku, 8), t0(), quanyi_storage::Trail::NONE)
+                    .await
+                {
                     Ok(out) if after_rotation => stored_after += out.inserted.len(),
                     Ok(_) => {}
                     Err(Error::KeyNotActive { .. }) => refused += 1,
@@ -133,7 +145,12 @@ pub async fn legacy_indexes_find_stored_cards(store: Arc<dyn Store>) {
     let mut old = fixtures::card_with_index(sku, batch, [1; 32]);
     old.index_scheme = IndexScheme::Legacy;
     store
-        .insert_cards(&tenant, std::slice::from_ref(&old), t0())
+        .insert_cards(
+            &tenant,
+            std::slice::from_ref(&old),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     let stored = store.card(&tenant, old.id).await.unwrap().unwrap();
@@ -143,7 +160,12 @@ pub async fn legacy_indexes_find_stored_cards(store: Arc<dyn Store>) {
     variant.legacy_index = Some(index(1));
     let plain = fixtures::card_with_index(sku, batch, [3; 32]);
     let out = store
-        .insert_cards(&tenant, &[variant.clone(), plain.clone()], t0())
+        .insert_cards(
+            &tenant,
+            &[variant.clone(), plain.clone()],
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     assert_eq!(out.duplicates, vec![0]);
@@ -152,11 +174,14 @@ pub async fn legacy_indexes_find_stored_cards(store: Arc<dyn Store>) {
     // A legacy index no one holds is not stored: the card is found by its index only.
     let mut fresh = fixtures::card_with_index(sku, batch, [4; 32]);
     fresh.legacy_index = Some(index(5));
-    store.insert_cards(&tenant, &[fresh], t0()).await.unwrap();
+    store
+        .insert_cards(&tenant, &[fresh], t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let again = fixtures::card_with_index(sku, batch, [5; 32]);
     assert_eq!(
         store
-            .insert_cards(&tenant, &[again], t0())
+            .insert_cards(&tenant, &[again], t0(), quanyi_storage::Trail::NONE)
             .await
             .unwrap()
             .duplicates,
@@ -168,7 +193,7 @@ pub async fn legacy_indexes_find_stored_cards(store: Arc<dyn Store>) {
     there.legacy_index = Some(index(1));
     assert_eq!(
         store
-            .insert_cards(&other, &[there], t0())
+            .insert_cards(&other, &[there], t0(), quanyi_storage::Trail::NONE)
             .await
             .unwrap()
             .inserted
@@ -198,9 +223,17 @@ pub async fn reindex_moves_cards_and_finds_duplicates(store: Arc<dyn Store>) {
         c.id = id;
     }
     let current = fixtures::card_with_index(sku, batch, [20; 32]);
-    store.insert_cards(&tenant, &old, t0()).await.unwrap();
     store
-        .insert_cards(&tenant, std::slice::from_ref(&current), t0())
+        .insert_cards(&tenant, &old, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(
+            &tenant,
+            std::slice::from_ref(&current),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     let todo = store
@@ -281,7 +314,10 @@ pub async fn reindex_moves_cards_and_finds_duplicates(store: Arc<dyn Store>) {
     // old index is free again.
     let probe = |byte: u8| fixtures::card_with_index(sku, batch, [byte; 32]);
     let probes = [probe(30), probe(11), probe(12), probe(20), probe(10)];
-    let out = store.insert_cards(&tenant, &probes, t0()).await.unwrap();
+    let out = store
+        .insert_cards(&tenant, &probes, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(out.duplicates, vec![0, 1, 2, 3]);
     assert_eq!(out.inserted, vec![probes[4].id]);
     // Another tenant's cards are not touched, nor listed.
@@ -309,7 +345,10 @@ pub async fn withdrawn_cards_leave_sale_for_good(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     let batch = cards(sku, 5);
-    store.insert_cards(&tenant, &batch, t0()).await.unwrap();
+    store
+        .insert_cards(&tenant, &batch, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let until = t0() + Duration::minutes(15);
     let unpaid = id(OrderId::generate);
     let reserved = store
@@ -374,7 +413,7 @@ pub async fn withdrawn_cards_leave_sale_for_good(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .insert_cards(&tenant, &[again], t0())
+            .insert_cards(&tenant, &[again], t0(), quanyi_storage::Trail::NONE)
             .await
             .unwrap()
             .duplicates,
@@ -398,7 +437,10 @@ pub async fn a_destroyed_key_shreds_what_it_sealed(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let sku = first_sku(&card_goods(&tenant, PurchaseLimits::default()));
     let old = cards(sku, 3);
-    store.insert_cards(&tenant, &old, t0()).await.unwrap();
+    store
+        .insert_cards(&tenant, &old, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let paid = id(OrderId::generate);
     let sold = store
         .commit_cards(&tenant, sku, paid, 1, t0())
@@ -406,11 +448,17 @@ pub async fn a_destroyed_key_shreds_what_it_sealed(store: Arc<dyn Store>) {
         .unwrap();
     let other = fixtures::vault_tenant(&*store).await;
     let theirs = cards(sku, 1);
-    store.insert_cards(&other, &theirs, t0()).await.unwrap();
+    store
+        .insert_cards(&other, &theirs, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     assert_eq!(fixtures::rotate_ring(&*store, &tenant).await, KeyId(2));
     let mut new = cards(sku, 1);
     new[0].key_id = KeyId(2);
-    store.insert_cards(&tenant, &new, t0()).await.unwrap();
+    store
+        .insert_cards(&tenant, &new, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
 
     let (wrapped, version) = store.key_ring(&tenant).await.unwrap().unwrap();
     let mut ring = KeyRing::unwrap(&fixtures::root_key(), &wrapped).unwrap();
@@ -418,7 +466,13 @@ pub async fn a_destroyed_key_shreds_what_it_sealed(store: Arc<dyn Store>) {
     assert_eq!(
         kind_of(
             store
-                .destroy_key(&ring.to_wrapped(), version, KeyId(1), t0())
+                .destroy_key(
+                    &ring.to_wrapped(),
+                    version,
+                    KeyId(1),
+                    t0(),
+                    quanyi_storage::Trail::NONE
+                )
                 .await
         ),
         quanyi_core::ErrorKind::Invalid
@@ -428,7 +482,13 @@ pub async fn a_destroyed_key_shreds_what_it_sealed(store: Arc<dyn Store>) {
     assert_eq!(
         kind_of(
             store
-                .destroy_key(&destroyed, version + 5, KeyId(1), t0())
+                .destroy_key(
+                    &destroyed,
+                    version + 5,
+                    KeyId(1),
+                    t0(),
+                    quanyi_storage::Trail::NONE
+                )
                 .await
         ),
         quanyi_core::ErrorKind::Conflict
@@ -445,7 +505,13 @@ pub async fn a_destroyed_key_shreds_what_it_sealed(store: Arc<dyn Store>) {
     );
     let later = t0() + Duration::seconds(1);
     let outcome = store
-        .destroy_key(&destroyed, version, KeyId(1), later)
+        .destroy_key(
+            &destroyed,
+            version,
+            KeyId(1),
+            later,
+            quanyi_storage::Trail::NONE,
+        )
         .await
         .unwrap();
     assert_eq!((outcome.shredded, outcome.withdrawn), (3, 2));

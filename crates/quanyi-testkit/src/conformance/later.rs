@@ -18,9 +18,12 @@ pub async fn closing_an_unpaid_order_releases_its_cards(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
     store
-        .insert_cards(&tenant, &cards(sku, 3), t0())
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(&tenant, &cards(sku, 3), t0(), quanyi_storage::Trail::NONE)
         .await
         .unwrap();
     let mut placed = Vec::new();

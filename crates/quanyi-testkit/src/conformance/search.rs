@@ -63,8 +63,14 @@ pub async fn operators_search_orders(store: Arc<dyn Store>) {
     let tenant = fixtures::tenant();
     let video = card_goods(&tenant, PurchaseLimits::default());
     let music = card_goods(&tenant, PurchaseLimits::default());
-    store.insert_goods(&video, &[]).await.unwrap();
-    store.insert_goods(&music, &[]).await.unwrap();
+    store
+        .insert_goods(&video, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_goods(&music, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let s = &*store;
     let o1 = stored(s, &video, "ann", 0, None).await;
     let o2 = stored(s, &music, "bob", 1, Some(Channel::App)).await;
@@ -171,7 +177,10 @@ pub async fn operators_search_orders(store: Arc<dyn Store>) {
     // Another tenant sees its own orders only.
     let other = fixtures::tenant();
     let theirs = card_goods(&other, PurchaseLimits::default());
-    store.insert_goods(&theirs, &[]).await.unwrap();
+    store
+        .insert_goods(&theirs, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let o6 = stored(s, &theirs, "ann", 0, None).await;
     assert_eq!(
         found(s, &other, &OrderQuery::new(), None, 50).await,
@@ -236,9 +245,15 @@ pub async fn cards_are_found_by_blind_index(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
     let goods = card_goods(&tenant, PurchaseLimits::default());
     let sku = first_sku(&goods);
-    store.insert_goods(&goods, &[]).await.unwrap();
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let batch = fixtures::cards(sku, 3);
-    store.insert_cards(&tenant, &batch, t0()).await.unwrap();
+    store
+        .insert_cards(&tenant, &batch, t0(), quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
     let (order, events) = fixtures::order(&goods, &member("kim"), 1);
     let reserved = store
         .place_order(

@@ -36,21 +36,24 @@ pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: A
         .build()
         .unwrap();
     let sku = fixtures::id(SkuId::generate);
-    shop.create_goods(GoodsDraft {
-        title: "China Mobile credit 50".into(),
-        kind: GoodsKind::DirectTopUp {
-            account: AccountRule::MainlandMobile,
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "China Mobile credit 50".into(),
+            kind: GoodsKind::DirectTopUp {
+                account: AccountRule::MainlandMobile,
+            },
+            skus: vec![
+                SkuDraft::new(sku, "50 yuan", cny("50.00"))
+                    .with_stock(StockSource::Supplier)
+                    .with_routes(vec![SupplierRoute::new(
+                        sim_id.clone(),
+                        product,
+                        cny("48.00"),
+                    )]),
+            ],
         },
-        skus: vec![
-            SkuDraft::new(sku, "50 yuan", cny("50.00"))
-                .with_stock(StockSource::Supplier)
-                .with_routes(vec![SupplierRoute::new(
-                    sim_id.clone(),
-                    product,
-                    cny("48.00"),
-                )]),
-        ],
-    })
+    )
     .await
     .unwrap();
     let order = shop

@@ -23,38 +23,44 @@ pub async fn what_was_bought_is_delivered_and_a_trial_pack_is_sold_once(store: A
     import(&shop, card, &["PACK-0001", "PACK-0002", "PACK-0003"]).await;
     let music = fixtures::id(SkuId::generate);
     let membership = shop
-        .create_goods(GoodsDraft {
-            title: "Music membership".into(),
-            kind: GoodsKind::Membership {
-                plan: "music".into(),
-                days: 30,
+        .create_goods(
+            &quanyi::Actor::new("merchant", "catalog").unwrap(),
+            GoodsDraft {
+                title: "Music membership".into(),
+                kind: GoodsKind::Membership {
+                    plan: "music".into(),
+                    days: 30,
+                },
+                skus: vec![SkuDraft::new(music, "30 days", cny("15.00"))],
             },
-            skus: vec![SkuDraft::new(music, "30 days", cny("15.00"))],
-        })
+        )
         .await
         .unwrap();
     let trial = fixtures::id(SkuId::generate);
-    shop.create_goods(GoodsDraft {
-        title: "Trial pack".into(),
-        kind: GoodsKind::BenefitPack {
-            components: vec![
-                BundleComponent {
-                    sku: music,
-                    quantity: 1,
-                },
-                BundleComponent {
-                    sku: card,
-                    quantity: 1,
-                },
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Trial pack".into(),
+            kind: GoodsKind::BenefitPack {
+                components: vec![
+                    BundleComponent {
+                        sku: music,
+                        quantity: 1,
+                    },
+                    BundleComponent {
+                        sku: card,
+                        quantity: 1,
+                    },
+                ],
+            },
+            skus: vec![
+                SkuDraft::new(trial, "trial", cny("9.90")).with_limits(PurchaseLimits {
+                    per_member: Some(1),
+                    ..PurchaseLimits::default()
+                }),
             ],
         },
-        skus: vec![
-            SkuDraft::new(trial, "trial", cny("9.90")).with_limits(PurchaseLimits {
-                per_member: Some(1),
-                ..PurchaseLimits::default()
-            }),
-        ],
-    })
+    )
     .await
     .unwrap();
 
@@ -73,14 +79,32 @@ pub async fn what_was_bought_is_delivered_and_a_trial_pack_is_sold_once(store: A
     assert_eq!(placed.quantity_of(trial), 1);
 
     // The operator shortens the membership before the order is paid.
-    shop.edit_goods(membership.id(), |g| {
-        g.set_kind(GoodsKind::Membership {
-            plan: "music".into(),
-            days: 7,
-        })
-    })
+    shop.edit_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        membership.id(),
+        |g| {
+            g.set_kind(GoodsKind::Membership {
+                plan: "music".into(),
+                days: 7,
+            })
+        },
+    )
     .await
     .unwrap();
+    // The edit's audit record names the operator and the goods.
+    let log = shop.audit_log(20).await.unwrap();
+    let edits: Vec<_> = log
+        .iter()
+        .filter(|r| r.action == quanyi_storage::AuditAction::GoodsChanged)
+        .collect();
+    assert_eq!(edits.len(), 1);
+    assert_eq!(edits[0].actor, "catalog:merchant");
+    assert_eq!(edits[0].subject, membership.id().to_string());
+    let created = log
+        .iter()
+        .filter(|r| r.action == quanyi_storage::AuditAction::GoodsCreated)
+        .count();
+    assert_eq!(created, 3, "the card, the membership and the pack");
     let paid = shop
         .confirm_payment(notice(&placed, "txn-trial"))
         .await

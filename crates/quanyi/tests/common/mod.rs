@@ -37,15 +37,18 @@ pub fn new_sku() -> SkuId {
 /// Card-key goods from the vault with one SKU at `price` CNY.
 pub async fn card_sku(shop: &Shop, price: &str, limits: PurchaseLimits) -> SkuId {
     let sku = new_sku();
-    shop.create_goods(GoodsDraft {
-        title: "Video membership month card".into(),
-        kind: GoodsKind::CardKey,
-        skus: vec![
-            SkuDraft::new(sku, "1 month", Money::parse(price, Currency::CNY).unwrap())
-                .with_stock(StockSource::VaultPool)
-                .with_limits(limits),
-        ],
-    })
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Video membership month card".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(sku, "1 month", Money::parse(price, Currency::CNY).unwrap())
+                    .with_stock(StockSource::VaultPool)
+                    .with_limits(limits),
+            ],
+        },
+    )
     .await
     .unwrap();
     sku
