@@ -154,22 +154,9 @@ impl KeyRingStore for SqliteStore {
             .write(move |tx| {
                 let (mut ring, version) = load(tx, tenant.as_str())?
                     .ok_or_else(|| Error::not_found("key ring", &tenant))?;
-                let data_key = ring
-                    .keys
-                    .iter_mut()
-                    .find(|k| k.id == key)
-                    .ok_or_else(|| Error::not_found("data key", key))?;
-                if data_key.state != KeyState::Active {
-                    return Err(Error::conflict("data key", key, "not the active key"));
-                }
-                let after = data_key
-                    .encryptions
-                    .checked_add(uses)
-                    .filter(|n| *n <= limit)
-                    .ok_or_else(|| Error::KeyExhausted {
-                        key: key.to_string(),
-                    })?;
-                data_key.encryptions = after;
+                let after = ring
+                    .reserve_uses(key, uses, limit)
+                    .map_err(|r| Error::uses_refused(key, r))?;
                 let next = version
                     .checked_add(1)
                     .ok_or_else(|| Error::Invalid("key ring version overflows".into()))?;

@@ -126,6 +126,20 @@ impl Error {
         }
     }
 
+    /// The store's answer when a ring refused to reserve uses of `key`
+    /// ([`WrappedKeyRing::reserve_uses`](quanyi_vault::WrappedKeyRing::reserve_uses)).
+    pub fn uses_refused(key: quanyi_vault::KeyId, refused: quanyi_vault::UsesRefused) -> Self {
+        match refused {
+            quanyi_vault::UsesRefused::UnknownKey => Error::not_found("data key", key),
+            quanyi_vault::UsesRefused::NotActive => {
+                Error::conflict("data key", key, "not the active key")
+            }
+            quanyi_vault::UsesRefused::Exhausted => Error::KeyExhausted {
+                key: key.to_string(),
+            },
+        }
+    }
+
     /// A not-found error.
     pub fn not_found(what: &'static str, id: impl ToString) -> Self {
         Error::NotFound {

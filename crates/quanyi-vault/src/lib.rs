@@ -20,7 +20,8 @@ pub use import::{
 pub use index::{BlindIndex, IndexScheme, normalise};
 pub use links::{LinkError, LinkSigner};
 pub use ring::{
-    DEFAULT_KEY_USE_LIMIT, KeyId, KeyRing, KeyState, WrappedDataKey, WrappedKeyRing, needs_rotation,
+    DEFAULT_KEY_USE_LIMIT, KeyId, KeyRing, KeyState, UsesRefused, WrappedDataKey, WrappedKeyRing,
+    needs_rotation,
 };
 pub use root::{EnvKeyProvider, FileKeyProvider, KeyProvider, RootKey, StaticKeyProvider};
 pub use sealed::{

@@ -161,10 +161,45 @@ pub struct WrappedKeyRing {
     pub oldest_index_scheme: IndexScheme,
 }
 
+/// Why a store refused to reserve uses of a data key ([`WrappedKeyRing::reserve_uses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsesRefused {
+    /// The ring has no such key.
+    UnknownKey,
+    /// The key is not the active one (it was rotated: reload the ring).
+    NotActive,
+    /// The counter would pass the limit.
+    Exhausted,
+}
+
 impl WrappedKeyRing {
     /// The state of one data key, if the ring has it.
     pub fn key_state(&self, id: KeyId) -> Option<KeyState> {
         self.keys.iter().find(|k| k.id == id).map(|k| k.state)
+    }
+
+    /// Adds `uses` to the encryption counter of `key`, which must be the active key, if the
+    /// counter stays within `limit`; returns the counter after. The one rule of the encryption
+    /// budget: every store applies it to the ring it holds, atomically with storing it.
+    ///
+    /// # Errors
+    /// [`UsesRefused`]; the ring is unchanged.
+    pub fn reserve_uses(&mut self, key: KeyId, uses: u64, limit: u64) -> Result<u64, UsesRefused> {
+        let data_key = self
+            .keys
+            .iter_mut()
+            .find(|k| k.id == key)
+            .ok_or(UsesRefused::UnknownKey)?;
+        if data_key.state != KeyState::Active {
+            return Err(UsesRefused::NotActive);
+        }
+        let after = data_key
+            .encryptions
+            .checked_add(uses)
+            .filter(|n| *n <= limit)
+            .ok_or(UsesRefused::Exhausted)?;
+        data_key.encryptions = after;
+        Ok(after)
     }
 }
 

@@ -106,22 +106,9 @@ impl KeyRingStore for MemoryStore {
             .rings
             .get_mut(tenant)
             .ok_or_else(|| Error::not_found("key ring", tenant))?;
-        let data_key = ring
-            .keys
-            .iter_mut()
-            .find(|k| k.id == key)
-            .ok_or_else(|| Error::not_found("data key", key))?;
-        if data_key.state != KeyState::Active {
-            return Err(Error::conflict("data key", key, "not the active key"));
-        }
-        let after = data_key
-            .encryptions
-            .checked_add(uses)
-            .filter(|n| *n <= limit)
-            .ok_or_else(|| Error::KeyExhausted {
-                key: key.to_string(),
-            })?;
-        data_key.encryptions = after;
+        let after = ring
+            .reserve_uses(key, uses, limit)
+            .map_err(|r| Error::uses_refused(key, r))?;
         *version += 1;
         Ok(after)
     }

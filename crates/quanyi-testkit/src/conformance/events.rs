@@ -6,7 +6,7 @@ use quanyi_core::EventEnvelope;
 use quanyi_goods::PurchaseLimits;
 use quanyi_storage::{FeedPosition, Store};
 
-use super::{drain_feed, loose_event};
+use super::feed::{drain_feed, loose_event};
 use crate::fixtures::{self, card_goods, envelopes, member, order};
 
 /// Events keep their schema version and correlation id through every way a store is read:

@@ -660,3 +660,33 @@ fn destroyed_keys_open_nothing_and_the_active_key_cannot_be_destroyed() {
     assert_eq!(again.key_state(KeyId(1)), Some(KeyState::Destroyed));
     assert!(matches!(ring.destroy(KeyId(9)), Err(Error::UnknownKey(_))));
 }
+
+#[test]
+fn uses_are_reserved_on_the_active_key_within_the_limit() {
+    let mut rng = rng();
+    let root = RootKey::generate(&mut rng);
+    let (mut ring, mut stored) = KeyRing::create(tenant(), &root, now(), &mut rng).unwrap();
+    let first = stored.active;
+    assert_eq!(stored.reserve_uses(first, 3, 5), Ok(3));
+    assert_eq!(stored.reserve_uses(first, 2, 5), Ok(5));
+    let full = stored.clone();
+    assert_eq!(
+        stored.reserve_uses(first, 1, 5),
+        Err(crate::UsesRefused::Exhausted)
+    );
+    assert_eq!(stored, full, "a refusal leaves the ring as it was");
+    assert_eq!(
+        stored.reserve_uses(first, u64::MAX, u64::MAX),
+        Err(crate::UsesRefused::Exhausted)
+    );
+    assert_eq!(
+        stored.reserve_uses(KeyId(99), 1, 5),
+        Err(crate::UsesRefused::UnknownKey)
+    );
+    ring.rotate(&root, now(), &mut rng).unwrap();
+    let mut rotated = ring.to_wrapped();
+    assert_eq!(
+        rotated.reserve_uses(first, 1, 5),
+        Err(crate::UsesRefused::NotActive)
+    );
+}
