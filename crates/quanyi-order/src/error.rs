@@ -114,6 +114,14 @@ pub enum Error {
         /// Its status.
         status: LineStatus,
     },
+    /// The line is not held for an operator.
+    #[error("line {line} is {status:?}, not held")]
+    LineNotHeld {
+        /// The line number.
+        line: u16,
+        /// Its status.
+        status: LineStatus,
+    },
     /// The line has not failed, so there is nothing to refund on it.
     #[error("line {line} is {status:?}, not failed")]
     LineNotFailed {
@@ -183,6 +191,7 @@ impl Error {
             | Error::WrongStatus { .. }
             | Error::NotYetExpired { .. }
             | Error::LineNotPending { .. }
+            | Error::LineNotHeld { .. }
             | Error::LineNotFailed { .. }
             | Error::DuplicateCard { .. }
             | Error::LinesPending { .. } => ErrorKind::Conflict,
@@ -212,6 +221,7 @@ impl Error {
             Error::InvalidPayment { .. } => "invalid_payment",
             Error::UnknownLine { .. } => "unknown_line",
             Error::LineNotPending { .. } => "line_not_pending",
+            Error::LineNotHeld { .. } => "line_not_held",
             Error::LineNotFailed { .. } => "line_not_failed",
             Error::QuantityMismatch { .. } => "quantity_mismatch",
             Error::CardCountMismatch { .. } => "card_count_mismatch",

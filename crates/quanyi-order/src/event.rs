@@ -71,6 +71,13 @@ pub enum OrderEvent {
         /// Why.
         reason: String,
     },
+    /// A line was set aside for an operator to decide (delivered or failed).
+    LineHeld {
+        /// The line number.
+        line: u16,
+        /// Why.
+        reason: String,
+    },
     /// A failed line was refunded.
     LineRefunded {
         /// The line number.
@@ -116,6 +123,7 @@ impl DomainEvent for OrderEvent {
             OrderEvent::LineAttempted { .. } => "order.line_attempted",
             OrderEvent::EntitlementGranted { .. } => "order.entitlement_granted",
             OrderEvent::LineFailed { .. } => "order.line_failed",
+            OrderEvent::LineHeld { .. } => "order.line_held",
             OrderEvent::LineRefunded { .. } => "order.line_refunded",
             OrderEvent::Delivered => "order.delivered",
             OrderEvent::PartiallyDelivered { .. } => "order.partially_delivered",

@@ -37,6 +37,10 @@ pub enum LineStatus {
     Failed,
     /// Its amount was refunded.
     Refunded,
+    /// Set aside for an operator (its suppliers did not answer in time): the order keeps
+    /// fulfilling until the operator decides it delivered or failed
+    /// ([`Order::resolve_held_line`]).
+    Held,
 }
 
 /// One line of an order.
@@ -876,6 +880,88 @@ impl Order {
         }])
     }
 
+    /// Sets a pending line aside for an operator to decide. The reason is cut to
+    /// [`MAX_REASON_CHARS`].
+    ///
+    /// # Errors
+    /// [`Error::WrongStatus`] unless fulfilling, [`Error::UnknownLine`],
+    /// [`Error::LineNotPending`].
+    pub fn hold_line(
+        &mut self,
+        no: u16,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let version = self.require(OrderStatus::Fulfilling)?;
+        let i = self.line_index(no)?;
+        let line = &mut Arc::make_mut(&mut self.lines)[i];
+        if line.status != LineStatus::Pending {
+            return Err(Error::LineNotPending {
+                line: no,
+                status: line.status,
+            });
+        }
+        line.status = LineStatus::Held;
+        self.version = version;
+        self.updated_at = now;
+        Ok(vec![OrderEvent::LineHeld {
+            line: no,
+            reason: bounded(reason),
+        }])
+    }
+
+    /// An operator's decision on a held line: delivered in full (the operator confirmed it with
+    /// the supplier; only for lines that hand over no codes: direct top-ups and memberships) or
+    /// failed (it is then refunded like any failed line). The reason is cut to
+    /// [`MAX_REASON_CHARS`].
+    ///
+    /// # Errors
+    /// [`Error::WrongStatus`] unless fulfilling, [`Error::UnknownLine`], [`Error::LineNotHeld`],
+    /// [`Error::CardCountMismatch`] for a line that hands over codes declared delivered.
+    pub fn resolve_held_line(
+        &mut self,
+        no: u16,
+        delivered: bool,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let version = self.require(OrderStatus::Fulfilling)?;
+        let i = self.line_index(no)?;
+        let line = &self.lines[i];
+        if line.status != LineStatus::Held {
+            return Err(Error::LineNotHeld {
+                line: no,
+                status: line.status,
+            });
+        }
+        if delivered && !matches!(line.kind, KindTag::DirectTopUp | KindTag::Membership) {
+            return Err(Error::CardCountMismatch {
+                line: no,
+                expected: line.quantity,
+                got: 0,
+            });
+        }
+        let line = &mut Arc::make_mut(&mut self.lines)[i];
+        let event = if delivered {
+            line.status = LineStatus::Delivered;
+            line.delivered = line.quantity;
+            OrderEvent::LineDelivered {
+                line: no,
+                quantity: line.quantity,
+                cards: Vec::new(),
+            }
+        } else {
+            line.status = LineStatus::Failed;
+            OrderEvent::LineFailed {
+                line: no,
+                reason: bounded(reason),
+            }
+        };
+        self.version = version;
+        self.updated_at = now;
+        Ok(vec![event])
+    }
+
     /// Ends fulfilment once no line is pending: all delivered -> `Delivered`; some delivered and
     /// the rest failed -> `PartiallyDelivered` (failed lines are refunded with
     /// [`Order::refund_line`]); all failed -> `RefundPending` for the whole total.
@@ -884,7 +970,8 @@ impl Order {
     /// [`Error::IllegalTransition`] unless fulfilling, [`Error::LinesPending`].
     pub fn finish_fulfilment(&mut self, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
         let count = |s: LineStatus| self.lines.iter().filter(|l| l.status == s).count();
-        let pending = count(LineStatus::Pending);
+        // A held line waits on an operator as a pending one waits on a supplier.
+        let pending = count(LineStatus::Pending) + count(LineStatus::Held);
         let delivered = count(LineStatus::Delivered);
         if pending > 0 {
             next_status(self.status, Trigger::DeliverAll)?;

@@ -838,3 +838,42 @@ fn completing_terms_leaves_complete_orders_and_refuses_what_is_not_an_order() {
     assert!(err.contains(&order.lines()[0].sku.to_string()), "{err}");
     assert!(!err.contains("VIP month"), "{err}");
 }
+
+#[test]
+fn a_held_line_keeps_the_order_fulfilling_until_an_operator_decides() {
+    let mut o = paid_fulfilling();
+    o.deliver_line(1, vec![card(1), card(2)], 2, later(3))
+        .unwrap();
+    let e = o.hold_line(2, "supplier_overdue".into(), later(3)).unwrap();
+    assert!(matches!(&e[..], [OrderEvent::LineHeld { line: 2, .. }]));
+    assert_eq!(o.line(2).unwrap().status, LineStatus::Held);
+    assert_eq!(
+        o.finish_fulfilment(later(4)).unwrap_err().code(),
+        "lines_pending"
+    );
+    assert_eq!(
+        o.hold_line(2, "again".into(), later(4)).unwrap_err().code(),
+        "line_not_pending"
+    );
+    assert_eq!(
+        o.resolve_held_line(1, false, "x".into(), later(4))
+            .unwrap_err()
+            .code(),
+        "line_not_held"
+    );
+    let before = o.clone();
+    // A line that hands over codes (here a link) cannot be declared delivered without them.
+    assert_eq!(
+        o.resolve_held_line(2, true, String::new(), later(4))
+            .unwrap_err()
+            .code(),
+        "card_count_mismatch"
+    );
+    assert_eq!(o, before, "a refused decision changes nothing");
+    let e = o
+        .resolve_held_line(2, false, "supplier confirmed failure".into(), later(5))
+        .unwrap();
+    assert!(matches!(&e[..], [OrderEvent::LineFailed { line: 2, .. }]));
+    o.finish_fulfilment(later(6)).unwrap();
+    assert_eq!(o.status(), OrderStatus::PartiallyDelivered);
+}

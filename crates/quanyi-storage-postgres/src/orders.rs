@@ -335,12 +335,21 @@ impl OrderStore for PgStore {
         Ok(cards)
     }
 
-    async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
-        let conn = self.conn().await?;
+    async fn update_order(
+        &self,
+        change: OrderChange<'_>,
+        audit: Option<&quanyi_storage::AuditRecord>,
+    ) -> Result<()> {
+        // An operator's change goes out with its record in one transaction; the engine's own
+        // changes stay one statement.
+        let trail = crate::logs::TrailColumns::new(quanyi_storage::Trail { events: &[], audit })?;
+        let mut conn = self.conn().await?;
         let stmt = conn.prepare(&UPDATE).await?;
-        write_change(conn.client(), &stmt, &change)
+        trail.begin(&mut conn).await?;
+        let outcome = write_change(conn.client(), &stmt, &change)
             .await
-            .map(|_| ())
+            .map(|_| ());
+        trail.end(&mut conn, outcome).await
     }
 
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {

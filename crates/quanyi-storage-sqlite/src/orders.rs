@@ -350,12 +350,18 @@ impl OrderStore for SqliteStore {
             .await
     }
 
-    async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
+    async fn update_order(
+        &self,
+        change: OrderChange<'_>,
+        audit: Option<&quanyi_storage::AuditRecord>,
+    ) -> Result<()> {
         let c = change_row(&change)?;
+        let trail = crate::logs::trail_rows(quanyi_storage::Trail { events: &[], audit })?;
         self.pool
             .write(move |tx| {
                 let checked = check_order_change(tx, &c)?;
-                apply_order_change(tx, &c, checked)
+                apply_order_change(tx, &c, checked)?;
+                crate::logs::write_trail(tx, &trail, c.order.id)
             })
             .await
     }

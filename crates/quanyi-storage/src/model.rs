@@ -412,6 +412,8 @@ pub enum AuditAction {
     GoodsCreated,
     /// An operator changed goods (price, limits, routes, kind data, shelf).
     GoodsChanged,
+    /// An operator decided a line held past the supplier deadline.
+    HeldLineResolved,
 }
 
 /// Whether an audited action was allowed.

@@ -90,11 +90,17 @@ pub trait OrderStore: Send + Sync {
         self.place_order(new, order.created_at()).await.map(|_| ())
     }
 
-    /// Writes a new version of an order with its events.
+    /// Writes a new version of an order with its events and, for an operator's change, the
+    /// operator's audit record, in one atomic step.
     ///
     /// # Errors
-    /// `NotFound`, or `Conflict` when the stored version is not `change.expected_version`.
-    async fn update_order(&self, change: OrderChange<'_>) -> Result<()>;
+    /// `NotFound`, or `Conflict` when the stored version is not `change.expected_version` or
+    /// the record's id is stored already. Nothing is written on any error.
+    async fn update_order(
+        &self,
+        change: OrderChange<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<()>;
 
     /// Writes a new version of an unpaid order that ends without a sale (expired or cancelled)
     /// and returns its reserved cards to stock, in one atomic step; returns how many cards were

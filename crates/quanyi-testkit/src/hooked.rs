@@ -178,9 +178,13 @@ impl OrderStore for HookedStore {
         self.inner.place_order(new, now).await
     }
 
-    async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
+    async fn update_order(
+        &self,
+        change: OrderChange<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<()> {
         self.before("update_order").await?;
-        self.inner.update_order(change).await
+        self.inner.update_order(change, audit).await
     }
 
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {

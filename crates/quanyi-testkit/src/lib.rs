@@ -108,7 +108,8 @@ macro_rules! shop_conformance {
             sweeps_follow_the_shops_calendar,
             a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
             checkout_keeps_its_decisions_and_a_denial_writes_nothing,
-            what_was_bought_is_delivered_and_a_trial_pack_is_sold_once
+            what_was_bought_is_delivered_and_a_trial_pack_is_sold_once,
+            a_line_held_past_the_deadline_waits_for_an_operator
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

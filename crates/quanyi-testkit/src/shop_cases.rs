@@ -40,7 +40,10 @@ pub use keys::{
     reindexing_moves_legacy_keys_and_resumes_after_a_stop,
 };
 pub use operators::operators_search_orders_and_find_cards;
-pub use overdue::a_line_waiting_on_a_supplier_past_the_deadline_is_refunded;
+pub use overdue::{
+    a_line_held_past_the_deadline_waits_for_an_operator,
+    a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
+};
 pub use packs::what_was_bought_is_delivered_and_a_trial_pack_is_sold_once;
 pub use sales::{
     a_conflicting_repeat_notice_is_kept_for_reconciliation,
@@ -71,6 +74,7 @@ pub const CASES: &[&str] = &[
     "a_line_waiting_on_a_supplier_past_the_deadline_is_refunded",
     "checkout_keeps_its_decisions_and_a_denial_writes_nothing",
     "what_was_bought_is_delivered_and_a_trial_pack_is_sold_once",
+    "a_line_held_past_the_deadline_waits_for_an_operator",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

@@ -7,7 +7,7 @@ use quanyi_goods::{KindTag, StockSource};
 use quanyi_order::{LineStatus, Order, OrderStatus};
 use quanyi_storage::{AuditAction, AuditOutcome, OrderChange};
 
-use crate::{Error, RefundRequest, Result, Shop};
+use crate::{Error, OverduePolicy, RefundRequest, Result, Shop};
 
 impl Shop {
     /// Runs the delivery job recorded with a payment right away, if no worker holds it.
@@ -147,14 +147,20 @@ impl Shop {
                     .collect(),
                 _ => Vec::new(),
             };
+            let hold = self.inner.overdue == OverduePolicy::Hold;
             for (no, _) in &overdue {
-                events.extend(order.fail_line(*no, "supplier_overdue".into(), now)?);
+                events.extend(if hold {
+                    order.hold_line(*no, "supplier_overdue".into(), now)?
+                } else {
+                    order.fail_line(*no, "supplier_overdue".into(), now)?
+                });
             }
-            // Lines still waiting for a supplier keep the order fulfilling; the job comes back.
+            // Lines still waiting for a supplier or held for an operator keep the order
+            // fulfilling; the job comes back for the first, the operator decides the second.
             if order
                 .lines()
                 .iter()
-                .all(|l| l.status != LineStatus::Pending)
+                .all(|l| !matches!(l.status, LineStatus::Pending | LineStatus::Held))
             {
                 events.extend(order.finish_fulfilment(now)?);
             }
@@ -166,7 +172,7 @@ impl Shop {
             };
             // Cards bought from suppliers are stored in the same step that delivers them.
             let written = if bought.is_empty() {
-                store.update_order(change).await
+                store.update_order(change, None).await
             } else {
                 store
                     .insert_sold_cards(&self.tenant, &bought, change, now)
@@ -175,15 +181,22 @@ impl Shop {
             match written {
                 Ok(()) => {
                     for (no, request) in overdue {
+                        let then = if hold {
+                            "held for an operator"
+                        } else {
+                            "refunded"
+                        };
                         self.audit(
                             "system",
                             AuditAction::SupplierOverdue,
                             request.clone(),
                             AuditOutcome::Denied,
-                            format!("order {id} line {no}: no answer within the supplier deadline"),
+                            format!(
+                                "order {id} line {no}: no answer within the supplier deadline; {then}"
+                            ),
                         )
                         .await?;
-                        tracing::warn!(order = %id, line = no, %request, "supplier line overdue, refunding");
+                        tracing::warn!(order = %id, line = no, %request, then, "supplier line overdue");
                     }
                     tracing::info!(order = %id, status = %order.status(), "order fulfilled");
                     return Ok(order);
@@ -284,11 +297,14 @@ impl Shop {
             let envs = self.envelopes("order", order.id(), order.version(), events, now);
             match self
                 .store_ref()
-                .update_order(OrderChange {
-                    order: &order,
-                    expected_version: expected,
-                    events: &envs,
-                })
+                .update_order(
+                    OrderChange {
+                        order: &order,
+                        expected_version: expected,
+                        events: &envs,
+                    },
+                    None,
+                )
                 .await
             {
                 Ok(()) => {}

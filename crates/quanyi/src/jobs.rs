@@ -451,10 +451,16 @@ async fn deliver(shop: &Shop, job: &Job) -> std::result::Result<JobOutcome, JobE
         .and_then(|v| v.as_str())
         .and_then(|s| s.parse::<OrderId>().ok())
         .ok_or_else(|| JobError::permanent("malformed payload"))?;
-    match shop.settle(order).await?.status() {
+    let settled = shop.settle(order).await?;
+    let waiting = settled
+        .lines()
+        .iter()
+        .any(|l| l.status == quanyi_order::LineStatus::Pending);
+    match settled.status() {
         // Waiting for a supplier: poll again with a capped backoff; never given up, since the
-        // supplier's answer (callback or query) decides the line.
-        OrderStatus::Fulfilling => Ok(JobOutcome::Later {
+        // supplier's answer (callback or query) decides the line. Lines held for an operator
+        // alone leave nothing to poll: the operator's decision settles the order.
+        OrderStatus::Fulfilling if waiting => Ok(JobOutcome::Later {
             at: shop.now() + Duration::seconds(1_i64 << job.attempts.min(8)),
             note: "waiting for a supplier".into(),
         }),

@@ -29,14 +29,14 @@ pub use jobs::{
     MAX_JOB_ATTEMPTS, SWEEP_JOB_PREFIX, Sweep, SweepPeriod,
 };
 pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
-pub use operators::{FoundCard, OrderPage, Orders, Stock};
+pub use operators::{FoundCard, HeldResolution, OrderPage, Orders, Stock};
 pub use paying::{PaymentNotification, PaymentReceipt};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use placement::{MAX_IDEMPOTENCY_KEY, PLACEMENT_CLAIM_SCOPE, PlaceOrder};
 pub use sales::{CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, Quote, QuoteLine};
 pub use shop::{
     DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES,
-    DEFAULT_SUPPLIER_DEADLINE_HOURS, Shop, ShopBuilder,
+    DEFAULT_SUPPLIER_DEADLINE_HOURS, OverduePolicy, Shop, ShopBuilder,
 };
 pub use supply::CallbackOutcome;
 pub use worker::Worker;

@@ -3,10 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use quanyi_core::{Actor, BatchId, CardId, OrderId, SkuId};
-use quanyi_order::Order;
+use quanyi_order::{LineStatus, Order};
 use quanyi_storage::{
-    AuditAction, AuditOutcome, CardState, MAX_SEARCH_PAGE, OrderCursor, OrderQuery, StockCount,
-    StoredCard,
+    AuditAction, AuditOutcome, CardState, MAX_SEARCH_PAGE, OrderChange, OrderCursor, OrderQuery,
+    StockCount, StoredCard,
 };
 use quanyi_vault::{CardKey, IndexScheme};
 
@@ -28,7 +28,102 @@ pub struct OrderPage {
     pub next: Option<OrderCursor>,
 }
 
+/// An operator's decision on a line held past the supplier deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldResolution {
+    /// The supplier did it (the operator checked): the line is delivered. Only for lines that
+    /// hand over no codes (direct top-ups, memberships).
+    Delivered,
+    /// The supplier did not and will not: the line fails and is refunded.
+    Failed,
+}
+
 impl Orders<'_> {
+    /// Decides a line held for an operator past the supplier deadline
+    /// ([`OverduePolicy::Hold`](crate::OverduePolicy::Hold)), with the operator's reason. The
+    /// decision and its audit record (`held_line_resolved`, naming the actor) are one write;
+    /// when no line is left waiting, the order finishes and what failed is refunded through the
+    /// payment gateway. Answers the order after.
+    ///
+    /// # Errors
+    /// [`Error::UnknownOrder`]; [`Error::InvalidInput`] for a blank reason;
+    /// [`Error::Order`] (`line_not_held`, `unknown_line`, `card_count_mismatch` for a line
+    /// that hands over codes declared delivered); [`Error::NoPaymentGateway`] when a refund is
+    /// due and the shop has no gateway; [`Error::Storage`] (a `conflict` when the order changed
+    /// meanwhile: read it again and decide again).
+    pub async fn resolve_held(
+        &self,
+        actor: &Actor,
+        id: OrderId,
+        line: u16,
+        resolution: HeldResolution,
+        reason: &str,
+    ) -> Result<Order> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(
+                "a decision on a held line needs a printable reason".into(),
+            ));
+        }
+        let shop = self.shop;
+        let mut order = shop.order(id).await?;
+        let expected = order.version();
+        let now = shop.now();
+        let delivered = resolution == HeldResolution::Delivered;
+        if order.line(line).map(|l| l.status) != Some(LineStatus::Held) {
+            // Refused by the order below with its reason; checked here first so that a refused
+            // decision leaves nothing behind (not even the job).
+            order.resolve_held_line(line, delivered, reason.to_owned(), now)?;
+        }
+        // The delivery job pays back what the decision fails, should the pay back below not
+        // finish (queued first: a job for a decision that is then refused finds nothing to do).
+        let job = quanyi_core::JobId::generate(now, &mut rand::thread_rng());
+        shop.store_ref()
+            .enqueue(
+                &quanyi_storage::NewJob {
+                    id: job,
+                    tenant: shop.tenant.clone(),
+                    kind: crate::DELIVER_ORDER_JOB.into(),
+                    dedupe_key: format!("deliver:{id}:held:{line}"),
+                    payload: serde_json::json!({ "order": id }),
+                    run_at: now,
+                },
+                now,
+            )
+            .await?;
+        let mut events = order.resolve_held_line(line, delivered, reason.to_owned(), now)?;
+        if order
+            .lines()
+            .iter()
+            .all(|l| !matches!(l.status, LineStatus::Pending | LineStatus::Held))
+        {
+            events.extend(order.finish_fulfilment(now)?);
+        }
+        let envs = shop.envelopes("order", id, order.version(), events, now);
+        let record = shop.audit_record(
+            &actor.to_string(),
+            AuditAction::HeldLineResolved,
+            id.to_string(),
+            AuditOutcome::Allowed,
+            format!(
+                "line {line} {}: {reason}",
+                if delivered { "delivered" } else { "failed" }
+            ),
+        );
+        shop.store_ref()
+            .update_order(
+                OrderChange {
+                    order: &order,
+                    expected_version: expected,
+                    events: &envs,
+                },
+                Some(&record),
+            )
+            .await?;
+        // What failed is paid back now (and by the queued job, should this not finish).
+        shop.settle(id).await
+    }
+
     /// Up to `limit` (1 to [`MAX_SEARCH_PAGE`]) of the shop's orders that match `query`, newest
     /// first, after `after` (the `next` of the page before). Every criterion given must hold;
     /// a window that cannot hold an order (its start not before its end) answers an empty page.

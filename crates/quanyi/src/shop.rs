@@ -31,6 +31,20 @@ pub const DEFAULT_KEY_RING_REFRESH_SECONDS: i64 = 60;
 /// and refunded, unless told otherwise: 24 hours.
 pub const DEFAULT_SUPPLIER_DEADLINE_HOURS: i64 = 24;
 
+/// What becomes of a paid line still waiting on its suppliers past the shop's supplier
+/// deadline ([`ShopBuilder::supplier_deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OverduePolicy {
+    /// Given up and refunded through the payment gateway (the default).
+    #[default]
+    Refund,
+    /// Held for an operator, who decides it delivered or failed
+    /// ([`Orders::resolve_held`](crate::Orders::resolve_held)); the order keeps fulfilling
+    /// meanwhile and no supplier is called again for the line.
+    Hold,
+}
+
 /// Builds a [`Shop`]. The store and the key provider are required; the rest has defaults.
 ///
 /// ```
@@ -58,6 +72,7 @@ pub struct ShopBuilder {
     breakers: BreakerConfig,
     stock_fresh_for: Duration,
     supplier_deadline: Duration,
+    overdue: OverduePolicy,
     links: Option<(String, Duration)>,
     job_handlers: Vec<Arc<dyn JobHandler>>,
     sweeps: Vec<Arc<dyn Sweep>>,
@@ -161,6 +176,13 @@ impl ShopBuilder {
     /// never left waiting on a supplier for good.
     pub fn supplier_deadline(mut self, deadline: Duration) -> Self {
         self.supplier_deadline = deadline;
+        self
+    }
+
+    /// What becomes of a line past the supplier deadline: refunded (the default) or held for
+    /// an operator. Either way the case is audited (`supplier_overdue`) with its request.
+    pub fn supplier_overdue(mut self, policy: OverduePolicy) -> Self {
+        self.overdue = policy;
         self
     }
 
@@ -291,6 +313,7 @@ impl ShopBuilder {
                 breakers: Breakers::new(self.breakers),
                 supplier_stock: parking_lot::Mutex::new(StockCache::new(self.stock_fresh_for)),
                 supplier_deadline: self.supplier_deadline,
+                overdue: self.overdue,
                 links: self.links,
                 watched_routes: parking_lot::Mutex::new(Vec::new()),
                 event_ids: quanyi_core::IdSequence::new(),
@@ -326,6 +349,7 @@ pub(crate) struct Inner {
     pub(crate) supplier_stock: parking_lot::Mutex<StockCache>,
     /// How long a paid line may wait on its suppliers.
     pub(crate) supplier_deadline: Duration,
+    pub(crate) overdue: OverduePolicy,
     pub(crate) links: Option<(String, Duration)>,
     /// Every supplier route whose stock this process has been asked about, kept fresh by the
     /// worker.
@@ -389,6 +413,7 @@ impl Shop {
             breakers: BreakerConfig::default(),
             stock_fresh_for: Duration::seconds(60),
             supplier_deadline: Duration::hours(DEFAULT_SUPPLIER_DEADLINE_HOURS),
+            overdue: OverduePolicy::Refund,
             links: None,
             job_handlers: Vec::new(),
             sweeps: Vec::new(),

@@ -692,11 +692,14 @@ impl Shop {
             let envs = self.envelopes("order", order_id, order.version(), events, now);
             match self
                 .store_ref()
-                .update_order(OrderChange {
-                    order: &order,
-                    expected_version,
-                    events: &envs,
-                })
+                .update_order(
+                    OrderChange {
+                        order: &order,
+                        expected_version,
+                        events: &envs,
+                    },
+                    None,
+                )
                 .await
             {
                 Ok(()) => {

@@ -102,10 +102,17 @@ impl OrderStore for MemoryStore {
             .cloned())
     }
 
-    async fn update_order(&self, change: OrderChange<'_>) -> Result<()> {
+    async fn update_order(
+        &self,
+        change: OrderChange<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<()> {
         let staged = Staged::of(change.order, change.events);
+        let trail = Trail { events: &[], audit };
         let mut s = self.state.lock();
         s.check_order_change(&change)?;
+        s.check_trail(&trail, change.order.id())?;
+        s.push_trail(&trail);
         let replaced = s.apply_order_change(staged);
         drop(s);
         drop(replaced);

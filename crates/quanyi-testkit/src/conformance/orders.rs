@@ -50,11 +50,14 @@ pub async fn order_stale_version_conflicts(store: Arc<dyn Store>) {
     let ev = order.cancel("changed mind".into(), t0()).unwrap();
     let envs = envelopes(&order, &ev);
     store
-        .update_order(OrderChange {
-            order: &order,
-            expected_version: loaded,
-            events: &envs,
-        })
+        .update_order(
+            OrderChange {
+                order: &order,
+                expected_version: loaded,
+                events: &envs,
+            },
+            None,
+        )
         .await
         .unwrap();
     let mut other = stale_copy;
@@ -63,11 +66,14 @@ pub async fn order_stale_version_conflicts(store: Arc<dyn Store>) {
     assert_eq!(
         kind_of(
             store
-                .update_order(OrderChange {
-                    order: &other,
-                    expected_version: loaded,
-                    events: &envs2
-                })
+                .update_order(
+                    OrderChange {
+                        order: &other,
+                        expected_version: loaded,
+                        events: &envs2
+                    },
+                    None
+                )
                 .await
         ),
         quanyi_core::ErrorKind::Conflict
@@ -128,11 +134,14 @@ pub async fn member_limit_is_atomic(store: Arc<dyn Store>) {
     let ev = first.cancel("test".into(), t0()).unwrap();
     let envs = envelopes(&first, &ev);
     store
-        .update_order(OrderChange {
-            order: &first,
-            expected_version: v,
-            events: &envs,
-        })
+        .update_order(
+            OrderChange {
+                order: &first,
+                expected_version: v,
+                events: &envs,
+            },
+            None,
+        )
         .await
         .unwrap();
     let (again, _) = order(&goods, &buyer, 1);
@@ -194,11 +203,14 @@ pub async fn unpaid_orders_due_in_deadline_order(store: Arc<dyn Store>) {
     let ev = b2.cancel("test".into(), t0()).unwrap();
     let envs = envelopes(&b2, &ev);
     store
-        .update_order(OrderChange {
-            order: &b2,
-            expected_version: v,
-            events: &envs,
-        })
+        .update_order(
+            OrderChange {
+                order: &b2,
+                expected_version: v,
+                events: &envs,
+            },
+            None,
+        )
         .await
         .unwrap();
     let due = store
@@ -233,11 +245,14 @@ pub async fn orders_updated_in_a_period_page_in_order(store: Arc<dyn Store>) {
         let ev = changed.cancel("later".into(), later).unwrap();
         let envs = envelopes(&changed, &ev);
         store
-            .update_order(OrderChange {
-                order: &changed,
-                expected_version: o.version(),
-                events: &envs,
-            })
+            .update_order(
+                OrderChange {
+                    order: &changed,
+                    expected_version: o.version(),
+                    events: &envs,
+                },
+                None,
+            )
             .await
             .unwrap();
     }

@@ -104,11 +104,14 @@ async fn change(store: &dyn Store, order: &mut Order, change: impl FnOnce(&mut O
     let expected = order.version();
     change(order);
     store
-        .update_order(OrderChange {
-            order,
-            expected_version: expected,
-            events: &envelopes(order, &[]),
-        })
+        .update_order(
+            OrderChange {
+                order,
+                expected_version: expected,
+                events: &envelopes(order, &[]),
+            },
+            None,
+        )
         .await
         .unwrap();
 }

@@ -82,11 +82,14 @@ pub async fn operators_search_orders(store: Arc<dyn Store>) {
         .cancel("changed my mind".into(), t0() + Duration::hours(5))
         .unwrap();
     store
-        .update_order(OrderChange {
-            order: &o4,
-            expected_version: before,
-            events: &envelopes(&o4, &events),
-        })
+        .update_order(
+            OrderChange {
+                order: &o4,
+                expected_version: before,
+                events: &envelopes(&o4, &events),
+            },
+            None,
+        )
         .await
         .unwrap();
     let all = newest_first(&[&o1, &o2, &o3, &o4, &o5]);

@@ -47,8 +47,8 @@ async fn audited(store: &dyn Store, tenant: &TenantId) -> Vec<AuditId> {
 }
 
 /// An operator's change and its trail (events and audit record) are one write: goods created
-/// and changed, cards imported, the key ring changed and a key destroyed each store their
-/// record with them; a change the store refuses (a stale version, a key no longer active, an
+/// and changed, cards imported, the key ring changed, a key destroyed and an order changed each
+/// store their record with them; a change the store refuses (a stale version, a key no longer active, an
 /// id of the trail already stored) writes neither the change nor its trail.
 pub async fn operator_changes_are_written_with_their_records(store: Arc<dyn Store>) {
     let tenant = fixtures::vault_tenant(&*store).await;
@@ -184,6 +184,59 @@ pub async fn operator_changes_are_written_with_their_records(store: Arc<dyn Stor
         .unwrap();
     assert_eq!(outcome.shredded, 2);
     assert_eq!(audited(&*store, &tenant).await[0], destroyed.id);
+
+    // An order changed by an operator: with its record, or not at all.
+    let (placed, placed_events) = fixtures::order(&goods, &fixtures::member("ops-case"), 1);
+    store
+        .insert_order(&placed, &fixtures::envelopes(&placed, &placed_events), &[])
+        .await
+        .unwrap();
+    let mut cancelled = placed.clone();
+    let events = cancelled.cancel("operator".into(), t0()).unwrap();
+    let envs = fixtures::envelopes(&cancelled, &events);
+    let decided = record(
+        &tenant,
+        AuditAction::HeldLineResolved,
+        placed.id().to_string(),
+    );
+    let stale = quanyi_storage::OrderChange {
+        order: &cancelled,
+        expected_version: placed.version() + 1,
+        events: &envs,
+    };
+    assert!(store.update_order(stale, Some(&decided)).await.is_err());
+    let repeated = AuditRecord {
+        id: destroyed.id,
+        ..decided.clone()
+    };
+    let change = quanyi_storage::OrderChange {
+        order: &cancelled,
+        expected_version: placed.version(),
+        events: &envs,
+    };
+    assert!(store.update_order(change, Some(&repeated)).await.is_err());
+    assert_eq!(
+        store
+            .order(&tenant, placed.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .version(),
+        placed.version(),
+        "a refused record leaves the order as it was"
+    );
+    assert_eq!(audited(&*store, &tenant).await[0], destroyed.id);
+    store.update_order(change, Some(&decided)).await.unwrap();
+    assert_eq!(audited(&*store, &tenant).await[0], decided.id);
+    assert_eq!(
+        store
+            .order(&tenant, placed.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .status(),
+        quanyi_order::OrderStatus::Cancelled
+    );
 
     // Another tenant's records are its own.
     assert!(audited(&*store, &fixtures::tenant()).await.is_empty());

@@ -127,3 +127,160 @@ pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: A
         OrderStatus::Refunded
     );
 }
+
+/// With the hold policy, lines past the supplier deadline wait for an operator instead: their
+/// orders keep fulfilling (found by an operator's search), nothing is refunded and the worker
+/// stops polling; the operator's decision, audited with the actor in the same write, fails one
+/// line (refunded once) and delivers another; a second decision on a decided line is refused.
+pub async fn a_line_held_past_the_deadline_waits_for_an_operator(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let product = ProductCode::new("MOBILE-50").unwrap();
+    let sim_id = SupplierId::new("held-sim").unwrap();
+    let sim = Arc::new(SimSupplier::new(sim_id.clone(), 5).with_top_up_product(
+        product.clone(),
+        cny("48.00"),
+        TopUpMode::Async,
+    ));
+    let refunds = Arc::new(Refunds::default());
+    let shop = rig
+        .builder(rig.store.clone())
+        .supplier(sim.clone())
+        .payment_gateway(refunds.clone())
+        .supplier_deadline(Duration::hours(2))
+        .supplier_overdue(quanyi::OverduePolicy::Hold)
+        .build()
+        .unwrap();
+    let sku = fixtures::id(SkuId::generate);
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "China Mobile credit 50".into(),
+            kind: GoodsKind::DirectTopUp {
+                account: AccountRule::MainlandMobile,
+            },
+            skus: vec![
+                SkuDraft::new(sku, "50 yuan", cny("50.00"))
+                    .with_stock(StockSource::Supplier)
+                    .with_routes(vec![SupplierRoute::new(sim_id, product, cny("48.00"))]),
+            ],
+        },
+    )
+    .await
+    .unwrap();
+    let mut orders = Vec::new();
+    for (buyer, txn) in [("dora", "txn-held-1"), ("eve", "txn-held-2")] {
+        let order = shop
+            .place_order(
+                &member(buyer),
+                &[CartLine::new(sku, 1).with_account("13800138000")],
+            )
+            .await
+            .unwrap();
+        shop.confirm_payment(notice(&order, txn)).await.unwrap();
+        orders.push(order);
+    }
+    let worker = Worker::new(shop.clone());
+    rig.clock.advance(Duration::hours(3));
+    for _ in 0..3 {
+        worker.run_once().await.unwrap();
+        rig.clock.advance(Duration::minutes(10));
+    }
+    for order in &orders {
+        let held = shop.order(order.id()).await.unwrap();
+        assert_eq!(held.status(), OrderStatus::Fulfilling);
+        assert_eq!(held.lines()[0].status, quanyi::LineStatus::Held);
+    }
+    assert!(refunds.0.lock().is_empty());
+    let log = shop.audit_log(50).await.unwrap();
+    let overdue: Vec<_> = log
+        .iter()
+        .filter(|r| r.action == AuditAction::SupplierOverdue)
+        .collect();
+    assert_eq!(overdue.len(), 2);
+    assert!(
+        overdue
+            .iter()
+            .all(|r| r.detail.contains("held for an operator"))
+    );
+    // Nothing left to poll: the worker has no more jobs to run for them.
+    assert_eq!(worker.run_once().await.unwrap().retried, 0);
+
+    // An operator finds them and decides.
+    let ops = quanyi::Actor::new("lin", "support").unwrap();
+    let page = shop
+        .orders()
+        .search(
+            &ops,
+            &quanyi::OrderQuery::new().status(OrderStatus::Fulfilling),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.orders.len(), 2);
+    let blank = shop
+        .orders()
+        .resolve_held(
+            &ops,
+            orders[0].id(),
+            1,
+            quanyi::HeldResolution::Failed,
+            "  ",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(blank.code(), "invalid_input");
+    let failed = shop
+        .orders()
+        .resolve_held(
+            &ops,
+            orders[0].id(),
+            1,
+            quanyi::HeldResolution::Failed,
+            "supplier says it never credited",
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), OrderStatus::Refunded);
+    let delivered = shop
+        .orders()
+        .resolve_held(
+            &ops,
+            orders[1].id(),
+            1,
+            quanyi::HeldResolution::Delivered,
+            "credited per the supplier's statement",
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), OrderStatus::Delivered);
+    let again = shop
+        .orders()
+        .resolve_held(
+            &ops,
+            orders[1].id(),
+            1,
+            quanyi::HeldResolution::Failed,
+            "changed my mind",
+        )
+        .await
+        .unwrap_err();
+    // The order is delivered now: the decision is refused, and changes nothing.
+    assert_eq!(again.kind(), quanyi::ErrorKind::Conflict, "{again}");
+    assert_eq!(
+        shop.order(orders[1].id()).await.unwrap().status(),
+        OrderStatus::Delivered
+    );
+    worker.run_once().await.unwrap();
+    let paid_back: Vec<_> = refunds.0.lock().iter().map(|r| r.amount).collect();
+    assert_eq!(paid_back, vec![cny("50.00")], "refunded once");
+    let decisions: Vec<_> = shop
+        .audit_log(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == AuditAction::HeldLineResolved)
+        .collect();
+    assert_eq!(decisions.len(), 2);
+    assert!(decisions.iter().all(|r| r.actor == "support:lin"));
+}
