@@ -15,6 +15,8 @@ mod operators;
 mod paying;
 mod payments;
 mod placement;
+mod reindex;
+mod reports;
 mod sales;
 mod shop;
 mod supply;
@@ -28,11 +30,12 @@ pub use jobs::{
     DEFAULT_EXPIRY_SWEEP_SECONDS, EXPIRE_UNPAID_SWEEP, JobError, JobHandler, JobOutcome, JobRun,
     MAX_JOB_ATTEMPTS, SWEEP_JOB_PREFIX, Sweep, SweepPeriod,
 };
-pub use keys::{DestroyReport, DuplicateCards, ReindexReport};
+pub use keys::DestroyReport;
 pub use operators::{FoundCard, HeldResolution, OrderPage, Orders, Stock};
 pub use paying::{PaymentNotification, PaymentReceipt};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
 pub use placement::{MAX_IDEMPOTENCY_KEY, PLACEMENT_CLAIM_SCOPE, PlaceOrder};
+pub use reindex::{DuplicateCards, ReindexReport};
 pub use sales::{CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, Quote, QuoteLine};
 pub use shop::{
     DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES,
