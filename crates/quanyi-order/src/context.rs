@@ -91,6 +91,16 @@ pub struct OrderContext {
 }
 
 impl OrderContext {
+    /// True for the default context (the web, nothing else), which orders do not store.
+    pub fn is_default(&self) -> bool {
+        self.channel == Channel::default()
+            && self.client_ip.is_none()
+            && self.device_id.is_none()
+            && self.user_agent.is_none()
+            && self.referral.is_none()
+            && self.attributes.is_empty()
+    }
+
     /// A context of `channel` with nothing else.
     pub fn new(channel: Channel) -> Self {
         OrderContext {

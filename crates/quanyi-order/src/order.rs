@@ -470,7 +470,7 @@ impl Order {
         }
         context.check()?;
         // The default context (web, nothing else) is not stored: it is what reads back.
-        self.context = (context != OrderContext::default()).then(|| Arc::new(context));
+        self.context = (!context.is_default()).then(|| Arc::new(context));
         Ok(self)
     }
 

@@ -34,18 +34,19 @@ pub trait DecideStage: Send + Sync {
 }
 
 impl Shop {
-    /// Runs the decide stage on a priced and checked order: the order with its decision when
-    /// allowed.
+    /// Runs the decide stage on a priced and checked order: its decision when allowed, `None`
+    /// when the shop has no stage (every order is allowed with the default decision, which is
+    /// not stored).
     pub(crate) async fn decide(
         &self,
-        order: Order,
+        order: &Order,
         extras: &BTreeMap<String, String>,
-    ) -> Result<Order> {
+    ) -> Result<Option<Decision>> {
         // Without a stage every order is allowed: the default decision, which is not stored.
         let Some(stage) = &self.inner.decide else {
-            return Ok(order);
+            return Ok(None);
         };
-        let decision = stage.decide(self, &order, extras).await?;
+        let decision = stage.decide(self, order, extras).await?;
         if decision.stage != stage.name() {
             return Err(Error::InvalidInput(format!(
                 "decide stage {} answered as {}",
@@ -55,7 +56,7 @@ impl Shop {
         }
         decision.check()?;
         match decision.verdict {
-            Verdict::Allow => Ok(order.with_decision(decision)?),
+            Verdict::Allow => Ok(Some(decision)),
             _ => {
                 tracing::info!(stage = %decision.stage, reasons = ?decision.reasons, "checkout denied");
                 Err(Error::CheckoutDenied {

@@ -411,9 +411,18 @@ impl Shop {
             now,
             expires_at,
         )?;
-        let order = order.with_context(context.clone())?;
-        // The decide stage, before anything is reserved or written.
-        let order = self.decide(order, extras).await?;
+        // The default context is not stored: nothing to copy for most orders.
+        let mut order = if context.is_default() {
+            order
+        } else {
+            order.with_context(context.clone())?
+        };
+        // The decide stage, before anything is reserved or written (none by default: no call).
+        if self.inner.decide.is_some() {
+            if let Some(decision) = self.decide(&order, extras).await? {
+                order = order.with_decision(decision)?;
+            }
+        }
         // Per SKU, in a stable order: the quantity, its limits, and whether the vault stocks it
         // (only vault SKUs reserve cards). A benefit pack counts its packs for its own limits.
         let mut per_sku: BTreeMap<SkuId, (u32, PurchaseLimits, bool)> = BTreeMap::new();
