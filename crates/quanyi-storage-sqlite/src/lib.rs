@@ -229,7 +229,7 @@ mod tests {
 
         let counts = store
             .pool
-            .with_connection(|conn| {
+            .with_writer(|conn| {
                 assert!(
                     conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
                         .unwrap()

@@ -53,7 +53,10 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<Connection>>,
     /// Serializes this process's writers before they reach SQLite, so they queue in order
     /// instead of polling SQLite's busy handler; other processes still meet SQLite's own lock.
-    writer: Mutex<()>,
+    /// It holds the connection every write of this process uses: its page cache stays warm,
+    /// where connections taking turns at writing would each find their cache out of date
+    /// after another's commit and read its pages again.
+    writer: Mutex<Option<Connection>>,
     permits: Semaphore,
 }
 
@@ -63,7 +66,7 @@ impl Pool {
         Arc::new(Pool {
             settings,
             idle: Mutex::new(Vec::new()),
-            writer: Mutex::new(()),
+            writer: Mutex::new(None),
             permits,
         })
     }
@@ -105,11 +108,11 @@ impl Pool {
         }
     }
 
-    /// Runs `f` on a pooled connection in a blocking thread.
-    async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    /// Runs `f` in a blocking thread once a connection permit is free.
+    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Pool, &mut Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Pool) -> Result<T> + Send + 'static,
     {
         let _permit = self
             .permits
@@ -120,39 +123,81 @@ impl Pool {
                 source: Some(Box::new(e)),
             })?;
         let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || f(&pool))
+            .await
+            .map_err(|e| Error::Unavailable {
+                message: "storage task failed".into(),
+                source: Some(Box::new(e)),
+            })?
+    }
+
+    /// Runs `f` on a pooled connection in a blocking thread.
+    async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Pool, &mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.blocking(move |pool| {
             let mut conn = pool.take()?;
-            let out = f(&pool, &mut conn);
+            let out = f(pool, &mut conn);
             pool.give_back(conn);
             out
         })
         .await
-        .map_err(|e| Error::Unavailable {
-            message: "storage task failed".into(),
-            source: Some(Box::new(e)),
-        })?
     }
 
-    /// Runs a command in one `BEGIN IMMEDIATE` transaction: committed when `f` returns `Ok`,
-    /// rolled back otherwise.
+    /// Runs a command in one `BEGIN IMMEDIATE` transaction on the writer's connection:
+    /// committed when `f` returns `Ok`, rolled back otherwise.
     pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
-        self.run(move |pool, conn| {
-            let Some(_writer) = pool.writer.try_lock_for(pool.settings.busy_timeout) else {
+        self.blocking(move |pool| {
+            let Some(mut writer) = pool.writer.try_lock_for(pool.settings.busy_timeout) else {
                 return Err(Error::Unavailable {
                     message: "timed out waiting for the database writer".into(),
                     source: None,
                 });
             };
-            let tx = conn
+            let mut conn = match writer.take() {
+                Some(conn) => conn,
+                None => pool.take()?,
+            };
+            let out = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_error)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(sql_error)?;
-            Ok(out)
+                .map_err(sql_error)
+                .and_then(|tx| {
+                    let out = f(&tx)?;
+                    tx.commit().map_err(sql_error)?;
+                    Ok(out)
+                });
+            // A connection left inside a transaction is closed rather than kept.
+            if conn.is_autocommit() {
+                *writer = Some(conn);
+            }
+            out
+        })
+        .await
+    }
+
+    /// Runs `f` on the writer's connection, outside any transaction (for tests that look at
+    /// what the writes prepared).
+    #[cfg(test)]
+    pub(crate) async fn with_writer<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.blocking(move |pool| {
+            let mut writer = pool.writer.lock();
+            let mut conn = match writer.take() {
+                Some(conn) => conn,
+                None => pool.take()?,
+            };
+            let out = f(&mut conn);
+            *writer = Some(conn);
+            out
         })
         .await
     }
