@@ -46,7 +46,8 @@ impl Orders<'_> {
     /// payment gateway. Answers the order after.
     ///
     /// # Errors
-    /// [`Error::UnknownOrder`]; [`Error::InvalidInput`] for a blank reason;
+    /// [`Error::UnknownOrder`]; [`Error::InvalidInput`] for a blank, unprintable or too long
+    /// reason;
     /// [`Error::Order`] (`line_not_held`, `unknown_line`, `card_count_mismatch` for a line
     /// that hands over codes declared delivered); [`Error::NoPaymentGateway`] when a refund is
     /// due and the shop has no gateway; [`Error::Storage`] (a `conflict` when the order changed
@@ -60,10 +61,14 @@ impl Orders<'_> {
         reason: &str,
     ) -> Result<Order> {
         let reason = reason.trim();
-        if reason.is_empty() || reason.chars().any(char::is_control) {
-            return Err(Error::InvalidInput(
-                "a decision on a held line needs a printable reason".into(),
-            ));
+        if reason.is_empty()
+            || reason.chars().any(char::is_control)
+            || reason.chars().count() > quanyi_order::MAX_REASON_CHARS
+        {
+            return Err(Error::InvalidInput(format!(
+                "a decision on a held line needs a printable reason of at most {} characters",
+                quanyi_order::MAX_REASON_CHARS
+            )));
         }
         let shop = self.shop;
         let mut order = shop.order(id).await?;

@@ -230,6 +230,19 @@ pub async fn a_line_held_past_the_deadline_waits_for_an_operator(store: Arc<dyn 
         .await
         .unwrap_err();
     assert_eq!(blank.code(), "invalid_input");
+    let long = "x".repeat(quanyi_order::MAX_REASON_CHARS + 1);
+    let too_long = shop
+        .orders()
+        .resolve_held(
+            &ops,
+            orders[0].id(),
+            1,
+            quanyi::HeldResolution::Failed,
+            &long,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), "invalid_input");
     let failed = shop
         .orders()
         .resolve_held(
