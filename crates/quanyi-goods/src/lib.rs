@@ -5,15 +5,16 @@ mod account;
 mod error;
 mod goods;
 mod kind;
+mod terms;
 
 pub use account::{AccountRule, MAX_ACCOUNT_CHARS, MAX_PATTERN_CHARS};
 pub use error::{Error, Result};
 pub use goods::{
-    Goods, GoodsDraft, MAX_QUANTITY, MAX_ROUTES, MAX_SKU_NAME_CHARS, MAX_SKUS, MAX_TITLE_CHARS,
-    MembershipTerms, PurchaseCheck, PurchaseLimits, SaleTerms, Shelf, Sku, SkuDraft, StockSource,
-    SupplierRoute,
+    Goods, GoodsDraft, MAX_QUANTITY, MAX_SKU_NAME_CHARS, MAX_SKUS, MAX_TITLE_CHARS, PurchaseCheck,
+    PurchaseLimits, Shelf, Sku, SkuDraft, StockSource,
 };
 pub use kind::{BundleComponent, GoodsKind, KindTag, MAX_BUNDLE_COMPONENTS};
+pub use terms::{MAX_ROUTES, MembershipTerms, SaleTerms, SupplierRoute};
 
 #[cfg(test)]
 mod tests;

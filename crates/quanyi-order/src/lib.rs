@@ -6,6 +6,7 @@ mod context;
 mod error;
 mod event;
 mod legacy;
+mod line;
 mod order;
 mod status;
 
@@ -19,10 +20,8 @@ pub use context::{
 pub use error::{Error, Result};
 pub use event::OrderEvent;
 pub use legacy::complete_terms;
-pub use order::{
-    AttemptOutcome, LineAttempt, LineStatus, MAX_LINES, MAX_REASON_CHARS, MAX_TITLE_CHARS, NewLine,
-    Order, OrderLine, PackTerms, Payment,
-};
+pub use line::{AttemptOutcome, LineAttempt, LineStatus, NewLine, OrderLine, PackTerms};
+pub use order::{MAX_LINES, MAX_REASON_CHARS, MAX_TITLE_CHARS, Order, Payment};
 pub use status::{OrderStatus, Trigger, next_status};
 
 #[cfg(test)]

@@ -14,14 +14,16 @@ use super::{Refunds, Rig, cny, member, notice};
 use crate::fixtures;
 use crate::supplier_sim::{SimSupplier, TopUpMode};
 
-/// A top-up the supplier accepted but never finishes: the order keeps fulfilling within the
-/// shop's supplier deadline, and past it the line is given up, refunded once through the
-/// gateway, and audited with the request for reconciliation; the supplier's late callback
-/// then changes nothing.
-pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: Arc<dyn Store>) {
-    let rig = Rig::new(store);
+/// A shop whose top-ups go to a supplier that accepts and never finishes, with a supplier
+/// deadline of 2 hours and `policy` past it; answers the shop, the supplier, the gateway's
+/// refunds and the top-up SKU.
+async fn slow_top_ups(
+    rig: &Rig,
+    name: &str,
+    policy: quanyi::OverduePolicy,
+) -> (quanyi::Shop, Arc<SimSupplier>, Arc<Refunds>, SkuId) {
     let product = ProductCode::new("MOBILE-50").unwrap();
-    let sim_id = SupplierId::new("slow-sim").unwrap();
+    let sim_id = SupplierId::new(name).unwrap();
     let sim = Arc::new(SimSupplier::new(sim_id.clone(), 5).with_top_up_product(
         product.clone(),
         cny("48.00"),
@@ -33,6 +35,7 @@ pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: A
         .supplier(sim.clone())
         .payment_gateway(refunds.clone())
         .supplier_deadline(Duration::hours(2))
+        .supplier_overdue(policy)
         .build()
         .unwrap();
     let sku = fixtures::id(SkuId::generate);
@@ -46,16 +49,23 @@ pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: A
             skus: vec![
                 SkuDraft::new(sku, "50 yuan", cny("50.00"))
                     .with_stock(StockSource::Supplier)
-                    .with_routes(vec![SupplierRoute::new(
-                        sim_id.clone(),
-                        product,
-                        cny("48.00"),
-                    )]),
+                    .with_routes(vec![SupplierRoute::new(sim_id, product, cny("48.00"))]),
             ],
         },
     )
     .await
     .unwrap();
+    (shop, sim, refunds, sku)
+}
+
+/// A top-up the supplier accepted but never finishes: the order keeps fulfilling within the
+/// shop's supplier deadline, and past it the line is given up, refunded once through the
+/// gateway, and audited with the request for reconciliation; the supplier's late callback
+/// then changes nothing.
+pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let (shop, sim, refunds, sku) =
+        slow_top_ups(&rig, "slow-sim", quanyi::OverduePolicy::Refund).await;
     let order = shop
         .place_order(
             &member("dora"),
@@ -120,7 +130,9 @@ pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: A
 
     // The supplier finishes late: the settled line stays as it is.
     for callback in sim.finish_pending() {
-        let _ = shop.supplier_callback(&sim_id, &callback).await;
+        let _ = shop
+            .supplier_callback(&SupplierId::new("slow-sim").unwrap(), &callback)
+            .await;
     }
     assert_eq!(
         shop.order(order.id()).await.unwrap().status(),
@@ -134,39 +146,8 @@ pub async fn a_line_waiting_on_a_supplier_past_the_deadline_is_refunded(store: A
 /// line (refunded once) and delivers another; a second decision on a decided line is refused.
 pub async fn a_line_held_past_the_deadline_waits_for_an_operator(store: Arc<dyn Store>) {
     let rig = Rig::new(store);
-    let product = ProductCode::new("MOBILE-50").unwrap();
-    let sim_id = SupplierId::new("held-sim").unwrap();
-    let sim = Arc::new(SimSupplier::new(sim_id.clone(), 5).with_top_up_product(
-        product.clone(),
-        cny("48.00"),
-        TopUpMode::Async,
-    ));
-    let refunds = Arc::new(Refunds::default());
-    let shop = rig
-        .builder(rig.store.clone())
-        .supplier(sim.clone())
-        .payment_gateway(refunds.clone())
-        .supplier_deadline(Duration::hours(2))
-        .supplier_overdue(quanyi::OverduePolicy::Hold)
-        .build()
-        .unwrap();
-    let sku = fixtures::id(SkuId::generate);
-    shop.create_goods(
-        &quanyi::Actor::new("merchant", "catalog").unwrap(),
-        GoodsDraft {
-            title: "China Mobile credit 50".into(),
-            kind: GoodsKind::DirectTopUp {
-                account: AccountRule::MainlandMobile,
-            },
-            skus: vec![
-                SkuDraft::new(sku, "50 yuan", cny("50.00"))
-                    .with_stock(StockSource::Supplier)
-                    .with_routes(vec![SupplierRoute::new(sim_id, product, cny("48.00"))]),
-            ],
-        },
-    )
-    .await
-    .unwrap();
+    let (shop, _sim, refunds, sku) =
+        slow_top_ups(&rig, "held-sim", quanyi::OverduePolicy::Hold).await;
     let mut orders = Vec::new();
     for (buyer, txn) in [("dora", "txn-held-1"), ("eve", "txn-held-2")] {
         let order = shop
