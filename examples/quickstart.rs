@@ -2,6 +2,8 @@
 //! a batch of keys is imported (with a duplicate and a malformed line), a member buys two, the
 //! payment notice arrives twice, the keys are delivered and revealed to the buyer, a second
 //! member is refused more than is left, and an unpaid order expires and gives its keys back.
+//! A buyer who asks for the money back before revealing the key is refunded at once through
+//! the payment gateway; the key is voided, never revealed and not back in stock.
 //! A placement retried with its idempotency key answers the first order, and an operator
 //! searches the orders and finds a card by its code (shown masked).
 //!
@@ -44,6 +46,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let shop = Shop::builder(store, keys)
         .clock(Arc::new(clock.clone()))
         .tenant(tenant)
+        .payment_gateway(Arc::new(DemoGateway))
         .build()?;
 
     println!("== quanyi quickstart ==");
@@ -181,6 +184,45 @@ async fn main() -> Result<(), Box<dyn Error>> {
         stock_line(shop.stock().count(sku).await?)
     );
 
+    println!("\n-- dave buys 1 and asks for his money back before revealing it --");
+    let dave = MemberId::new("dave")?;
+    let bought = shop.place_order(&dave, &[CartLine::new(sku, 1)]).await?;
+    shop.confirm_payment(PaymentNotification {
+        provider: "alipay".into(),
+        transaction_id: "2026112522001457".into(),
+        order: bought.id(),
+        amount: bought.total(),
+    })
+    .await?;
+    let before = shop.stock().count(sku).await?;
+    // The key was never revealed: the refund is decided by the line's rule, no operator needed.
+    let refund = shop
+        .orders()
+        .request_refund(&dave, bought.id(), &[], "bought the wrong month")
+        .await?;
+    println!(
+        "refund {} is {}: {} paid back, {} key(s) voided",
+        refund.no,
+        refund.status.as_str(),
+        refund.amount,
+        refund.voided.len()
+    );
+    match shop.reveal(&dave, bought.id()).await {
+        Err(e) => println!("dave asks for the key afterwards: refused ({})", e.code()),
+        Ok(_) => return Err("a refunded key was revealed".into()),
+    }
+    let after = shop.stock().count(sku).await?;
+    println!(
+        "order {} is {}; stock: {} (the voided key is not back: {} available before and after)",
+        bought.id(),
+        shop.order(bought.id()).await?.status(),
+        stock_line(after),
+        before.available
+    );
+    if after.available != before.available {
+        return Err("a voided key went back to stock".into());
+    }
+
     println!("\n-- an operator looks things up --");
     let support = Actor::new("lin", "support")?;
     let expired = OrderQuery::new().status(OrderStatus::Expired);
@@ -208,6 +250,23 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     println!("\ndone.");
     Ok(())
+}
+
+/// The payment provider's refund API, as a host implements it; this one only prints.
+#[derive(Debug)]
+struct DemoGateway;
+
+#[async_trait::async_trait]
+impl PaymentGateway for DemoGateway {
+    async fn refund(&self, request: &RefundRequest) -> Result<RefundReceipt, GatewayError> {
+        println!(
+            "  (gateway) refund {} of {} on {} {}",
+            request.refund_id, request.amount, request.provider, request.transaction_id
+        );
+        Ok(RefundReceipt {
+            provider_refund_id: format!("demo-{}", request.refund_id),
+        })
+    }
 }
 
 fn stock_line(s: StockCount) -> String {

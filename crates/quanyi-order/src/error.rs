@@ -165,6 +165,64 @@ pub enum Error {
     /// The version counter is exhausted (corrupted data).
     #[error("version overflow")]
     VersionOverflow,
+    /// A line cannot be refunded after sales: it is not delivered (failed lines are paid back
+    /// when delivery gives up; pending and held ones are still being decided), or it is
+    /// refunded already.
+    #[error("line {line} cannot be refunded: {reason}")]
+    NotRefundable {
+        /// The line number.
+        line: u16,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An open refund (requested, or approved and not yet paid) already holds the line.
+    #[error("line {line} is held by open refund {refund}")]
+    RefundOpen {
+        /// The line number.
+        line: u16,
+        /// The open refund's number.
+        refund: u16,
+    },
+    /// The amount asked is more than is left of the line's share, or not positive.
+    #[error("refund of {asked} for line {line} is more than the {left} left or not positive")]
+    RefundAmount {
+        /// The line number.
+        line: u16,
+        /// What was asked.
+        asked: Money,
+        /// What is left of the line's share.
+        left: Money,
+    },
+    /// The line's rule needs an operator's override with a reason (revealed keys, completed
+    /// top-ups, part of a share), and none was given.
+    #[error("refund of line {line} needs an operator's override")]
+    NeedsOverride {
+        /// The line number.
+        line: u16,
+    },
+    /// The refund asked for names no line, names one twice, or has a reason that is empty,
+    /// longer than `MAX_REASON_CHARS` or not printable; or a buyer asked for an override.
+    #[error("invalid refund: {reason}")]
+    InvalidRefund {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// No refund with that number on the order.
+    #[error("unknown refund {refund}")]
+    UnknownRefund {
+        /// The number.
+        refund: u16,
+    },
+    /// The refund is not in the status the command needs.
+    #[error("refund {refund} is {status}, not {expected}")]
+    RefundStatus {
+        /// The refund.
+        refund: u16,
+        /// Where it is.
+        status: &'static str,
+        /// Where it should be.
+        expected: &'static str,
+    },
 }
 
 /// The result type of this crate.
@@ -194,8 +252,12 @@ impl Error {
             | Error::LineNotHeld { .. }
             | Error::LineNotFailed { .. }
             | Error::DuplicateCard { .. }
-            | Error::LinesPending { .. } => ErrorKind::Conflict,
-            Error::UnknownLine { .. } => ErrorKind::NotFound,
+            | Error::LinesPending { .. }
+            | Error::NotRefundable { .. }
+            | Error::RefundOpen { .. }
+            | Error::RefundStatus { .. } => ErrorKind::Conflict,
+            Error::NeedsOverride { .. } => ErrorKind::Forbidden,
+            Error::UnknownLine { .. } | Error::UnknownRefund { .. } => ErrorKind::NotFound,
             Error::VersionOverflow => ErrorKind::Internal,
             _ => ErrorKind::Invalid,
         }
@@ -228,6 +290,13 @@ impl Error {
             Error::DuplicateCard { .. } => "duplicate_card",
             Error::LinesPending { .. } => "lines_pending",
             Error::VersionOverflow => "version_overflow",
+            Error::NotRefundable { .. } => "not_refundable",
+            Error::RefundOpen { .. } => "refund_open",
+            Error::RefundAmount { .. } => "refund_amount",
+            Error::NeedsOverride { .. } => "refund_needs_override",
+            Error::InvalidRefund { .. } => "invalid_refund",
+            Error::UnknownRefund { .. } => "unknown_refund",
+            Error::RefundStatus { .. } => "refund_status",
         }
     }
 }

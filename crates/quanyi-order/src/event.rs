@@ -111,6 +111,57 @@ pub enum OrderEvent {
         /// The amount refunded.
         amount: Money,
     },
+    /// An after-sales refund was asked for (by the buyer or an operator).
+    RefundOpened {
+        /// The refund's number on the order.
+        refund: u16,
+        /// The lines it names.
+        lines: Vec<u16>,
+        /// What it pays back.
+        amount: Money,
+        /// Why.
+        reason: String,
+        /// `buyer` or the operator (`role:name`).
+        by: String,
+        /// True when it waits for an operator's decision.
+        needs_decision: bool,
+    },
+    /// An after-sales refund was approved, by an operator or by its lines' rule.
+    RefundApproved {
+        /// The refund.
+        refund: u16,
+        /// The operator (`role:name`), or `policy` when the lines' rule approved it.
+        by: String,
+        /// True when an operator overrode a line's rule.
+        overridden: bool,
+    },
+    /// An after-sales refund was rejected by an operator.
+    RefundRejected {
+        /// The refund.
+        refund: u16,
+        /// The operator (`role:name`).
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// Card keys of a refunded line were voided: never revealed, never sold again.
+    CardsVoided {
+        /// The refund.
+        refund: u16,
+        /// The line.
+        line: u16,
+        /// The cards (ids only).
+        cards: Vec<CardId>,
+    },
+    /// An after-sales refund was paid back through the payment gateway.
+    RefundPaid {
+        /// The refund.
+        refund: u16,
+        /// What was paid back.
+        amount: Money,
+        /// The payment provider's id of the refund.
+        receipt: String,
+    },
 }
 
 impl DomainEvent for OrderEvent {
@@ -131,6 +182,11 @@ impl DomainEvent for OrderEvent {
             OrderEvent::Cancelled { .. } => "order.cancelled",
             OrderEvent::RefundRequested { .. } => "order.refund_requested",
             OrderEvent::Refunded { .. } => "order.refunded",
+            OrderEvent::RefundOpened { .. } => "order.refund_opened",
+            OrderEvent::RefundApproved { .. } => "order.refund_approved",
+            OrderEvent::RefundRejected { .. } => "order.refund_rejected",
+            OrderEvent::CardsVoided { .. } => "order.cards_voided",
+            OrderEvent::RefundPaid { .. } => "order.refund_paid",
         }
     }
 

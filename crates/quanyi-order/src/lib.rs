@@ -8,6 +8,7 @@ mod event;
 mod legacy;
 mod line;
 mod order;
+mod refund;
 mod status;
 
 pub use checkout::{
@@ -22,6 +23,9 @@ pub use event::OrderEvent;
 pub use legacy::complete_terms;
 pub use line::{AttemptOutcome, LineAttempt, LineStatus, NewLine, OrderLine, PackTerms};
 pub use order::{MAX_LINES, MAX_REASON_CHARS, MAX_TITLE_CHARS, Order, Payment};
+pub use refund::{
+    Asker, Refund, RefundAsk, RefundDecision, RefundLine, RefundRule, RefundStatus, refund_rule,
+};
 pub use status::{OrderStatus, Trigger, next_status};
 
 #[cfg(test)]

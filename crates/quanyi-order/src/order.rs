@@ -8,9 +8,12 @@ use quanyi_core::{CardId, Currency, MemberId, Money, OrderId, SkuId, TenantId};
 use quanyi_goods::KindTag;
 use serde::{Deserialize, Serialize};
 
+mod refunds;
+
 use crate::line::{LineAttempt, LineStatus, NewLine, OrderLine, check_packs};
 use crate::{
-    Decision, Error, OrderContext, OrderEvent, OrderStatus, Result, Trigger, Verdict, next_status,
+    Decision, Error, OrderContext, OrderEvent, OrderStatus, Refund, Result, Trigger, Verdict,
+    next_status,
 };
 
 /// The most lines one order holds.
@@ -60,6 +63,9 @@ pub struct Order {
     /// What the checkout's decide stage concluded; `None` is [`Decision::allow_all`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     decision: Option<Arc<Decision>>,
+    /// After-sales refunds, in the order they were asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    refunds: Vec<Refund>,
 }
 
 /// The first of `new` that is already on a line or repeats within `new`.
@@ -221,6 +227,7 @@ impl Order {
             updated_at: now,
             context: None,
             decision: None,
+            refunds: Vec::new(),
         };
         let event = OrderEvent::Placed {
             order: id,
@@ -850,6 +857,13 @@ impl Order {
     /// # Errors
     /// [`Error::IllegalTransition`] unless a refund is pending.
     pub fn complete_refund(&mut self, now: DateTime<Utc>) -> Result<Vec<OrderEvent>> {
+        // After-sales refunds end delivered orders through their own commands.
+        if self.status != OrderStatus::RefundPending {
+            return Err(Error::IllegalTransition {
+                from: self.status,
+                trigger: Trigger::CompleteRefund,
+            });
+        }
         let (to, version) = self.prepare(Trigger::CompleteRefund)?;
         let amount = self.refundable_amount()?;
         for line in Arc::make_mut(&mut self.lines) {

@@ -178,7 +178,10 @@ pub fn next_status(from: OrderStatus, trigger: Trigger) -> Result<OrderStatus> {
         (S::Paid | S::Fulfilling | S::Delivered | S::PartiallyDelivered, T::RequestRefund) => {
             Ok(S::RefundPending)
         }
-        (S::RefundPending, T::CompleteRefund) => Ok(S::Refunded),
+        // After sales: the last line of a delivered order paid back.
+        (S::RefundPending | S::Delivered | S::PartiallyDelivered, T::CompleteRefund) => {
+            Ok(S::Refunded)
+        }
         _ => Err(Error::IllegalTransition { from, trigger }),
     }
 }

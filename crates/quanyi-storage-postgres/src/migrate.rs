@@ -48,13 +48,18 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "line_terms",
         include_str!("../migrations/0009_line_terms.sql"),
     ),
+    (
+        10,
+        "after_sales",
+        include_str!("../migrations/0010_after_sales.sql"),
+    ),
 ];
 
 /// The version whose migration gives old orders' lines their terms ([`complete_line_terms`]).
 const LINE_TERMS: i32 = 9;
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

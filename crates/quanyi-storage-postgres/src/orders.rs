@@ -70,6 +70,18 @@ static UPDATE: LazyLock<String> = LazyLock::new(|| update_sql(false));
 /// [`update_sql`] that also releases the order's reserved cards (`close_unpaid_order`).
 pub(crate) static CLOSE: LazyLock<String> = LazyLock::new(|| update_sql(true));
 
+/// The cards $2 of tenant $1 a refund would void, locked in id order (as a reveal locks them).
+const LOCK_TO_VOID: &str = "SELECT id, state, order_id, revealed_at, voided_at FROM cards \
+     WHERE id = ANY($2) AND tenant = $1 ORDER BY id FOR UPDATE";
+/// Voids the cards $2 of tenant $1 at $3 (checked and locked with [`LOCK_TO_VOID`]).
+const VOID: &str = "UPDATE cards SET voided_at = $3 WHERE id = ANY($2) AND tenant = $1";
+/// Keeps when order $2 of tenant $1 needs attention for its refunds (null: none open).
+const SET_REFUND_DUE: &str = "UPDATE orders SET refund_due = $3 WHERE tenant = $1 AND id = $2";
+/// Orders of tenant $1 with an open refund after the cursor ($2 due, $3 id), by due then id.
+const REFUND_QUEUE: &str = "SELECT doc FROM orders \
+     WHERE tenant = $1 AND refund_due IS NOT NULL AND (refund_due, id) > ($2, $3) \
+     ORDER BY refund_due, id LIMIT $4";
+
 const BY_ID: &str = "SELECT doc FROM orders WHERE tenant = $1 AND id = $2";
 const BY_MEMBER: &str =
     "SELECT doc FROM orders WHERE tenant = $1 AND member = $2 ORDER BY id DESC LIMIT $3";
@@ -350,6 +362,98 @@ impl OrderStore for PgStore {
             .await
             .map(|_| ());
         trail.end(&mut conn, outcome).await
+    }
+
+    async fn refund_order(
+        &self,
+        change: OrderChange<'_>,
+        void: &[CardId],
+        audit: Option<&quanyi_storage::AuditRecord>,
+    ) -> Result<()> {
+        let order = change.order;
+        let trail = crate::logs::TrailColumns::new(quanyi_storage::Trail { events: &[], audit })?;
+        let mut conn = self.conn().await?;
+        let stmt = conn.prepare(&UPDATE).await?;
+        conn.in_txn = true;
+        conn.client().batch_execute("BEGIN").await.map_err(db)?;
+        let outcome = async {
+            if !void.is_empty() {
+                let ids: Vec<Uuid> = void.iter().map(|c| *c.as_uuid()).collect();
+                let lock = conn.prepare(LOCK_TO_VOID).await?;
+                let rows = conn
+                    .client()
+                    .query(&lock, &[&order.tenant().as_str(), &ids])
+                    .await
+                    .map_err(db)?;
+                for card in void {
+                    let row = rows
+                        .iter()
+                        .find(|r| get::<Uuid>(r, 0).is_ok_and(|id| id == *card.as_uuid()));
+                    let Some(row) = row else {
+                        return Err(Error::conflict("card", card, "not sold to the order"));
+                    };
+                    if get::<Option<i64>>(row, 3)?.is_some() {
+                        return Err(Error::Revealed { card: *card });
+                    }
+                    let state: &str = get(row, 1)?;
+                    let holder: Option<Uuid> = get(row, 2)?;
+                    let voided: Option<i64> = get(row, 4)?;
+                    if state != "sold" || holder != Some(*order.id().as_uuid()) || voided.is_some()
+                    {
+                        return Err(Error::conflict("card", card, "not sold to the order"));
+                    }
+                }
+                let mark = conn.prepare(VOID).await?;
+                conn.client()
+                    .execute(
+                        &mark,
+                        &[&order.tenant().as_str(), &ids, &micros(order.updated_at())],
+                    )
+                    .await
+                    .map_err(db)?;
+            }
+            write_change(conn.client(), &stmt, &change).await?;
+            let due = conn.prepare(SET_REFUND_DUE).await?;
+            conn.client()
+                .execute(
+                    &due,
+                    &[
+                        &order.tenant().as_str(),
+                        order.id().as_uuid(),
+                        &order.refund_due().map(micros),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            trail.write(&conn).await
+        }
+        .await;
+        conn.finish(outcome).await
+    }
+
+    async fn refund_queue(
+        &self,
+        tenant: &TenantId,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        max: usize,
+    ) -> Result<Vec<Order>> {
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (micros(at), *id.as_uuid()),
+            None => (i64::MIN, Uuid::nil()),
+        };
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(REFUND_QUEUE).await?;
+        let rows = conn
+            .client()
+            .query(
+                &stmt,
+                &[&tenant.as_str(), &after_at, &after_id, &limit(max)],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| from_json(get::<&str>(r, 0)?, "order"))
+            .collect()
     }
 
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {

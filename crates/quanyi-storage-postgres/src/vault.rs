@@ -29,7 +29,19 @@ use crate::{Conn, PgStore, pipelined};
 
 const CARD_COLUMNS: &str = "id, tenant, sku, batch, blind_index, code, secret, key_id, state, \
                             order_id, reserved_until, sold_at, withdrawn_at, imported_at, \
-                            index_scheme";
+                            index_scheme, revealed_at, voided_at";
+
+/// Marks the cards sold to order $2 of tenant $1 and not voided as revealed at $3 (keeping an
+/// earlier reveal's time). The cards are locked in id order first, as a refund that voids them
+/// locks them, so the two queue instead of deadlocking; a card voided by a refund that
+/// committed meanwhile is rechecked and left alone.
+const MARK_REVEALED: &str = "UPDATE cards c SET revealed_at = COALESCE(c.revealed_at, $3) \
+     WHERE c.id IN (SELECT x.id FROM cards x \
+                    WHERE x.id = ANY(ARRAY(SELECT card_id FROM order_cards WHERE order_id = $2)) \
+                      AND x.tenant = $1 AND x.order_id = $2 AND x.state = 'sold' \
+                    ORDER BY x.id FOR UPDATE) \
+       AND c.voided_at IS NULL \
+     RETURNING c.id";
 
 /// The active data key of the tenant `$1`'s ring, as a key id (`key_rings.doc` is the JSON of a
 /// `WrappedKeyRing`, whose `active` is the key's number); NULL when the tenant has no ring.
@@ -489,6 +501,8 @@ fn stored_card(row: &Row) -> Result<StoredCard> {
         key_id: key_id(get(row, 7)?)?,
         state: state_at(row, 8)?,
         imported_at: from_micros(get(row, 13)?)?,
+        revealed_at: get::<Option<i64>>(row, 15)?.map(from_micros).transpose()?,
+        voided_at: get::<Option<i64>>(row, 16)?.map(from_micros).transpose()?,
     })
 }
 
@@ -729,6 +743,27 @@ impl VaultStore for PgStore {
             .await
             .map_err(db)?;
         rows.iter().map(stored_card).collect()
+    }
+
+    async fn mark_revealed(
+        &self,
+        tenant: &TenantId,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(MARK_REVEALED).await?;
+        let rows = conn
+            .client()
+            .query(&stmt, &[&tenant.as_str(), order.as_uuid(), &micros(now)])
+            .await
+            .map_err(db)?;
+        let mut out = rows
+            .iter()
+            .map(|r| Ok(CardId::from_uuid(get(r, 0)?)))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_unstable();
+        Ok(out)
     }
 
     async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>> {

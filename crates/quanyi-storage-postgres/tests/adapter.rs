@@ -426,7 +426,7 @@ async fn timestamps_round_trip_to_the_microsecond() {
 }
 
 /// The migrations of older versions: (version, name, SQL).
-const OLD_MIGRATIONS: [(i32, &str, &str); 8] = [
+const OLD_MIGRATIONS: [(i32, &str, &str); 9] = [
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (
         2,
@@ -462,6 +462,11 @@ const OLD_MIGRATIONS: [(i32, &str, &str); 8] = [
         8,
         "order_search",
         include_str!("../migrations/0008_order_search.sql"),
+    ),
+    (
+        9,
+        "line_terms",
+        include_str!("../migrations/0009_line_terms.sql"),
     ),
 ];
 
@@ -1520,6 +1525,132 @@ async fn migration_9_gives_old_lines_their_terms() {
         .await
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), Some(8));
+    store.migrate().await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
+    before.check_after_migration(&store).await;
+    common::drop_schema(url, schema).await;
+}
+
+/// Migration 10: cards in every state keep their state and are neither revealed nor voided,
+/// orders in every state read back unqueued, and reveals and refunds work on what was stored.
+#[tokio::test]
+async fn migration_10_takes_reveals_and_refunds() {
+    let Some(url) = common::url() else { return };
+    let schema = quanyi_testkit::unique_name("qt");
+    let admin = common::admin(&url).await;
+    schema_at(&admin, &schema, 9).await;
+    let tenant = fixtures::tenant();
+    admin
+        .execute(
+            &format!("INSERT INTO {schema}.key_rings (tenant, version, doc) VALUES ($1, 1, $2)"),
+            &[
+                &tenant.as_str(),
+                &serde_json::to_string(&fixtures::key_ring(&tenant)).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    let before = quanyi_testkit::conformance::BeforeAfterSales::new(&tenant);
+    old_goods(&admin, &schema, &before.goods).await;
+    for o in &before.orders {
+        let (skus, qtys): (Vec<uuid::Uuid>, Vec<i64>) = o
+            .limit_units()
+            .map(|(sku, qty)| (*sku.as_uuid(), i64::from(qty)))
+            .unzip();
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.orders (tenant, id, member, status, expires_at, \
+                     version, doc, updated_at, line_skus, line_qtys, placed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ),
+                &[
+                    &o.tenant().as_str(),
+                    o.id().as_uuid(),
+                    &o.member().as_str(),
+                    &o.status().as_str(),
+                    &o.expires_at().timestamp_micros(),
+                    &i64::try_from(o.version()).unwrap(),
+                    &serde_json::to_string(o).unwrap(),
+                    &o.updated_at().timestamp_micros(),
+                    &skus,
+                    &qtys,
+                    &o.created_at().timestamp_micros(),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    for (c, state) in &before.cards {
+        let micros = |at: chrono::DateTime<chrono::Utc>| at.timestamp_micros();
+        let (name, order, until, sold_at, withdrawn_at) = match *state {
+            CardState::Available => ("available", None, None, None, None),
+            CardState::Reserved { order, until } => {
+                ("reserved", Some(order), Some(micros(until)), None, None)
+            }
+            CardState::Sold { order, at } => ("sold", Some(order), None, Some(micros(at)), None),
+            CardState::Withdrawn { at } => ("withdrawn", None, None, None, Some(micros(at))),
+        };
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.cards (id, tenant, sku, batch, blind_index, code, \
+                     secret, key_id, state, order_id, reserved_until, sold_at, imported_at, \
+                     index_scheme, withdrawn_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, 2, $13)"
+                ),
+                &[
+                    c.id.as_uuid(),
+                    &tenant.as_str(),
+                    c.sku.as_uuid(),
+                    c.batch.as_uuid(),
+                    &c.blind_index.as_bytes().as_slice(),
+                    &c.sealed.code.as_bytes(),
+                    &c.sealed.secret.as_ref().map(SealedValue::as_bytes),
+                    &name,
+                    &order.map(|o| *o.as_uuid()),
+                    &until,
+                    &sold_at,
+                    &micros(t0()),
+                    &withdrawn_at,
+                ],
+            )
+            .await
+            .unwrap();
+        if let Some(order) = order {
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {schema}.order_cards (order_id, pos, card_id) VALUES ($1, 1, $2)"
+                    ),
+                    &[order.as_uuid(), c.id.as_uuid()],
+                )
+                .await
+                .unwrap();
+        }
+        if let Some(until) = until {
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {schema}.held_cards (tenant, sku, until, id) VALUES ($1, $2, $3, $4)"
+                    ),
+                    &[&tenant.as_str(), c.sku.as_uuid(), &until, c.id.as_uuid()],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.free_cards (tenant, sku, id) \
+             SELECT tenant, sku, id FROM {schema}.cards WHERE state = 'available'"
+        ))
+        .await
+        .unwrap();
+    let store = PgStore::connect_with(common::options(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(9));
     store.migrate().await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
     before.check_after_migration(&store).await;

@@ -21,7 +21,8 @@ use crate::rings::active_key;
 
 /// The columns [`CardCols::read`] expects, in order.
 const CARD_COLUMNS: &str = "id, tenant, sku, batch, blind_index, code, secret, key_id, state, \
-                            order_id, until, sold_at, imported_at, index_scheme, withdrawn_at";
+                            order_id, until, sold_at, imported_at, index_scheme, withdrawn_at, \
+                            revealed_at, voided_at";
 
 /// The cards of a tenant indexed with a scheme before [`IndexScheme::Nfkc`], in card order (read
 /// through the partial index `cards_to_reindex`, whose condition this repeats).
@@ -44,6 +45,8 @@ struct CardCols {
     imported_at: i64,
     index_scheme: i64,
     withdrawn_at: Option<i64>,
+    revealed_at: Option<i64>,
+    voided_at: Option<i64>,
 }
 
 impl CardCols {
@@ -64,6 +67,8 @@ impl CardCols {
             imported_at: r.get(12)?,
             index_scheme: r.get(13)?,
             withdrawn_at: r.get(14)?,
+            revealed_at: r.get(15)?,
+            voided_at: r.get(16)?,
         })
     }
 
@@ -126,6 +131,8 @@ impl CardCols {
             key_id: KeyId(uint32(self.key_id, "card key id")?),
             state,
             imported_at: from_ts(self.imported_at),
+            revealed_at: self.revealed_at.map(from_ts),
+            voided_at: self.voided_at.map(from_ts),
         })
     }
 }
@@ -671,6 +678,38 @@ impl VaultStore for SqliteStore {
                     "order_id = ?1 AND tenant = ?2 AND state = 'sold' ORDER BY hold_seq, id",
                     params![order.as_bytes(), tenant],
                 )
+            })
+            .await
+    }
+
+    async fn mark_revealed(
+        &self,
+        tenant: &TenantId,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        let tenant = tenant.as_str().to_owned();
+        let now = ts(now)?;
+        self.pool
+            .write(move |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE cards SET revealed_at = COALESCE(revealed_at, ?3)
+                         WHERE order_id = ?1 AND tenant = ?2 AND state = 'sold'
+                           AND voided_at IS NULL
+                         RETURNING id",
+                    )
+                    .db()?;
+                let rows = stmt
+                    .query_map(params![order.as_bytes(), tenant, now], |r| {
+                        r.get::<_, [u8; 16]>(0)
+                    })
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .db()?;
+                let mut out = ids(rows);
+                out.sort_unstable();
+                Ok(out)
             })
             .await
     }

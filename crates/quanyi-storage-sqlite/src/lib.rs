@@ -23,7 +23,7 @@ pub use pool::Synchronous;
 use crate::pool::{Pool, Settings};
 
 /// The schema version this build of the adapter writes (the number of embedded migrations).
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// Every quanyi storage port over one SQLite database file.
 ///

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_event_consumers.sql"),
     include_str!("../migrations/0007_order_search.sql"),
     include_str!("../migrations/0008_line_terms.sql"),
+    include_str!("../migrations/0009_after_sales.sql"),
 ];
 
 /// The version whose migration gives old orders' lines their terms ([`complete_line_terms`]).

@@ -366,6 +366,90 @@ impl OrderStore for SqliteStore {
             .await
     }
 
+    async fn refund_order(
+        &self,
+        change: OrderChange<'_>,
+        void: &[CardId],
+        audit: Option<&quanyi_storage::AuditRecord>,
+    ) -> Result<()> {
+        let c = change_row(&change)?;
+        let trail = crate::logs::trail_rows(quanyi_storage::Trail { events: &[], audit })?;
+        let due = change.order.refund_due().map(ts).transpose()?;
+        let void = void.to_vec();
+        self.pool
+            .write(move |tx| {
+                let checked = check_order_change(tx, &c)?;
+                let o = &c.order;
+                let at = o.updated_at;
+                for card in &void {
+                    let row: Option<(String, Option<[u8; 16]>, Option<i64>, Option<i64>)> = tx
+                        .prepare_cached(
+                            "SELECT state, order_id, revealed_at, voided_at FROM cards
+                             WHERE id = ?1 AND tenant = ?2",
+                        )
+                        .db()?
+                        .query_row(params![card.as_bytes(), o.tenant], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })
+                        .optional()
+                        .db()?;
+                    match row {
+                        Some((_, _, Some(_), _)) => return Err(Error::Revealed { card: *card }),
+                        Some((state, Some(holder), None, None))
+                            if state == "sold" && holder == *o.id.as_bytes() => {}
+                        _ => return Err(Error::conflict("card", card, "not sold to the order")),
+                    }
+                    tx.prepare_cached("UPDATE cards SET voided_at = ?2 WHERE id = ?1")
+                        .db()?
+                        .execute(params![card.as_bytes(), at])
+                        .db()?;
+                }
+                apply_order_change(tx, &c, checked)?;
+                tx.prepare_cached(
+                    "UPDATE orders SET refund_due = ?3 WHERE tenant = ?1 AND id = ?2",
+                )
+                .db()?
+                .execute(params![o.tenant, o.id.as_bytes(), due])
+                .db()?;
+                crate::logs::write_trail(tx, &trail, o.id)
+            })
+            .await
+    }
+
+    async fn refund_queue(
+        &self,
+        tenant: &TenantId,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit_to: usize,
+    ) -> Result<Vec<Order>> {
+        let tenant = tenant.as_str().to_owned();
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (ts(at)?, id.as_bytes().to_vec()),
+            None => (i64::MIN, Vec::new()),
+        };
+        let n = limit(limit_to);
+        self.pool
+            .read(move |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT doc FROM orders INDEXED BY orders_refund_queue
+                         WHERE tenant = ?1 AND refund_due IS NOT NULL
+                           AND (refund_due > ?2 OR (refund_due = ?2 AND id > ?3))
+                         ORDER BY refund_due, id LIMIT ?4",
+                    )
+                    .db()?;
+                let docs = stmt
+                    .query_map(params![tenant, after_at, after_id, n], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .db()?;
+                docs.iter().map(|d| decode(d)).collect()
+            })
+            .await
+    }
+
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
         let c = change_row(&change)?;
         self.pool

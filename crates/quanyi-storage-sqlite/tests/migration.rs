@@ -249,6 +249,8 @@ fn v2_card(tenant: &TenantId, sku: quanyi_core::SkuId, byte: u8, state: CardStat
         key_id: KeyId(1),
         state,
         imported_at: t0() - Duration::days(1),
+        revealed_at: None,
+        voided_at: None,
     }
 }
 
@@ -1135,5 +1137,68 @@ async fn version_7_databases_give_old_lines_their_terms() {
         }
     }
     let store = SqliteStore::open(db.path()).await.unwrap();
+    before.check_after_migration(&store).await;
+}
+
+/// The migrations up to version 8.
+fn before_v9() -> Vec<&'static str> {
+    let mut all = BEFORE_V8.to_vec();
+    all.push(include_str!("../migrations/0008_line_terms.sql"));
+    all
+}
+
+/// Version 8 to 9: cards in every state keep their state and are neither revealed nor voided,
+/// orders in every state read back unqueued, and reveals and refunds work on what was stored.
+#[tokio::test]
+async fn version_8_databases_take_reveals_and_refunds() {
+    let db = TempDb(common::fresh_path());
+    let tenant = fixtures::tenant();
+    let before = quanyi_testkit::conformance::BeforeAfterSales::new(&tenant);
+    {
+        let conn = at_version(db.path(), &before_v9());
+        insert_v2_goods(&conn, &before.goods);
+        for order in &before.orders {
+            let lines: Vec<u8> = order
+                .limit_units()
+                .flat_map(|(sku, quantity)| {
+                    let mut entry = sku.as_bytes().to_vec();
+                    entry.extend_from_slice(&quantity.to_be_bytes());
+                    entry
+                })
+                .collect();
+            conn.execute(
+                "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc,
+                                     updated_at, lines, placed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    order.tenant().as_str(),
+                    order.id().as_bytes(),
+                    order.member().as_str(),
+                    order.status().as_str(),
+                    nanos(order.expires_at()),
+                    i64::try_from(order.version()).unwrap(),
+                    serde_json::to_string(order).unwrap(),
+                    nanos(order.updated_at()),
+                    lines,
+                    nanos(order.created_at())
+                ],
+            )
+            .unwrap();
+        }
+        for (card, state) in &before.cards {
+            let stored = StoredCard {
+                id: card.id,
+                sku: card.sku,
+                batch: card.batch,
+                blind_index: card.blind_index,
+                sealed: card.sealed.clone(),
+                ..v3_card(&tenant, card.sku, 1, *state)
+            };
+            insert_v3_card(&conn, &stored, stored.state.holder().map(|_| 1));
+        }
+    }
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    let conn = Connection::open(db.path()).unwrap();
+    assert!(index_names(&conn, "orders").contains(&"orders_refund_queue".to_owned()));
     before.check_after_migration(&store).await;
 }

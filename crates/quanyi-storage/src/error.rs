@@ -1,6 +1,6 @@
 //! The storage error: driver-neutral, so hosts and the engine branch on kinds, not drivers.
 
-use quanyi_core::{ErrorKind, SkuId};
+use quanyi_core::{CardId, ErrorKind, SkuId};
 
 /// The reason of the `Conflict` on `"goods"` that [`OrderStore::place_order`] answers when
 /// goods the order was priced from changed since.
@@ -39,6 +39,12 @@ pub enum Error {
         requested: u32,
         /// How many were free.
         available: u64,
+    },
+    /// A refund would void a card its buyer has revealed: nothing was written.
+    #[error("card {card} was revealed")]
+    Revealed {
+        /// The card.
+        card: CardId,
     },
     /// A member's purchase limit for a SKU would be exceeded; nothing was changed.
     #[error(
@@ -107,7 +113,8 @@ impl Error {
             Error::Conflict { .. }
             | Error::KeyNotActive { .. }
             | Error::DuplicateCards { .. }
-            | Error::Claimed { .. } => ErrorKind::Conflict,
+            | Error::Claimed { .. }
+            | Error::Revealed { .. } => ErrorKind::Conflict,
             Error::OutOfStock { .. }
             | Error::MemberLimitExceeded { .. }
             | Error::KeyExhausted { .. } => ErrorKind::Exhausted,

@@ -107,6 +107,11 @@ pub struct StoredCard {
     pub state: CardState,
     /// When it was imported.
     pub imported_at: DateTime<Utc>,
+    /// When its buyer first revealed it (sold cards only).
+    pub revealed_at: Option<DateTime<Utc>>,
+    /// When an after-sales refund voided it (sold cards only, never revealed): it stays sold to
+    /// its order, is never revealed and never sold again.
+    pub voided_at: Option<DateTime<Utc>>,
 }
 
 /// What `insert_cards` did.
@@ -414,6 +419,16 @@ pub enum AuditAction {
     GoodsChanged,
     /// An operator decided a line held past the supplier deadline.
     HeldLineResolved,
+    /// An operator refunded lines of an order (after sales), overriding their rules or not.
+    RefundIssued,
+    /// An operator approved a buyer's refund request.
+    RefundApproved,
+    /// An operator rejected a buyer's refund request.
+    RefundRejected,
+    /// An operator read the queue of refunds waiting for a decision or a payment.
+    RefundQueueViewed,
+    /// An operator read the refunds paid in a period.
+    RefundReportViewed,
 }
 
 /// Whether an audited action was allowed.

@@ -102,6 +102,35 @@ pub trait OrderStore: Send + Sync {
         audit: Option<&AuditRecord>,
     ) -> Result<()>;
 
+    /// Writes an after-sales refund's change of an order (asked, approved, rejected or paid:
+    /// the order's open refunds change) with its events and, for an operator's change, the
+    /// operator's audit record, and voids the cards in `void`, in one atomic step. Each card in
+    /// `void` must be sold to the order, never revealed and not voided yet; it is marked voided
+    /// (at the order's `updated_at`) and is never revealed or sold again. The store keeps the
+    /// order's [`refund_due`](Order::refund_due) for [`refund_queue`](OrderStore::refund_queue);
+    /// only this method changes an order's refunds.
+    ///
+    /// # Errors
+    /// As [`update_order`](OrderStore::update_order); [`Revealed`](crate::Error::Revealed) for
+    /// a card in `void` its buyer revealed; `Conflict` on `"card"` for one not sold to the
+    /// order or voided already. Nothing is written on any error.
+    async fn refund_order(
+        &self,
+        change: OrderChange<'_>,
+        void: &[CardId],
+        audit: Option<&AuditRecord>,
+    ) -> Result<()>;
+
+    /// Up to `limit` of a tenant's orders with an open refund, by
+    /// [`refund_due`](Order::refund_due) then id, after the cursor `after` when given: the
+    /// operators' queue, and the approved refunds still to pay.
+    async fn refund_queue(
+        &self,
+        tenant: &TenantId,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>>;
+
     /// Writes a new version of an unpaid order that ends without a sale (expired or cancelled)
     /// and returns its reserved cards to stock, in one atomic step; returns how many cards were
     /// released. An order never ends with its cards still held, and no card is released from an
@@ -235,6 +264,17 @@ pub trait VaultStore: Send + Sync {
 
     /// The cards sold to an order, in commit order.
     async fn order_cards(&self, tenant: &TenantId, order: OrderId) -> Result<Vec<StoredCard>>;
+
+    /// Marks the cards sold to `order` that are not voided as revealed (a card keeps the time
+    /// of its first reveal) and returns their ids in card order, in one atomic step. A card is
+    /// revealed only while not voided and voided only while not revealed
+    /// ([`OrderStore::refund_order`]), so no card is both.
+    async fn mark_revealed(
+        &self,
+        tenant: &TenantId,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>>;
 
     /// One card by id.
     async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>>;

@@ -52,6 +52,7 @@ pub const CASES: &[&str] = &[
     "operators_search_orders",
     "pack_limits",
     "operator_changes_are_written_with_their_records",
+    "refunds_void_unrevealed_cards_and_queue_per_tenant",
     "cards_are_found_by_blind_index",
     "events_keep_their_schema_version_and_correlation",
     "jobs_are_claimed_only_by_kinds_the_worker_runs",
@@ -80,6 +81,7 @@ mod orders;
 mod packs;
 mod payments;
 mod placing;
+mod refunds;
 mod rings;
 mod search;
 mod trails;
@@ -125,6 +127,7 @@ pub use later::{
     closing_an_unpaid_order_releases_its_cards, conflicting_notices_are_kept_for_reconciliation,
 };
 pub use packs::{OrdersBeforeLineTerms, pack_limits};
+pub use refunds::{BeforeAfterSales, refunds_void_unrevealed_cards_and_queue_per_tenant};
 pub use search::{
     cards_are_found_by_blind_index, migrated_orders_are_found_by_placement, operators_search_orders,
 };

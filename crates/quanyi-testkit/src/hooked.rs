@@ -187,6 +187,26 @@ impl OrderStore for HookedStore {
         self.inner.update_order(change, audit).await
     }
 
+    async fn refund_order(
+        &self,
+        change: OrderChange<'_>,
+        void: &[CardId],
+        audit: Option<&AuditRecord>,
+    ) -> Result<()> {
+        self.before("refund_order").await?;
+        self.inner.refund_order(change, void, audit).await
+    }
+
+    async fn refund_queue(
+        &self,
+        tenant: &TenantId,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        self.before("refund_queue").await?;
+        self.inner.refund_queue(tenant, after, limit).await
+    }
+
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
         self.before("close_unpaid_order").await?;
         self.inner.close_unpaid_order(change).await
@@ -316,6 +336,16 @@ impl VaultStore for HookedStore {
         self.before("order_cards").await?;
         self.stale_reads(self.inner.order_cards(tenant, order).await)
             .await
+    }
+
+    async fn mark_revealed(
+        &self,
+        tenant: &TenantId,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        self.before("mark_revealed").await?;
+        self.inner.mark_revealed(tenant, order, now).await
     }
 
     async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>> {

@@ -57,6 +57,7 @@ macro_rules! storage_conformance {
             operators_search_orders,
             pack_limits,
             operator_changes_are_written_with_their_records,
+            refunds_void_unrevealed_cards_and_queue_per_tenant,
             cards_are_found_by_blind_index,
             events_keep_their_schema_version_and_correlation,
             key_ring_versions_and_use_limit,
@@ -109,7 +110,11 @@ macro_rules! shop_conformance {
             a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
             checkout_keeps_its_decisions_and_a_denial_writes_nothing,
             what_was_bought_is_delivered_and_a_trial_pack_is_sold_once,
-            a_line_held_past_the_deadline_waits_for_an_operator
+            a_line_held_past_the_deadline_waits_for_an_operator,
+            refunds_follow_each_lines_rule,
+            refund_requests_wait_in_the_queue_for_a_decision,
+            a_reveal_racing_a_refund_gives_the_key_or_the_money,
+            identical_refund_requests_refund_once
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

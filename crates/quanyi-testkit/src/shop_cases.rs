@@ -27,6 +27,7 @@ mod keys;
 mod operators;
 mod overdue;
 mod packs;
+mod refunds;
 mod sales;
 mod worker;
 use crate::hooked::HookedStore;
@@ -45,6 +46,10 @@ pub use overdue::{
     a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
 };
 pub use packs::what_was_bought_is_delivered_and_a_trial_pack_is_sold_once;
+pub use refunds::{
+    a_reveal_racing_a_refund_gives_the_key_or_the_money, identical_refund_requests_refund_once,
+    refund_requests_wait_in_the_queue_for_a_decision, refunds_follow_each_lines_rule,
+};
 pub use sales::{
     a_conflicting_repeat_notice_is_kept_for_reconciliation,
     a_supplier_card_already_held_fails_over_or_is_refunded,
@@ -75,6 +80,10 @@ pub const CASES: &[&str] = &[
     "checkout_keeps_its_decisions_and_a_denial_writes_nothing",
     "what_was_bought_is_delivered_and_a_trial_pack_is_sold_once",
     "a_line_held_past_the_deadline_waits_for_an_operator",
+    "refunds_follow_each_lines_rule",
+    "refund_requests_wait_in_the_queue_for_a_decision",
+    "a_reveal_racing_a_refund_gives_the_key_or_the_money",
+    "identical_refund_requests_refund_once",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

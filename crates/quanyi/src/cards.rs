@@ -317,10 +317,19 @@ impl Shop {
         ) {
             return Err(Denied::Because("not_delivered"));
         }
-        let stored = store
+        // Each card is marked revealed before it is opened, and only while no refund voided it
+        // (a refund voids only cards never revealed): the buyer gets the key or the money.
+        let open: std::collections::HashSet<CardId> = store
+            .mark_revealed(&self.tenant, order_id, self.now())
+            .await
+            .map_err(|e| Denied::Failed(e.into()))?
+            .into_iter()
+            .collect();
+        let mut stored = store
             .order_cards(&self.tenant, order_id)
             .await
             .map_err(|e| Denied::Failed(e.into()))?;
+        stored.retain(|c| open.contains(&c.id));
         let mut ring = self.ring().await.map_err(Denied::Failed)?;
         let lines: std::collections::HashMap<CardId, u16> = order
             .lines()

@@ -30,6 +30,13 @@ pub const SWEEP_JOB_PREFIX: &str = "sweep.";
 /// ([`Shop::expire_unpaid_orders`]).
 pub const EXPIRE_UNPAID_SWEEP: &str = "expire_unpaid";
 
+/// The name of the engine's sweep that pays approved after-sales refunds whose payment did not
+/// finish ([`Orders::pay_due_refunds`](crate::Orders::pay_due_refunds)).
+pub const PAY_REFUNDS_SWEEP: &str = "pay_refunds";
+
+/// How often the `pay_refunds` sweep runs.
+const PAY_REFUNDS_EVERY_SECONDS: i64 = 60;
+
 /// How often the unpaid-order expiry sweep runs unless told otherwise: every 30 seconds.
 pub const DEFAULT_EXPIRY_SWEEP_SECONDS: i64 = 30;
 
@@ -212,6 +219,28 @@ impl Sweep for ExpireUnpaid {
     }
 }
 
+/// The engine's sweep that pays approved refunds whose payment did not finish.
+struct PayRefunds;
+
+#[async_trait]
+impl Sweep for PayRefunds {
+    fn name(&self) -> &str {
+        PAY_REFUNDS_SWEEP
+    }
+
+    fn period(&self) -> SweepPeriod {
+        SweepPeriod::Every(Duration::seconds(PAY_REFUNDS_EVERY_SECONDS))
+    }
+
+    async fn run(&self, shop: &Shop, _period: DateTime<Utc>) -> std::result::Result<(), JobError> {
+        match shop.pay_due_refunds().await {
+            // A shop without a gateway has no approved refund it could pay; nothing to retry.
+            Ok(_) | Err(Error::NoPaymentGateway) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// What runs a kind.
 #[derive(Clone)]
 enum Runner {
@@ -246,6 +275,7 @@ impl JobKinds {
                 every: expiry_every,
             }),
         );
+        sweeps.insert(1, Arc::new(PayRefunds));
         let mut runners = HashMap::new();
         runners.insert(DELIVER_ORDER_JOB.to_owned(), Runner::Deliver);
         for handler in handlers {

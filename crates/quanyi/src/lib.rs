@@ -1,5 +1,6 @@
 #![doc = include_str!("../../../README.md")]
 
+mod after_sales;
 mod cards;
 mod catalog;
 mod checkout;
@@ -22,13 +23,14 @@ mod shop;
 mod supply;
 mod worker;
 
+pub use after_sales::{DEFAULT_REFUND_REVIEW_HOURS, QueuedRefund, RefundPart, RefundQueuePage};
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
 pub use checkout::DecideStage;
 pub use consumers::{ConsumerRun, EventConsumer, StartAt};
 pub use error::{Error, Result};
 pub use jobs::{
     DEFAULT_EXPIRY_SWEEP_SECONDS, EXPIRE_UNPAID_SWEEP, JobError, JobHandler, JobOutcome, JobRun,
-    MAX_JOB_ATTEMPTS, SWEEP_JOB_PREFIX, Sweep, SweepPeriod,
+    MAX_JOB_ATTEMPTS, PAY_REFUNDS_SWEEP, SWEEP_JOB_PREFIX, Sweep, SweepPeriod,
 };
 pub use keys::DestroyReport;
 pub use operators::{FoundCard, HeldResolution, OrderPage, Orders, Stock};
@@ -54,8 +56,9 @@ pub use quanyi_goods::{
     PurchaseLimits, SaleTerms, Shelf, Sku, SkuDraft, StockSource, SupplierRoute,
 };
 pub use quanyi_order::{
-    ALLOW_ALL_STAGE, AttemptOutcome, Channel, Decision, LineAttempt, LineStatus, Order,
-    OrderContext, OrderLine, OrderStatus, PackTerms, PriceSource, Verdict,
+    ALLOW_ALL_STAGE, Asker, AttemptOutcome, Channel, Decision, LineAttempt, LineStatus, Order,
+    OrderContext, OrderLine, OrderStatus, PackTerms, PriceSource, Refund, RefundDecision,
+    RefundLine, RefundRule, RefundStatus, Verdict,
 };
 pub use quanyi_storage::{
     CardState, FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, OrderCursor, OrderQuery,

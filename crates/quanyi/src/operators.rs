@@ -15,7 +15,7 @@ use crate::{Error, Result, Shop};
 /// The orders of a shop, for operators: `shop.orders()`.
 #[derive(Debug, Clone, Copy)]
 pub struct Orders<'a> {
-    shop: &'a Shop,
+    pub(crate) shop: &'a Shop,
 }
 
 /// One page of an order search.

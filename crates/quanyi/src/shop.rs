@@ -73,6 +73,7 @@ pub struct ShopBuilder {
     stock_fresh_for: Duration,
     supplier_deadline: Duration,
     overdue: OverduePolicy,
+    refund_review: Duration,
     links: Option<(String, Duration)>,
     job_handlers: Vec<Arc<dyn JobHandler>>,
     sweeps: Vec<Arc<dyn Sweep>>,
@@ -218,6 +219,15 @@ impl ShopBuilder {
         self
     }
 
+    /// How long operators have to decide a buyer's refund request that needs a decision
+    /// (default [`DEFAULT_REFUND_REVIEW_HOURS`](crate::DEFAULT_REFUND_REVIEW_HOURS)): the
+    /// request's deadline in the refund queue, where it is listed overdue after it. The clock
+    /// never decides a request.
+    pub fn refund_review(mut self, within: Duration) -> Self {
+        self.refund_review = within;
+        self
+    }
+
     /// The checkout's decide stage (see [`DecideStage`]); without one every order is allowed
     /// ([`quanyi_order::ALLOW_ALL_STAGE`]).
     pub fn decide_stage(mut self, stage: Arc<dyn DecideStage>) -> Self {
@@ -250,6 +260,11 @@ impl ShopBuilder {
         if self.reservation_ttl <= Duration::zero() {
             return Err(Error::InvalidInput(
                 "reservation ttl must be positive".into(),
+            ));
+        }
+        if self.refund_review <= Duration::zero() {
+            return Err(Error::InvalidInput(
+                "the refund review window must be positive".into(),
             ));
         }
         if self.supplier_deadline <= Duration::zero() {
@@ -314,6 +329,7 @@ impl ShopBuilder {
                 supplier_stock: parking_lot::Mutex::new(StockCache::new(self.stock_fresh_for)),
                 supplier_deadline: self.supplier_deadline,
                 overdue: self.overdue,
+                refund_review: self.refund_review,
                 links: self.links,
                 watched_routes: parking_lot::Mutex::new(Vec::new()),
                 event_ids: quanyi_core::IdSequence::new(),
@@ -350,6 +366,8 @@ pub(crate) struct Inner {
     /// How long a paid line may wait on its suppliers.
     pub(crate) supplier_deadline: Duration,
     pub(crate) overdue: OverduePolicy,
+    /// How long an operator has to decide a buyer's refund request.
+    pub(crate) refund_review: Duration,
     pub(crate) links: Option<(String, Duration)>,
     /// Every supplier route whose stock this process has been asked about, kept fresh by the
     /// worker.
@@ -414,6 +432,7 @@ impl Shop {
             stock_fresh_for: Duration::seconds(60),
             supplier_deadline: Duration::hours(DEFAULT_SUPPLIER_DEADLINE_HOURS),
             overdue: OverduePolicy::Refund,
+            refund_review: Duration::hours(crate::DEFAULT_REFUND_REVIEW_HOURS),
             links: None,
             job_handlers: Vec::new(),
             sweeps: Vec::new(),

@@ -194,15 +194,15 @@ async fn a_worker_runs_until_shutdown() {
     });
     tx.send(()).unwrap();
     handle.await.unwrap();
-    // A fresh shop's first pass runs the period's expiry sweep; the next pass of the same
-    // period has nothing to do.
+    // A fresh shop's first pass runs the period's engine sweeps (expiring unpaid orders, paying
+    // approved refunds); the next pass of the same period has nothing to do.
     let worker = Worker::new(shop_with(None).0);
     let first = worker.run_once().await.unwrap();
     assert_eq!(
         first,
         JobRun {
-            done: 1,
-            sweeps_scheduled: 1,
+            done: 2,
+            sweeps_scheduled: 2,
             ..JobRun::default()
         }
     );

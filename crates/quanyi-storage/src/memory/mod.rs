@@ -58,6 +58,8 @@ struct State {
     orders: Map<Key<OrderId>, Arc<Order>>,
     member_orders: Map<Key<MemberId>, Vec<OrderId>>,
     unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
+    /// Orders with an open refund, by tenant and `Order::refund_due`.
+    refunds: Map<TenantId, BTreeSet<(DateTime<Utc>, OrderId)>>,
     cards: IdMap<CardId, StoredCard>,
     pools: Map<Key<SkuId>, Pool>,
     order_cards: Map<Key<OrderId>, Vec<CardId>>,
@@ -296,6 +298,8 @@ fn available(tenant: &TenantId, c: &NewCard, now: DateTime<Utc>) -> StoredCard {
         key_id: c.key_id,
         state: CardState::Available,
         imported_at: now,
+        revealed_at: None,
+        voided_at: None,
     }
 }
 
@@ -408,10 +412,21 @@ impl State {
                 self.unpaid
                     .remove(&(old.expires_at(), key.0.clone(), key.1));
             }
+            if let Some(due) = old.refund_due() {
+                if let Some(queue) = self.refunds.get_mut(&key.0) {
+                    queue.remove(&(due, key.1));
+                }
+            }
         }
         if order.status() == OrderStatus::AwaitingPayment {
             self.unpaid
                 .insert((order.expires_at(), key.0.clone(), key.1));
+        }
+        if let Some(due) = order.refund_due() {
+            self.refunds
+                .entry(key.0.clone())
+                .or_default()
+                .insert((due, key.1));
         }
         let replaced = self.orders.insert(key, staged.order);
         self.push_checked_events(staged.events);

@@ -119,6 +119,64 @@ impl OrderStore for MemoryStore {
         Ok(())
     }
 
+    async fn refund_order(
+        &self,
+        change: OrderChange<'_>,
+        void: &[CardId],
+        audit: Option<&AuditRecord>,
+    ) -> Result<()> {
+        let staged = Staged::of(change.order, change.events);
+        let trail = Trail { events: &[], audit };
+        let order = change.order.id();
+        let at = change.order.updated_at();
+        let mut s = self.state.lock();
+        s.check_order_change(&change)?;
+        s.check_trail(&trail, order)?;
+        for id in void {
+            let card = s
+                .cards
+                .get(id)
+                .filter(|c| &c.tenant == change.order.tenant());
+            match card {
+                Some(c) if c.revealed_at.is_some() => return Err(Error::Revealed { card: *id }),
+                Some(c)
+                    if c.voided_at.is_none()
+                        && matches!(c.state, CardState::Sold { order: o, .. } if o == order) => {}
+                _ => return Err(Error::conflict("card", id, "not sold to the order")),
+            }
+        }
+        for id in void {
+            if let Some(c) = s.cards.get_mut(id) {
+                c.voided_at = Some(at);
+            }
+        }
+        s.push_trail(&trail);
+        let replaced = s.apply_order_change(staged);
+        drop(s);
+        drop(replaced);
+        Ok(())
+    }
+
+    async fn refund_queue(
+        &self,
+        tenant: &TenantId,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        let s = self.state.lock();
+        let shared: Vec<Arc<Order>> = s
+            .refunds
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter(|(due, id)| after.is_none_or(|cursor| (*due, *id) > cursor))
+            .take(limit)
+            .filter_map(|(_, id)| s.orders.get(&(tenant.clone(), *id)).cloned())
+            .collect();
+        drop(s);
+        Ok(shared.iter().map(|o| Order::clone(o)).collect())
+    }
+
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32> {
         let staged = Staged::of(change.order, change.events);
         let mut s = self.state.lock();

@@ -209,6 +209,32 @@ impl VaultStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn mark_revealed(
+        &self,
+        tenant: &TenantId,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CardId>> {
+        let mut s = self.state.lock();
+        let ids = s
+            .order_cards
+            .get(&(tenant.clone(), order))
+            .cloned()
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = s.cards.get_mut(&id) {
+                let sold = matches!(c.state, CardState::Sold { order: o, .. } if o == order);
+                if sold && c.voided_at.is_none() {
+                    c.revealed_at.get_or_insert(now);
+                    out.push(id);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     async fn card(&self, tenant: &TenantId, id: CardId) -> Result<Option<StoredCard>> {
         Ok(self
             .state

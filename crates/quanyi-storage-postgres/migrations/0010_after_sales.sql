@@ -1,0 +1,7 @@
+-- After-sales refunds: a card remembers its first reveal and the refund that voided it (a card
+-- is never both; neither column is indexed, so marking a card keeps its update in place), and
+-- orders with an open refund are queued by when the refund needs attention (microseconds
+-- since the epoch; null, and out of the index, for every other order).
+ALTER TABLE cards ADD COLUMN revealed_at bigint, ADD COLUMN voided_at bigint;
+ALTER TABLE orders ADD COLUMN refund_due bigint;
+CREATE INDEX orders_refund_queue ON orders (tenant, refund_due, id) WHERE refund_due IS NOT NULL;

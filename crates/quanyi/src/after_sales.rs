@@ -1,0 +1,590 @@
+//! After-sales refunds (售后) through `shop.orders()`: a buyer's request, an operator's refund,
+//! the operators' queue and its decisions, and paying approved refunds through the gateway.
+//!
+//! What a refund may do without a person is each line's [`RefundRule`](quanyi_order::RefundRule):
+//! card keys never revealed are voided in the same write as the refund's approval (a reveal
+//! marks each card first and never opens a voided one, so a buyer gets the key or the money,
+//! never both); revealed keys, completed top-ups and granted memberships need an operator's
+//! override with a reason. A buyer's request that needs one waits in the queue until
+//! [`ShopBuilder::refund_review`](crate::ShopBuilder::refund_review) after it was asked (then it
+//! is listed overdue; it is never decided by the clock).
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration, Utc};
+use quanyi_core::{Actor, ErrorKind, MemberId, Money, OrderId};
+use quanyi_order::{Asker, Order, Refund, RefundAsk, RefundStatus};
+use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, MAX_SEARCH_PAGE, OrderChange};
+
+use crate::payments::RefundRequest;
+use crate::{Error, Orders, Result, Shop};
+
+/// How often a refund command reads the order again after losing a race to another writer.
+const ATTEMPTS: usize = 10;
+
+/// An approved refund the shop pays from the sweep when the inline payment did not finish:
+/// approved at least this long ago, so a payment still under way is not repeated at once.
+const PAYOUT_GRACE_SECONDS: i64 = 60;
+
+/// Default time an operator has to decide a buyer's refund request.
+pub const DEFAULT_REFUND_REVIEW_HOURS: i64 = 72;
+
+/// One line of an operator's refund and the amount to pay back for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundPart {
+    /// The order line (a benefit pack's component is a line with its share of the price).
+    pub line: u16,
+    /// What to pay back; `None`: what is left of the line's share.
+    pub amount: Option<Money>,
+}
+
+impl RefundPart {
+    /// What is left of the line's share.
+    pub fn whole(line: u16) -> RefundPart {
+        RefundPart { line, amount: None }
+    }
+
+    /// Part of the line's share (an operator's override: the line's codes are not voided).
+    pub fn partial(line: u16, amount: Money) -> RefundPart {
+        RefundPart {
+            line,
+            amount: Some(amount),
+        }
+    }
+}
+
+/// A refund waiting in the operators' queue: a decision, or its payment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedRefund {
+    /// The order.
+    pub order: OrderId,
+    /// The refund, requested or approved.
+    pub refund: Refund,
+    /// A requested refund's deadline, or when an approved one was approved.
+    pub due: DateTime<Utc>,
+    /// Past its deadline (requested refunds only).
+    pub overdue: bool,
+}
+
+/// One page of the refund queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundQueuePage {
+    /// The refunds, earliest due first.
+    pub refunds: Vec<QueuedRefund>,
+    /// Where the next page starts (`None`: this is the last).
+    pub next: Option<(DateTime<Utc>, OrderId)>,
+}
+
+/// Who runs a refund command, and how its change is written.
+enum By<'a> {
+    Buyer(&'a MemberId),
+    Operator(&'a Actor),
+}
+
+impl Orders<'_> {
+    /// A buyer asks for the money back for lines of a delivered order (`lines` empty: every
+    /// line that can still be refunded), with a reason. Lines whose card keys were never
+    /// revealed are refunded at once and their keys voided; a request that needs a decision
+    /// (revealed keys, completed top-ups, granted memberships) waits for an operator. Asking
+    /// again for the same lines answers the refund already asked for, once, however many
+    /// requests race. Answers the refund as it stands after (paid when the gateway answered).
+    ///
+    /// # Errors
+    /// [`Error::UnknownOrder`] (also for another member's order); [`Error::Order`]
+    /// (`wrong_status`, `not_refundable`, `refund_open` for lines another refund holds,
+    /// `invalid_refund`, `unknown_line`); [`Error::NoPaymentGateway`], [`Error::Gateway`]
+    /// (the refund stays approved and is paid by the `pay_refunds` sweep or a repeat);
+    /// [`Error::Storage`].
+    pub async fn request_refund(
+        &self,
+        member: &MemberId,
+        order: OrderId,
+        lines: &[u16],
+        reason: &str,
+    ) -> Result<Refund> {
+        let parts: Vec<RefundPart> = lines.iter().map(|l| RefundPart::whole(*l)).collect();
+        self.open_refund(By::Buyer(member), order, parts, reason, false)
+            .await
+    }
+
+    /// An operator refunds lines of a delivered order, each for what is left of its share or
+    /// a part of it, with a reason. Without `override_rules` only lines whose rule refunds at
+    /// once may be named (unrevealed keys, voided); with it any delivered line (revealed keys,
+    /// completed top-ups, part of a share). The refund and its audit record
+    /// (`refund_issued`) are one write; the money is paid back through the gateway at once.
+    ///
+    /// # Errors
+    /// As [`request_refund`](Orders::request_refund), and [`Error::Order`]
+    /// (`refund_needs_override`, `refund_amount` for more than is left of a line's share).
+    pub async fn refund(
+        &self,
+        actor: &Actor,
+        order: OrderId,
+        parts: &[RefundPart],
+        reason: &str,
+        override_rules: bool,
+    ) -> Result<Refund> {
+        self.open_refund(
+            By::Operator(actor),
+            order,
+            parts.to_vec(),
+            reason,
+            override_rules,
+        )
+        .await
+    }
+
+    /// An operator approves a requested refund with a reason: keys still unrevealed are voided,
+    /// the rest is an override; the decision and its audit record (`refund_approved`) are one
+    /// write, and the money is paid back at once.
+    ///
+    /// # Errors
+    /// [`Error::UnknownOrder`]; [`Error::Order`] (`unknown_refund`, `refund_status` unless
+    /// requested, `invalid_refund`); as [`request_refund`](Orders::request_refund) for the
+    /// payment.
+    pub async fn approve_refund(
+        &self,
+        actor: &Actor,
+        order: OrderId,
+        refund: u16,
+        reason: &str,
+    ) -> Result<Refund> {
+        self.decide(actor, order, refund, reason, true).await
+    }
+
+    /// An operator rejects a requested refund with a reason; the decision and its audit
+    /// record (`refund_rejected`) are one write. The lines may be asked for again.
+    ///
+    /// # Errors
+    /// As [`approve_refund`](Orders::approve_refund), without the payment.
+    pub async fn reject_refund(
+        &self,
+        actor: &Actor,
+        order: OrderId,
+        refund: u16,
+        reason: &str,
+    ) -> Result<Refund> {
+        self.decide(actor, order, refund, reason, false).await
+    }
+
+    /// The refunds waiting for an operator's decision or for their payment, earliest due
+    /// first, up to `limit` orders' worth (at most [`MAX_SEARCH_PAGE`]) after `after`. Audited
+    /// (`refund_queue_viewed`) after the read.
+    ///
+    /// # Errors
+    /// [`Error::Storage`].
+    pub async fn refund_queue(
+        &self,
+        actor: &Actor,
+        after: Option<(DateTime<Utc>, OrderId)>,
+        limit: usize,
+    ) -> Result<RefundQueuePage> {
+        let shop = self.shop;
+        let limit = limit.clamp(1, MAX_SEARCH_PAGE);
+        let orders = shop
+            .store_ref()
+            .refund_queue(&shop.tenant, after, limit)
+            .await?;
+        let now = shop.now();
+        let next = if orders.len() == limit {
+            orders
+                .last()
+                .and_then(|o| o.refund_due().map(|due| (due, o.id())))
+        } else {
+            None
+        };
+        let refunds: Vec<QueuedRefund> = orders
+            .iter()
+            .flat_map(|o| {
+                o.refunds()
+                    .iter()
+                    .filter(|r| r.status.is_open())
+                    .map(move |r| queued(o.id(), r, now))
+            })
+            .collect();
+        shop.audit(
+            &actor.to_string(),
+            AuditAction::RefundQueueViewed,
+            "refunds".to_owned(),
+            AuditOutcome::Allowed,
+            format!("{} refund(s)", refunds.len()),
+        )
+        .await?;
+        Ok(RefundQueuePage { refunds, next })
+    }
+
+    /// Pays the approved refunds whose payment did not finish (a stopped process, a gateway
+    /// that was down): those approved more than a minute ago. Run by the `Worker` as the
+    /// `pay_refunds` sweep. Returns how many were paid.
+    ///
+    /// # Errors
+    /// [`Error::NoPaymentGateway`]; [`Error::Storage`]. A refund the gateway refuses is left
+    /// approved and logged; the others are still paid.
+    pub async fn pay_due_refunds(&self) -> Result<usize> {
+        let shop = self.shop;
+        let before = shop.now() - Duration::seconds(PAYOUT_GRACE_SECONDS);
+        let mut after = None;
+        let mut paid = 0;
+        loop {
+            let orders = shop
+                .store_ref()
+                .refund_queue(&shop.tenant, after, MAX_SEARCH_PAGE)
+                .await?;
+            let full = orders.len() == MAX_SEARCH_PAGE;
+            for order in &orders {
+                after = order.refund_due().map(|due| (due, order.id()));
+                let due: Vec<u16> = order
+                    .refunds()
+                    .iter()
+                    .filter(|r| r.status == RefundStatus::Approved)
+                    .filter(|r| r.decision.as_ref().is_some_and(|d| d.at <= before))
+                    .map(|r| r.no)
+                    .collect();
+                for no in due {
+                    match self.pay(order.id(), no).await {
+                        Ok(_) => paid += 1,
+                        Err(Error::NoPaymentGateway) => return Err(Error::NoPaymentGateway),
+                        Err(e) => {
+                            tracing::warn!(order = %order.id(), refund = no, error = %e, "refund not paid");
+                        }
+                    }
+                }
+            }
+            if !full {
+                return Ok(paid);
+            }
+        }
+    }
+
+    /// Opens a refund: reads the order and its cards' reveals, lets the order decide, writes the
+    /// refund with the cards it voids, and pays an approved one. A write that loses a race
+    /// (the order changed, a card was revealed meanwhile) reads again and decides again.
+    async fn open_refund(
+        &self,
+        by: By<'_>,
+        id: OrderId,
+        parts: Vec<RefundPart>,
+        reason: &str,
+        override_rules: bool,
+    ) -> Result<Refund> {
+        let shop = self.shop;
+        let reason = reason.trim().to_owned();
+        let asked_by = match by {
+            By::Buyer(_) => Asker::Buyer,
+            By::Operator(actor) => Asker::Operator {
+                actor: actor.clone(),
+            },
+        };
+        for _ in 0..ATTEMPTS {
+            let mut order = shop.order(id).await?;
+            if let By::Buyer(member) = by {
+                if order.member() != member {
+                    return Err(Error::UnknownOrder(id));
+                }
+            }
+            let lines: Vec<(u16, Option<Money>)> = if parts.is_empty() {
+                refundable_lines(&order)
+            } else {
+                parts.iter().map(|p| (p.line, p.amount)).collect()
+            };
+            if let Some(same) = same_refund(&order, &lines, &asked_by) {
+                let no = same.no;
+                return self.settled(id, no, same.status).await;
+            }
+            let revealed = self.revealed_lines(&order).await?;
+            let expected = order.version();
+            let now = shop.now();
+            let ask = RefundAsk {
+                lines,
+                reason: reason.clone(),
+                asked_by: asked_by.clone(),
+                override_rules,
+                due: now + shop.inner.refund_review,
+            };
+            let (no, events) = order.ask_refund(ask, |l| revealed.contains(&l), now)?;
+            let refund = order.refund(no).cloned().ok_or(Error::Order(
+                quanyi_order::Error::UnknownRefund { refund: no },
+            ))?;
+            let record = match by {
+                By::Buyer(_) => None,
+                By::Operator(actor) => Some(shop.audit_record(
+                    &actor.to_string(),
+                    AuditAction::RefundIssued,
+                    id.to_string(),
+                    AuditOutcome::Allowed,
+                    refund_detail(&refund, override_rules),
+                )),
+            };
+            match self
+                .write(&order, expected, events, &refund.voided, record.as_ref())
+                .await
+            {
+                Ok(()) => return self.settled(id, no, refund.status).await,
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "order",
+            id,
+            "kept changing during the refund",
+        )))
+    }
+
+    /// An operator's decision on a requested refund.
+    async fn decide(
+        &self,
+        actor: &Actor,
+        id: OrderId,
+        no: u16,
+        reason: &str,
+        approve: bool,
+    ) -> Result<Refund> {
+        let shop = self.shop;
+        let reason = reason.trim().to_owned();
+        for _ in 0..ATTEMPTS {
+            let mut order = shop.order(id).await?;
+            let expected = order.version();
+            let now = shop.now();
+            let revealed = self.revealed_lines(&order).await?;
+            let events = if approve {
+                order.approve_refund(no, actor, reason.clone(), |l| revealed.contains(&l), now)?
+            } else {
+                order.reject_refund(no, actor, reason.clone(), now)?
+            };
+            let refund = order.refund(no).cloned().ok_or(Error::Order(
+                quanyi_order::Error::UnknownRefund { refund: no },
+            ))?;
+            let action = if approve {
+                AuditAction::RefundApproved
+            } else {
+                AuditAction::RefundRejected
+            };
+            let detail = format!(
+                "refund {no} of {}: {reason}",
+                refund.amount.to_decimal().normalize()
+            );
+            let record = shop.audit_record(
+                &actor.to_string(),
+                action,
+                id.to_string(),
+                AuditOutcome::Allowed,
+                detail,
+            );
+            match self
+                .write(&order, expected, events, &refund.voided, Some(&record))
+                .await
+            {
+                Ok(()) => return self.settled(id, no, refund.status).await,
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "order",
+            id,
+            "kept changing during the decision",
+        )))
+    }
+
+    /// Pays an approved refund, or answers the refund as it stands.
+    async fn settled(&self, id: OrderId, no: u16, status: RefundStatus) -> Result<Refund> {
+        if status == RefundStatus::Approved {
+            return self.pay(id, no).await;
+        }
+        let order = self.shop.order(id).await?;
+        order
+            .refund(no)
+            .cloned()
+            .ok_or(Error::Order(quanyi_order::Error::UnknownRefund {
+                refund: no,
+            }))
+    }
+
+    /// Pays an approved refund through the gateway under its stable refund id, then marks it
+    /// paid. Repeating it is safe: the gateway receives the same refund id, and the mark is
+    /// written once.
+    async fn pay(&self, id: OrderId, no: u16) -> Result<Refund> {
+        let shop = self.shop;
+        for _ in 0..ATTEMPTS {
+            let mut order = shop.order(id).await?;
+            let refund = order.refund(no).cloned().ok_or(Error::Order(
+                quanyi_order::Error::UnknownRefund { refund: no },
+            ))?;
+            if refund.status != RefundStatus::Approved {
+                return Ok(refund);
+            }
+            let gateway = shop.inner.gateway.as_ref().ok_or(Error::NoPaymentGateway)?;
+            let payment = order
+                .payment()
+                .ok_or_else(|| Error::InvalidInput(format!("order {id} has no payment")))?;
+            let receipt = gateway
+                .refund(&RefundRequest {
+                    refund_id: refund.refund_id(id),
+                    order: id,
+                    provider: payment.provider.to_string(),
+                    transaction_id: payment.transaction_id.to_string(),
+                    amount: refund.amount,
+                    reason: refund.reason.clone(),
+                })
+                .await?;
+            tracing::info!(order = %id, refund = no, receipt = %receipt.provider_refund_id, amount = %refund.amount, "refund paid");
+            let expected = order.version();
+            let events = order.refund_paid(no, receipt.provider_refund_id, shop.now())?;
+            match self.write(&order, expected, events, &[], None).await {
+                Ok(()) => {
+                    return order.refund(no).cloned().ok_or(Error::Order(
+                        quanyi_order::Error::UnknownRefund { refund: no },
+                    ));
+                }
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Storage(quanyi_storage::Error::conflict(
+            "order",
+            id,
+            "kept changing during the refund's payment",
+        )))
+    }
+
+    /// Writes a refund change of `order` (loaded at `expected`) with its events.
+    async fn write(
+        &self,
+        order: &Order,
+        expected: u64,
+        events: Vec<quanyi_order::OrderEvent>,
+        void: &[quanyi_core::CardId],
+        record: Option<&AuditRecord>,
+    ) -> Result<()> {
+        let shop = self.shop;
+        let now = order.updated_at();
+        let envs = shop.envelopes("order", order.id(), order.version(), events, now);
+        shop.store_ref()
+            .refund_order(
+                OrderChange {
+                    order,
+                    expected_version: expected,
+                    events: &envs,
+                },
+                void,
+                record,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The lines of `order` with a card its buyer revealed.
+    async fn revealed_lines(&self, order: &Order) -> Result<HashSet<u16>> {
+        if order.lines().iter().all(|l| l.cards.is_empty()) {
+            return Ok(HashSet::new());
+        }
+        let shop = self.shop;
+        let cards = shop
+            .store_ref()
+            .order_cards(&shop.tenant, order.id())
+            .await?;
+        Ok(cards
+            .iter()
+            .filter(|c| c.revealed_at.is_some())
+            .filter_map(|c| {
+                order
+                    .lines()
+                    .iter()
+                    .find(|l| l.cards.contains(&c.id))
+                    .map(|l| l.no)
+            })
+            .collect())
+    }
+}
+
+/// A write lost to another writer: read again and decide again.
+fn retry(e: &Error) -> bool {
+    matches!(e, Error::Storage(s) if s.kind() == ErrorKind::Conflict)
+}
+
+/// Every line a buyer may still ask for: delivered, not refunded in full, held by no open
+/// refund; the whole of what is left of each.
+fn refundable_lines(order: &Order) -> Vec<(u16, Option<Money>)> {
+    order
+        .lines()
+        .iter()
+        .filter(|l| l.status == quanyi_order::LineStatus::Delivered)
+        .filter(|l| order.open_refund_of(l.no).is_none())
+        .map(|l| (l.no, None))
+        .collect()
+}
+
+/// A refund, not rejected, that the same kind of asker asked for the same lines and amounts:
+/// the answer to a repeated request.
+fn same_refund<'a>(
+    order: &'a Order,
+    lines: &[(u16, Option<Money>)],
+    asked_by: &Asker,
+) -> Option<&'a Refund> {
+    order.refunds().iter().rev().find(|r| {
+        r.status != RefundStatus::Rejected
+            && r.asked_by == *asked_by
+            && r.lines.len() == lines.len()
+            && lines.iter().all(|(no, amount)| {
+                r.amount_for(*no).is_some_and(|got| match amount {
+                    Some(want) => *want == got,
+                    None => Some(got) == rest_before(order, r, *no),
+                })
+            })
+    })
+}
+
+/// What was left of a line's share when `refund` was asked for: the line's amount less what
+/// earlier paid refunds gave back for it.
+fn rest_before(order: &Order, refund: &Refund, line: u16) -> Option<Money> {
+    let earlier = order
+        .refunds()
+        .iter()
+        .filter(|r| r.no < refund.no && r.status == RefundStatus::Paid)
+        .filter_map(|r| r.amount_for(line))
+        .map(|m| m.minor())
+        .sum::<i64>();
+    let amount = order.line(line)?.amount;
+    Some(Money::from_minor(
+        amount.minor().saturating_sub(earlier),
+        amount.currency(),
+    ))
+}
+
+fn queued(order: OrderId, refund: &Refund, now: DateTime<Utc>) -> QueuedRefund {
+    let due = match refund.status {
+        RefundStatus::Requested => refund.due,
+        _ => refund.decision.as_ref().map(|d| d.at),
+    }
+    .unwrap_or(refund.asked_at);
+    QueuedRefund {
+        order,
+        refund: refund.clone(),
+        due,
+        overdue: refund.status == RefundStatus::Requested && due <= now,
+    }
+}
+
+fn refund_detail(refund: &Refund, override_rules: bool) -> String {
+    let lines: Vec<String> = refund
+        .lines
+        .iter()
+        .map(|l| format!("L{} {}", l.line, l.amount.to_decimal().normalize()))
+        .collect();
+    format!(
+        "refund {}{}: {} ({})",
+        refund.no,
+        if override_rules { " (override)" } else { "" },
+        lines.join(", "),
+        refund.reason
+    )
+}
+
+impl Shop {
+    /// Pays approved refunds left unpaid ([`Orders::pay_due_refunds`]); the `pay_refunds`
+    /// sweep's work.
+    pub(crate) async fn pay_due_refunds(&self) -> Result<usize> {
+        self.orders().pay_due_refunds().await
+    }
+}
