@@ -5,3 +5,13 @@
 ALTER TABLE cards ADD COLUMN revealed_at bigint, ADD COLUMN voided_at bigint;
 ALTER TABLE orders ADD COLUMN refund_due bigint;
 CREATE INDEX orders_refund_queue ON orders (tenant, refund_due, id) WHERE refund_due IS NOT NULL;
+-- The refund ledger: every refund the payment provider paid back, once per refund id, by the
+-- time it was recorded paid (microseconds), to reconcile a period with the provider.
+CREATE TABLE refunds_paid (
+    tenant    text COLLATE "C" NOT NULL,
+    refund_id text COLLATE "C" NOT NULL,
+    paid_at   bigint NOT NULL,
+    doc       text NOT NULL,
+    CONSTRAINT refunds_paid_pkey PRIMARY KEY (tenant, refund_id)
+);
+CREATE INDEX refunds_paid_by_time ON refunds_paid (tenant, paid_at, refund_id);

@@ -75,6 +75,13 @@ const LOCK_TO_VOID: &str = "SELECT id, state, order_id, revealed_at, voided_at F
      WHERE id = ANY($2) AND tenant = $1 ORDER BY id FOR UPDATE";
 /// Voids the cards $2 of tenant $1 at $3 (checked and locked with [`LOCK_TO_VOID`]).
 const VOID: &str = "UPDATE cards SET voided_at = $3 WHERE id = ANY($2) AND tenant = $1";
+/// Records refund $2 of tenant $1 paid at $3 in the ledger (document $4), once.
+const RECORD_PAID: &str = "INSERT INTO refunds_paid (tenant, refund_id, paid_at, doc) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+/// Tenant $1's refunds paid in [$2, $3) after the cursor ($4 time, $5 id), by time then id.
+const REFUNDS_PAID: &str = "SELECT doc FROM refunds_paid \
+     WHERE tenant = $1 AND paid_at >= $2 AND paid_at < $3 AND (paid_at, refund_id) > ($4, $5) \
+     ORDER BY paid_at, refund_id LIMIT $6";
 /// Keeps when order $2 of tenant $1 needs attention for its refunds (null: none open).
 const SET_REFUND_DUE: &str = "UPDATE orders SET refund_due = $3 WHERE tenant = $1 AND id = $2";
 /// Orders of tenant $1 with an open refund after the cursor ($2 due, $3 id), by due then id.
@@ -367,11 +374,19 @@ impl OrderStore for PgStore {
     async fn refund_order(
         &self,
         change: OrderChange<'_>,
-        void: &[CardId],
-        audit: Option<&quanyi_storage::AuditRecord>,
+        write: quanyi_storage::RefundWrite<'_>,
     ) -> Result<()> {
         let order = change.order;
-        let trail = crate::logs::TrailColumns::new(quanyi_storage::Trail { events: &[], audit })?;
+        quanyi_storage::check_paid(write.paid, order.tenant())?;
+        let void = write.void;
+        let trail = crate::logs::TrailColumns::new(quanyi_storage::Trail {
+            events: &[],
+            audit: write.audit,
+        })?;
+        let paid = write
+            .paid
+            .map(|p| -> Result<_> { Ok((p, to_json(p, "refund")?)) })
+            .transpose()?;
         let mut conn = self.conn().await?;
         let stmt = conn.prepare(&UPDATE).await?;
         conn.in_txn = true;
@@ -412,6 +427,25 @@ impl OrderStore for PgStore {
                     .await
                     .map_err(db)?;
             }
+            if let Some((p, doc)) = &paid {
+                let ledger = conn.prepare(RECORD_PAID).await?;
+                let taken = conn
+                    .client()
+                    .execute(
+                        &ledger,
+                        &[
+                            &order.tenant().as_str(),
+                            &p.refund_id,
+                            &micros(p.paid_at),
+                            doc,
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                if taken == 0 {
+                    return Err(Error::conflict("refund", &p.refund_id, "paid already"));
+                }
+            }
             write_change(conn.client(), &stmt, &change).await?;
             let due = conn.prepare(SET_REFUND_DUE).await?;
             conn.client()
@@ -429,6 +463,40 @@ impl OrderStore for PgStore {
         }
         .await;
         conn.finish(outcome).await
+    }
+
+    async fn refunds_paid(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, String)>,
+        max: usize,
+    ) -> Result<Vec<quanyi_storage::PaidRefund>> {
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (micros(at), id),
+            None => (i64::MIN, String::new()),
+        };
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(REFUNDS_PAID).await?;
+        let rows = conn
+            .client()
+            .query(
+                &stmt,
+                &[
+                    &tenant.as_str(),
+                    &clamped(from),
+                    &clamped(to),
+                    &after_at,
+                    &after_id,
+                    &limit(max),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| from_json(get::<&str>(r, 0)?, "refund"))
+            .collect()
     }
 
     async fn refund_queue(

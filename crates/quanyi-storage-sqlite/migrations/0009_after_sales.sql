@@ -4,3 +4,13 @@ ALTER TABLE cards ADD COLUMN revealed_at INTEGER;
 ALTER TABLE cards ADD COLUMN voided_at INTEGER;
 ALTER TABLE orders ADD COLUMN refund_due INTEGER;
 CREATE INDEX orders_refund_queue ON orders (tenant, refund_due, id) WHERE refund_due IS NOT NULL;
+-- The refund ledger: every refund the payment provider paid back, once per refund id, by the
+-- time it was recorded paid, to reconcile a period with the provider.
+CREATE TABLE refunds_paid (
+    tenant    TEXT    NOT NULL,
+    refund_id TEXT    NOT NULL,
+    paid_at   INTEGER NOT NULL,
+    doc       TEXT    NOT NULL,
+    PRIMARY KEY (tenant, refund_id)
+) WITHOUT ROWID;
+CREATE INDEX refunds_paid_by_time ON refunds_paid (tenant, paid_at, refund_id);

@@ -369,13 +369,26 @@ impl OrderStore for SqliteStore {
     async fn refund_order(
         &self,
         change: OrderChange<'_>,
-        void: &[CardId],
-        audit: Option<&quanyi_storage::AuditRecord>,
+        write: quanyi_storage::RefundWrite<'_>,
     ) -> Result<()> {
+        quanyi_storage::check_paid(write.paid, change.order.tenant())?;
         let c = change_row(&change)?;
-        let trail = crate::logs::trail_rows(quanyi_storage::Trail { events: &[], audit })?;
+        let trail = crate::logs::trail_rows(quanyi_storage::Trail {
+            events: &[],
+            audit: write.audit,
+        })?;
         let due = change.order.refund_due().map(ts).transpose()?;
-        let void = void.to_vec();
+        let void = write.void.to_vec();
+        let paid = write
+            .paid
+            .map(|p| -> Result<_> {
+                Ok((
+                    p.refund_id.clone(),
+                    ts(p.paid_at)?,
+                    crate::convert::to_doc(p, "refund")?,
+                ))
+            })
+            .transpose()?;
         self.pool
             .write(move |tx| {
                 let checked = check_order_change(tx, &c)?;
@@ -404,6 +417,19 @@ impl OrderStore for SqliteStore {
                         .execute(params![card.as_bytes(), at])
                         .db()?;
                 }
+                if let Some((refund_id, paid_at, doc)) = &paid {
+                    let taken = tx
+                        .prepare_cached(
+                            "INSERT INTO refunds_paid (tenant, refund_id, paid_at, doc)
+                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                        )
+                        .db()?
+                        .execute(params![o.tenant, refund_id, paid_at, doc])
+                        .db()?;
+                    if taken == 0 {
+                        return Err(Error::conflict("refund", refund_id, "paid already"));
+                    }
+                }
                 apply_order_change(tx, &c, checked)?;
                 tx.prepare_cached(
                     "UPDATE orders SET refund_due = ?3 WHERE tenant = ?1 AND id = ?2",
@@ -412,6 +438,45 @@ impl OrderStore for SqliteStore {
                 .execute(params![o.tenant, o.id.as_bytes(), due])
                 .db()?;
                 crate::logs::write_trail(tx, &trail, o.id)
+            })
+            .await
+    }
+
+    async fn refunds_paid(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit_to: usize,
+    ) -> Result<Vec<quanyi_storage::PaidRefund>> {
+        let tenant = tenant.as_str().to_owned();
+        let (from, to) = (clamped(from), clamped(to));
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (ts(at)?, id),
+            None => (i64::MIN, String::new()),
+        };
+        let n = limit(limit_to);
+        self.pool
+            .read(move |tx| {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT doc FROM refunds_paid INDEXED BY refunds_paid_by_time
+                         WHERE tenant = ?1 AND paid_at >= ?2 AND paid_at < ?3
+                           AND (paid_at > ?4 OR (paid_at = ?4 AND refund_id > ?5))
+                         ORDER BY paid_at, refund_id LIMIT ?6",
+                    )
+                    .db()?;
+                let docs = stmt
+                    .query_map(params![tenant, from, to, after_at, after_id, n], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .db()?;
+                docs.iter()
+                    .map(|d| crate::convert::from_doc(d, "refund"))
+                    .collect()
             })
             .await
     }

@@ -16,6 +16,7 @@ pub use model::{
 };
 pub use model::{FeedEvent, FeedPosition, MAX_CONSUMER_NAME, check_consumer_name};
 pub use model::{MAX_SEARCH_PAGE, OrderCursor, OrderQuery, placed_at, search_in_pages};
+pub use model::{PaidRefund, RefundWrite, check_paid};
 pub use ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore, Store,
     VaultStore,

@@ -806,3 +806,51 @@ where
         }
     }
 }
+
+/// A refund the payment provider paid back, as the refund ledger keeps it for reconciliation
+/// with the provider: after-sales refunds (`<order>-R<n>`) and the pay-backs of lines that
+/// could not be delivered (`<order>-L<line>`, `<order>-all`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidRefund {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The refund id the gateway received; unique per tenant.
+    pub refund_id: String,
+    /// The order.
+    pub order: OrderId,
+    /// The provider that took the payment.
+    pub provider: String,
+    /// The provider's transaction id of the payment.
+    pub transaction_id: String,
+    /// What was paid back.
+    pub amount: Money,
+    /// The provider's id of the refund.
+    pub receipt: String,
+    /// When the shop recorded it paid.
+    pub paid_at: DateTime<Utc>,
+}
+
+/// Refuses a ledger entry of another tenant than the order's.
+///
+/// # Errors
+/// `Invalid`.
+pub fn check_paid(paid: Option<&PaidRefund>, tenant: &TenantId) -> crate::Result<()> {
+    match paid {
+        Some(p) if &p.tenant != tenant => Err(crate::Error::Invalid(format!(
+            "refund {} of tenant {} written with an order of tenant {tenant}",
+            p.refund_id, p.tenant
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What an order's refund change writes beside the order ([`OrderStore::refund_order`](crate::OrderStore::refund_order)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RefundWrite<'a> {
+    /// Cards to void: each sold to the order, never revealed, not voided yet.
+    pub void: &'a [CardId],
+    /// A refund the change records paid, for the refund ledger.
+    pub paid: Option<&'a PaidRefund>,
+    /// The operator's record of the change.
+    pub audit: Option<&'a AuditRecord>,
+}

@@ -14,8 +14,8 @@ use crate::Result;
 use crate::model::{
     AuditRecord, Claim, DestroyOutcome, FeedEvent, FeedPosition, HeldCard, IndexChange,
     InsertCardsOutcome, Job, MemberLimit, NewCard, NewJob, NewOrder, OrderChange, OrderCursor,
-    OrderQuery, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, StockCount, StoredCard,
-    Trail,
+    OrderQuery, PaidRefund, PaymentNotice, PaymentWrite, RecordOutcome, RefundWrite, Reindexed,
+    StockCount, StoredCard, Trail,
 };
 
 /// Goods and their SKUs, stored as one versioned aggregate.
@@ -102,24 +102,33 @@ pub trait OrderStore: Send + Sync {
         audit: Option<&AuditRecord>,
     ) -> Result<()>;
 
-    /// Writes an after-sales refund's change of an order (asked, approved, rejected or paid:
-    /// the order's open refunds change) with its events and, for an operator's change, the
-    /// operator's audit record, and voids the cards in `void`, in one atomic step. Each card in
-    /// `void` must be sold to the order, never revealed and not voided yet; it is marked voided
-    /// (at the order's `updated_at`) and is never revealed or sold again. The store keeps the
-    /// order's [`refund_due`](Order::refund_due) for [`refund_queue`](OrderStore::refund_queue);
-    /// only this method changes an order's refunds.
+    /// Writes a refund's change of an order (an after-sales refund asked, approved, rejected or
+    /// paid, or the pay-back of lines that could not be delivered) with its events, and in the
+    /// same atomic step what `write` names: the cards it voids (each must be sold to the order,
+    /// never revealed and not voided yet; it is marked voided at the order's `updated_at` and is
+    /// never revealed or sold again), the refund it records paid in the refund ledger (once per
+    /// tenant and refund id), and the operator's audit record. The store keeps the order's
+    /// [`refund_due`](Order::refund_due) for [`refund_queue`](OrderStore::refund_queue); only
+    /// this method changes an order's after-sales refunds.
     ///
     /// # Errors
     /// As [`update_order`](OrderStore::update_order); [`Revealed`](crate::Error::Revealed) for
-    /// a card in `void` its buyer revealed; `Conflict` on `"card"` for one not sold to the
-    /// order or voided already. Nothing is written on any error.
-    async fn refund_order(
+    /// a card to void that its buyer revealed; `Conflict` on `"card"` for one not sold to the
+    /// order or voided already, on `"refund"` for a refund id the ledger holds. Nothing is
+    /// written on any error.
+    async fn refund_order(&self, change: OrderChange<'_>, write: RefundWrite<'_>) -> Result<()>;
+
+    /// Up to `limit` refunds of a tenant the ledger recorded paid in `[from, to)`, by (paid
+    /// time, refund id), after the cursor `after` when given: a period's refunds, to reconcile
+    /// with the payment provider.
+    async fn refunds_paid(
         &self,
-        change: OrderChange<'_>,
-        void: &[CardId],
-        audit: Option<&AuditRecord>,
-    ) -> Result<()>;
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<PaidRefund>>;
 
     /// Up to `limit` of a tenant's orders with an open refund, by
     /// [`refund_due`](Order::refund_due) then id, after the cursor `after` when given: the

@@ -190,11 +190,24 @@ impl OrderStore for HookedStore {
     async fn refund_order(
         &self,
         change: OrderChange<'_>,
-        void: &[CardId],
-        audit: Option<&AuditRecord>,
+        write: quanyi_storage::RefundWrite<'_>,
     ) -> Result<()> {
         self.before("refund_order").await?;
-        self.inner.refund_order(change, void, audit).await
+        self.inner.refund_order(change, write).await
+    }
+
+    async fn refunds_paid(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<quanyi_storage::PaidRefund>> {
+        self.before("refunds_paid").await?;
+        self.inner
+            .refunds_paid(tenant, from, to, after, limit)
+            .await
     }
 
     async fn refund_queue(

@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use chrono::{DateTime, Duration, Utc};
 use quanyi_core::{Actor, ErrorKind, MemberId, Money, OrderId};
 use quanyi_order::{Asker, Order, Refund, RefundAsk, RefundStatus};
-use quanyi_storage::{AuditAction, AuditOutcome, AuditRecord, MAX_SEARCH_PAGE, OrderChange};
+use quanyi_storage::{
+    AuditAction, AuditOutcome, MAX_SEARCH_PAGE, OrderChange, PaidRefund, RefundWrite,
+};
 
 use crate::payments::RefundRequest;
 use crate::{Error, Orders, Result, Shop};
@@ -73,6 +75,32 @@ pub struct RefundQueuePage {
     pub refunds: Vec<QueuedRefund>,
     /// Where the next page starts (`None`: this is the last).
     pub next: Option<(DateTime<Utc>, OrderId)>,
+}
+
+/// The refunds paid in a period, to reconcile with the payment providers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundReport {
+    /// The period's start (included).
+    pub from: DateTime<Utc>,
+    /// Its end (excluded).
+    pub to: DateTime<Utc>,
+    /// Every refund recorded paid in the period, by time then refund id: after-sales refunds
+    /// (`<order>-R<n>`) and pay-backs of lines that could not be delivered (`<order>-L<line>`,
+    /// `<order>-all`).
+    pub refunds: Vec<PaidRefund>,
+    /// The sums by provider and currency, in that order.
+    pub totals: Vec<RefundTotal>,
+}
+
+/// What one provider paid back in one currency in a report's period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundTotal {
+    /// The provider.
+    pub provider: String,
+    /// The refunds counted.
+    pub count: usize,
+    /// Their sum.
+    pub amount: Money,
 }
 
 /// Who runs a refund command, and how its change is written.
@@ -213,6 +241,78 @@ impl Orders<'_> {
         Ok(RefundQueuePage { refunds, next })
     }
 
+    /// The refunds paid in `[from, to)` (for a calendar day or month of the shop, pass its
+    /// bounds from [`Shop::calendar`](crate::Shop::calendar)), with their sums by provider and
+    /// currency, to reconcile with the payment providers' statements. Audited
+    /// (`refund_report_viewed`) after the read.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `to` is not after `from`; [`Error::Storage`].
+    pub async fn refund_report(
+        &self,
+        actor: &Actor,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<RefundReport> {
+        if to <= from {
+            return Err(Error::InvalidInput(
+                "a refund report's period ends after it starts".into(),
+            ));
+        }
+        let shop = self.shop;
+        let mut refunds: Vec<PaidRefund> = Vec::new();
+        loop {
+            let after = refunds.last().map(|r| (r.paid_at, r.refund_id.clone()));
+            let page = shop
+                .store_ref()
+                .refunds_paid(&shop.tenant, from, to, after, MAX_SEARCH_PAGE)
+                .await?;
+            let full = page.len() == MAX_SEARCH_PAGE;
+            refunds.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let mut totals: Vec<RefundTotal> = Vec::new();
+        for r in &refunds {
+            let same = |t: &&mut RefundTotal| {
+                t.provider == r.provider && t.amount.currency() == r.amount.currency()
+            };
+            match totals.iter_mut().find(same) {
+                Some(total) => {
+                    total.count += 1;
+                    total.amount = total
+                        .amount
+                        .checked_add(r.amount)
+                        .map_err(quanyi_order::Error::from)?;
+                }
+                None => totals.push(RefundTotal {
+                    provider: r.provider.clone(),
+                    count: 1,
+                    amount: r.amount,
+                }),
+            }
+        }
+        totals.sort_by(|a, b| {
+            (a.provider.as_str(), a.amount.currency().code())
+                .cmp(&(b.provider.as_str(), b.amount.currency().code()))
+        });
+        shop.audit(
+            &actor.to_string(),
+            AuditAction::RefundReportViewed,
+            "refunds".to_owned(),
+            AuditOutcome::Allowed,
+            format!("{} refund(s) from {from} to {to}", refunds.len()),
+        )
+        .await?;
+        Ok(RefundReport {
+            from,
+            to,
+            refunds,
+            totals,
+        })
+    }
+
     /// Pays the approved refunds whose payment did not finish (a stopped process, a gateway
     /// that was down): those approved more than a minute ago. Run by the `Worker` as the
     /// `pay_refunds` sweep. Returns how many were paid.
@@ -315,10 +415,12 @@ impl Orders<'_> {
                     refund_detail(&refund, override_rules),
                 )),
             };
-            match self
-                .write(&order, expected, events, &refund.voided, record.as_ref())
-                .await
-            {
+            let write = RefundWrite {
+                void: &refund.voided,
+                paid: None,
+                audit: record.as_ref(),
+            };
+            match self.write(&order, expected, events, write).await {
                 Ok(()) => return self.settled(id, no, refund.status).await,
                 Err(e) if retry(&e) => continue,
                 Err(e) => return Err(e),
@@ -371,10 +473,12 @@ impl Orders<'_> {
                 AuditOutcome::Allowed,
                 detail,
             );
-            match self
-                .write(&order, expected, events, &refund.voided, Some(&record))
-                .await
-            {
+            let write = RefundWrite {
+                void: &refund.voided,
+                paid: None,
+                audit: Some(&record),
+            };
+            match self.write(&order, expected, events, write).await {
                 Ok(()) => return self.settled(id, no, refund.status).await,
                 Err(e) if retry(&e) => continue,
                 Err(e) => return Err(e),
@@ -430,8 +534,23 @@ impl Orders<'_> {
                 .await?;
             tracing::info!(order = %id, refund = no, receipt = %receipt.provider_refund_id, amount = %refund.amount, "refund paid");
             let expected = order.version();
-            let events = order.refund_paid(no, receipt.provider_refund_id, shop.now())?;
-            match self.write(&order, expected, events, &[], None).await {
+            let now = shop.now();
+            let paid = PaidRefund {
+                tenant: shop.tenant.clone(),
+                refund_id: refund.refund_id(id),
+                order: id,
+                provider: payment.provider.to_string(),
+                transaction_id: payment.transaction_id.to_string(),
+                amount: refund.amount,
+                receipt: receipt.provider_refund_id.clone(),
+                paid_at: now,
+            };
+            let events = order.refund_paid(no, receipt.provider_refund_id, now)?;
+            let write = RefundWrite {
+                paid: Some(&paid),
+                ..RefundWrite::default()
+            };
+            match self.write(&order, expected, events, write).await {
                 Ok(()) => {
                     return order.refund(no).cloned().ok_or(Error::Order(
                         quanyi_order::Error::UnknownRefund { refund: no },
@@ -454,8 +573,7 @@ impl Orders<'_> {
         order: &Order,
         expected: u64,
         events: Vec<quanyi_order::OrderEvent>,
-        void: &[quanyi_core::CardId],
-        record: Option<&AuditRecord>,
+        write: RefundWrite<'_>,
     ) -> Result<()> {
         let shop = self.shop;
         let now = order.updated_at();
@@ -467,8 +585,7 @@ impl Orders<'_> {
                     expected_version: expected,
                     events: &envs,
                 },
-                void,
-                record,
+                write,
             )
             .await?;
         Ok(())

@@ -275,10 +275,11 @@ impl Shop {
             let payment = order.payment().ok_or_else(|| {
                 Error::InvalidInput(format!("order {} has no payment", order.id()))
             })?;
+            let mut paid = None;
             if amount.is_positive() {
                 let receipt = gateway
                     .refund(&RefundRequest {
-                        refund_id,
+                        refund_id: refund_id.clone(),
                         order: order.id(),
                         provider: payment.provider.to_string(),
                         transaction_id: payment.transaction_id.to_string(),
@@ -287,6 +288,16 @@ impl Shop {
                     })
                     .await?;
                 tracing::info!(order = %order.id(), refund = %receipt.provider_refund_id, %amount, "refunded");
+                paid = Some(quanyi_storage::PaidRefund {
+                    tenant: self.tenant.clone(),
+                    refund_id,
+                    order: order.id(),
+                    provider: payment.provider.to_string(),
+                    transaction_id: payment.transaction_id.to_string(),
+                    amount,
+                    receipt: receipt.provider_refund_id,
+                    paid_at: self.now(),
+                });
             }
             let expected = order.version();
             let now = self.now();
@@ -295,15 +306,19 @@ impl Shop {
                 None => order.complete_refund(now)?,
             };
             let envs = self.envelopes("order", order.id(), order.version(), events, now);
+            // The pay-back and its entry in the refund ledger are one write.
             match self
                 .store_ref()
-                .update_order(
+                .refund_order(
                     OrderChange {
                         order: &order,
                         expected_version: expected,
                         events: &envs,
                     },
-                    None,
+                    quanyi_storage::RefundWrite {
+                        paid: paid.as_ref(),
+                        ..quanyi_storage::RefundWrite::default()
+                    },
                 )
                 .await
             {

@@ -62,7 +62,7 @@ pub use quanyi_order::{
 };
 pub use quanyi_storage::{
     CardState, FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, OrderCursor, OrderQuery,
-    StockCount, Store,
+    PaidRefund, StockCount, Store,
 };
 pub use quanyi_supplier::{
     Availability, BreakerConfig, ProductCode, RawCallback, Reconciliation, RequestId, Supplier,

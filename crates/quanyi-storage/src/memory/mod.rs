@@ -24,8 +24,9 @@ use smallvec::SmallVec;
 use crate::model::{
     AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, FeedEvent, FeedPosition,
     HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder,
-    NoticeDisposition, OrderChange, OrderCursor, OrderQuery, PaymentNotice, PaymentWrite,
-    RecordOutcome, Reindexed, StockCount, StoredCard, Trail, check_consumer_name,
+    NoticeDisposition, OrderChange, OrderCursor, OrderQuery, PaidRefund, PaymentNotice,
+    PaymentWrite, RecordOutcome, RefundWrite, Reindexed, StockCount, StoredCard, Trail,
+    check_consumer_name, check_paid,
 };
 use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
@@ -60,6 +61,10 @@ struct State {
     unpaid: BTreeSet<(DateTime<Utc>, TenantId, OrderId)>,
     /// Orders with an open refund, by tenant and `Order::refund_due`.
     refunds: Map<TenantId, BTreeSet<(DateTime<Utc>, OrderId)>>,
+    /// The refund ledger: by tenant, (paid time, refund id).
+    refunds_paid: Map<TenantId, BTreeMap<(DateTime<Utc>, String), PaidRefund>>,
+    /// The refund ids the ledger holds, by tenant.
+    refund_ids: HashSet<(TenantId, String)>,
     cards: IdMap<CardId, StoredCard>,
     pools: Map<Key<SkuId>, Pool>,
     order_cards: Map<Key<OrderId>, Vec<CardId>>,

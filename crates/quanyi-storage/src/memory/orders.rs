@@ -119,25 +119,21 @@ impl OrderStore for MemoryStore {
         Ok(())
     }
 
-    async fn refund_order(
-        &self,
-        change: OrderChange<'_>,
-        void: &[CardId],
-        audit: Option<&AuditRecord>,
-    ) -> Result<()> {
+    async fn refund_order(&self, change: OrderChange<'_>, write: RefundWrite<'_>) -> Result<()> {
         let staged = Staged::of(change.order, change.events);
-        let trail = Trail { events: &[], audit };
+        let trail = Trail {
+            events: &[],
+            audit: write.audit,
+        };
         let order = change.order.id();
+        let tenant = change.order.tenant();
         let at = change.order.updated_at();
+        check_paid(write.paid, tenant)?;
         let mut s = self.state.lock();
         s.check_order_change(&change)?;
         s.check_trail(&trail, order)?;
-        for id in void {
-            let card = s
-                .cards
-                .get(id)
-                .filter(|c| &c.tenant == change.order.tenant());
-            match card {
+        for id in write.void {
+            match s.cards.get(id).filter(|c| &c.tenant == tenant) {
                 Some(c) if c.revealed_at.is_some() => return Err(Error::Revealed { card: *id }),
                 Some(c)
                     if c.voided_at.is_none()
@@ -145,16 +141,51 @@ impl OrderStore for MemoryStore {
                 _ => return Err(Error::conflict("card", id, "not sold to the order")),
             }
         }
-        for id in void {
+        if let Some(paid) = write.paid {
+            if s.refund_ids
+                .contains(&(tenant.clone(), paid.refund_id.clone()))
+            {
+                return Err(Error::conflict("refund", &paid.refund_id, "paid already"));
+            }
+        }
+        for id in write.void {
             if let Some(c) = s.cards.get_mut(id) {
                 c.voided_at = Some(at);
             }
+        }
+        if let Some(paid) = write.paid {
+            s.refund_ids
+                .insert((tenant.clone(), paid.refund_id.clone()));
+            s.refunds_paid
+                .entry(tenant.clone())
+                .or_default()
+                .insert((paid.paid_at, paid.refund_id.clone()), paid.clone());
         }
         s.push_trail(&trail);
         let replaced = s.apply_order_change(staged);
         drop(s);
         drop(replaced);
         Ok(())
+    }
+
+    async fn refunds_paid(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<PaidRefund>> {
+        let s = self.state.lock();
+        Ok(s.refunds_paid
+            .get(tenant)
+            .into_iter()
+            .flat_map(|ledger| ledger.range((from, String::new())..))
+            .take_while(|((at, _), _)| *at < to)
+            .filter(|(key, _)| after.as_ref().is_none_or(|cursor| *key > cursor))
+            .take(limit)
+            .map(|(_, paid)| paid.clone())
+            .collect())
     }
 
     async fn refund_queue(

@@ -7,7 +7,7 @@ use chrono::Duration;
 use quanyi_core::{CardId, TenantId};
 use quanyi_goods::{Goods, PurchaseLimits};
 use quanyi_order::{Asker, Order, Payment, RefundAsk, RefundStatus};
-use quanyi_storage::{Error, OrderChange, Store, Trail};
+use quanyi_storage::{Error, OrderChange, PaidRefund, RefundWrite, Store, Trail};
 
 use crate::fixtures::{self, card_goods, first_sku, t0};
 
@@ -76,6 +76,16 @@ async fn write(
     expected: u64,
     void: &[CardId],
 ) -> Result<(), Error> {
+    write_paid(store, order, expected, void, None).await
+}
+
+async fn write_paid(
+    store: &dyn Store,
+    order: &Order,
+    expected: u64,
+    void: &[CardId],
+    paid: Option<&PaidRefund>,
+) -> Result<(), Error> {
     store
         .refund_order(
             OrderChange {
@@ -83,10 +93,28 @@ async fn write(
                 expected_version: expected,
                 events: &[],
             },
-            void,
-            None,
+            RefundWrite {
+                void,
+                paid,
+                audit: None,
+            },
         )
         .await
+}
+
+/// The ledger entry of an order's refund `no`, paid at `at`.
+fn ledger_entry(order: &Order, no: u16, at: chrono::DateTime<chrono::Utc>) -> PaidRefund {
+    let refund = order.refund(no).unwrap();
+    PaidRefund {
+        tenant: order.tenant().clone(),
+        refund_id: refund.refund_id(order.id()),
+        order: order.id(),
+        provider: "testpay".into(),
+        transaction_id: format!("txn-{}", order.id()),
+        amount: refund.amount,
+        receipt: format!("re-{no}"),
+        paid_at: at,
+    }
 }
 
 async fn sold_cards(store: &dyn Store, order: &Order) -> Vec<quanyi_storage::StoredCard> {
@@ -217,12 +245,51 @@ pub async fn refunds_void_unrevealed_cards_and_queue_per_tenant(store: Arc<dyn S
             .is_empty()
     );
 
-    // Paid: out of the queue.
+    // Paid: out of the queue and into the ledger, in one write; a ledger entry of another
+    // tenant, or of a refund id the ledger holds, is refused with the whole change.
     let mut a_paid = a_refund.clone();
     a_paid.refund_paid(1, "re-1".into(), later).unwrap();
-    write(store, &a_paid, a_refund.version(), &[])
+    let entry = ledger_entry(&a_paid, 1, later);
+    let foreign = PaidRefund {
+        tenant: other.clone(),
+        ..entry.clone()
+    };
+    let refused = write_paid(store, &a_paid, a_refund.version(), &[], Some(&foreign))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Invalid(_)), "{refused:?}");
+    write_paid(store, &a_paid, a_refund.version(), &[], Some(&entry))
         .await
         .unwrap();
+    let b_now = store.order(&tenant, b.id()).await.unwrap().unwrap();
+    let mut b_rejected = b_now.clone();
+    b_rejected
+        .reject_refund(
+            1,
+            &quanyi_core::Actor::new("lin", "support").unwrap(),
+            "used".into(),
+            later,
+        )
+        .unwrap();
+    let repeated = PaidRefund {
+        order: b.id(),
+        ..entry.clone()
+    };
+    let refused = write_paid(store, &b_rejected, b_now.version(), &[], Some(&repeated))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Conflict { .. }), "{refused:?}");
+    assert_eq!(store.order(&tenant, b.id()).await.unwrap().unwrap(), b_now);
+    let end = later + Duration::seconds(1);
+    let ledger = store.refunds_paid(&tenant, t0(), end, None, 10).await;
+    assert_eq!(ledger.unwrap(), vec![entry.clone()]);
+    let before_it = store.refunds_paid(&tenant, t0(), later, None, 10).await;
+    assert!(before_it.unwrap().is_empty());
+    let cursor = Some((later, entry.refund_id.clone()));
+    let past_it = store.refunds_paid(&tenant, t0(), end, cursor, 10).await;
+    assert!(past_it.unwrap().is_empty());
+    let others = store.refunds_paid(&other, t0(), end, None, 10).await;
+    assert!(others.unwrap().is_empty());
     assert_eq!(
         store.refund_queue(&tenant, None, 10).await.unwrap(),
         vec![b_asked]
@@ -330,6 +397,9 @@ impl BeforeAfterSales {
                 .unwrap()
                 .is_empty()
         );
+        let (from, to) = (t0() - Duration::days(1), t0() + Duration::days(1));
+        let ledger = store.refunds_paid(tenant, from, to, None, 10).await;
+        assert!(ledger.unwrap().is_empty());
         let (first, second) = (&self.orders[1], &self.orders[2]);
         let at = t0() + Duration::hours(2);
         assert_eq!(

@@ -11,7 +11,7 @@ use quanyi::{
 use quanyi_supplier::{ProductCode, SupplierId};
 
 use super::{Refunds, Rig, card_sku, cny, import, member, notice};
-use crate::fixtures;
+use crate::fixtures::{self, t0};
 use crate::supplier_sim::{ALWAYS, Faults, SimSupplier, TopUpMode};
 
 /// What a case buys.
@@ -465,6 +465,45 @@ pub async fn refunds_follow_each_lines_rule(store: Arc<dyn Store>) {
     // Voided keys do not go back to stock: every card sold stays out of it.
     let stock_after = shop.stock().count(goods.card).await.unwrap();
     assert_eq!(stock_after.available, stock_before.available - sold);
+    // The period's report lists every refund the gateway paid (after-sales ones and the
+    // pay-back of the failed line), once, with their sum.
+    let report = shop
+        .orders()
+        .refund_report(&operator(), t0(), t0() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    let gateway: Vec<(String, i64)> = refunds
+        .0
+        .lock()
+        .iter()
+        .map(|r| (r.refund_id.clone(), r.amount.minor()))
+        .collect();
+    let mut listed: Vec<(String, i64)> = report
+        .refunds
+        .iter()
+        .map(|r| (r.refund_id.clone(), r.amount.minor()))
+        .collect();
+    let mut expected = gateway.clone();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let sum: i64 = gateway.iter().map(|(_, m)| m).sum();
+    assert_eq!(report.totals.len(), 1);
+    assert_eq!(report.totals[0].provider, "testpay");
+    assert_eq!(report.totals[0].count, gateway.len());
+    assert_eq!(report.totals[0].amount.minor(), sum);
+    let before = shop
+        .orders()
+        .refund_report(&operator(), t0() - chrono::Duration::days(1), t0())
+        .await
+        .unwrap();
+    assert!(before.refunds.is_empty() && before.totals.is_empty());
+    let backwards = shop
+        .orders()
+        .refund_report(&operator(), t0(), t0())
+        .await
+        .unwrap_err();
+    assert_eq!(backwards.code(), "invalid_input");
     // Nobody else's order is found, and a buyer cannot ask for another's.
     let stranger = member("stranger");
     let someone = bought(&shop, &goods, &member("someone"), Buy::Card).await;
