@@ -108,6 +108,22 @@ pub(crate) fn from_doc<T: DeserializeOwned>(doc: &str, what: &str) -> Result<T> 
     serde_json::from_str(doc).map_err(|e| Error::Corrupt(format!("stored {what} document: {e}")))
 }
 
+/// The values whose JSON documents the first column of `sql` returns for `params`, in order.
+pub(crate) fn read_docs<T: DeserializeOwned>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: &str,
+) -> Result<Vec<T>> {
+    let mut stmt = tx.prepare_cached(sql).db()?;
+    let docs = stmt
+        .query_map(params, |r| r.get::<_, String>(0))
+        .db()?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .db()?;
+    docs.iter().map(|d| from_doc(d, what)).collect()
+}
+
 /// A 16-byte id column as a UUID.
 pub(crate) fn uuid(bytes: [u8; 16]) -> uuid::Uuid {
     uuid::Uuid::from_bytes(bytes)

@@ -13,7 +13,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
 use crate::cards::{free_cards, release, reserve};
-use crate::convert::{SqlResult, from_doc, int, limit, to_doc, ts, uint, uuid};
+use crate::convert::{SqlResult, from_doc, int, limit, read_docs, to_doc, ts, uint, uuid};
 use crate::logs::{EventRow, check_events_new, event_rows, insert_events};
 
 /// An order encoded for a blocking thread.
@@ -459,24 +459,15 @@ impl OrderStore for SqliteStore {
         let n = limit(limit_to);
         self.pool
             .read(move |tx| {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT doc FROM refunds_paid INDEXED BY refunds_paid_by_time
-                         WHERE tenant = ?1 AND paid_at >= ?2 AND paid_at < ?3
-                           AND (paid_at > ?4 OR (paid_at = ?4 AND refund_id > ?5))
-                         ORDER BY paid_at, refund_id LIMIT ?6",
-                    )
-                    .db()?;
-                let docs = stmt
-                    .query_map(params![tenant, from, to, after_at, after_id, n], |r| {
-                        r.get::<_, String>(0)
-                    })
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<String>>>()
-                    .db()?;
-                docs.iter()
-                    .map(|d| crate::convert::from_doc(d, "refund"))
-                    .collect()
+                read_docs(
+                    tx,
+                    "SELECT doc FROM refunds_paid INDEXED BY refunds_paid_by_time
+                     WHERE tenant = ?1 AND paid_at >= ?2 AND paid_at < ?3
+                       AND (paid_at > ?4 OR (paid_at = ?4 AND refund_id > ?5))
+                     ORDER BY paid_at, refund_id LIMIT ?6",
+                    params![tenant, from, to, after_at, after_id, n],
+                    "refund",
+                )
             })
             .await
     }
@@ -495,22 +486,15 @@ impl OrderStore for SqliteStore {
         let n = limit(limit_to);
         self.pool
             .read(move |tx| {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT doc FROM orders INDEXED BY orders_refund_queue
-                         WHERE tenant = ?1 AND refund_due IS NOT NULL
-                           AND (refund_due > ?2 OR (refund_due = ?2 AND id > ?3))
-                         ORDER BY refund_due, id LIMIT ?4",
-                    )
-                    .db()?;
-                let docs = stmt
-                    .query_map(params![tenant, after_at, after_id, n], |r| {
-                        r.get::<_, String>(0)
-                    })
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<String>>>()
-                    .db()?;
-                docs.iter().map(|d| decode(d)).collect()
+                read_docs(
+                    tx,
+                    "SELECT doc FROM orders INDEXED BY orders_refund_queue
+                     WHERE tenant = ?1 AND refund_due IS NOT NULL
+                       AND (refund_due > ?2 OR (refund_due = ?2 AND id > ?3))
+                     ORDER BY refund_due, id LIMIT ?4",
+                    params![tenant, after_at, after_id, n],
+                    "order",
+                )
             })
             .await
     }
@@ -553,21 +537,16 @@ impl OrderStore for SqliteStore {
         let n = limit(limit_to);
         self.pool
             .read(move |tx| {
-                let mut stmt = tx
-                    .prepare_cached(
-                        // Without statistics the planner would rather walk the primary
-                        // key (in id order) over the whole tenant.
-                        "SELECT doc FROM orders INDEXED BY orders_by_member
-                         WHERE tenant = ?1 AND member = ?2
-                         ORDER BY id DESC LIMIT ?3",
-                    )
-                    .db()?;
-                let docs = stmt
-                    .query_map(params![tenant, member, n], |r| r.get::<_, String>(0))
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<String>>>()
-                    .db()?;
-                docs.iter().map(|d| decode(d)).collect()
+                // Without statistics the planner would rather walk the primary
+                // key (in id order) over the whole tenant.
+                read_docs(
+                    tx,
+                    "SELECT doc FROM orders INDEXED BY orders_by_member
+                     WHERE tenant = ?1 AND member = ?2
+                     ORDER BY id DESC LIMIT ?3",
+                    params![tenant, member, n],
+                    "order",
+                )
             })
             .await
     }
@@ -590,22 +569,15 @@ impl OrderStore for SqliteStore {
         let n = limit(limit_to);
         self.pool
             .read(move |tx| {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT doc FROM orders INDEXED BY orders_updated
-                         WHERE tenant = ?1 AND updated_at >= ?2 AND updated_at < ?3
-                           AND (updated_at > ?4 OR (updated_at = ?4 AND id > ?5))
-                         ORDER BY updated_at, id LIMIT ?6",
-                    )
-                    .db()?;
-                let docs = stmt
-                    .query_map(params![tenant, from, to, after_at, after_id, n], |r| {
-                        r.get::<_, String>(0)
-                    })
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<String>>>()
-                    .db()?;
-                docs.iter().map(|d| decode(d)).collect()
+                read_docs(
+                    tx,
+                    "SELECT doc FROM orders INDEXED BY orders_updated
+                     WHERE tenant = ?1 AND updated_at >= ?2 AND updated_at < ?3
+                       AND (updated_at > ?4 OR (updated_at = ?4 AND id > ?5))
+                     ORDER BY updated_at, id LIMIT ?6",
+                    params![tenant, from, to, after_at, after_id, n],
+                    "order",
+                )
             })
             .await
     }

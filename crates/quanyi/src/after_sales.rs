@@ -402,9 +402,7 @@ impl Orders<'_> {
                 due: now + shop.inner.refund_review,
             };
             let (no, events) = order.ask_refund(ask, |l| revealed.contains(&l), now)?;
-            let refund = order.refund(no).cloned().ok_or(Error::Order(
-                quanyi_order::Error::UnknownRefund { refund: no },
-            ))?;
+            let refund = refund_of(&order, no)?;
             let record = match by {
                 By::Buyer(_) => None,
                 By::Operator(actor) => Some(shop.audit_record(
@@ -426,11 +424,7 @@ impl Orders<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Storage(quanyi_storage::Error::conflict(
-            "order",
-            id,
-            "kept changing during the refund",
-        )))
+        Err(kept_changing(id, "kept changing during the refund"))
     }
 
     /// An operator's decision on a requested refund.
@@ -454,9 +448,7 @@ impl Orders<'_> {
             } else {
                 order.reject_refund(no, actor, reason.clone(), now)?
             };
-            let refund = order.refund(no).cloned().ok_or(Error::Order(
-                quanyi_order::Error::UnknownRefund { refund: no },
-            ))?;
+            let refund = refund_of(&order, no)?;
             let action = if approve {
                 AuditAction::RefundApproved
             } else {
@@ -484,11 +476,7 @@ impl Orders<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Storage(quanyi_storage::Error::conflict(
-            "order",
-            id,
-            "kept changing during the decision",
-        )))
+        Err(kept_changing(id, "kept changing during the decision"))
     }
 
     /// Pays an approved refund, or answers the refund as it stands.
@@ -496,13 +484,7 @@ impl Orders<'_> {
         if status == RefundStatus::Approved {
             return self.pay(id, no).await;
         }
-        let order = self.shop.order(id).await?;
-        order
-            .refund(no)
-            .cloned()
-            .ok_or(Error::Order(quanyi_order::Error::UnknownRefund {
-                refund: no,
-            }))
+        refund_of(&self.shop.order(id).await?, no)
     }
 
     /// Pays an approved refund through the gateway under its stable refund id, then marks it
@@ -512,9 +494,7 @@ impl Orders<'_> {
         let shop = self.shop;
         for _ in 0..ATTEMPTS {
             let mut order = shop.order(id).await?;
-            let refund = order.refund(no).cloned().ok_or(Error::Order(
-                quanyi_order::Error::UnknownRefund { refund: no },
-            ))?;
+            let refund = refund_of(&order, no)?;
             if refund.status != RefundStatus::Approved {
                 return Ok(refund);
             }
@@ -552,19 +532,16 @@ impl Orders<'_> {
             };
             match self.write(&order, expected, events, write).await {
                 Ok(()) => {
-                    return order.refund(no).cloned().ok_or(Error::Order(
-                        quanyi_order::Error::UnknownRefund { refund: no },
-                    ));
+                    return refund_of(&order, no);
                 }
                 Err(e) if retry(&e) => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Storage(quanyi_storage::Error::conflict(
-            "order",
+        Err(kept_changing(
             id,
             "kept changing during the refund's payment",
-        )))
+        ))
     }
 
     /// Writes a refund change of `order` (loaded at `expected`) with its events.
@@ -613,6 +590,21 @@ impl Orders<'_> {
             })
             .collect())
     }
+}
+
+/// A refund of `order` by number.
+fn refund_of(order: &Order, no: u16) -> Result<Refund> {
+    order
+        .refund(no)
+        .cloned()
+        .ok_or(Error::Order(quanyi_order::Error::UnknownRefund {
+            refund: no,
+        }))
+}
+
+/// The answer when every attempt lost a race to another writer of the order.
+fn kept_changing(id: OrderId, what: &'static str) -> Error {
+    Error::Storage(quanyi_storage::Error::conflict("order", id, what))
 }
 
 /// A write lost to another writer: read again and decide again.

@@ -225,7 +225,12 @@ pub async fn refunds_void_unrevealed_cards_and_queue_per_tenant(store: Arc<dyn S
 
     // Another tenant's queue holds only its own.
     let (other, other_goods) = tenant_with_goods(store).await;
-    let (c, _) = delivered(store, &other_goods, "cat", 1).await;
+    let (c, c_cards) = delivered(store, &other_goods, "cat", 1).await;
+    // A card of another tenant is never voided by this tenant's refund.
+    let refused = write(store, &b_void, b.version(), &c_cards)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Conflict { .. }), "{refused:?}");
     store.mark_revealed(&other, c.id(), at).await.unwrap();
     let c_asked = asked(&c, true, at);
     write(store, &c_asked, c.version(), &[]).await.unwrap();
