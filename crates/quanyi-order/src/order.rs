@@ -784,7 +784,8 @@ impl Order {
         Ok(vec![event])
     }
 
-    /// Refunds one failed line of a partially delivered order.
+    /// Refunds one failed line of a partially delivered order (refunded when every other line
+    /// was refunded after sales).
     ///
     /// # Errors
     /// [`Error::WrongStatus`] unless partially delivered, [`Error::UnknownLine`],
@@ -801,9 +802,17 @@ impl Order {
         }
         line.status = LineStatus::Refunded;
         let amount = line.amount;
+        let mut events = vec![OrderEvent::LineRefunded { line: no, amount }];
+        // Its other lines refunded after sales: nothing is left, the order is refunded.
+        if self.lines.iter().all(|l| l.status == LineStatus::Refunded) {
+            self.status = next_status(self.status, Trigger::CompleteRefund)?;
+            events.push(OrderEvent::Refunded {
+                amount: self.refunded_amount()?,
+            });
+        }
         self.version = version;
         self.updated_at = now;
-        Ok(vec![OrderEvent::LineRefunded { line: no, amount }])
+        Ok(events)
     }
 
     /// Expires an unpaid order once its window has closed.

@@ -877,3 +877,252 @@ fn a_held_line_keeps_the_order_fulfilling_until_an_operator_decides() {
     o.finish_fulfilment(later(6)).unwrap();
     assert_eq!(o.status(), OrderStatus::PartiallyDelivered);
 }
+
+fn delivered() -> Order {
+    let mut o = paid_fulfilling();
+    o.deliver_line(1, vec![card(1), card(2)], 2, later(3))
+        .unwrap();
+    o.deliver_line(2, vec![card(3)], 1, later(3)).unwrap();
+    o.finish_fulfilment(later(4)).unwrap();
+    o
+}
+
+fn buyer_asks(lines: Vec<(u16, Option<Money>)>) -> RefundAsk {
+    RefundAsk {
+        lines,
+        reason: "changed my mind".into(),
+        asked_by: Asker::Buyer,
+        override_rules: false,
+        due: later(60),
+    }
+}
+
+fn support() -> quanyi_core::Actor {
+    quanyi_core::Actor::new("lin", "support").unwrap()
+}
+
+fn operator_asks(lines: Vec<(u16, Option<Money>)>, override_rules: bool) -> RefundAsk {
+    RefundAsk {
+        asked_by: Asker::Operator { actor: support() },
+        override_rules,
+        ..buyer_asks(lines)
+    }
+}
+
+#[test]
+fn unrevealed_lines_are_voided_and_refunded_line_by_line() {
+    let mut o = delivered();
+    let v = o.version();
+    let (no, events) = o
+        .ask_refund(buyer_asks(vec![(2, None)]), |_| false, later(5))
+        .unwrap();
+    assert_eq!(no, 1);
+    assert_eq!(o.version(), v + 1);
+    let refund = o.refund(1).unwrap();
+    assert_eq!(refund.status, RefundStatus::Approved);
+    assert_eq!(refund.amount, cny(500));
+    assert_eq!(refund.voided, vec![card(3)]);
+    assert_eq!(refund.refund_id(o.id()), format!("{}-R1", o.id()));
+    assert_eq!(o.refund_due(), Some(later(5)));
+    assert!(matches!(
+        &events[..],
+        [
+            OrderEvent::RefundOpened {
+                refund: 1,
+                needs_decision: false,
+                ..
+            },
+            OrderEvent::RefundApproved {
+                refund: 1,
+                overridden: false,
+                ..
+            },
+            OrderEvent::CardsVoided {
+                refund: 1,
+                line: 2,
+                ..
+            },
+        ]
+    ));
+    // The open refund holds its line; the other line is still free.
+    let before = o.clone();
+    let held = o.ask_refund(buyer_asks(vec![(2, None)]), |_| false, later(6));
+    assert_eq!(held.unwrap_err(), Error::RefundOpen { line: 2, refund: 1 });
+    assert_eq!(o, before);
+    let events = o.refund_paid(1, "re-1".into(), later(7)).unwrap();
+    assert!(matches!(
+        &events[..],
+        [
+            OrderEvent::RefundPaid { refund: 1, .. },
+            OrderEvent::LineRefunded { line: 2, .. },
+        ]
+    ));
+    assert_eq!(o.status(), OrderStatus::Delivered);
+    assert_eq!(o.line_refunded(2).unwrap(), cny(500));
+    assert_eq!(o.refund_due(), None);
+    // The last line refunded ends the order.
+    o.ask_refund(buyer_asks(vec![]), |_| false, later(8))
+        .unwrap_err();
+    o.ask_refund(buyer_asks(vec![(1, None)]), |_| false, later(8))
+        .unwrap();
+    let events = o.refund_paid(2, "re-2".into(), later(9)).unwrap();
+    assert!(matches!(events.last(), Some(OrderEvent::Refunded { amount }) if *amount == cny(2500)));
+    assert_eq!(o.status(), OrderStatus::Refunded);
+    assert_eq!(o.refunded_amount().unwrap(), cny(2500));
+}
+
+#[test]
+fn revealed_lines_wait_for_an_operator() {
+    let mut o = delivered();
+    o.ask_refund(buyer_asks(vec![(1, None)]), |l| l == 1, later(5))
+        .unwrap();
+    let refund = o.refund(1).unwrap().clone();
+    assert_eq!(refund.status, RefundStatus::Requested);
+    assert_eq!(refund.due, Some(later(60)));
+    assert!(refund.voided.is_empty());
+    assert_eq!(o.refund_due(), Some(later(60)));
+    // Decisions need a requested refund and a reason.
+    assert_eq!(
+        o.approve_refund(1, &support(), " ".into(), |_| true, later(6))
+            .unwrap_err()
+            .code(),
+        "invalid_refund"
+    );
+    assert_eq!(
+        o.reject_refund(2, &support(), "no".into(), later(6))
+            .unwrap_err()
+            .code(),
+        "unknown_refund"
+    );
+    let events = o
+        .approve_refund(1, &support(), "checked".into(), |_| true, later(6))
+        .unwrap();
+    assert!(matches!(
+        &events[..],
+        [OrderEvent::RefundApproved {
+            overridden: true,
+            ..
+        }]
+    ));
+    assert_eq!(o.refund(1).unwrap().due, None);
+    assert_eq!(o.refund_due(), Some(later(6)));
+    assert_eq!(
+        o.approve_refund(1, &support(), "again".into(), |_| true, later(7))
+            .unwrap_err()
+            .code(),
+        "refund_status"
+    );
+    // A rejected request frees its lines.
+    let mut r = delivered();
+    r.ask_refund(buyer_asks(vec![(1, None)]), |_| true, later(5))
+        .unwrap();
+    r.reject_refund(1, &support(), "used".into(), later(6))
+        .unwrap();
+    assert_eq!(r.refund_due(), None);
+    r.ask_refund(buyer_asks(vec![(1, None)]), |_| true, later(7))
+        .unwrap();
+    assert_eq!(r.refunds().len(), 2);
+}
+
+#[test]
+fn refunds_never_exceed_a_lines_share() {
+    let mut o = delivered();
+    let before = o.clone();
+    let refuse =
+        |o: &mut Order, ask: RefundAsk| o.ask_refund(ask, |_| false, later(5)).unwrap_err().code();
+    assert_eq!(
+        refuse(&mut o, operator_asks(vec![(1, Some(cny(2001)))], true)),
+        "refund_amount"
+    );
+    assert_eq!(
+        refuse(&mut o, operator_asks(vec![(1, Some(cny(0)))], true)),
+        "refund_amount"
+    );
+    assert_eq!(
+        refuse(&mut o, operator_asks(vec![(1, Some(cny(-1)))], true)),
+        "refund_amount"
+    );
+    assert_eq!(
+        refuse(&mut o, operator_asks(vec![(1, Some(cny(500)))], false)),
+        "refund_needs_override"
+    );
+    assert_eq!(
+        refuse(&mut o, buyer_asks(vec![(1, None), (1, None)])),
+        "invalid_refund"
+    );
+    assert_eq!(refuse(&mut o, buyer_asks(vec![(3, None)])), "unknown_line");
+    assert_eq!(
+        refuse(
+            &mut o,
+            RefundAsk {
+                override_rules: true,
+                ..buyer_asks(vec![(1, None)])
+            }
+        ),
+        "invalid_refund"
+    );
+    let usd = Money::from_minor(100, quanyi_core::Currency::USD);
+    assert_eq!(
+        refuse(&mut o, operator_asks(vec![(1, Some(usd))], true)),
+        "currency_mismatch"
+    );
+    assert_eq!(
+        refuse(
+            &mut o,
+            RefundAsk {
+                reason: "\u{7}".into(),
+                ..buyer_asks(vec![(1, None)])
+            }
+        ),
+        "invalid_refund"
+    );
+    assert_eq!(o, before);
+    // Part, then the rest: the rest is an override too (the line's codes are not voided).
+    o.ask_refund(
+        operator_asks(vec![(1, Some(cny(500)))], true),
+        |_| false,
+        later(5),
+    )
+    .unwrap();
+    assert!(o.refund(1).unwrap().voided.is_empty());
+    o.refund_paid(1, "re-1".into(), later(6)).unwrap();
+    assert_eq!(o.line(1).unwrap().status, LineStatus::Delivered);
+    assert_eq!(
+        refuse(&mut o, operator_asks(vec![(1, Some(cny(1501)))], true)),
+        "refund_amount"
+    );
+    // The buyer asks for the rest: no longer the whole share, so an operator decides.
+    let (no, _) = o
+        .ask_refund(buyer_asks(vec![(1, None)]), |_| false, later(7))
+        .unwrap();
+    let rest = o.refund(no).unwrap();
+    assert_eq!(
+        (rest.status, rest.amount),
+        (RefundStatus::Requested, cny(1500))
+    );
+}
+
+#[test]
+fn a_failed_line_paid_back_last_ends_a_refunded_order() {
+    let mut o = paid_fulfilling();
+    o.deliver_line(1, vec![card(1), card(2)], 2, later(3))
+        .unwrap();
+    o.fail_line(2, "supplier refused".into(), later(3)).unwrap();
+    o.finish_fulfilment(later(4)).unwrap();
+    assert_eq!(
+        o.ask_refund(buyer_asks(vec![(2, None)]), |_| false, later(5))
+            .unwrap_err()
+            .code(),
+        "not_refundable"
+    );
+    o.ask_refund(buyer_asks(vec![(1, None)]), |_| false, later(5))
+        .unwrap();
+    o.refund_paid(1, "re-1".into(), later(6)).unwrap();
+    assert_eq!(o.status(), OrderStatus::PartiallyDelivered);
+    let events = o.refund_line(2, later(7)).unwrap();
+    assert!(matches!(
+        &events[..],
+        [OrderEvent::LineRefunded { line: 2, .. }, OrderEvent::Refunded { amount }] if *amount == cny(2500)
+    ));
+    assert_eq!(o.status(), OrderStatus::Refunded);
+}

@@ -333,6 +333,11 @@ impl Orders<'_> {
             let full = orders.len() == MAX_SEARCH_PAGE;
             for order in &orders {
                 after = order.refund_due().map(|due| (due, order.id()));
+                // The queue is by the earliest open refund: once it is later than `before`,
+                // no approved refund of this order or any after it is due.
+                if after.is_some_and(|(due, _)| due > before) {
+                    return Ok(paid);
+                }
                 let due: Vec<u16> = order
                     .refunds()
                     .iter()
