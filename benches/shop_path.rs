@@ -40,6 +40,7 @@ impl Path {
                     )
                     .with_stock(StockSource::VaultPool),
                 ],
+                categories: vec![],
             },
         )
         .await

@@ -134,6 +134,7 @@ async fn find_or_create_sku(shop: &Shop, args: &Args) -> Result<SkuId, Box<dyn E
             skus: vec![
                 SkuDraft::new(id, args.sku.clone(), args.price).with_stock(StockSource::VaultPool),
             ],
+            categories: vec![],
         },
     )
     .await?;

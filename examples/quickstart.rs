@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                     SkuDraft::new(sku, "1 month", Money::parse("19.90", Currency::CNY)?)
                         .with_stock(StockSource::VaultPool),
                 ],
+                categories: vec![],
             },
         )
         .await?;

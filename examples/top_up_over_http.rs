@@ -352,6 +352,7 @@ async fn main() -> AnyResult<()> {
                         cost,
                     )]),
             ],
+            categories: vec![],
         },
     )
     .await?;

@@ -8,6 +8,12 @@ use crate::{KindTag, StockSource};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A category is empty, too long or holds control characters, or there are too many.
+    #[error("invalid category: {reason}")]
+    InvalidCategory {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The title is empty, too long or holds control characters.
     #[error("invalid title: {reason}")]
     InvalidTitle {
@@ -165,6 +171,7 @@ impl Error {
         match self {
             Error::InvalidTitle { .. } => "invalid_title",
             Error::InvalidSkuCount { .. } => "invalid_sku_count",
+            Error::InvalidCategory { .. } => "invalid_category",
             Error::DuplicateSku { .. } => "duplicate_sku",
             Error::InvalidSkuName { .. } => "invalid_sku_name",
             Error::NegativePrice { .. } => "negative_price",

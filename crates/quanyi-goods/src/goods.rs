@@ -177,6 +177,11 @@ pub struct GoodsDraft {
     pub kind: GoodsKind,
     /// Its SKUs.
     pub skus: Vec<SkuDraft>,
+    /// The categories it belongs to (`video_membership`, `takeaway_voucher`), which price
+    /// lists, promotions and conditions name: a kind alone cannot tell a video membership from
+    /// a music one. At most [`MAX_CATEGORIES`], each 1 to [`MAX_CATEGORY_CHARS`] printable
+    /// characters.
+    pub categories: Vec<String>,
 }
 
 /// What [`Goods::check_purchase`] found: everything an order line needs.
@@ -219,6 +224,9 @@ struct Body {
     title: String,
     kind: GoodsKind,
     skus: Vec<Sku>,
+    /// Written only when there are any; goods stored before categories have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    categories: Vec<String>,
     version: u64,
     created_at: DateTime<Utc>,
 }
@@ -233,6 +241,27 @@ fn check_text(text: &str, max: usize) -> std::result::Result<(), &'static str> {
     } else {
         Ok(())
     }
+}
+
+/// The most categories goods belong to.
+pub const MAX_CATEGORIES: usize = 16;
+/// The longest category, in characters.
+pub const MAX_CATEGORY_CHARS: usize = 64;
+
+/// Categories trimmed, checked and without repeats (in their first order).
+fn checked_categories(categories: Vec<String>) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(categories.len());
+    for c in categories {
+        let c = c.trim().to_owned();
+        check_text(&c, MAX_CATEGORY_CHARS).map_err(|reason| Error::InvalidCategory { reason })?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    if out.len() > MAX_CATEGORIES {
+        return Err(Error::InvalidCategory { reason: "too many" });
+    }
+    Ok(out)
 }
 
 fn check_limits(sku: SkuId, limits: PurchaseLimits) -> Result<()> {
@@ -271,6 +300,7 @@ impl Goods {
     ///     kind: GoodsKind::CardKey,
     ///     skus: vec![SkuDraft::new(sku, "1 month", Money::parse("15.00", Currency::CNY)?)
     ///         .with_stock(StockSource::VaultPool)],
+    ///     categories: vec!["video_membership".to_owned()],
     /// };
     /// let id: GoodsId = "gds_0190c8f0e0e07c4c8a1b2c3d4e5f6a7b".parse()?;
     /// let goods = Goods::new(id, TenantId::default(), draft, now)?;
@@ -289,7 +319,13 @@ impl Goods {
         draft: GoodsDraft,
         now: DateTime<Utc>,
     ) -> Result<Goods> {
-        let GoodsDraft { title, kind, skus } = draft;
+        let GoodsDraft {
+            title,
+            kind,
+            skus,
+            categories,
+        } = draft;
+        let categories = checked_categories(categories)?;
         let title = title.trim().to_owned();
         check_text(&title, MAX_TITLE_CHARS).map_err(|reason| Error::InvalidTitle { reason })?;
         kind.check()?;
@@ -338,6 +374,7 @@ impl Goods {
             title,
             kind,
             skus: out,
+            categories,
             version: 1,
             created_at: now,
         })))
@@ -404,6 +441,23 @@ impl Goods {
     fn bump(&mut self) {
         let body = self.body_mut();
         body.version = body.version.saturating_add(1);
+    }
+
+    /// The categories the goods belong to.
+    pub fn categories(&self) -> &[String] {
+        &self.0.categories
+    }
+
+    /// Sets the categories (from then on; orders placed keep what they were priced by).
+    ///
+    /// # Errors
+    /// [`Error::InvalidCategory`] for an empty, too long or unprintable category, or more than
+    /// [`MAX_CATEGORIES`]; nothing changes.
+    pub fn set_categories(&mut self, categories: Vec<String>) -> Result<()> {
+        let categories = checked_categories(categories)?;
+        self.body_mut().categories = categories;
+        self.bump();
+        Ok(())
     }
 
     /// Puts a SKU on or off shelf.

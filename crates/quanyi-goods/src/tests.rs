@@ -24,6 +24,7 @@ fn draft(kind: GoodsKind, skus: Vec<SkuDraft>) -> GoodsDraft {
         title: "Title".to_owned(),
         kind,
         skus,
+        categories: vec![],
     }
 }
 
@@ -503,4 +504,41 @@ fn a_changed_copy_leaves_the_original_as_it_was() {
     assert_eq!(json["version"], 1);
     assert_eq!(serde_json::from_value::<Goods>(json).unwrap(), original);
     assert!(format!("{original:?}").starts_with("Goods {"));
+}
+
+#[test]
+fn categories_are_trimmed_checked_and_kept_once() {
+    let mut d = draft(
+        GoodsKind::CardKey,
+        vec![SkuDraft::new(sku(1), "a", cny(100)).with_stock(StockSource::VaultPool)],
+    );
+    d.categories = vec![" music ".into(), "music".into(), "takeaway_voucher".into()];
+    let mut goods = Goods::new(gid(), TenantId::default(), d, now()).unwrap();
+    assert_eq!(goods.categories(), ["music", "takeaway_voucher"]);
+    let version = goods.version();
+    for bad in [
+        vec![" ".to_owned()],
+        vec!["x".repeat(65)],
+        vec!["a\u{7}".to_owned()],
+    ] {
+        assert_eq!(
+            goods.set_categories(bad).unwrap_err().code(),
+            "invalid_category"
+        );
+    }
+    let many: Vec<String> = (0..=MAX_CATEGORIES).map(|i| format!("c{i}")).collect();
+    assert_eq!(
+        goods.set_categories(many).unwrap_err().code(),
+        "invalid_category"
+    );
+    assert_eq!(goods.version(), version);
+    goods.set_categories(vec!["video".into()]).unwrap();
+    assert_eq!(goods.categories(), ["video"]);
+    assert_eq!(goods.version(), version + 1);
+    // Goods stored before categories read as having none.
+    let json = serde_json::to_value(&goods).unwrap();
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("categories");
+    let read: Goods = serde_json::from_value(old).unwrap();
+    assert!(read.categories().is_empty());
 }

@@ -506,6 +506,7 @@ fn line_from_purchase_check() {
         title: "VIP".to_owned(),
         kind: GoodsKind::CardKey,
         skus: vec![SkuDraft::new(sku, "month", cny(1500)).with_stock(StockSource::VaultPool)],
+        categories: vec![],
     };
     let goods = Goods::new(goods_id(), TenantId::default(), draft, t0()).unwrap();
     let check = goods.check_purchase(sku, 3, None).unwrap();

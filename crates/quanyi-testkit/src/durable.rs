@@ -39,6 +39,7 @@ async fn card_goods(shop: &Shop, keys: usize) -> (SkuId, Vec<String>) {
                 SkuDraft::new(sku, "1 month", Money::from_minor(1500, Currency::CNY))
                     .with_stock(StockSource::VaultPool),
             ],
+            categories: vec![],
         },
     )
     .await

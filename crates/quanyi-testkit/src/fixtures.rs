@@ -89,6 +89,7 @@ pub fn card_goods(tenant: &TenantId, limits: PurchaseLimits) -> Goods {
         title: "Video membership".into(),
         kind: GoodsKind::CardKey,
         skus: vec![sku],
+        categories: vec![],
     };
     Goods::new(id(GoodsId::generate), tenant.clone(), draft, t0()).expect("fixture goods are valid")
 }

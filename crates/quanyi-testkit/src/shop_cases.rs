@@ -144,6 +144,7 @@ async fn card_sku(shop: &Shop) -> SkuId {
             skus: vec![
                 SkuDraft::new(sku, "1 month", cny("19.90")).with_stock(StockSource::VaultPool),
             ],
+            categories: vec![],
         },
     )
     .await

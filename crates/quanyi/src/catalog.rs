@@ -20,6 +20,7 @@ impl Shop {
     ///     title: "Video membership month card".into(),
     ///     kind: GoodsKind::CardKey,
     ///     skus: vec![sku],
+    ///     categories: vec!["video_membership".into()],
     /// }).await?;
     /// # let _ = goods; Ok(()) }
     /// ```

@@ -121,6 +121,7 @@ mod tests {
                     .with_stock(StockSource::VaultPool)
                 })
                 .collect(),
+            categories: vec![],
         };
         Goods::new(GoodsId::generate(now, &mut rng), tenant.clone(), draft, now).unwrap()
     }

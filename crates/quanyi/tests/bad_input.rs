@@ -68,6 +68,7 @@ async fn refused_orders_change_nothing() {
                     SkuDraft::new(usd, "10 USD", Money::parse("10.00", Currency::USD).unwrap())
                         .with_stock(StockSource::VaultPool),
                 ],
+                categories: vec![],
             },
         )
         .await
@@ -317,6 +318,7 @@ async fn malformed_imports_import_nothing_unless_asked() {
                     "30 days",
                     Money::parse("15.00", Currency::CNY).unwrap(),
                 )],
+                categories: vec![],
             },
         )
         .await
@@ -355,6 +357,7 @@ async fn top_up_accounts_are_validated_before_anything_else() {
                     )
                     .with_stock(StockSource::Supplier),
                 ],
+                categories: vec![],
             },
         )
         .await
@@ -475,6 +478,7 @@ async fn cart_bounds_are_checked_before_anything_is_read() {
                 SkuDraft::new(dear, "bar", Money::from_minor(i64::MAX / 4, Currency::CNY))
                     .with_stock(StockSource::VaultPool),
             ],
+            categories: vec![],
         },
     )
     .await

@@ -419,6 +419,7 @@ async fn signed_links_are_delivered_and_checked_without_a_lookup() {
                 "lifetime",
                 Money::parse("99.00", Currency::CNY).unwrap(),
             )],
+            categories: vec![],
         },
     )
     .await

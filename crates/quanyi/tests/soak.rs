@@ -93,6 +93,7 @@ async fn two_thousand_orders_through_faulty_suppliers_settle_exactly() {
                         ),
                     ]),
             ],
+            categories: vec![],
         },
     )
     .await

@@ -154,6 +154,7 @@ async fn world(store: Arc<dyn Store>, a: SimSupplier, b: SimSupplier) -> World {
                     ),
                 ]),
             ],
+            categories: vec![],
         },
     )
     .await
@@ -474,6 +475,7 @@ async fn supplier_card_keys_are_bought_once_sealed_and_revealed(store: Arc<dyn S
                     cost,
                 )]),
             ],
+            categories: vec![],
         },
     )
     .await
@@ -608,6 +610,7 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
                     )
                     .with_stock(StockSource::VaultPool),
                 ],
+                categories: vec![],
             },
         )
         .await
@@ -638,6 +641,7 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
                     "30 days",
                     Money::parse("20.50", Currency::CNY).unwrap(),
                 )],
+                categories: vec![],
             },
         )
         .await
@@ -669,6 +673,7 @@ async fn a_bundle_component_that_fails_is_refunded_for_its_share(store: Arc<dyn 
                     "pack",
                     Money::parse("80.00", Currency::CNY).unwrap(),
                 )],
+                categories: vec![],
             },
         )
         .await
@@ -786,6 +791,7 @@ async fn reservation_codes_are_generated_sealed_and_revealed(store: Arc<dyn Stor
                     "1 adult",
                     Money::parse("60.00", Currency::CNY).unwrap(),
                 )],
+                categories: vec![],
             },
         )
         .await

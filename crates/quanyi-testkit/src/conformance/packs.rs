@@ -266,6 +266,7 @@ impl OrdersBeforeLineTerms {
                     "trial",
                     shape.components[0].skus()[0].price,
                 )],
+                categories: vec![],
             },
             t0(),
         )

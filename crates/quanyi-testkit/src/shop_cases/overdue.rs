@@ -51,6 +51,7 @@ async fn slow_top_ups(
                     .with_stock(StockSource::Supplier)
                     .with_routes(vec![SupplierRoute::new(sim_id, product, cny("48.00"))]),
             ],
+            categories: vec![],
         },
     )
     .await

@@ -32,6 +32,7 @@ pub async fn what_was_bought_is_delivered_and_a_trial_pack_is_sold_once(store: A
                     days: 30,
                 },
                 skus: vec![SkuDraft::new(music, "30 days", cny("15.00"))],
+                categories: vec![],
             },
         )
         .await
@@ -59,6 +60,7 @@ pub async fn what_was_bought_is_delivered_and_a_trial_pack_is_sold_once(store: A
                     ..PurchaseLimits::default()
                 }),
             ],
+            categories: vec![],
         },
     )
     .await

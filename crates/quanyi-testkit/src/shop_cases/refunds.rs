@@ -113,6 +113,7 @@ async fn shop_with_goods(rig: &Rig, refunds: Arc<Refunds>) -> (Shop, Goods) {
                 days: 30,
             },
             skus: vec![SkuDraft::new(music, "30 days", cny("15.00"))],
+            categories: vec![],
         },
     )
     .await
@@ -135,6 +136,7 @@ async fn shop_with_goods(rig: &Rig, refunds: Arc<Refunds>) -> (Shop, Goods) {
                 ],
             },
             skus: vec![SkuDraft::new(pack, "pack", cny("9.90"))],
+            categories: vec![],
         },
     )
     .await
@@ -158,6 +160,7 @@ async fn shop_with_goods(rig: &Rig, refunds: Arc<Refunds>) -> (Shop, Goods) {
                             cny("48.00"),
                         )]),
                 ],
+                categories: vec![],
             },
         )
         .await

@@ -46,6 +46,7 @@ pub async fn a_supplier_card_already_held_fails_over_or_is_refunded(store: Arc<d
                             .with_stock(StockSource::Supplier)
                             .with_routes(routes),
                     ],
+                    categories: vec![],
                 },
             )
             .await

@@ -47,6 +47,7 @@ pub async fn card_sku(shop: &Shop, price: &str, limits: PurchaseLimits) -> SkuId
                     .with_stock(StockSource::VaultPool)
                     .with_limits(limits),
             ],
+            categories: vec![],
         },
     )
     .await
