@@ -1,18 +1,40 @@
 //! What a checkout decided, kept on the order: the source of every line's price and the decide
 //! stage's decision.
 
+use std::sync::Arc;
+
+use quanyi_core::Money;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
 /// Why a line has its price.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PriceSource {
     /// The SKU's list price.
     #[default]
     ListPrice,
+    /// Priced by the shop's pricing rules: the unit price from a price list (none: the SKU's
+    /// own), less what promotions took off the line.
+    Priced {
+        /// The price list that set the unit price, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        list: Option<Arc<str>>,
+        /// What each promotion took off the line, in the order they applied.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        adjustments: Vec<PriceAdjustment>,
+    },
+}
+
+/// What one promotion took off an order line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PriceAdjustment {
+    /// The promotion's id.
+    pub promotion: Arc<str>,
+    /// What it took off.
+    pub amount: Money,
 }
 
 impl PriceSource {

@@ -12,7 +12,8 @@ mod refund;
 mod status;
 
 pub use checkout::{
-    ALLOW_ALL_STAGE, Decision, MAX_DECISION_REASONS, MAX_DECISION_TEXT, PriceSource, Verdict,
+    ALLOW_ALL_STAGE, Decision, MAX_DECISION_REASONS, MAX_DECISION_TEXT, PriceAdjustment,
+    PriceSource, Verdict,
 };
 pub use context::{
     Channel, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE_CHARS, MAX_CONTEXT_ATTRIBUTES,

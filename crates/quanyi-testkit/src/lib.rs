@@ -114,7 +114,8 @@ macro_rules! shop_conformance {
             refunds_follow_each_lines_rule,
             refund_requests_wait_in_the_queue_for_a_decision,
             a_reveal_racing_a_refund_gives_the_key_or_the_money,
-            identical_refund_requests_refund_once
+            identical_refund_requests_refund_once,
+            pricing_rules_price_the_checkout
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -27,6 +27,7 @@ mod keys;
 mod operators;
 mod overdue;
 mod packs;
+mod pricing;
 mod refunds;
 mod sales;
 mod worker;
@@ -46,6 +47,7 @@ pub use overdue::{
     a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
 };
 pub use packs::what_was_bought_is_delivered_and_a_trial_pack_is_sold_once;
+pub use pricing::pricing_rules_price_the_checkout;
 pub use refunds::{
     a_reveal_racing_a_refund_gives_the_key_or_the_money, identical_refund_requests_refund_once,
     refund_requests_wait_in_the_queue_for_a_decision, refunds_follow_each_lines_rule,
@@ -84,6 +86,7 @@ pub const CASES: &[&str] = &[
     "refund_requests_wait_in_the_queue_for_a_decision",
     "a_reveal_racing_a_refund_gives_the_key_or_the_money",
     "identical_refund_requests_refund_once",
+    "pricing_rules_price_the_checkout",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

@@ -153,6 +153,21 @@ pub enum Error {
     /// An order rule refused the request.
     #[error(transparent)]
     Order(#[from] quanyi_order::Error),
+    /// The pricing engine refused the rules or the cart.
+    #[error(transparent)]
+    Pricing(#[from] quanyi_pricing::PricingError),
+    /// A promotion code entered that no promotion of the shop has.
+    #[error("unknown promotion code")]
+    UnknownPromotionCode(String),
+    /// A promotion entered by code did not apply, so the order is not placed: the buyer asked
+    /// for its discount. `reason` says why (a condition, a spend, an exclusion...).
+    #[error("promotion {promotion} did not apply")]
+    PromotionNotApplied {
+        /// The promotion.
+        promotion: String,
+        /// Why.
+        reason: quanyi_pricing::MissReason,
+    },
     /// Money arithmetic failed.
     #[error(transparent)]
     Money(#[from] MoneyError),
@@ -226,6 +241,9 @@ impl Error {
             Error::Gateway(_) => "gateway_unavailable",
             Error::Goods(e) => e.code(),
             Error::Order(e) => e.code(),
+            Error::Pricing(e) => e.code(),
+            Error::UnknownPromotionCode(_) => "unknown_promotion_code",
+            Error::PromotionNotApplied { .. } => "promotion_not_applied",
             Error::Money(MoneyError::Overflow) => "amount_overflow",
             Error::Money(_) => "invalid_amount",
             Error::Vault(quanyi_vault::Error::WrongRootKey) => "wrong_root_key",
@@ -260,6 +278,9 @@ impl Error {
             Error::Gateway(e) => e.kind(),
             Error::Goods(e) => e.kind(),
             Error::Order(e) => e.kind(),
+            Error::Pricing(e) => e.kind(),
+            Error::UnknownPromotionCode(_) => ErrorKind::NotFound,
+            Error::PromotionNotApplied { .. } => ErrorKind::Conflict,
             Error::Money(e) => e.kind(),
             Error::Vault(e) => e.kind(),
             Error::Storage(e) => e.kind(),

@@ -36,9 +36,17 @@ pub use keys::DestroyReport;
 pub use operators::{FoundCard, HeldResolution, OrderPage, Orders, Stock};
 pub use paying::{PaymentNotification, PaymentReceipt};
 pub use payments::{GatewayError, PaymentGateway, RefundReceipt, RefundRequest};
-pub use placement::{MAX_IDEMPOTENCY_KEY, PLACEMENT_CLAIM_SCOPE, PlaceOrder};
+pub use placement::{
+    MAX_IDEMPOTENCY_KEY, MAX_PROMOTION_CODE_CHARS, MAX_PROMOTION_CODES, PLACEMENT_CLAIM_SCOPE,
+    PlaceOrder,
+};
+/// The pricing engine: rules, contexts and explained quotes.
+pub use quanyi_pricing as pricing;
 pub use reindex::{DuplicateCards, ReindexReport};
-pub use sales::{CartLine, DELIVER_ORDER_JOB, MAX_CART_LINES, MAX_LINE_QUANTITY, Quote, QuoteLine};
+pub use sales::{
+    CartLine, DELIVER_ORDER_JOB, FREE_ORDER_PROVIDER, MAX_CART_LINES, MAX_LINE_QUANTITY, Quote,
+    QuoteLine,
+};
 pub use shop::{
     DEFAULT_KEY_RING_REFRESH_SECONDS, DEFAULT_RESERVATION_TTL_MINUTES,
     DEFAULT_SUPPLIER_DEADLINE_HOURS, OverduePolicy, Shop, ShopBuilder,
@@ -83,6 +91,7 @@ pub mod crates {
     pub use quanyi_core as core;
     pub use quanyi_goods as goods;
     pub use quanyi_order as order;
+    pub use quanyi_pricing as pricing;
     pub use quanyi_storage as storage;
     pub use quanyi_supplier as supplier;
     pub use quanyi_vault as vault;

@@ -47,7 +47,14 @@ pub struct PlaceOrder {
     key: Option<String>,
     context: OrderContext,
     unfingerprinted: BTreeMap<String, String>,
+    codes: Vec<String>,
+    member_facts: Option<quanyi_pricing::MemberFacts>,
 }
+
+/// The most promotion codes one placement carries.
+pub const MAX_PROMOTION_CODES: usize = 4;
+/// The longest promotion code, in characters.
+pub const MAX_PROMOTION_CODE_CHARS: usize = 64;
 
 impl PlaceOrder {
     /// A request for `member` to buy `cart`, from the web channel, without a key.
@@ -58,6 +65,36 @@ impl PlaceOrder {
             key: None,
             context: OrderContext::default(),
             unfingerprinted: BTreeMap::new(),
+            codes: Vec::new(),
+            member_facts: None,
+        }
+    }
+
+    /// A promotion code the buyer entered (a coupon, a share poster's referral code); part of
+    /// the fingerprint. A placement is refused when a code is unknown
+    /// (`unknown_promotion_code`) or its promotion did not apply (`promotion_not_applied`).
+    #[must_use]
+    pub fn promotion_code(mut self, code: impl Into<String>) -> Self {
+        self.codes.push(code.into());
+        self
+    }
+
+    /// What the host knows of the member (level, tags, registration, purchases, memberships)
+    /// for the price stage's conditions, until the membership domain keeps members. Outside
+    /// the fingerprint and not stored; without it the buyer is priced as a guest (promotions
+    /// with member conditions do not apply).
+    #[must_use]
+    pub fn member_facts(mut self, facts: quanyi_pricing::MemberFacts) -> Self {
+        self.member_facts = Some(facts);
+        self
+    }
+
+    /// The price stage's inputs of this request.
+    pub(crate) fn price_inputs(&self) -> crate::sales::PriceInputs<'_> {
+        crate::sales::PriceInputs {
+            codes: &self.codes,
+            member: self.member_facts.as_ref(),
+            channel: self.context.channel.as_str(),
         }
     }
 
@@ -123,6 +160,18 @@ impl PlaceOrder {
             }
         }
         self.context.check()?;
+        if self.codes.len() > MAX_PROMOTION_CODES
+            || self.codes.iter().any(|c| {
+                c.trim().is_empty()
+                    || c.chars().count() > MAX_PROMOTION_CODE_CHARS
+                    || c.chars().any(char::is_control)
+            })
+        {
+            return Err(Error::InvalidInput(format!(
+                "at most {MAX_PROMOTION_CODES} promotion codes of 1 to \
+                 {MAX_PROMOTION_CODE_CHARS} printable characters"
+            )));
+        }
         Ok(())
     }
 
@@ -154,6 +203,9 @@ impl PlaceOrder {
         for (name, value) in &c.attributes {
             put(&mut h, "attribute", name.as_bytes());
             put(&mut h, "value", value.as_bytes());
+        }
+        for code in &self.codes {
+            put(&mut h, "code", code.trim().to_ascii_uppercase().as_bytes());
         }
         hex::encode(h.finalize())
     }
@@ -231,6 +283,7 @@ impl Shop {
                 &request.cart,
                 &request.context,
                 &request.unfingerprinted,
+                &request.price_inputs(),
                 idempotency.as_ref(),
             )
             .await

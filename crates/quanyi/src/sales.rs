@@ -75,10 +75,14 @@ impl CartLine {
 /// A priced cart line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuoteLine {
-    /// What was checked and priced.
+    /// What was checked (at list price: `check.unit_price`, `check.amount`).
     pub check: PurchaseCheck,
     /// The goods of the SKU.
     pub goods: quanyi_core::GoodsId,
+    /// The unit price after the shop's price lists (the list price without pricing rules).
+    pub unit_price: Money,
+    /// What the line costs after promotions.
+    pub amount: Money,
     /// Why this price.
     pub source: PriceSource,
 }
@@ -90,6 +94,26 @@ pub struct Quote {
     pub lines: Vec<QuoteLine>,
     /// The sum of the lines.
     pub total: Money,
+    /// The pricing engine's explanation (lists, promotions applied and missed, with why),
+    /// when the shop has pricing rules.
+    pub explained: Option<quanyi_pricing::Quote>,
+}
+
+/// What the price stage reads beyond the cart: the codes entered, what the host says of the
+/// member (until the membership domain keeps it), the channel.
+pub(crate) struct PriceInputs<'a> {
+    pub(crate) codes: &'a [String],
+    pub(crate) member: Option<&'a quanyi_pricing::MemberFacts>,
+    pub(crate) channel: &'a str,
+}
+
+impl PriceInputs<'_> {
+    /// No codes, no member facts, the web channel: what `place_order` prices with.
+    pub(crate) const PLAIN: PriceInputs<'static> = PriceInputs {
+        codes: &[],
+        member: None,
+        channel: "web",
+    };
 }
 
 impl Shop {
@@ -128,7 +152,9 @@ impl Shop {
                 out.push(Planned {
                     goods: line.goods,
                     check: line.check.clone(),
-                    allocated: None,
+                    unit_price: line.unit_price,
+                    allocated: (line.amount != line.check.amount).then_some(line.amount),
+                    source: line.source.clone(),
                     pack: None,
                 });
                 continue;
@@ -159,19 +185,22 @@ impl Shop {
             } else {
                 weights
             };
-            let shares = line.check.amount.allocate(&weights)?;
+            // The pack's price after its discounts, split by the components' list prices.
+            let shares = line.amount.allocate(&weights)?;
             for ((goods, check, per_pack), share) in parts.into_iter().zip(shares) {
                 out.push(Planned {
                     goods,
+                    unit_price: check.unit_price,
                     check,
                     allocated: Some(share),
+                    source: PriceSource::ListPrice,
                     pack: Some(PackTerms {
                         sku: line.check.sku,
                         goods: pack.id(),
                         place,
                         packs: line.check.quantity,
                         per_pack,
-                        price: line.check.amount,
+                        price: line.amount,
                     }),
                 });
             }
@@ -195,7 +224,12 @@ impl Shop {
     pub async fn quote(&self, request: &PlaceOrder) -> Result<Quote> {
         request.check()?;
         check_cart(request.cart())?;
-        self.price_cart(request.cart(), &mut Pricing::fresh()).await
+        self.price_cart(
+            request.cart(),
+            &request.price_inputs(),
+            &mut Pricing::fresh(),
+        )
+        .await
     }
 
     /// The goods of a SKU for pricing, noting the version it was priced from.
@@ -213,7 +247,12 @@ impl Shop {
     }
 
     /// [`quote`](Shop::quote), with the goods taken as `pricing` says.
-    async fn price_cart(&self, cart: &[CartLine], pricing: &mut Pricing) -> Result<Quote> {
+    async fn price_cart(
+        &self,
+        cart: &[CartLine],
+        inputs: &PriceInputs<'_>,
+        pricing: &mut Pricing,
+    ) -> Result<Quote> {
         if cart.is_empty() {
             return Err(Error::EmptyCart);
         }
@@ -221,6 +260,7 @@ impl Shop {
         let mut lines = Vec::with_capacity(cart.len());
         let mut currency: Option<Currency> = None;
         let mut total: Option<Money> = None;
+        let mut categories = Vec::with_capacity(cart.len());
         for line in cart {
             let quantity = u32::try_from(line.quantity)
                 .ok()
@@ -245,14 +285,97 @@ impl Shop {
                 None => check.amount,
                 Some(t) => t.checked_add(check.amount)?,
             });
+            categories.push(goods.categories().to_vec());
             lines.push(QuoteLine {
+                unit_price: check.unit_price,
+                amount: check.amount,
                 check,
                 goods: goods.id(),
                 source: PriceSource::ListPrice,
             });
         }
         let total = total.ok_or(Error::EmptyCart)?;
-        Ok(Quote { lines, total })
+        match &self.inner.pricing {
+            None if inputs.codes.is_empty() => Ok(Quote {
+                lines,
+                total,
+                explained: None,
+            }),
+            None => Err(Error::UnknownPromotionCode(inputs.codes[0].clone())),
+            Some(rules) => self.priced(lines, categories, inputs, rules),
+        }
+    }
+
+    /// The price stage with the shop's rules: the engine's unit prices and amounts on the
+    /// lines, its explanation beside them.
+    fn priced(
+        &self,
+        mut lines: Vec<QuoteLine>,
+        categories: Vec<Vec<String>>,
+        inputs: &PriceInputs<'_>,
+        rules: &quanyi_pricing::ValidRules,
+    ) -> Result<Quote> {
+        let currency = lines
+            .first()
+            .map(|l| l.check.amount.currency())
+            .ok_or(Error::EmptyCart)?;
+        let cart = quanyi_pricing::Cart {
+            currency,
+            items: lines
+                .iter()
+                .zip(categories)
+                .map(|(l, categories)| quanyi_pricing::CartItem {
+                    sku: l.check.sku,
+                    quantity: l.check.quantity,
+                    base_price: l.check.unit_price,
+                    kind: l.check.kind,
+                    categories,
+                })
+                .collect(),
+            codes: inputs.codes.to_vec(),
+        };
+        let ctx = quanyi_pricing::PricingContext {
+            member: inputs.member.cloned(),
+            channel: Some(inputs.channel.to_owned()),
+            now: self.now(),
+        };
+        let explained = quanyi_pricing::quote(&cart, &ctx, rules)?;
+        for code in inputs.codes {
+            let known = rules.rules().promotions.iter().any(|p| {
+                p.code
+                    .as_deref()
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case(code.trim()))
+            });
+            if !known {
+                return Err(Error::UnknownPromotionCode(code.clone()));
+            }
+        }
+        for (line, priced) in lines.iter_mut().zip(&explained.lines) {
+            line.unit_price = priced.unit_price;
+            line.amount = priced.amount;
+            let list = match &priced.price_from {
+                quanyi_pricing::PriceFrom::List { id, .. } => Some(id.clone()),
+                quanyi_pricing::PriceFrom::Base => None,
+            };
+            if list.is_some() || !priced.adjustments.is_empty() {
+                line.source = PriceSource::Priced {
+                    list,
+                    adjustments: priced
+                        .adjustments
+                        .iter()
+                        .map(|a| quanyi_order::PriceAdjustment {
+                            promotion: a.promotion.clone(),
+                            amount: a.amount,
+                        })
+                        .collect(),
+                };
+            }
+        }
+        Ok(Quote {
+            lines,
+            total: explained.total,
+            explained: Some(explained),
+        })
     }
 
     /// Places an order: checks the cart as [`quote`](Shop::quote) does, reserves card keys until
@@ -268,6 +391,7 @@ impl Shop {
             cart,
             &OrderContext::default(),
             &BTreeMap::new(),
+            &PriceInputs::PLAIN,
             None,
         )
         .await
@@ -283,6 +407,7 @@ impl Shop {
         cart: &[CartLine],
         context: &OrderContext,
         extras: &BTreeMap<String, String>,
+        inputs: &PriceInputs<'_>,
         idempotency: Option<&Idempotency>,
     ) -> Result<Order> {
         check_cart(cart)?;
@@ -292,7 +417,7 @@ impl Shop {
         let mut pricing = Pricing::from_memory();
         for _ in 0..3 {
             let planned = self
-                .plan_order(member, cart, context, extras, &mut pricing)
+                .plan_order(member, cart, context, extras, inputs, &mut pricing)
                 .await;
             let mut plan = match planned {
                 Ok(plan) => plan,
@@ -339,6 +464,9 @@ impl Shop {
                             held,
                         });
                     }
+                    if order.total().is_zero() {
+                        return self.pay_free(order).await;
+                    }
                     return Ok(order);
                 }
                 Err(quanyi_storage::Error::Conflict { what: "goods", .. }) => {
@@ -362,9 +490,26 @@ impl Shop {
         cart: &[CartLine],
         context: &OrderContext,
         extras: &BTreeMap<String, String>,
+        inputs: &PriceInputs<'_>,
         pricing: &mut Pricing,
     ) -> Result<OrderPlan> {
-        let quote = self.price_cart(cart, pricing).await?;
+        let quote = self.price_cart(cart, inputs, pricing).await?;
+        // A code entered must have applied: the buyer placed the order for its discount.
+        if let Some(explained) = &quote.explained {
+            if let Some(missed) = explained.missed.iter().find(|m| {
+                self.inner.pricing.as_ref().is_some_and(|r| {
+                    r.rules()
+                        .promotions
+                        .iter()
+                        .any(|p| p.id == m.promotion && p.code.is_some())
+                })
+            }) {
+                return Err(Error::PromotionNotApplied {
+                    promotion: missed.promotion.to_string(),
+                    reason: missed.reason.clone(),
+                });
+            }
+        }
         let planned = self.expand_bundles(&quote, cart, pricing).await?;
         if let Some(bad) = planned.iter().find(|l| !self.can_fulfil(&l.check)) {
             return Err(Error::NotFulfillable {
@@ -398,8 +543,10 @@ impl Shop {
         let new_lines = planned
             .iter()
             .map(|l| NewLine {
+                unit_price: l.unit_price,
                 allocated: l.allocated,
                 pack: l.pack.clone(),
+                price_source: l.source.clone(),
                 ..NewLine::from_check(l.goods, &l.check)
             })
             .collect();
@@ -470,6 +617,20 @@ impl Shop {
         })
     }
 
+    /// Pays a placed order whose total is zero (a full discount, a free trial) at once, as
+    /// [`FREE_ORDER_PROVIDER`] with the order's id as the transaction, and delivers it.
+    async fn pay_free(&self, order: Order) -> Result<Order> {
+        let receipt = self
+            .confirm_payment(crate::PaymentNotification {
+                provider: FREE_ORDER_PROVIDER.into(),
+                transaction_id: order.id().to_string(),
+                order: order.id(),
+                amount: order.total(),
+            })
+            .await?;
+        Ok(receipt.order)
+    }
+
     /// An order by id.
     ///
     /// # Errors
@@ -486,9 +647,17 @@ impl Shop {
 struct Planned {
     goods: quanyi_core::GoodsId,
     check: PurchaseCheck,
+    /// The unit price after price lists.
+    unit_price: Money,
+    /// The line's amount when it is not the unit price times the quantity (promotions, a
+    /// pack's share).
     allocated: Option<Money>,
+    source: PriceSource,
     pack: Option<PackTerms>,
 }
+
+/// The provider a free order (total zero) is recorded as paid by, without a payment notice.
+pub const FREE_ORDER_PROVIDER: &str = "quanyi.free";
 
 /// How an order is priced: from remembered goods or fresh reads, and the goods versions it
 /// was priced from (which the store checks when it places the order).

@@ -74,6 +74,7 @@ pub struct ShopBuilder {
     supplier_deadline: Duration,
     overdue: OverduePolicy,
     refund_review: Duration,
+    pricing: Option<quanyi_pricing::Rules>,
     links: Option<(String, Duration)>,
     job_handlers: Vec<Arc<dyn JobHandler>>,
     sweeps: Vec<Arc<dyn Sweep>>,
@@ -219,6 +220,15 @@ impl ShopBuilder {
         self
     }
 
+    /// The pricing rules of the checkout's price stage (price lists and promotions, see
+    /// [`quanyi_pricing`]): every quote and placement is priced by them, each line keeping
+    /// its price list and adjustments (`PriceSource::Priced`). Without rules every line is at
+    /// its SKU's price. Checked when the shop is built.
+    pub fn pricing(mut self, rules: quanyi_pricing::Rules) -> Self {
+        self.pricing = Some(rules);
+        self
+    }
+
     /// How long operators have to decide a buyer's refund request that needs a decision
     /// (default [`DEFAULT_REFUND_REVIEW_HOURS`](crate::DEFAULT_REFUND_REVIEW_HOURS)): the
     /// request's deadline in the refund queue, where it is listed overdue after it. The clock
@@ -262,6 +272,10 @@ impl ShopBuilder {
                 "reservation ttl must be positive".into(),
             ));
         }
+        let pricing = self
+            .pricing
+            .map(quanyi_pricing::Rules::validated)
+            .transpose()?;
         if self.refund_review <= Duration::zero() {
             return Err(Error::InvalidInput(
                 "the refund review window must be positive".into(),
@@ -330,6 +344,7 @@ impl ShopBuilder {
                 supplier_deadline: self.supplier_deadline,
                 overdue: self.overdue,
                 refund_review: self.refund_review,
+                pricing,
                 links: self.links,
                 watched_routes: parking_lot::Mutex::new(Vec::new()),
                 event_ids: quanyi_core::IdSequence::new(),
@@ -368,6 +383,8 @@ pub(crate) struct Inner {
     pub(crate) overdue: OverduePolicy,
     /// How long an operator has to decide a buyer's refund request.
     pub(crate) refund_review: Duration,
+    /// The price stage's rules (none: list prices).
+    pub(crate) pricing: Option<quanyi_pricing::ValidRules>,
     pub(crate) links: Option<(String, Duration)>,
     /// Every supplier route whose stock this process has been asked about, kept fresh by the
     /// worker.
@@ -433,6 +450,7 @@ impl Shop {
             supplier_deadline: Duration::hours(DEFAULT_SUPPLIER_DEADLINE_HOURS),
             overdue: OverduePolicy::Refund,
             refund_review: Duration::hours(crate::DEFAULT_REFUND_REVIEW_HOURS),
+            pricing: None,
             links: None,
             job_handlers: Vec::new(),
             sweeps: Vec::new(),
