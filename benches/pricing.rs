@@ -39,6 +39,7 @@ fn promo(id: &str, priority: i32, target: Target, effect: Effect) -> Promotion {
         conditions: vec![],
         effect,
         window: Window::default(),
+        budget: None,
     }
 }
 
@@ -69,6 +70,7 @@ fn setup() -> (Cart, PricingContext, ValidRules, ValidRules) {
         }),
         channel: Some("app".into()),
         now: Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap(),
+        used_up: vec![],
     };
     let music = Target::Categories {
         categories: vec!["music".into()],

@@ -97,6 +97,8 @@ pub enum MissReason {
     },
     /// It would take nothing off (the lines are already free).
     NothingOff,
+    /// Its budget has no use left.
+    UsedUp,
 }
 
 /// A promotion that did not apply.
@@ -167,6 +169,10 @@ pub fn quote(cart: &Cart, ctx: &PricingContext, rules: &ValidRules) -> Result<Qu
             .extend((0..cart.items.len()).filter(|i| targets(&promotion.target, &cart.items[*i])));
         if targeted.is_empty() {
             missed.push(miss(MissReason::NoItems));
+            continue;
+        }
+        if ctx.used_up.contains(&promotion.id) {
+            missed.push(miss(MissReason::UsedUp));
             continue;
         }
         if let Some(failed) = promotion.conditions.iter().find(|c| !c.holds(ctx)) {

@@ -66,6 +66,10 @@ pub struct PricingContext {
     pub channel: Option<String>,
     /// The time the quote is for.
     pub now: DateTime<Utc>,
+    /// The promotions whose budget has no use left (for everyone, or for this member): they
+    /// do not apply ([`MissReason::UsedUp`](crate::MissReason::UsedUp)).
+    #[serde(default)]
+    pub used_up: Vec<Arc<str>>,
 }
 
 /// One SKU in a cart, as the checkout hands it to the engine.
@@ -367,6 +371,21 @@ pub struct Promotion {
     /// When it is on.
     #[serde(default)]
     pub window: Window,
+    /// How many times it may be used: the checkout takes one use with each order it applies
+    /// to, in the order's write, and gives it back when the order ends unpaid.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+}
+
+/// How many times a promotion may be used; the shop's store counts the uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Budget {
+    /// Uses by every member together (a one-use coupon: 1).
+    #[serde(default)]
+    pub total: Option<u32>,
+    /// Uses by one member.
+    #[serde(default)]
+    pub per_member: Option<u32>,
 }
 
 /// A shop's pricing rules in one currency.
@@ -483,6 +502,11 @@ impl Rules {
                     return Err(bad("effect", "a set has units and a price in the currency"));
                 }
                 _ => {}
+            }
+            if let Some(b) = p.budget {
+                if b.total == Some(0) || b.per_member == Some(0) || b == Budget::default() {
+                    return Err(bad("budget", "names at least one limit, each at least 1"));
+                }
             }
             for c in &p.conditions {
                 if let Condition::MinSpend { amount } = c {

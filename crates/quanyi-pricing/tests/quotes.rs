@@ -51,6 +51,7 @@ fn promo(id: &str, effect: Effect) -> Promotion {
         conditions: vec![],
         effect,
         window: Window::default(),
+        budget: None,
     }
 }
 
@@ -141,6 +142,7 @@ struct Expect {
 
 struct Case {
     name: &'static str,
+    used_up: Vec<&'static str>,
     items: Vec<CartItem>,
     codes: Vec<&'static str>,
     member: Option<MemberFacts>,
@@ -155,6 +157,7 @@ impl Default for Case {
     fn default() -> Self {
         Case {
             name: "",
+            used_up: vec![],
             items: vec![],
             codes: vec![],
             member: None,
@@ -187,6 +190,7 @@ fn check(case: Case) {
         member: case.member,
         channel: case.channel.map(str::to_owned),
         now: t0(),
+        used_up: case.used_up.iter().map(|id| (*id).into()).collect(),
     };
     let rules = Rules {
         currency,
@@ -1127,6 +1131,24 @@ fn quote_cases() {
             },
             ..Case::default()
         },
+        Case {
+            name: "a promotion whose budget is used up",
+            items: vec![item(1, 1, "20.00")],
+            used_up: vec!["coupon"],
+            promotions: vec![with(amount_off("coupon", "3.00"), |p| {
+                p.budget = Some(Budget {
+                    total: Some(1),
+                    per_member: None,
+                })
+            })],
+            expect: Expect {
+                lines: vec!["20.00"],
+                total: "20.00",
+                missed: vec![("coupon", MissReason::UsedUp)],
+                ..Expect::default()
+            },
+            ..Case::default()
+        },
         // Floors and the spreading of cut discounts.
         Case {
             name: "a free unit on a line already cut spreads to lines with room",
@@ -1187,6 +1209,7 @@ fn bad_rules_name_the_rule_and_the_field() {
         member: None,
         channel: None,
         now: t0(),
+        used_up: vec![],
     };
     let bad = |promotions: Vec<Promotion>, lists: Vec<PriceList>| {
         let rules = Rules {
@@ -1221,6 +1244,10 @@ fn bad_rules_name_the_rule_and_the_field() {
         ),
         ("a".into(), "id".into())
     );
+    let no_limit = with(amount_off("b", "1.00"), |p| {
+        p.budget = Some(Budget::default())
+    });
+    assert_eq!(bad(vec![no_limit], vec![]), ("b".into(), "budget".into()));
     let usd = PriceList {
         currency: Currency::USD,
         ..list("l", ListKind::Sale, 0, &[])
@@ -1323,7 +1350,7 @@ proptest! {
             })
             .collect();
         let rules = Rules { promotions, ..Rules::none(Currency::CNY) }.validated().unwrap();
-        let ctx = PricingContext { member: None, channel: None, now: t0() };
+        let ctx = PricingContext { member: None, channel: None, now: t0(), used_up: vec![] };
         let q = quote(&cart, &ctx, &rules).unwrap();
         invariants(&q, "property");
         prop_assert_eq!(quote(&cart, &ctx, &rules).unwrap(), q);

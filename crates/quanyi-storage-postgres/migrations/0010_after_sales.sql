@@ -15,3 +15,21 @@ CREATE TABLE refunds_paid (
     CONSTRAINT refunds_paid_pkey PRIMARY KEY (tenant, refund_id)
 );
 CREATE INDEX refunds_paid_by_time ON refunds_paid (tenant, paid_at, refund_id);
+-- Budgets that placements take uses of (a coupon's total uses, its uses per member), with the
+-- limit the last take named, and the uses each order holds until it is closed unpaid, when
+-- they go back once.
+CREATE TABLE sale_budgets (
+    tenant text COLLATE "C" NOT NULL,
+    scope  text COLLATE "C" NOT NULL,
+    key    text COLLATE "C" NOT NULL,
+    used   integer NOT NULL,
+    lim    integer NOT NULL,
+    CONSTRAINT sale_budgets_pkey PRIMARY KEY (tenant, scope, key)
+);
+CREATE TABLE order_budgets (
+    tenant   text COLLATE "C" NOT NULL,
+    order_id uuid NOT NULL,
+    scope    text COLLATE "C" NOT NULL,
+    key      text COLLATE "C" NOT NULL,
+    CONSTRAINT order_budgets_pkey PRIMARY KEY (tenant, order_id, scope, key)
+);

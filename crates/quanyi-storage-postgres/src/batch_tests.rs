@@ -154,6 +154,7 @@ pub(crate) fn place(
                     member_limits: &[],
                     priced_from: &priced,
                     claims: &[],
+                    budgets: &[],
                 },
                 t0(),
             )

@@ -32,6 +32,10 @@ pub(crate) use batch::PLACE_BATCH;
 pub(crate) use placing::PLACE;
 pub(crate) use placing::PlaceRequest;
 
+/// The uses of budget ($1 tenant, $2 scope, $3 key) held by orders not closed unpaid.
+const BUDGET_USED: &str =
+    "SELECT used FROM sale_budgets WHERE tenant = $1 AND scope = $2 AND key = $3";
+
 /// The claim stored for $1 tenant, $2 scope, $3 key.
 const CLAIM: &str = "SELECT value FROM sale_claims WHERE tenant = $1 AND scope = $2 AND key = $3";
 
@@ -44,7 +48,12 @@ fn update_sql(release: bool) -> String {
     let (release_cte, released) = if release {
         (
             format!(
-                ", {}",
+                ", {}, \
+                 gone AS (DELETE FROM order_budgets WHERE tenant = $1 AND order_id = $2 \
+                          AND EXISTS (SELECT 1 FROM upd) RETURNING scope, key), \
+                 back AS (UPDATE sale_budgets s SET used = s.used - 1 FROM gone g \
+                          WHERE s.tenant = $1 AND s.scope = g.scope AND s.key = g.key \
+                            AND s.used > 0)",
                 release_ctes("$1", "$2", "EXISTS (SELECT 1 FROM upd)")
             ),
             "(SELECT count(*) FROM rel)",
@@ -335,21 +344,23 @@ fn is_newer(change: &OrderChange<'_>) -> bool {
 impl OrderStore for PgStore {
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
         let request = PlaceRequest::new(&new, now)?;
-        let cards =
-            if !request.limits.is_empty() || !request.well_formed || !request.claim_keys.is_empty()
-            {
-                // Member limits count under a per-member lock, claims are taken in a transaction,
-                // and a malformed call is refused with its reason: all alone.
-                self.place_alone(&request).await?
-            } else {
-                self.combined(
-                    &self.shared.placements,
-                    request,
-                    |store, batch| async move { store.place_batch(batch).await },
-                    |request| async move { self.place_alone(&request).await },
-                )
-                .await?
-            };
+        let cards = if !request.limits.is_empty()
+            || !request.well_formed
+            || !request.claim_keys.is_empty()
+            || !request.budget_keys.is_empty()
+        {
+            // Member limits count under a per-member lock, claims are taken in a transaction,
+            // and a malformed call is refused with its reason: all alone.
+            self.place_alone(&request).await?
+        } else {
+            self.combined(
+                &self.shared.placements,
+                request,
+                |store, batch| async move { store.place_batch(batch).await },
+                |request| async move { self.place_alone(&request).await },
+            )
+            .await?
+        };
         self.allocated(cards.len());
         Ok(cards)
     }
@@ -529,6 +540,21 @@ impl OrderStore for PgStore {
         let stmt = conn.prepare(&CLOSE).await?;
         let released = write_change(conn.client(), &stmt, &change).await?;
         Ok(u32::try_from(released).unwrap_or(u32::MAX))
+    }
+
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare(BUDGET_USED).await?;
+        let row = conn
+            .client()
+            .query_opt(&stmt, &[&tenant.as_str(), &scope, &key])
+            .await
+            .map_err(db)?;
+        let used: i32 = match row {
+            Some(r) => get(&r, 0)?,
+            None => 0,
+        };
+        Ok(u32::try_from(used).unwrap_or(0))
     }
 
     async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {

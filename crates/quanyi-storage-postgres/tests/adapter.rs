@@ -218,6 +218,7 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
                         member_limits: &limits,
                         priced_from: &[],
                         claims: &[],
+                        budgets: &[],
                     },
                     t0(),
                 )
@@ -281,6 +282,7 @@ async fn a_payment_cut_off_mid_statement_writes_nothing() {
                 member_limits: &[],
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )
@@ -1317,6 +1319,7 @@ async fn migrate_v4_data(through_5: bool) {
                 member_limits: &limit,
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )
@@ -1447,6 +1450,7 @@ async fn migrate_v4_data(through_5: bool) {
                         member_limits: &[],
                         priced_from: &[],
                         claims: &[claim],
+                        budgets: &[],
                     },
                     t0(),
                 )

@@ -14,3 +14,19 @@ CREATE TABLE refunds_paid (
     PRIMARY KEY (tenant, refund_id)
 ) WITHOUT ROWID;
 CREATE INDEX refunds_paid_by_time ON refunds_paid (tenant, paid_at, refund_id);
+-- Budgets that placements take uses of (a coupon's total uses, its uses per member), and the
+-- uses each order holds until it is closed unpaid, when they go back once.
+CREATE TABLE sale_budgets (
+    tenant TEXT    NOT NULL,
+    scope  TEXT    NOT NULL,
+    key    TEXT    NOT NULL,
+    used   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, scope, key)
+) WITHOUT ROWID;
+CREATE TABLE order_budgets (
+    tenant   TEXT NOT NULL,
+    order_id BLOB NOT NULL,
+    scope    TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    PRIMARY KEY (tenant, order_id, scope, key)
+) WITHOUT ROWID;

@@ -196,6 +196,7 @@ mod tests {
                         member_limits: &[],
                         priced_from: &[],
                         claims: &[],
+                        budgets: &[],
                     },
                     t0(),
                 )

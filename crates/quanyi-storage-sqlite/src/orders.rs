@@ -13,7 +13,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
 use crate::cards::{free_cards, release, reserve};
-use crate::convert::{SqlResult, from_doc, int, limit, read_docs, to_doc, ts, uint, uuid};
+use crate::convert::{SqlResult, from_doc, int, limit, read_docs, to_doc, ts, uint, uint32, uuid};
 use crate::logs::{EventRow, check_events_new, event_rows, insert_events};
 
 /// An order encoded for a blocking thread.
@@ -258,7 +258,9 @@ impl OrderStore for SqliteStore {
         let priced_from: Vec<(GoodsId, u64)> =
             new.priced_from.iter().map(|g| (g.id, g.version)).collect();
         Claim::check_all(new.claims)?;
+        quanyi_storage::BudgetTake::check_all(new.budgets)?;
         let claims = new.claims.to_vec();
+        let budgets = new.budgets.to_vec();
         let now = ts(now)?;
         self.pool
             .write(move |tx| {
@@ -309,6 +311,14 @@ impl OrderStore for SqliteStore {
                     }
                 }
                 check_events_new(tx, &events, "event", o.id)?;
+                for b in &budgets {
+                    if budget_used(tx, &o.tenant, &b.scope, &b.key)? >= b.limit {
+                        return Err(Error::BudgetExhausted {
+                            scope: b.scope.clone(),
+                            key: b.key.clone(),
+                        });
+                    }
+                }
                 // Choose every card before changing any, so a shortage changes nothing.
                 let mut chosen: Vec<CardId> = Vec::new();
                 for &(sku, quantity) in &reservations {
@@ -338,8 +348,31 @@ impl OrderStore for SqliteStore {
                     .execute(params![o.tenant, claim.scope, claim.key, claim.value, now])
                     .db()?;
                 }
+                for b in &budgets {
+                    tx.prepare_cached(
+                        "INSERT INTO sale_budgets (tenant, scope, key, used) VALUES (?1, ?2, ?3, 1)
+                         ON CONFLICT DO UPDATE SET used = used + 1",
+                    )
+                    .db()?
+                    .execute(params![o.tenant, b.scope, b.key])
+                    .db()?;
+                    tx.prepare_cached(
+                        "INSERT INTO order_budgets (tenant, order_id, scope, key)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .db()?
+                    .execute(params![o.tenant, o.id.as_bytes(), b.scope, b.key])
+                    .db()?;
+                }
                 Ok(chosen)
             })
+            .await
+    }
+
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+        let (tenant, scope, key) = (tenant.as_str().to_owned(), scope.to_owned(), key.to_owned());
+        self.pool
+            .read(move |tx| budget_used(tx, &tenant, &scope, &key))
             .await
     }
 
@@ -505,6 +538,28 @@ impl OrderStore for SqliteStore {
             .write(move |tx| {
                 let checked = check_order_change(tx, &c)?;
                 let released = release(tx, &c.order.tenant, c.order.id)?;
+                // The budget uses the order took go back, once: its record of them goes too.
+                let taken: Vec<(String, String)> = tx
+                    .prepare_cached(
+                        "DELETE FROM order_budgets WHERE tenant = ?1 AND order_id = ?2
+                         RETURNING scope, key",
+                    )
+                    .db()?
+                    .query_map(params![c.order.tenant, c.order.id.as_bytes()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .db()?
+                    .collect::<rusqlite::Result<_>>()
+                    .db()?;
+                for (scope, key) in taken {
+                    tx.prepare_cached(
+                        "UPDATE sale_budgets SET used = used - 1
+                         WHERE tenant = ?1 AND scope = ?2 AND key = ?3 AND used > 0",
+                    )
+                    .db()?
+                    .execute(params![c.order.tenant, scope, key])
+                    .db()?;
+                }
                 apply_order_change(tx, &c, checked)?;
                 Ok(released)
             })
@@ -669,6 +724,19 @@ impl OrderStore for SqliteStore {
 }
 
 /// The claim stored for (tenant, scope, key).
+/// The uses of a budget that orders not closed unpaid hold.
+fn budget_used(tx: &Transaction<'_>, tenant: &str, scope: &str, key: &str) -> Result<u32> {
+    let used: Option<i64> = tx
+        .prepare_cached(
+            "SELECT used FROM sale_budgets WHERE tenant = ?1 AND scope = ?2 AND key = ?3",
+        )
+        .db()?
+        .query_row(params![tenant, scope, key], |r| r.get(0))
+        .optional()
+        .db()?;
+    uint32(used.unwrap_or(0), "budget uses")
+}
+
 fn stored_claim(
     tx: &Transaction<'_>,
     tenant: &str,

@@ -917,6 +917,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                 member_limits: &limit,
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )
@@ -932,6 +933,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                 member_limits: &limit,
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )
@@ -1056,6 +1058,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                 member_limits: &[],
                 priced_from: &[],
                 claims: std::slice::from_ref(&claim),
+                budgets: &[],
             },
             t0(),
         )
@@ -1074,6 +1077,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                     value: "second".into(),
                     ..claim.clone()
                 }],
+                budgets: &[],
             },
             t0(),
         )

@@ -40,6 +40,15 @@ pub enum Error {
         /// How many were free.
         available: u64,
     },
+    /// A budget has no use left (a coupon used up, or used up by this member): nothing was
+    /// written.
+    #[error("budget {scope}/{key} has no use left")]
+    BudgetExhausted {
+        /// The kind of budget.
+        scope: String,
+        /// The budget.
+        key: String,
+    },
     /// A refund would void a card its buyer has revealed: nothing was written.
     #[error("card {card} was revealed")]
     Revealed {
@@ -117,6 +126,7 @@ impl Error {
             | Error::Revealed { .. } => ErrorKind::Conflict,
             Error::OutOfStock { .. }
             | Error::MemberLimitExceeded { .. }
+            | Error::BudgetExhausted { .. }
             | Error::KeyExhausted { .. } => ErrorKind::Exhausted,
             Error::Invalid(_) => ErrorKind::Invalid,
             Error::Unavailable { .. } => ErrorKind::Unavailable,

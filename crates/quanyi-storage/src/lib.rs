@@ -14,9 +14,9 @@ pub use model::{
     OrderChange, PaymentNotice, PaymentWrite, RecordOutcome, Reindexed, Reservation, StockCount,
     StoredCard, Trail,
 };
+pub use model::{BudgetTake, PaidRefund, RefundWrite, check_paid};
 pub use model::{FeedEvent, FeedPosition, MAX_CONSUMER_NAME, check_consumer_name};
 pub use model::{MAX_SEARCH_PAGE, OrderCursor, OrderQuery, placed_at, search_in_pages};
-pub use model::{PaidRefund, RefundWrite, check_paid};
 pub use ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore, Store,
     VaultStore,

@@ -217,6 +217,52 @@ pub struct NewOrder<'a> {
     /// coupon): when any is already taken, the order is refused with
     /// [`Error::Claimed`](crate::Error::Claimed) and nothing is written.
     pub claims: &'a [Claim],
+    /// Uses of budgets the placement takes in the same atomic step (a coupon's total uses, its
+    /// uses per member): when any would pass its limit, the order is refused with
+    /// [`Error::BudgetExhausted`](crate::Error::BudgetExhausted) and nothing is written. The
+    /// uses go back, once, when the order ends unpaid
+    /// ([`close_unpaid_order`](crate::OrderStore::close_unpaid_order)).
+    pub budgets: &'a [BudgetTake],
+}
+
+/// One use of a budget: `(tenant, scope, key)` counts the uses taken by orders that are not
+/// closed unpaid, and a take that would pass `limit` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BudgetTake {
+    /// The kind of budget (`coupon`, `coupon.member`): 1 to [`MAX_CLAIM_SCOPE`] bytes.
+    pub scope: String,
+    /// The budget (a coupon's id, with the member for a per-member budget): 1 to
+    /// [`MAX_CLAIM_KEY`] bytes.
+    pub key: String,
+    /// The most uses, at least 1.
+    pub limit: u32,
+}
+
+impl BudgetTake {
+    /// Checks every take's scope, key and limit, and that none repeats.
+    ///
+    /// # Errors
+    /// `Invalid`.
+    pub fn check_all(takes: &[BudgetTake]) -> crate::Result<()> {
+        for (i, t) in takes.iter().enumerate() {
+            let bad = t.scope.is_empty()
+                || t.scope.len() > MAX_CLAIM_SCOPE
+                || t.key.is_empty()
+                || t.key.len() > MAX_CLAIM_KEY
+                || t.limit == 0
+                || takes[..i]
+                    .iter()
+                    .any(|o| o.scope == t.scope && o.key == t.key);
+            if bad {
+                return Err(crate::Error::Invalid(format!(
+                    "budget take {}/{} is malformed or repeated",
+                    t.scope.escape_debug(),
+                    t.key.escape_debug()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The longest claim scope, in bytes.

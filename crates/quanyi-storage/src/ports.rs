@@ -86,6 +86,7 @@ pub trait OrderStore: Send + Sync {
             member_limits,
             priced_from: &[],
             claims: &[],
+            budgets: &[],
         };
         self.place_order(new, order.created_at()).await.map(|_| ())
     }
@@ -141,13 +142,16 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<Vec<Order>>;
 
     /// Writes a new version of an unpaid order that ends without a sale (expired or cancelled)
-    /// and returns its reserved cards to stock, in one atomic step; returns how many cards were
-    /// released. An order never ends with its cards still held, and no card is released from an
+    /// and returns its reserved cards to stock and the budget uses it took ([`NewOrder::budgets`],
+    /// once), in one atomic step; returns how many cards were released. An order never ends with its cards still held, and no card is released from an
     /// order that did not end.
     ///
     /// # Errors
     /// As [`update_order`](OrderStore::update_order); nothing is written on any error.
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32>;
+
+    /// How many uses of the budget (tenant, scope, key) orders not closed unpaid hold.
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32>;
 
     /// The claim a sale write took for (tenant, scope, key), if any.
     async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>>;

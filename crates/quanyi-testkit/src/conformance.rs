@@ -53,6 +53,7 @@ pub const CASES: &[&str] = &[
     "pack_limits",
     "operator_changes_are_written_with_their_records",
     "refunds_void_unrevealed_cards_and_queue_per_tenant",
+    "budgets_are_taken_within_their_limit_and_returned_once",
     "cards_are_found_by_blind_index",
     "events_keep_their_schema_version_and_correlation",
     "jobs_are_claimed_only_by_kinds_the_worker_runs",
@@ -92,7 +93,8 @@ pub use cards::{
     reserve_out_of_stock_changes_nothing,
 };
 pub use claims::{
-    claims_are_taken_once_with_the_sale, racing_placements_with_one_claim_place_one_order,
+    budgets_are_taken_within_their_limit_and_returned_once, claims_are_taken_once_with_the_sale,
+    racing_placements_with_one_claim_place_one_order,
 };
 pub use feed::{
     audit_records_newest_first, consumer_cursors_move_by_compare_and_swap,

@@ -225,6 +225,11 @@ impl OrderStore for HookedStore {
         self.inner.close_unpaid_order(change).await
     }
 
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+        self.before("budget_used").await?;
+        self.inner.budget_used(tenant, scope, key).await
+    }
+
     async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {
         self.before("claim").await?;
         self.inner.claim(tenant, scope, key).await

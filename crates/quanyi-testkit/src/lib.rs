@@ -58,6 +58,7 @@ macro_rules! storage_conformance {
             pack_limits,
             operator_changes_are_written_with_their_records,
             refunds_void_unrevealed_cards_and_queue_per_tenant,
+            budgets_are_taken_within_their_limit_and_returned_once,
             cards_are_found_by_blind_index,
             events_keep_their_schema_version_and_correlation,
             key_ring_versions_and_use_limit,
@@ -115,7 +116,9 @@ macro_rules! shop_conformance {
             refund_requests_wait_in_the_queue_for_a_decision,
             a_reveal_racing_a_refund_gives_the_key_or_the_money,
             identical_refund_requests_refund_once,
-            pricing_rules_price_the_checkout
+            pricing_rules_price_the_checkout,
+            coupons_are_used_within_their_budget,
+            a_coupon_is_returned_once_or_used_once
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

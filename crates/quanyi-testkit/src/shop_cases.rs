@@ -47,7 +47,10 @@ pub use overdue::{
     a_line_waiting_on_a_supplier_past_the_deadline_is_refunded,
 };
 pub use packs::what_was_bought_is_delivered_and_a_trial_pack_is_sold_once;
-pub use pricing::pricing_rules_price_the_checkout;
+pub use pricing::{
+    a_coupon_is_returned_once_or_used_once, coupons_are_used_within_their_budget,
+    pricing_rules_price_the_checkout,
+};
 pub use refunds::{
     a_reveal_racing_a_refund_gives_the_key_or_the_money, identical_refund_requests_refund_once,
     refund_requests_wait_in_the_queue_for_a_decision, refunds_follow_each_lines_rule,
@@ -87,6 +90,8 @@ pub const CASES: &[&str] = &[
     "a_reveal_racing_a_refund_gives_the_key_or_the_money",
     "identical_refund_requests_refund_once",
     "pricing_rules_price_the_checkout",
+    "coupons_are_used_within_their_budget",
+    "a_coupon_is_returned_once_or_used_once",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

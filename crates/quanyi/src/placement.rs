@@ -92,6 +92,7 @@ impl PlaceOrder {
     /// The price stage's inputs of this request.
     pub(crate) fn price_inputs(&self) -> crate::sales::PriceInputs<'_> {
         crate::sales::PriceInputs {
+            buyer: &self.member,
             codes: &self.codes,
             member: self.member_facts.as_ref(),
             channel: self.context.channel.as_str(),

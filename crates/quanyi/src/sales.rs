@@ -97,24 +97,34 @@ pub struct Quote {
     /// The pricing engine's explanation (lists, promotions applied and missed, with why),
     /// when the shop has pricing rules.
     pub explained: Option<quanyi_pricing::Quote>,
+    /// The budget uses the order takes for the promotions that applied.
+    pub(crate) budgets: Vec<quanyi_storage::BudgetTake>,
 }
 
 /// What the price stage reads beyond the cart: the codes entered, what the host says of the
 /// member (until the membership domain keeps it), the channel.
 pub(crate) struct PriceInputs<'a> {
+    pub(crate) buyer: &'a MemberId,
     pub(crate) codes: &'a [String],
     pub(crate) member: Option<&'a quanyi_pricing::MemberFacts>,
     pub(crate) channel: &'a str,
 }
 
-impl PriceInputs<'_> {
+impl<'a> PriceInputs<'a> {
     /// No codes, no member facts, the web channel: what `place_order` prices with.
-    pub(crate) const PLAIN: PriceInputs<'static> = PriceInputs {
-        codes: &[],
-        member: None,
-        channel: "web",
-    };
+    pub(crate) fn plain(buyer: &'a MemberId) -> PriceInputs<'a> {
+        PriceInputs {
+            buyer,
+            codes: &[],
+            member: None,
+            channel: "web",
+        }
+    }
 }
+
+/// The budget scopes of promotions: uses by everyone, and by one member (key `<id>:<member>`).
+const PROMOTION_BUDGET: &str = "promotion";
+const PROMOTION_MEMBER_BUDGET: &str = "promotion.member";
 
 impl Shop {
     /// True when the engine can deliver the line: card keys, links and reservation codes from
@@ -300,15 +310,52 @@ impl Shop {
                 lines,
                 total,
                 explained: None,
+                budgets: Vec::new(),
             }),
             None => Err(Error::UnknownPromotionCode(inputs.codes[0].clone())),
-            Some(rules) => self.priced(lines, categories, inputs, rules),
+            Some(rules) => self.priced(lines, categories, inputs, rules).await,
         }
+    }
+
+    /// The promotions with a budget that has no use left, for everyone or for this buyer.
+    async fn used_up(
+        &self,
+        rules: &quanyi_pricing::ValidRules,
+        buyer: &MemberId,
+    ) -> Result<Vec<std::sync::Arc<str>>> {
+        let mut out = Vec::new();
+        for p in &rules.rules().promotions {
+            let Some(budget) = p.budget else { continue };
+            let store = self.store_ref();
+            let spent_by_all = match budget.total {
+                Some(total) => {
+                    store
+                        .budget_used(&self.tenant, PROMOTION_BUDGET, &p.id)
+                        .await?
+                        >= total
+                }
+                None => false,
+            };
+            let spent_by_buyer = match budget.per_member {
+                Some(limit) if !spent_by_all => {
+                    let key = format!("{}:{buyer}", p.id);
+                    store
+                        .budget_used(&self.tenant, PROMOTION_MEMBER_BUDGET, &key)
+                        .await?
+                        >= limit
+                }
+                _ => false,
+            };
+            if spent_by_all || spent_by_buyer {
+                out.push(p.id.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// The price stage with the shop's rules: the engine's unit prices and amounts on the
     /// lines, its explanation beside them.
-    fn priced(
+    async fn priced(
         &self,
         mut lines: Vec<QuoteLine>,
         categories: Vec<Vec<String>>,
@@ -334,10 +381,12 @@ impl Shop {
                 .collect(),
             codes: inputs.codes.to_vec(),
         };
+        let used_up = self.used_up(rules, inputs.buyer).await?;
         let ctx = quanyi_pricing::PricingContext {
             member: inputs.member.cloned(),
             channel: Some(inputs.channel.to_owned()),
             now: self.now(),
+            used_up,
         };
         let explained = quanyi_pricing::quote(&cart, &ctx, rules)?;
         for code in inputs.codes {
@@ -371,10 +420,35 @@ impl Shop {
                 };
             }
         }
+        let mut budgets = Vec::new();
+        for applied in &explained.applied {
+            let budget = rules
+                .rules()
+                .promotions
+                .iter()
+                .find(|p| p.id == applied.promotion)
+                .and_then(|p| p.budget);
+            let Some(budget) = budget else { continue };
+            if let Some(limit) = budget.total {
+                budgets.push(quanyi_storage::BudgetTake {
+                    scope: PROMOTION_BUDGET.into(),
+                    key: applied.promotion.to_string(),
+                    limit,
+                });
+            }
+            if let Some(limit) = budget.per_member {
+                budgets.push(quanyi_storage::BudgetTake {
+                    scope: PROMOTION_MEMBER_BUDGET.into(),
+                    key: format!("{}:{}", applied.promotion, inputs.buyer),
+                    limit,
+                });
+            }
+        }
         Ok(Quote {
             lines,
             total: explained.total,
             explained: Some(explained),
+            budgets,
         })
     }
 
@@ -391,7 +465,7 @@ impl Shop {
             cart,
             &OrderContext::default(),
             &BTreeMap::new(),
-            &PriceInputs::PLAIN,
+            &PriceInputs::plain(member),
             None,
         )
         .await
@@ -450,6 +524,7 @@ impl Shop {
                         member_limits: &plan.limits,
                         priced_from: &pricing.priced_from,
                         claims: &claims,
+                        budgets: &plan.budgets,
                     },
                     plan.now,
                 )
@@ -469,7 +544,11 @@ impl Shop {
                     }
                     return Ok(order);
                 }
-                Err(quanyi_storage::Error::Conflict { what: "goods", .. }) => {
+                // Goods changed, or a promotion's budget was used up meanwhile: price again.
+                Err(
+                    quanyi_storage::Error::Conflict { what: "goods", .. }
+                    | quanyi_storage::Error::BudgetExhausted { .. },
+                ) => {
                     pricing = Pricing::fresh();
                 }
                 Err(e) => return Err(e.into()),
@@ -613,6 +692,7 @@ impl Shop {
             events: envs,
             reservations,
             limits,
+            budgets: quote.budgets,
             now,
         })
     }
@@ -697,6 +777,7 @@ struct OrderPlan {
     events: Vec<quanyi_core::EventEnvelope>,
     reservations: Vec<Reservation>,
     limits: Vec<MemberLimit>,
+    budgets: Vec<quanyi_storage::BudgetTake>,
     now: chrono::DateTime<chrono::Utc>,
 }
 

@@ -129,6 +129,24 @@ const INSERT_CLAIMS: &str = "INSERT INTO sale_claims (tenant, scope, key, value,
      SELECT $1, c.scope, c.key, c.value, $5 \
      FROM unnest($2::text[], $3::text[], $4::text[]) AS c(scope, key, value)";
 
+/// Takes one use of each of a placement's budgets: $1 tenant, $2 scopes, $3 keys, $4 limits, $5
+/// the order. A budget at its limit is not updated, so the statement answers fewer rows than
+/// budgets and the placement is refused; each use taken is recorded for the order (returned
+/// when it closes unpaid). Concurrent takes of one budget queue on its row.
+const TAKE_BUDGETS: &str = "WITH b AS (SELECT * FROM unnest($2::text[], $3::text[], $4::int[]) \
+                             AS b(scope, key, lim)), \
+     up AS (INSERT INTO sale_budgets (tenant, scope, key, used, lim) \
+            SELECT $1, scope, key, 1, lim FROM b \
+            ON CONFLICT (tenant, scope, key) DO UPDATE \
+                SET used = sale_budgets.used + 1, lim = EXCLUDED.lim \
+                WHERE sale_budgets.used < EXCLUDED.lim \
+            RETURNING scope, key), \
+     rec AS (INSERT INTO order_budgets (tenant, order_id, scope, key) \
+             SELECT $1, $5, scope, key FROM up) \
+     SELECT (SELECT count(*) FROM up), \
+            ARRAY(SELECT b.scope || chr(31) || b.key FROM b \
+                  WHERE NOT EXISTS (SELECT 1 FROM up WHERE up.scope = b.scope AND up.key = b.key))";
+
 /// The result of [`PLACE`].
 struct Placed {
     existing: bool,
@@ -196,6 +214,7 @@ impl PgStore {
             .await?;
         let lock = conn.prepare(MEMBER_LOCK).await?;
         let insert = conn.prepare(INSERT_CLAIMS).await?;
+        let take = conn.prepare(TAKE_BUDGETS).await?;
         let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
             &r.tenant,
             &r.claim_scopes,
@@ -203,9 +222,17 @@ impl PgStore {
             &r.claim_values,
             &r.now,
         ];
+        let order_id = *r.order.as_uuid();
+        let budget_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &r.tenant,
+            &r.budget_scopes,
+            &r.budget_keys,
+            &r.budget_limits,
+            &order_id,
+        ];
         conn.in_txn = true;
         let c = conn.client();
-        let (begin, locked, claimed, placed) = tokio::join!(
+        let (begin, locked, claimed, taken, placed) = tokio::join!(
             biased;
             c.batch_execute("BEGIN"),
             async {
@@ -215,13 +242,30 @@ impl PgStore {
                 }
             },
             c.execute(&insert, &claim_params),
+            async {
+                if r.budget_keys.is_empty() {
+                    Ok(None)
+                } else {
+                    c.query_one(&take, &budget_params).await.map(Some)
+                }
+            },
             c.query_one(&place, params),
         );
         let outcome = (|| {
             begin.map_err(db)?;
             locked.map_err(db)?;
             claimed.map_err(db)?;
-            r.outcome(Placed::from_row(&placed.map_err(db)?)?)
+            let placed = r.outcome(Placed::from_row(&placed.map_err(db)?)?)?;
+            if let Some(row) = taken.map_err(db)? {
+                let spent: Vec<String> = get(&row, 1)?;
+                if let Some((scope, key)) = spent.first().and_then(|s| s.split_once('\u{1f}')) {
+                    return Err(Error::BudgetExhausted {
+                        scope: scope.to_owned(),
+                        key: key.to_owned(),
+                    });
+                }
+            }
+            Ok(placed)
         })();
         match conn.finish(outcome).await {
             Err(Error::Conflict { what: "claim", .. }) => {
@@ -301,11 +345,16 @@ pub(crate) struct PlaceRequest {
     pub(super) claim_scopes: Vec<String>,
     pub(super) claim_keys: Vec<String>,
     pub(super) claim_values: Vec<String>,
+    /// The budget uses the placement takes (placed alone, in a transaction, when there are any).
+    pub(super) budget_scopes: Vec<String>,
+    pub(super) budget_keys: Vec<String>,
+    pub(super) budget_limits: Vec<i32>,
 }
 
 impl PlaceRequest {
     pub(super) fn new(new: &NewOrder<'_>, now: DateTime<Utc>) -> Result<Self> {
         Claim::check_all(new.claims)?;
+        quanyi_storage::BudgetTake::check_all(new.budgets)?;
         let order = new.order;
         let (mut nos, mut line_skus, mut line_qtys) = (Vec::new(), Vec::new(), Vec::new());
         for (no, (sku, units)) in (1..).zip(order.limit_units()) {
@@ -359,6 +408,13 @@ impl PlaceRequest {
             claim_scopes: new.claims.iter().map(|c| c.scope.clone()).collect(),
             claim_keys: new.claims.iter().map(|c| c.key.clone()).collect(),
             claim_values: new.claims.iter().map(|c| c.value.clone()).collect(),
+            budget_scopes: new.budgets.iter().map(|b| b.scope.clone()).collect(),
+            budget_keys: new.budgets.iter().map(|b| b.key.clone()).collect(),
+            budget_limits: new
+                .budgets
+                .iter()
+                .map(|b| i32::try_from(b.limit).unwrap_or(i32::MAX))
+                .collect(),
         })
     }
 
@@ -500,7 +556,7 @@ impl PgStore {
         let lock_key =
             (!r.limits.is_empty()).then(|| format!("{}:{}:{}", self.schema(), r.tenant, r.member));
         let mut conn = self.conn().await?;
-        if !r.claim_keys.is_empty() {
+        if !r.claim_keys.is_empty() || !r.budget_keys.is_empty() {
             return self.place_claimed(&mut conn, r, lock_key, &params).await;
         }
         let placed = self

@@ -22,9 +22,9 @@ use quanyi_vault::{
 use smallvec::SmallVec;
 
 use crate::model::{
-    AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, FeedEvent, FeedPosition,
-    HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob, NewOrder,
-    NoticeDisposition, OrderChange, OrderCursor, OrderQuery, PaidRefund, PaymentNotice,
+    AuditRecord, BudgetTake, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome, FeedEvent,
+    FeedPosition, HeldCard, IndexChange, InsertCardsOutcome, Job, JobStatus, NewCard, NewJob,
+    NewOrder, NoticeDisposition, OrderChange, OrderCursor, OrderQuery, PaidRefund, PaymentNotice,
     PaymentWrite, RecordOutcome, RefundWrite, Reindexed, StockCount, StoredCard, Trail,
     check_consumer_name, check_paid,
 };
@@ -88,6 +88,10 @@ struct State {
     leases: BTreeSet<(DateTime<Utc>, JobId)>,
     /// Claims sale writes took, by (tenant, scope, key).
     claims: Map<(TenantId, String, String), Claim>,
+    /// Budget uses taken by orders not closed unpaid, by (tenant, scope, key).
+    budgets: Map<(TenantId, String, String), u32>,
+    /// The budgets each order took, until it is closed unpaid.
+    order_budgets: Map<Key<OrderId>, Vec<(String, String)>>,
     /// Consumer cursors, by (tenant, name).
     consumers: Map<(TenantId, String), FeedPosition>,
 }

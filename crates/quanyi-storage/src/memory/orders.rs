@@ -6,6 +6,7 @@ use super::*;
 impl OrderStore for MemoryStore {
     async fn place_order(&self, new: NewOrder<'_>, now: DateTime<Utc>) -> Result<Vec<CardId>> {
         Claim::check_all(new.claims)?;
+        BudgetTake::check_all(new.budgets)?;
         let staged = Staged::of(new.order, new.events);
         let mut s = self.state.lock();
         let order = new.order;
@@ -42,6 +43,19 @@ impl OrderStore for MemoryStore {
         }
         if s.event_conflict(new.events).is_some() {
             return Err(Error::conflict("event", order.id(), "id already stored"));
+        }
+        if let Some(spent) = new.budgets.iter().find(|b| {
+            let used = s
+                .budgets
+                .get(&(tenant.clone(), b.scope.clone(), b.key.clone()))
+                .copied()
+                .unwrap_or(0);
+            used >= b.limit
+        }) {
+            return Err(Error::BudgetExhausted {
+                scope: spent.scope.clone(),
+                key: spent.key.clone(),
+            });
         }
         // Choose every card before changing any, so a shortage changes nothing.
         let mut chosen: Vec<CardId> = Vec::new();
@@ -88,9 +102,32 @@ impl OrderStore for MemoryStore {
             s.claims
                 .insert((tenant.clone(), c.scope.clone(), c.key.clone()), c.clone());
         }
+        if !new.budgets.is_empty() {
+            for b in new.budgets {
+                *s.budgets
+                    .entry((tenant.clone(), b.scope.clone(), b.key.clone()))
+                    .or_default() += 1;
+            }
+            let taken = new
+                .budgets
+                .iter()
+                .map(|b| (b.scope.clone(), b.key.clone()))
+                .collect();
+            s.order_budgets.insert((tenant.clone(), order.id()), taken);
+        }
         s.orders.insert((tenant, order.id()), staged.order);
         s.push_checked_events(staged.events);
         Ok(chosen)
+    }
+
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+        Ok(self
+            .state
+            .lock()
+            .budgets
+            .get(&(tenant.clone(), scope.to_owned(), key.to_owned()))
+            .copied()
+            .unwrap_or(0))
     }
 
     async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {
@@ -213,6 +250,15 @@ impl OrderStore for MemoryStore {
         let mut s = self.state.lock();
         s.check_order_change(&change)?;
         let released = s.release(change.order.tenant(), change.order.id());
+        let tenant = change.order.tenant().clone();
+        // The budgets the order took go back, once: the order's record of them goes with it.
+        if let Some(taken) = s.order_budgets.remove(&(tenant.clone(), change.order.id())) {
+            for (scope, key) in taken {
+                if let Some(used) = s.budgets.get_mut(&(tenant.clone(), scope, key)) {
+                    *used = used.saturating_sub(1);
+                }
+            }
+        }
         let replaced = s.apply_order_change(staged);
         drop(s);
         drop(replaced);

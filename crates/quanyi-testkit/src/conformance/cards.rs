@@ -306,6 +306,7 @@ pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
                 member_limits: &[],
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             };
             let held = store.place_order(new, t0()).await?;
             let mut paid = order.clone();

@@ -36,6 +36,7 @@ async fn place_claiming(
                 member_limits: &[],
                 priced_from: &[],
                 claims,
+                budgets: &[],
             },
             t0(),
         )
@@ -200,4 +201,165 @@ pub async fn racing_placements_with_one_claim_place_one_order(store: Arc<dyn Sto
     assert_eq!(placed[0].1.len(), 1);
     let stock = store.stock(&tenant, sku, t0()).await.unwrap();
     assert_eq!((stock.available, stock.reserved), (9, 1));
+}
+
+/// Places an order of one card taking `budgets`.
+async fn place_budgeted(
+    store: &dyn Store,
+    goods: &quanyi_goods::Goods,
+    buyer: &str,
+    budgets: &[quanyi_storage::BudgetTake],
+) -> (
+    quanyi_order::Order,
+    quanyi_storage::Result<Vec<quanyi_core::CardId>>,
+) {
+    let (order, events) = order(goods, &member(buyer), 1);
+    let envs = envelopes(&order, &events);
+    let placed = store
+        .place_order(
+            NewOrder {
+                order: &order,
+                events: &envs,
+                reservations: &[Reservation {
+                    sku: first_sku(goods),
+                    quantity: 1,
+                }],
+                member_limits: &[],
+                priced_from: &[],
+                claims: &[],
+                budgets,
+            },
+            t0(),
+        )
+        .await;
+    (order, placed)
+}
+
+fn coupon(key: &str, limit: u32) -> quanyi_storage::BudgetTake {
+    quanyi_storage::BudgetTake {
+        scope: "coupon".into(),
+        key: key.into(),
+        limit,
+    }
+}
+
+/// A budget's uses are taken with the placements that are written, never past its limit
+/// (however many race), and an order closed unpaid gives its uses back once; a paid order keeps
+/// them. A refused placement takes none; another tenant's budget of the same key is its own;
+/// malformed or repeated takes are refused.
+pub async fn budgets_are_taken_within_their_limit_and_returned_once(store: Arc<dyn Store>) {
+    let tenant = fixtures::vault_tenant(&*store).await;
+    let goods = card_goods(&tenant, PurchaseLimits::default());
+    store
+        .insert_goods(&goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(
+            &tenant,
+            &cards(first_sku(&goods), 40),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
+        .await
+        .unwrap();
+    let used = |key: &'static str| {
+        let (store, tenant) = (store.clone(), tenant.clone());
+        async move { store.budget_used(&tenant, "coupon", key).await.unwrap() }
+    };
+    // One use: the first placement takes it, the second is refused and writes nothing.
+    let (first, placed) = place_budgeted(&*store, &goods, "ann", &[coupon("once", 1)]).await;
+    placed.unwrap();
+    assert_eq!(used("once").await, 1);
+    let (second, refused) = place_budgeted(&*store, &goods, "bob", &[coupon("once", 1)]).await;
+    assert!(
+        matches!(&refused, Err(Error::BudgetExhausted { scope, key }) if scope == "coupon" && key == "once"),
+        "{refused:?}"
+    );
+    assert!(store.order(&tenant, second.id()).await.unwrap().is_none());
+    // Closed unpaid: the use goes back, once.
+    let mut expired = first.clone();
+    let events = expired.expire(first.expires_at()).unwrap();
+    let change = OrderChange {
+        order: &expired,
+        expected_version: first.version(),
+        events: &envelopes(&expired, &events),
+    };
+    store.close_unpaid_order(change).await.unwrap();
+    assert_eq!(used("once").await, 0);
+    let again = OrderChange {
+        order: &expired,
+        expected_version: first.version(),
+        events: &[],
+    };
+    assert!(store.close_unpaid_order(again).await.is_err());
+    assert_eq!(used("once").await, 0);
+    let (_, placed) = place_budgeted(&*store, &goods, "cat", &[coupon("once", 1)]).await;
+    placed.unwrap();
+    assert_eq!(used("once").await, 1);
+    // A take with two budgets is refused whole when one is spent.
+    let (both, refused) = place_budgeted(
+        &*store,
+        &goods,
+        "dee",
+        &[coupon("fresh", 3), coupon("once", 1)],
+    )
+    .await;
+    assert!(matches!(refused, Err(Error::BudgetExhausted { .. })));
+    assert!(store.order(&tenant, both.id()).await.unwrap().is_none());
+    assert_eq!(used("fresh").await, 0);
+    // Twenty placements racing for five uses: five orders.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (store, goods) = (store.clone(), goods.clone());
+        tasks.spawn(async move {
+            let buyer = format!("racer-{i}");
+            place_budgeted(&*store, &goods, &buyer, &[coupon("five", 5)])
+                .await
+                .1
+        });
+    }
+    let outcomes = tasks.join_all().await;
+    let won = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(won, 5);
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| matches!(e, Error::BudgetExhausted { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(used("five").await, 5);
+    // Another tenant's budget of the same key is its own.
+    let other = fixtures::vault_tenant(&*store).await;
+    assert_eq!(
+        store.budget_used(&other, "coupon", "once").await.unwrap(),
+        0
+    );
+    let other_goods = card_goods(&other, PurchaseLimits::default());
+    store
+        .insert_goods(&other_goods, quanyi_storage::Trail::NONE)
+        .await
+        .unwrap();
+    store
+        .insert_cards(
+            &other,
+            &cards(first_sku(&other_goods), 1),
+            t0(),
+            quanyi_storage::Trail::NONE,
+        )
+        .await
+        .unwrap();
+    let (_, placed) = place_budgeted(&*store, &other_goods, "eve", &[coupon("once", 1)]).await;
+    placed.unwrap();
+    assert_eq!(used("once").await, 1);
+    // Malformed or repeated takes.
+    for bad in [
+        vec![coupon("", 1)],
+        vec![coupon("zero", 0)],
+        vec![coupon("twice", 2), coupon("twice", 2)],
+    ] {
+        let (_, refused) = place_budgeted(&*store, &goods, "fay", &bad).await;
+        assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    }
 }

@@ -39,6 +39,7 @@ pub async fn closing_an_unpaid_order_releases_its_cards(store: Arc<dyn Store>) {
                     member_limits: &[],
                     priced_from: &[],
                     claims: &[],
+                    budgets: &[],
                 },
                 t0(),
             )

@@ -22,6 +22,7 @@ pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
                 member_limits: &[],
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )

@@ -84,6 +84,7 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
                         member_limits: &[],
                         priced_from: &priced,
                         claims: &[],
+                        budgets: &[],
                     },
                     t0(),
                 )
@@ -346,6 +347,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                 member_limits: &[],
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )
@@ -383,6 +385,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                 member_limits: &limits,
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )
@@ -416,6 +419,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                 }],
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )
@@ -479,6 +483,7 @@ pub async fn place_order_checks_goods_versions(store: Arc<dyn Store>) {
                         member_limits: &[],
                         priced_from: &priced_from,
                         claims: &[],
+                        budgets: &[],
                     },
                     t0(),
                 )

@@ -405,6 +405,7 @@ impl BeforeAfterSales {
         let (from, to) = (t0() - Duration::days(1), t0() + Duration::days(1));
         let ledger = store.refunds_paid(tenant, from, to, None, 10).await;
         assert!(ledger.unwrap().is_empty());
+        assert_eq!(store.budget_used(tenant, "coupon", "any").await.unwrap(), 0);
         let (first, second) = (&self.orders[1], &self.orders[2]);
         let at = t0() + Duration::hours(2);
         assert_eq!(

@@ -267,6 +267,7 @@ pub async fn cards_are_found_by_blind_index(store: Arc<dyn Store>) {
                 member_limits: &[],
                 priced_from: &[],
                 claims: &[],
+                budgets: &[],
             },
             t0(),
         )

@@ -27,6 +27,7 @@ fn promotion(id: &str, priority: i32, target: Target, effect: Effect) -> Promoti
         conditions: vec![],
         effect,
         window: Window::default(),
+        budget: None,
     }
 }
 
@@ -221,4 +222,173 @@ pub async fn pricing_rules_price_the_checkout(store: Arc<dyn Store>) {
     assert_eq!(full.total(), cny("15.00"));
     assert_eq!(full.status(), OrderStatus::AwaitingPayment);
     assert_eq!(full.lines()[0].price_source, PriceSource::ListPrice);
+}
+
+/// A shop whose rules hold coupons of 5.00 off: `ONCE-0` to `ONCE-19` (one use in all each)
+/// and `MINE` (one use per member); answers it and a card SKU with `stock` keys.
+async fn coupon_shop(rig: &Rig, stock: usize) -> (quanyi::Shop, SkuId) {
+    let card = fixtures::id(SkuId::generate);
+    let coupon = |id: &str, budget: quanyi::pricing::Budget| Promotion {
+        code: Some(id.to_uppercase()),
+        budget: Some(budget),
+        ..promotion(
+            id,
+            1,
+            Target::Order,
+            Effect::AmountOff {
+                amount: cny("5.00"),
+            },
+        )
+    };
+    let mut promotions: Vec<Promotion> = (0..20)
+        .map(|i| {
+            coupon(
+                &format!("once-{i}"),
+                quanyi::pricing::Budget {
+                    total: Some(1),
+                    per_member: None,
+                },
+            )
+        })
+        .collect();
+    promotions.push(coupon(
+        "mine",
+        quanyi::pricing::Budget {
+            total: None,
+            per_member: Some(1),
+        },
+    ));
+    let rules = Rules {
+        promotions,
+        ..Rules::none(Currency::CNY)
+    };
+    let shop = rig
+        .builder(rig.store.clone())
+        .pricing(rules)
+        .build()
+        .unwrap();
+    shop.create_goods(
+        &quanyi::Actor::new("merchant", "catalog").unwrap(),
+        GoodsDraft {
+            title: "Video month card".into(),
+            kind: GoodsKind::CardKey,
+            skus: vec![
+                SkuDraft::new(card, "1 month", cny("19.90")).with_stock(StockSource::VaultPool),
+            ],
+            categories: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let codes: Vec<String> = (0..stock).map(|i| format!("COUPON-CARD-{i:04}")).collect();
+    import(
+        &shop,
+        card,
+        &codes.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    (shop, card)
+}
+
+/// A one-use coupon entered by 50 buyers at once gives exactly one order; a once-per-member
+/// coupon entered by one member 10 times at once gives one; the others are refused with
+/// `promotion_not_applied` and place nothing.
+pub async fn coupons_are_used_within_their_budget(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let (shop, card) = coupon_shop(&rig, 70).await;
+    let race = |buyers: Vec<quanyi::MemberId>, code: &'static str| {
+        let shop = shop.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for buyer in buyers {
+                let shop = shop.clone();
+                tasks.spawn(async move {
+                    let request =
+                        PlaceOrder::new(buyer, vec![CartLine::new(card, 1)]).promotion_code(code);
+                    shop.place(request).await
+                });
+            }
+            tasks.join_all().await
+        }
+    };
+    let outcomes = race(
+        (0..50).map(|i| member(&format!("buyer-{i}"))).collect(),
+        "ONCE-0",
+    )
+    .await;
+    let placed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].total(), cny("14.90"));
+    for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(refused.code(), "promotion_not_applied", "{refused}");
+    }
+    let stock = shop.stock().count(card).await.unwrap();
+    assert_eq!(stock.reserved, 1);
+
+    let ann = member("ann");
+    let outcomes = race(vec![ann.clone(); 10], "MINE").await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+    for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(refused.code(), "promotion_not_applied", "{refused}");
+    }
+    // Another member still has their use of it.
+    let bob = PlaceOrder::new(member("bob"), vec![CartLine::new(card, 1)]).promotion_code("MINE");
+    assert_eq!(shop.place(bob).await.unwrap().total(), cny("14.90"));
+}
+
+/// An order holding a one-use coupon, cancelled while its payment arrives, either is paid and
+/// keeps the coupon used, or is cancelled and gives it back: never both (20 rounds, a coupon
+/// each).
+pub async fn a_coupon_is_returned_once_or_used_once(store: Arc<dyn Store>) {
+    let rig = Rig::new(store);
+    let (shop, card) = coupon_shop(&rig, 40).await;
+    for round in 0..20 {
+        let buyer = member(&format!("racer-{round}"));
+        let code = format!("ONCE-{round}");
+        let request =
+            PlaceOrder::new(buyer.clone(), vec![CartLine::new(card, 1)]).promotion_code(&code);
+        let order = shop.place(request).await.unwrap();
+        let pay = {
+            let (shop, order) = (shop.clone(), order.clone());
+            tokio::spawn(async move {
+                shop.confirm_payment(notice(&order, &format!("txn-coupon-{round}")))
+                    .await
+            })
+        };
+        let cancel = {
+            let (shop, buyer, id) = (shop.clone(), buyer.clone(), order.id());
+            tokio::spawn(async move { shop.cancel_order(&buyer, id, "changed my mind").await })
+        };
+        let (paid, cancelled) = (pay.await.unwrap(), cancel.await.unwrap());
+        let status = shop.order(order.id()).await.unwrap().status();
+        assert_eq!(
+            paid.is_ok(),
+            status != OrderStatus::Cancelled,
+            "round {round}"
+        );
+        assert_eq!(
+            cancelled.is_ok(),
+            status == OrderStatus::Cancelled,
+            "round {round}"
+        );
+        let key = format!("once-{round}");
+        let used = rig
+            .store
+            .budget_used(&rig.tenant, "promotion", &key)
+            .await
+            .unwrap();
+        let again =
+            PlaceOrder::new(member("next"), vec![CartLine::new(card, 1)]).promotion_code(&code);
+        let reused = shop.place(again).await;
+        if status == OrderStatus::Cancelled {
+            assert_eq!(
+                used, 0,
+                "round {round}: cancelled but the coupon stays used"
+            );
+            reused.unwrap();
+        } else {
+            assert_eq!(used, 1, "round {round}: paid but the coupon was given back");
+            assert_eq!(reused.unwrap_err().code(), "promotion_not_applied");
+        }
+    }
 }
