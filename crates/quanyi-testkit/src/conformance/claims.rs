@@ -22,6 +22,21 @@ async fn place_claiming(
     quanyi_order::Order,
     quanyi_storage::Result<Vec<quanyi_core::CardId>>,
 ) {
+    place_taking(store, goods, buyer, quantity, claims, &[]).await
+}
+
+/// Places an order for `quantity` cards of the goods' SKU taking `claims` and `budgets`.
+async fn place_taking(
+    store: &dyn Store,
+    goods: &quanyi_goods::Goods,
+    buyer: &str,
+    quantity: u32,
+    claims: &[Claim],
+    budgets: &[quanyi_storage::BudgetTake],
+) -> (
+    quanyi_order::Order,
+    quanyi_storage::Result<Vec<quanyi_core::CardId>>,
+) {
     let (order, events) = order(goods, &member(buyer), quantity);
     let envs = envelopes(&order, &events);
     let placed = store
@@ -36,7 +51,7 @@ async fn place_claiming(
                 member_limits: &[],
                 priced_from: &[],
                 claims,
-                budgets: &[],
+                budgets,
             },
             t0(),
         )
@@ -213,26 +228,7 @@ async fn place_budgeted(
     quanyi_order::Order,
     quanyi_storage::Result<Vec<quanyi_core::CardId>>,
 ) {
-    let (order, events) = order(goods, &member(buyer), 1);
-    let envs = envelopes(&order, &events);
-    let placed = store
-        .place_order(
-            NewOrder {
-                order: &order,
-                events: &envs,
-                reservations: &[Reservation {
-                    sku: first_sku(goods),
-                    quantity: 1,
-                }],
-                member_limits: &[],
-                priced_from: &[],
-                claims: &[],
-                budgets,
-            },
-            t0(),
-        )
-        .await;
-    (order, placed)
+    place_taking(store, goods, buyer, 1, &[], budgets).await
 }
 
 fn coupon(key: &str, limit: u32) -> quanyi_storage::BudgetTake {
