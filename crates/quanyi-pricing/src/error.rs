@@ -16,6 +16,16 @@ pub enum PricingError {
         /// What is wrong.
         reason: String,
     },
+    /// A rules file does not parse (JSON); names the place.
+    #[error("rules file, line {line}, column {column}: {reason}")]
+    InvalidFile {
+        /// The line.
+        line: usize,
+        /// The column.
+        column: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// The cart is malformed (empty, a zero quantity, a negative price).
     #[error("invalid cart: {reason}")]
     InvalidCart {
@@ -60,6 +70,7 @@ impl PricingError {
     pub fn code(&self) -> &'static str {
         match self {
             PricingError::InvalidRule { .. } => "invalid_rule",
+            PricingError::InvalidFile { .. } => "invalid_rules_file",
             PricingError::InvalidCart { .. } => "invalid_cart",
             PricingError::CurrencyMismatch { .. } => "currency_mismatch",
             PricingError::Overflow => "amount_overflow",

@@ -419,6 +419,21 @@ impl Rules {
         }
     }
 
+    /// Rules from their JSON form (the serde form of [`Rules`]), checked as
+    /// [`validated`](Rules::validated) checks them.
+    ///
+    /// # Errors
+    /// [`PricingError::InvalidFile`] with the line and column of what does not parse;
+    /// [`PricingError::InvalidRule`].
+    pub fn from_json(text: &str) -> Result<ValidRules, PricingError> {
+        let rules: Rules = serde_json::from_str(text).map_err(|e| PricingError::InvalidFile {
+            line: e.line(),
+            column: e.column(),
+            reason: e.to_string(),
+        })?;
+        rules.validated()
+    }
+
     /// Checks every list and promotion once, so that quotes need not: the rules a quote
     /// takes. The error names the rule and the field.
     ///

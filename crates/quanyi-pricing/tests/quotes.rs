@@ -1258,6 +1258,21 @@ fn bad_rules_name_the_rule_and_the_field() {
         bad(vec![], vec![no_first_tier]).1,
         format!("prices[{}].tiers", sku(1))
     );
+    // Rules files: a round trip through JSON, and a file that does not parse.
+    let rules = Rules {
+        promotions: vec![threshold("t", &[("100.00", "10.00")])],
+        ..Rules::none(Currency::CNY)
+    };
+    let json = serde_json::to_string(&rules).unwrap();
+    assert_eq!(Rules::from_json(&json).unwrap().rules(), &rules);
+    let broken = Rules::from_json("{\"currency\": 7").unwrap_err();
+    assert!(
+        matches!(broken, PricingError::InvalidFile { line: 1, .. }),
+        "{broken:?}"
+    );
+    assert_eq!(broken.code(), "invalid_rules_file");
+    let bad_bps = json.replace("\"threshold\"", "\"percent_off\", \"bps\": 0, \"x\"");
+    assert!(Rules::from_json(&bad_bps).is_err());
     // A cart that cannot be quoted.
     let rules = Rules::none(Currency::CNY).validated().unwrap();
     let empty = Cart {
