@@ -392,7 +392,18 @@ impl Orders<'_> {
             } else {
                 parts.iter().map(|p| (p.line, p.amount)).collect()
             };
-            if let Some(same) = same_refund(&order, &lines, &asked_by) {
+            // A repeat of a request for every line, once they are all asked for, answers the
+            // latest refund the same asker asked for.
+            let repeat = if parts.is_empty() && lines.is_empty() {
+                order
+                    .refunds()
+                    .iter()
+                    .rev()
+                    .find(|r| r.status != RefundStatus::Rejected && r.asked_by == asked_by)
+            } else {
+                same_refund(&order, &lines, &asked_by)
+            };
+            if let Some(same) = repeat {
                 let no = same.no;
                 return self.settled(id, no, same.status).await;
             }

@@ -360,7 +360,10 @@ pub async fn refunds_follow_each_lines_rule(store: Arc<dyn Store>) {
         Case {
             name: "unrevealed key voided",
             buy: Buy::Card,
-            steps: vec![Step::Ask(&[], Expect::Paid(Some("19.90")))],
+            steps: vec![
+                Step::Ask(&[], Expect::Paid(Some("19.90"))),
+                Step::Ask(&[], Expect::Paid(Some("19.90"))),
+            ],
             status: OrderStatus::Refunded,
             refunded: "19.90",
             voided: 1,
