@@ -270,7 +270,7 @@ impl Shop {
         let mut lines = Vec::with_capacity(cart.len());
         let mut currency: Option<Currency> = None;
         let mut total: Option<Money> = None;
-        let mut categories = Vec::with_capacity(cart.len());
+        let mut categories = Vec::new();
         for line in cart {
             let quantity = u32::try_from(line.quantity)
                 .ok()
@@ -295,7 +295,10 @@ impl Shop {
                 None => check.amount,
                 Some(t) => t.checked_add(check.amount)?,
             });
-            categories.push(goods.categories().to_vec());
+            // Only the pricing engine reads categories: no copy on the list-price path.
+            if self.inner.pricing.is_some() {
+                categories.push(goods.categories().to_vec());
+            }
             lines.push(QuoteLine {
                 unit_price: check.unit_price,
                 amount: check.amount,
