@@ -28,6 +28,7 @@ mod operators;
 mod overdue;
 mod packs;
 mod pricing;
+mod refund_races;
 mod refunds;
 mod sales;
 mod worker;
@@ -51,10 +52,11 @@ pub use pricing::{
     a_coupon_is_returned_once_or_used_once, coupons_are_used_within_their_budget,
     pricing_rules_price_the_checkout,
 };
-pub use refunds::{
+pub use refund_races::{
     a_reveal_racing_a_refund_gives_the_key_or_the_money, identical_refund_requests_refund_once,
-    refund_requests_wait_in_the_queue_for_a_decision, refunds_follow_each_lines_rule,
+    refund_requests_wait_in_the_queue_for_a_decision,
 };
+pub use refunds::refunds_follow_each_lines_rule;
 pub use sales::{
     a_conflicting_repeat_notice_is_kept_for_reconciliation,
     a_supplier_card_already_held_fails_over_or_is_refunded,

@@ -16,6 +16,7 @@ mod operators;
 mod paying;
 mod payments;
 mod placement;
+mod price_stage;
 mod reindex;
 mod reports;
 mod sales;
@@ -23,7 +24,10 @@ mod shop;
 mod supply;
 mod worker;
 
-pub use after_sales::{DEFAULT_REFUND_REVIEW_HOURS, QueuedRefund, RefundPart, RefundQueuePage};
+pub use after_sales::{
+    DEFAULT_REFUND_REVIEW_HOURS, QueuedRefund, RefundPart, RefundQueuePage, RefundReport,
+    RefundTotal,
+};
 pub use cards::{BadLines, DuplicateLine, DuplicateOf, ImportReport, Revealed, RevealedCard};
 pub use checkout::DecideStage;
 pub use consumers::{ConsumerRun, EventConsumer, StartAt};

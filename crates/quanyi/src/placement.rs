@@ -90,8 +90,8 @@ impl PlaceOrder {
     }
 
     /// The price stage's inputs of this request.
-    pub(crate) fn price_inputs(&self) -> crate::sales::PriceInputs<'_> {
-        crate::sales::PriceInputs {
+    pub(crate) fn price_inputs(&self) -> crate::price_stage::PriceInputs<'_> {
+        crate::price_stage::PriceInputs {
             buyer: &self.member,
             codes: &self.codes,
             member: self.member_facts.as_ref(),
