@@ -69,8 +69,8 @@ pub use quanyi_goods::{
 };
 pub use quanyi_order::{
     ALLOW_ALL_STAGE, Asker, AttemptOutcome, Channel, Decision, LineAttempt, LineStatus, Order,
-    OrderContext, OrderLine, OrderStatus, PackTerms, PriceSource, Refund, RefundDecision,
-    RefundLine, RefundRule, RefundStatus, Verdict,
+    OrderContext, OrderLine, OrderStatus, PackTerms, PriceAdjustment, PriceSource, Refund,
+    RefundDecision, RefundLine, RefundRule, RefundStatus, Verdict,
 };
 pub use quanyi_storage::{
     CardState, FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, OrderCursor, OrderQuery,
