@@ -40,6 +40,7 @@ fn promo(id: &str, priority: i32, target: Target, effect: Effect) -> Promotion {
         effect,
         window: Window::default(),
         budget: None,
+        coupon: false,
     }
 }
 
@@ -61,6 +62,7 @@ fn setup() -> (Cart, PricingContext, ValidRules, ValidRules) {
         currency: Currency::CNY,
         items,
         codes: vec![],
+        coupons: vec![],
     };
     let ctx = PricingContext {
         member: Some(MemberFacts {

@@ -5,8 +5,10 @@
 //! quote: which list set each price, what each promotion took off, and the promotions that did
 //! not apply with why.
 //!
-//! The rules are built in code, written to their JSON form and loaded back
-//! (`Rules::from_json`), as a shop would load them from a file.
+//! The rules are built in code, written to their JSON form and loaded through
+//! `shop.promotions().load_json` (versioned and audited), as an operator would load them from a
+//! file; a birthday coupon template is then added on its own and one coupon of it issued to a
+//! member, who uses it once.
 //!
 //! Run it with `cargo run --example promotions`.
 
@@ -35,6 +37,7 @@ fn promotion(id: &str, name: &str, priority: i32, target: Target, effect: Effect
         effect,
         window: Window::default(),
         budget: None,
+        coupon: false,
     }
 }
 
@@ -58,6 +61,7 @@ fn rules(video: SkuId, music: SkuId) -> Result<Rules, Box<dyn Error>> {
     coupon.budget = Some(Budget {
         total: Some(1_000),
         per_member: Some(1),
+        discount: None,
     });
     let mut renewal = promotion(
         "renew-music",
@@ -116,20 +120,21 @@ async fn main() -> Result<(), Box<dyn Error>> {
         SkuId::generate(now, &mut rng),
     );
     let json = serde_json::to_string_pretty(&rules(video, music)?)?;
-    let loaded = Rules::from_json(&json)?;
     println!("== quanyi promotions ==");
-    println!(
-        "rules: {} list(s), {} promotion(s), loaded from {} bytes of JSON",
-        loaded.rules().lists.len(),
-        loaded.rules().promotions.len(),
-        json.len()
-    );
     let shop = Shop::builder(
         Arc::new(MemoryStore::new()),
         Arc::new(StaticKeyProvider::new(RootKey::generate(&mut rng))),
     )
-    .pricing(loaded.into_rules())
     .build()?;
+    let pricer = Actor::new("lin", "pricing")?;
+    let version = shop.promotions().load_json(&pricer, &json).await?;
+    let stored = shop.promotions().current().await?;
+    println!(
+        "rules version {version}: {} list(s), {} promotion(s), loaded from {} bytes of JSON",
+        stored.rules.as_ref().map_or(0, |r| r.lists.len()),
+        stored.rules.as_ref().map_or(0, |r| r.promotions.len()),
+        json.len()
+    );
     let catalog = Actor::new("mei", "catalog")?;
     let goods = [
         (
@@ -286,6 +291,46 @@ async fn main() -> Result<(), Box<dyn Error>> {
     explain(&shop.quote(&renew).await?);
     let renewed = shop.place(renew).await?;
     println!("renewal placed for {}", renewed.total());
+
+    println!("\n-- a birthday coupon template, and one coupon of it for erin --");
+    let mut birthday = promotion(
+        "birthday",
+        "Birthday coupon",
+        2,
+        Target::Order,
+        Effect::AmountOff {
+            amount: cny("6.00")?,
+        },
+    );
+    birthday.coupon = true;
+    let version = shop
+        .promotions()
+        .put_promotion(&pricer, birthday, None)
+        .await?;
+    let erin = MemberId::new("erin")?;
+    let coupons = shop
+        .promotions()
+        .issue_coupons(
+            &pricer,
+            "birthday",
+            std::slice::from_ref(&erin),
+            CouponSource::Campaign("birthdays-december".into()),
+            now,
+            now + chrono::Duration::days(30),
+        )
+        .await?;
+    let code = &coupons[0].code;
+    println!("rules version {version}; coupon {code} issued to erin");
+    let gift = PlaceOrder::new(erin.clone(), vec![CartLine::new(voucher, 1)])
+        .promotion_code(code)
+        .member_facts(MemberFacts::default());
+    explain(&shop.quote(&gift).await?);
+    let used = shop.place(gift.clone()).await?;
+    println!("erin's order placed for {}", used.total());
+    match shop.place(gift).await {
+        Err(e) => println!("erin's coupon again: refused ({})", e.code()),
+        Ok(o) => return Err(format!("a coupon was used twice: {}", o.id()).into()),
+    }
     println!("\ndone.");
     Ok(())
 }

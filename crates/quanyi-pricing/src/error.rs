@@ -16,7 +16,7 @@ pub enum PricingError {
         /// What is wrong.
         reason: String,
     },
-    /// A rules file does not parse (JSON); names the place.
+    /// A rules file does not parse (JSON or TOML); names the place.
     #[error("rules file, line {line}, column {column}: {reason}")]
     InvalidFile {
         /// The line.

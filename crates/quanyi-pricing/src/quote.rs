@@ -333,7 +333,8 @@ fn list_applies(list: &PriceList, ctx: &PricingContext) -> bool {
         && (a.channels.is_empty() || ctx.channel.as_ref().is_some_and(|c| a.channels.contains(c)))
 }
 
-/// The promotions on now, automatic or entered by code, by priority (higher first) then id.
+/// The promotions on now, automatic, entered by code or by an issued coupon, by priority (higher
+/// first) then id.
 fn ordered<'a>(
     promotions: &'a [Promotion],
     cart: &Cart,
@@ -347,7 +348,13 @@ fn ordered<'a>(
     let mut on: Vec<&Promotion> = promotions
         .iter()
         .filter(|p| p.window.contains(ctx.now))
-        .filter(|p| p.code.as_deref().is_none_or(entered))
+        .filter(|p| {
+            if p.coupon {
+                cart.coupons.contains(&p.id)
+            } else {
+                p.code.as_deref().is_none_or(entered)
+            }
+        })
         .collect();
     on.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     on

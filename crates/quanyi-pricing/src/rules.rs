@@ -96,6 +96,9 @@ pub struct Cart {
     pub items: Vec<CartItem>,
     /// Promotion codes entered.
     pub codes: Vec<String>,
+    /// The coupon templates (promotion ids) that coupons issued to the buyer unlock: the
+    /// checkout checks each coupon (its member, window and use) before it names its template.
+    pub coupons: Vec<Arc<str>>,
 }
 
 /// How a price list's price is used.
@@ -354,9 +357,13 @@ pub struct Promotion {
     pub id: Arc<str>,
     /// The name shown.
     pub name: Arc<str>,
-    /// The code that applies it; `None`: automatic.
+    /// The code that applies it; `None`: automatic (unless a coupon template).
     #[serde(default)]
     pub code: Option<String>,
+    /// A coupon template: it applies only through a coupon issued to the buyer
+    /// ([`Cart::coupons`]), never automatically nor by a shared code.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coupon: bool,
     /// Higher first.
     pub priority: i32,
     /// Exclusive or stackable.
@@ -386,6 +393,10 @@ pub struct Budget {
     /// Uses by one member.
     #[serde(default)]
     pub per_member: Option<u32>,
+    /// The most it takes off in all orders together, in the rules' currency: an order whose
+    /// discount from it would pass what is left is priced again without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount: Option<Money>,
 }
 
 /// A shop's pricing rules in one currency.
@@ -430,6 +441,27 @@ impl Rules {
             line: e.line(),
             column: e.column(),
             reason: e.to_string(),
+        })?;
+        rules.validated()
+    }
+
+    /// Rules from their TOML form (the serde form of [`Rules`]), checked as
+    /// [`validated`](Rules::validated) checks them.
+    ///
+    /// # Errors
+    /// [`PricingError::InvalidFile`] with the line and column of what does not parse;
+    /// [`PricingError::InvalidRule`].
+    pub fn from_toml(text: &str) -> Result<ValidRules, PricingError> {
+        let rules: Rules = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((0, 0));
+            PricingError::InvalidFile {
+                line,
+                column,
+                reason: e.message().to_owned(),
+            }
         })?;
         rules.validated()
     }
@@ -486,6 +518,9 @@ impl Rules {
             if p.code.as_ref().is_some_and(|c| c.trim().is_empty()) {
                 return Err(bad("code", "must not be blank"));
             }
+            if p.coupon && p.code.is_some() {
+                return Err(bad("code", "a coupon template has no shared code"));
+            }
             let money_ok = |m: &Money| m.currency() == self.currency && !m.is_negative();
             match &p.effect {
                 Effect::AmountOff { amount } if !money_ok(amount) || amount.is_zero() => {
@@ -522,6 +557,12 @@ impl Rules {
                 if b.total == Some(0) || b.per_member == Some(0) || b == Budget::default() {
                     return Err(bad("budget", "names at least one limit, each at least 1"));
                 }
+                if b.discount
+                    .as_ref()
+                    .is_some_and(|d| !money_ok(d) || d.is_zero())
+                {
+                    return Err(bad("budget.discount", "must be positive, in the currency"));
+                }
             }
             for c in &p.conditions {
                 if let Condition::MinSpend { amount } = c {
@@ -549,6 +590,16 @@ impl ValidRules {
     pub fn into_rules(self) -> Rules {
         self.0
     }
+}
+
+/// The 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
+    (line, column)
 }
 
 fn invalid(rule: &str, field: &str, why: &str) -> PricingError {

@@ -52,6 +52,7 @@ fn promo(id: &str, effect: Effect) -> Promotion {
         effect,
         window: Window::default(),
         budget: None,
+        coupon: false,
     }
 }
 
@@ -145,6 +146,7 @@ struct Case {
     used_up: Vec<&'static str>,
     items: Vec<CartItem>,
     codes: Vec<&'static str>,
+    coupons: Vec<&'static str>,
     member: Option<MemberFacts>,
     channel: Option<&'static str>,
     lists: Vec<PriceList>,
@@ -160,6 +162,7 @@ impl Default for Case {
             used_up: vec![],
             items: vec![],
             codes: vec![],
+            coupons: vec![],
             member: None,
             channel: None,
             lists: vec![],
@@ -185,6 +188,7 @@ fn check(case: Case) {
         currency,
         items: case.items,
         codes: case.codes.iter().map(|c| (*c).to_owned()).collect(),
+        coupons: case.coupons.iter().map(|c| (*c).into()).collect(),
     };
     let ctx = PricingContext {
         member: case.member,
@@ -1139,12 +1143,39 @@ fn quote_cases() {
                 p.budget = Some(Budget {
                     total: Some(1),
                     per_member: None,
+                    discount: None,
                 })
             })],
             expect: Expect {
                 lines: vec!["20.00"],
                 total: "20.00",
                 missed: vec![("coupon", MissReason::UsedUp)],
+                ..Expect::default()
+            },
+            ..Case::default()
+        },
+        // Coupon templates apply only through a coupon issued to the buyer.
+        Case {
+            name: "a coupon template unlocked by an issued coupon",
+            items: vec![item(1, 1, "20.00")],
+            coupons: vec!["welcome"],
+            promotions: vec![with(amount_off("welcome", "5.00"), |p| p.coupon = true)],
+            expect: Expect {
+                lines: vec!["15.00"],
+                total: "15.00",
+                applied: vec![("welcome", "5.00")],
+                ..Expect::default()
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "a coupon template without a coupon is neither applied nor listed",
+            items: vec![item(1, 1, "20.00")],
+            codes: vec!["welcome"],
+            promotions: vec![with(amount_off("welcome", "5.00"), |p| p.coupon = true)],
+            expect: Expect {
+                lines: vec!["20.00"],
+                total: "20.00",
                 ..Expect::default()
             },
             ..Case::default()
@@ -1204,6 +1235,7 @@ fn bad_rules_name_the_rule_and_the_field() {
         currency: Currency::CNY,
         items: vec![item(1, 1, "10.00")],
         codes: vec![],
+        coupons: vec![],
     };
     let ctx = PricingContext {
         member: None,
@@ -1273,6 +1305,22 @@ fn bad_rules_name_the_rule_and_the_field() {
     assert_eq!(broken.code(), "invalid_rules_file");
     let bad_bps = json.replace("\"threshold\"", "\"percent_off\", \"bps\": 0, \"x\"");
     assert!(Rules::from_json(&bad_bps).is_err());
+    // A coupon template has no shared code; a discount budget is positive, in the currency.
+    let coded = with(amount_off("c", "1.00"), |p| {
+        p.coupon = true;
+        p.code = Some("C".into());
+    });
+    assert_eq!(bad(vec![coded], vec![]), ("c".into(), "code".into()));
+    let usd_budget = with(amount_off("d", "1.00"), |p| {
+        p.budget = Some(Budget {
+            discount: Some(Money::from_minor(100, Currency::USD)),
+            ..Budget::default()
+        })
+    });
+    assert_eq!(
+        bad(vec![usd_budget], vec![]),
+        ("d".into(), "budget.discount".into())
+    );
     // A cart that cannot be quoted.
     let rules = Rules::none(Currency::CNY).validated().unwrap();
     let empty = Cart {
@@ -1353,6 +1401,7 @@ proptest! {
                 })
                 .collect(),
             codes: vec![],
+            coupons: vec![],
         };
         let promotions = effects
             .into_iter()
@@ -1370,4 +1419,77 @@ proptest! {
         invariants(&q, "property");
         prop_assert_eq!(quote(&cart, &ctx, &rules).unwrap(), q);
     }
+}
+
+#[test]
+fn rules_load_from_toml_and_errors_name_the_place() {
+    let text = r#"
+currency = { code = "CNY", exponent = 2 }
+rounding = "HalfUp"
+
+[[promotions]]
+id = "spring"
+name = "Spring threshold"
+priority = 5
+stacking = "stackable"
+target = { on = "order" }
+effect = { type = "threshold", tiers = [
+    [{ minor = 10000, currency = { code = "CNY", exponent = 2 } },
+     { minor = 1000, currency = { code = "CNY", exponent = 2 } }],
+] }
+budget = { total = 500, discount = { minor = 100000, currency = { code = "CNY", exponent = 2 } } }
+
+[[promotions]]
+id = "welcome"
+name = "Welcome coupon"
+priority = 1
+stacking = "exclusive"
+coupon = true
+target = { on = "categories", categories = ["video"] }
+effect = { type = "amount_off", amount = { minor = 500, currency = { code = "CNY", exponent = 2 } } }
+"#;
+    let rules = Rules::from_toml(text).unwrap();
+    let rules = rules.rules();
+    assert_eq!(rules.rounding, Rounding::HalfUp);
+    assert_eq!(rules.promotions.len(), 2);
+    assert_eq!(
+        rules.promotions[0].effect,
+        Effect::Threshold {
+            tiers: vec![(cny("100.00"), cny("10.00"))]
+        }
+    );
+    assert_eq!(
+        rules.promotions[0].budget,
+        Some(Budget {
+            total: Some(500),
+            per_member: None,
+            discount: Some(cny("1000.00")),
+        })
+    );
+    assert!(rules.promotions[1].coupon);
+    // The same rules through JSON are the same rules.
+    let json = serde_json::to_string(rules).unwrap();
+    assert_eq!(Rules::from_json(&json).unwrap().rules(), rules);
+    // A file that does not parse names its line and column; one that parses but breaks a rule
+    // names the rule and the field.
+    let broken =
+        Rules::from_toml("currency = { code = \"CNY\", exponent = 2 }\nrounding = ").unwrap_err();
+    assert!(
+        matches!(broken, PricingError::InvalidFile { line: 2, .. }),
+        "{broken:?}"
+    );
+    let negative = text.replace("minor = 500,", "minor = -500,");
+    assert_eq!(
+        Rules::from_toml(&negative).unwrap_err(),
+        PricingError::InvalidRule {
+            rule: "welcome".into(),
+            field: "effect.amount".into(),
+            reason: "must be positive, in the currency".into(),
+        }
+    );
+    let unknown = text.replace("type = \"amount_off\"", "type = \"free_money\"");
+    assert!(matches!(
+        Rules::from_toml(&unknown),
+        Err(PricingError::InvalidFile { .. })
+    ));
 }

@@ -89,7 +89,7 @@ pub(crate) async fn with_store_options<F, Fut>(
 
 /// Holds `orders` locked while `first` starts a batch and `rest` queue behind it, then lets go.
 /// Every call in `rest` is queued before the lock is released, so they share one batch.
-async fn hold_then_release<T: Send + 'static>(
+pub(crate) async fn hold_then_release<T: Send + 'static>(
     store: &PgStore,
     admin: &tokio_postgres::Client,
     schema: &str,
@@ -121,7 +121,7 @@ async fn hold_then_release<T: Send + 'static>(
     (first, answers)
 }
 
-fn placements(store: &PgStore) -> (BatchCount, usize) {
+pub(crate) fn placements(store: &PgStore) -> (BatchCount, usize) {
     (
         store.shared.placements.count(),
         store.shared.placements.queued(),
@@ -139,8 +139,18 @@ pub(crate) type Placed = (Order, Result<Vec<CardId>, Error>);
 
 pub(crate) fn place(
     store: &PgStore,
+    placement: (Order, Vec<GoodsVersion>, quanyi_core::SkuId),
+    events: Option<Vec<quanyi_core::EventEnvelope>>,
+) -> JoinHandle<Placed> {
+    place_priced(store, placement, events, None)
+}
+
+/// [`place`] priced from version `pricing_version` of the tenant's pricing rules.
+pub(crate) fn place_priced(
+    store: &PgStore,
     (o, priced, sku): (Order, Vec<GoodsVersion>, quanyi_core::SkuId),
     events: Option<Vec<quanyi_core::EventEnvelope>>,
+    pricing_version: Option<u64>,
 ) -> JoinHandle<Placed> {
     let store = store.clone();
     tokio::spawn(async move {
@@ -155,6 +165,7 @@ pub(crate) fn place(
                     priced_from: &priced,
                     claims: &[],
                     budgets: &[],
+                    pricing_version,
                 },
                 t0(),
             )

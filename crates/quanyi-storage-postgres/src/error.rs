@@ -135,6 +135,8 @@ fn what_of(constraint: &str) -> &'static str {
         "audit_id_key" => "audit record",
         "jobs_pkey" | "jobs_dedupe_key" => "job",
         "sale_claims_pkey" => "claim",
+        "coupons_pkey" => "coupon",
+        "pricing_heads_pkey" | "pricing_revisions_pkey" => "pricing",
         _ => "record",
     }
 }

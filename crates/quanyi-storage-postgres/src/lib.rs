@@ -16,6 +16,9 @@ mod payments;
 mod plan_tests;
 #[cfg(test)]
 mod pool_tests;
+mod pricing;
+#[cfg(test)]
+mod pricing_tests;
 mod ring;
 mod upkeep;
 #[cfg(test)]

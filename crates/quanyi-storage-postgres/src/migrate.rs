@@ -53,13 +53,18 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "after_sales",
         include_str!("../migrations/0010_after_sales.sql"),
     ),
+    (
+        11,
+        "pricing",
+        include_str!("../migrations/0011_pricing.sql"),
+    ),
 ];
 
 /// The version whose migration gives old orders' lines their terms ([`complete_line_terms`]).
 const LINE_TERMS: i32 = 9;
 
 /// The schema version this code creates and understands.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 impl PgStore {
     /// Creates the schema if missing and applies the migrations it lacks, each recorded in

@@ -10,7 +10,7 @@ use quanyi_core::{CardId, GoodsId, MemberId, OrderId, SkuId, TenantId};
 use quanyi_order::Order;
 use quanyi_storage::{
     Claim, Error, GOODS_CHANGED, MemberLimit, NewOrder, OrderChange, OrderCursor, OrderQuery,
-    OrderStore, Result, search_in_pages,
+    OrderStore, PRICING_CHANGED, Result, search_in_pages,
 };
 use uuid::Uuid;
 
@@ -28,11 +28,11 @@ mod placing;
 
 #[cfg(test)]
 pub(crate) use batch::PLACE_BATCH;
-#[cfg(test)]
-pub(crate) use placing::PLACE;
 pub(crate) use placing::PlaceRequest;
+#[cfg(test)]
+pub(crate) use placing::{PLACE, place_shape};
 
-/// The uses of budget ($1 tenant, $2 scope, $3 key) held by orders not closed unpaid.
+/// What orders not closed unpaid hold of budget ($1 tenant, $2 scope, $3 key).
 const BUDGET_USED: &str =
     "SELECT used FROM sale_budgets WHERE tenant = $1 AND scope = $2 AND key = $3";
 
@@ -43,15 +43,17 @@ const CLAIM: &str = "SELECT value FROM sale_claims WHERE tenant = $1 AND scope =
 /// $6 expires_at, $7 doc, $8 whether the new version is newer, $9..$13 events, $14 the order's
 /// updated_at. With `release`, only if the order is written, its reserved cards go back to stock
 /// (and to the free queue) in the same statement, and the third column counts them; they are
-/// found as in [`RELEASE`](crate::vault::RELEASE).
+/// found as in [`RELEASE`](crate::vault::RELEASE), and what the order took of budgets goes back,
+/// once (its `order_budgets` rows go; rows from before migration 11 took one use each).
 fn update_sql(release: bool) -> String {
     let (release_cte, released) = if release {
         (
             format!(
                 ", {}, \
                  gone AS (DELETE FROM order_budgets WHERE tenant = $1 AND order_id = $2 \
-                          AND EXISTS (SELECT 1 FROM upd) RETURNING scope, key), \
-                 back AS (UPDATE sale_budgets s SET used = s.used - 1 FROM gone g \
+                          AND EXISTS (SELECT 1 FROM upd) RETURNING scope, key, amount), \
+                 back AS (UPDATE sale_budgets s SET used = GREATEST(s.used - g.amount, 0) \
+                          FROM gone g \
                           WHERE s.tenant = $1 AND s.scope = g.scope AND s.key = g.key \
                             AND s.used > 0)",
                 release_ctes("$1", "$2", "EXISTS (SELECT 1 FROM upd)")
@@ -542,7 +544,7 @@ impl OrderStore for PgStore {
         Ok(u32::try_from(released).unwrap_or(u32::MAX))
     }
 
-    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u64> {
         let conn = self.conn().await?;
         let stmt = conn.prepare(BUDGET_USED).await?;
         let row = conn
@@ -550,11 +552,10 @@ impl OrderStore for PgStore {
             .query_opt(&stmt, &[&tenant.as_str(), &scope, &key])
             .await
             .map_err(db)?;
-        let used: i32 = match row {
-            Some(r) => get(&r, 0)?,
-            None => 0,
-        };
-        Ok(u32::try_from(used).unwrap_or(0))
+        match row {
+            Some(r) => to_u64(get(&r, 0)?, "budget used"),
+            None => Ok(0),
+        }
     }
 
     async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>> {

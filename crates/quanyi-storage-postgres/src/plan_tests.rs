@@ -17,7 +17,7 @@ use crate::batch_tests::{pay, place, stocked, with_store_options};
 const ORDERS: usize = 400;
 
 /// Tables that grow with the shop: none may be read by a sequential scan.
-const BIG: [&str; 8] = [
+const BIG: [&str; 9] = [
     "cards",
     "free_cards",
     "held_cards",
@@ -26,6 +26,7 @@ const BIG: [&str; 8] = [
     "payment_notices",
     "events",
     "jobs",
+    "pricing_heads",
 ];
 
 /// The highest `$n` in a statement.
@@ -107,7 +108,16 @@ async fn hot_statements_plan_index_lookups_with_statistics() {
             let mut statements: Vec<(String, String)> = vec![
                 ("place".into(), crate::orders::PLACE[0].clone()),
                 ("place with limits".into(), crate::orders::PLACE[1].clone()),
-                ("place batch".into(), crate::orders::PLACE_BATCH.clone()),
+                ("place priced".into(), crate::orders::PLACE[2].clone()),
+                (
+                    "place priced with limits".into(),
+                    crate::orders::PLACE[3].clone(),
+                ),
+                ("place batch".into(), crate::orders::PLACE_BATCH[0].clone()),
+                (
+                    "place batch priced".into(),
+                    crate::orders::PLACE_BATCH[1].clone(),
+                ),
                 ("reserve".into(), crate::vault::RESERVE.clone()),
                 ("commit".into(), crate::vault::COMMIT.clone()),
                 ("import".into(), crate::vault::INSERT.clone()),

@@ -219,6 +219,7 @@ async fn a_lost_connection_mid_transaction_writes_nothing() {
                         priced_from: &[],
                         claims: &[],
                         budgets: &[],
+                        pricing_version: None,
                     },
                     t0(),
                 )
@@ -283,6 +284,7 @@ async fn a_payment_cut_off_mid_statement_writes_nothing() {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -428,7 +430,7 @@ async fn timestamps_round_trip_to_the_microsecond() {
 }
 
 /// The migrations of older versions: (version, name, SQL).
-const OLD_MIGRATIONS: [(i32, &str, &str); 9] = [
+const OLD_MIGRATIONS: [(i32, &str, &str); 10] = [
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (
         2,
@@ -469,6 +471,11 @@ const OLD_MIGRATIONS: [(i32, &str, &str); 9] = [
         9,
         "line_terms",
         include_str!("../migrations/0009_line_terms.sql"),
+    ),
+    (
+        10,
+        "after_sales",
+        include_str!("../migrations/0010_after_sales.sql"),
     ),
 ];
 
@@ -1320,6 +1327,7 @@ async fn migrate_v4_data(through_5: bool) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -1451,6 +1459,7 @@ async fn migrate_v4_data(through_5: bool) {
                         priced_from: &[],
                         claims: &[claim],
                         budgets: &[],
+                        pricing_version: None,
                     },
                     t0(),
                 )
@@ -1535,27 +1544,27 @@ async fn migration_9_gives_old_lines_their_terms() {
     common::drop_schema(url, schema).await;
 }
 
-/// Migration 10: cards in every state keep their state and are neither revealed nor voided,
-/// orders in every state read back unqueued, and reveals and refunds work on what was stored.
-#[tokio::test]
-async fn migration_10_takes_reveals_and_refunds() {
-    let Some(url) = common::url() else { return };
-    let schema = quanyi_testkit::unique_name("qt");
-    let admin = common::admin(&url).await;
-    schema_at(&admin, &schema, 9).await;
-    let tenant = fixtures::tenant();
+/// Stores the key ring, goods, orders and cards of [`BeforeAfterSales`] in `schema` with the
+/// columns of migrations 9 and 10 (migration 10 added none that these rows need).
+///
+/// [`BeforeAfterSales`]: quanyi_testkit::conformance::BeforeAfterSales
+async fn store_before_after_sales(
+    admin: &tokio_postgres::Client,
+    schema: &str,
+    before: &quanyi_testkit::conformance::BeforeAfterSales,
+) {
+    let tenant = before.goods.tenant();
     admin
         .execute(
             &format!("INSERT INTO {schema}.key_rings (tenant, version, doc) VALUES ($1, 1, $2)"),
             &[
                 &tenant.as_str(),
-                &serde_json::to_string(&fixtures::key_ring(&tenant)).unwrap(),
+                &serde_json::to_string(&fixtures::key_ring(tenant)).unwrap(),
             ],
         )
         .await
         .unwrap();
-    let before = quanyi_testkit::conformance::BeforeAfterSales::new(&tenant);
-    old_goods(&admin, &schema, &before.goods).await;
+    old_goods(admin, schema, &before.goods).await;
     for o in &before.orders {
         let (skus, qtys): (Vec<uuid::Uuid>, Vec<i64>) = o
             .limit_units()
@@ -1651,6 +1660,19 @@ async fn migration_10_takes_reveals_and_refunds() {
         ))
         .await
         .unwrap();
+}
+
+/// Migration 10: cards in every state keep their state and are neither revealed nor voided,
+/// orders in every state read back unqueued, and reveals and refunds work on what was stored.
+#[tokio::test]
+async fn migration_10_takes_reveals_and_refunds() {
+    let Some(url) = common::url() else { return };
+    let schema = quanyi_testkit::unique_name("qt");
+    let admin = common::admin(&url).await;
+    schema_at(&admin, &schema, 9).await;
+    let tenant = fixtures::tenant();
+    let before = quanyi_testkit::conformance::BeforeAfterSales::new(&tenant);
+    store_before_after_sales(&admin, &schema, &before).await;
     let store = PgStore::connect_with(common::options(&url, &schema))
         .await
         .unwrap();
@@ -1658,5 +1680,52 @@ async fn migration_10_takes_reveals_and_refunds() {
     store.migrate().await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
     before.check_after_migration(&store).await;
+    common::drop_schema(url, schema).await;
+}
+
+/// Migration 11: an unpaid order that took a budget use before budgets had amounts (its
+/// `order_budgets` row has no amount, its budget counts in an `integer`) gives back exactly
+/// that use when it closes unpaid, and a delivered order keeps its use; placements take
+/// amounts; pricing rules and coupons are stored and read; a placement priced from rules that
+/// changed is refused.
+#[tokio::test]
+async fn migration_11_takes_pricing_and_budgets_of_amounts() {
+    let Some(url) = common::url() else { return };
+    let schema = quanyi_testkit::unique_name("qt");
+    let admin = common::admin(&url).await;
+    schema_at(&admin, &schema, 10).await;
+    let tenant = fixtures::tenant();
+    let before = quanyi_testkit::conformance::BeforeAfterSales::new(&tenant);
+    store_before_after_sales(&admin, &schema, &before).await;
+    // Migration 10's budget rows: one use each, of the unpaid and a delivered order.
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.sale_budgets (tenant, scope, key, used, lim) \
+                 VALUES ($1, 'coupon', 'spring', 2, 5)"
+            ),
+            &[&tenant.as_str()],
+        )
+        .await
+        .unwrap();
+    for order in &before.orders[..2] {
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.order_budgets (tenant, order_id, scope, key) \
+                     VALUES ($1, $2, 'coupon', 'spring')"
+                ),
+                &[&tenant.as_str(), order.id().as_uuid()],
+            )
+            .await
+            .unwrap();
+    }
+    let store = PgStore::connect_with(common::options(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(10));
+    store.migrate().await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
+    common::check_pricing_after_migration(&store, &before).await;
     common::drop_schema(url, schema).await;
 }

@@ -9,6 +9,7 @@ mod migrate;
 mod orders;
 mod payments;
 mod pool;
+mod pricing;
 mod rings;
 
 use std::fmt;
@@ -23,7 +24,7 @@ pub use pool::Synchronous;
 use crate::pool::{Pool, Settings};
 
 /// The schema version this build of the adapter writes (the number of embedded migrations).
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// Every quanyi storage port over one SQLite database file.
 ///
@@ -197,6 +198,7 @@ mod tests {
                         priced_from: &[],
                         claims: &[],
                         budgets: &[],
+                        pricing_version: None,
                     },
                     t0(),
                 )

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_order_search.sql"),
     include_str!("../migrations/0008_line_terms.sql"),
     include_str!("../migrations/0009_after_sales.sql"),
+    include_str!("../migrations/0010_pricing.sql"),
 ];
 
 /// The version whose migration gives old orders' lines their terms ([`complete_line_terms`]).

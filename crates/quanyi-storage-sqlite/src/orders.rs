@@ -13,8 +13,9 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
 use crate::cards::{free_cards, release, reserve};
-use crate::convert::{SqlResult, from_doc, int, limit, read_docs, to_doc, ts, uint, uint32, uuid};
+use crate::convert::{SqlResult, from_doc, int, limit, read_docs, to_doc, ts, uint, uuid};
 use crate::logs::{EventRow, check_events_new, event_rows, insert_events};
+use crate::pricing::check_pricing;
 
 /// An order encoded for a blocking thread.
 pub(crate) struct OrderRow {
@@ -261,6 +262,7 @@ impl OrderStore for SqliteStore {
         quanyi_storage::BudgetTake::check_all(new.budgets)?;
         let claims = new.claims.to_vec();
         let budgets = new.budgets.to_vec();
+        let pricing_version = new.pricing_version;
         let now = ts(now)?;
         self.pool
             .write(move |tx| {
@@ -290,6 +292,7 @@ impl OrderStore for SqliteStore {
                         return Err(Error::conflict("goods", goods, GOODS_CHANGED));
                     }
                 }
+                check_pricing(tx, &o.tenant, pricing_version)?;
                 for &(
                     MemberLimit {
                         sku,
@@ -312,7 +315,8 @@ impl OrderStore for SqliteStore {
                 }
                 check_events_new(tx, &events, "event", o.id)?;
                 for b in &budgets {
-                    if budget_used(tx, &o.tenant, &b.scope, &b.key)? >= b.limit {
+                    let used = budget_used(tx, &o.tenant, &b.scope, &b.key)?;
+                    if used.saturating_add(b.amount) > b.limit {
                         return Err(Error::BudgetExhausted {
                             scope: b.scope.clone(),
                             key: b.key.clone(),
@@ -349,19 +353,21 @@ impl OrderStore for SqliteStore {
                     .db()?;
                 }
                 for b in &budgets {
+                    // Checked above: the sum stays within the limit, itself within i64.
+                    let amount = int(b.amount, "budget amount")?;
                     tx.prepare_cached(
-                        "INSERT INTO sale_budgets (tenant, scope, key, used) VALUES (?1, ?2, ?3, 1)
-                         ON CONFLICT DO UPDATE SET used = used + 1",
+                        "INSERT INTO sale_budgets (tenant, scope, key, used) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT DO UPDATE SET used = used + excluded.used",
                     )
                     .db()?
-                    .execute(params![o.tenant, b.scope, b.key])
+                    .execute(params![o.tenant, b.scope, b.key, amount])
                     .db()?;
                     tx.prepare_cached(
-                        "INSERT INTO order_budgets (tenant, order_id, scope, key)
-                         VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT INTO order_budgets (tenant, order_id, scope, key, amount)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
                     )
                     .db()?
-                    .execute(params![o.tenant, o.id.as_bytes(), b.scope, b.key])
+                    .execute(params![o.tenant, o.id.as_bytes(), b.scope, b.key, amount])
                     .db()?;
                 }
                 Ok(chosen)
@@ -369,7 +375,7 @@ impl OrderStore for SqliteStore {
             .await
     }
 
-    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u64> {
         let (tenant, scope, key) = (tenant.as_str().to_owned(), scope.to_owned(), key.to_owned());
         self.pool
             .read(move |tx| budget_used(tx, &tenant, &scope, &key))
@@ -538,26 +544,27 @@ impl OrderStore for SqliteStore {
             .write(move |tx| {
                 let checked = check_order_change(tx, &c)?;
                 let released = release(tx, &c.order.tenant, c.order.id)?;
-                // The budget uses the order took go back, once: its record of them goes too.
-                let taken: Vec<(String, String)> = tx
+                // What the order took of each budget goes back, once: its record of the takes
+                // goes too. Rows from before version 10 took one use (the column's default).
+                let taken: Vec<(String, String, i64)> = tx
                     .prepare_cached(
                         "DELETE FROM order_budgets WHERE tenant = ?1 AND order_id = ?2
-                         RETURNING scope, key",
+                         RETURNING scope, key, amount",
                     )
                     .db()?
                     .query_map(params![c.order.tenant, c.order.id.as_bytes()], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })
                     .db()?
                     .collect::<rusqlite::Result<_>>()
                     .db()?;
-                for (scope, key) in taken {
+                for (scope, key, amount) in taken {
                     tx.prepare_cached(
-                        "UPDATE sale_budgets SET used = used - 1
+                        "UPDATE sale_budgets SET used = max(used - ?4, 0)
                          WHERE tenant = ?1 AND scope = ?2 AND key = ?3 AND used > 0",
                     )
                     .db()?
-                    .execute(params![c.order.tenant, scope, key])
+                    .execute(params![c.order.tenant, scope, key, amount])
                     .db()?;
                 }
                 apply_order_change(tx, &c, checked)?;
@@ -723,9 +730,8 @@ impl OrderStore for SqliteStore {
     }
 }
 
-/// The claim stored for (tenant, scope, key).
-/// The uses of a budget that orders not closed unpaid hold.
-fn budget_used(tx: &Transaction<'_>, tenant: &str, scope: &str, key: &str) -> Result<u32> {
+/// What orders not closed unpaid hold of a budget (uses, or minor units).
+fn budget_used(tx: &Transaction<'_>, tenant: &str, scope: &str, key: &str) -> Result<u64> {
     let used: Option<i64> = tx
         .prepare_cached(
             "SELECT used FROM sale_budgets WHERE tenant = ?1 AND scope = ?2 AND key = ?3",
@@ -734,9 +740,10 @@ fn budget_used(tx: &Transaction<'_>, tenant: &str, scope: &str, key: &str) -> Re
         .query_row(params![tenant, scope, key], |r| r.get(0))
         .optional()
         .db()?;
-    uint32(used.unwrap_or(0), "budget uses")
+    uint(used.unwrap_or(0), "budget used")
 }
 
+/// The claim stored for (tenant, scope, key).
 fn stored_claim(
     tx: &Transaction<'_>,
     tenant: &str,

@@ -918,6 +918,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -934,6 +935,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -1059,6 +1061,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                 priced_from: &[],
                 claims: std::slice::from_ref(&claim),
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -1078,6 +1081,7 @@ async fn migrate_orders_events_cards_and_notices(version: i64) {
                     ..claim.clone()
                 }],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -1151,6 +1155,57 @@ fn before_v9() -> Vec<&'static str> {
     all
 }
 
+/// Stores the goods, orders and cards of [`BeforeAfterSales`] with the columns of versions 8
+/// and 9 (version 9 added none that these rows need).
+///
+/// [`BeforeAfterSales`]: quanyi_testkit::conformance::BeforeAfterSales
+fn insert_before_after_sales(
+    conn: &Connection,
+    before: &quanyi_testkit::conformance::BeforeAfterSales,
+) {
+    let tenant = before.goods.tenant();
+    insert_v2_goods(conn, &before.goods);
+    for order in &before.orders {
+        let lines: Vec<u8> = order
+            .limit_units()
+            .flat_map(|(sku, quantity)| {
+                let mut entry = sku.as_bytes().to_vec();
+                entry.extend_from_slice(&quantity.to_be_bytes());
+                entry
+            })
+            .collect();
+        conn.execute(
+            "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc,
+                                 updated_at, lines, placed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                order.tenant().as_str(),
+                order.id().as_bytes(),
+                order.member().as_str(),
+                order.status().as_str(),
+                nanos(order.expires_at()),
+                i64::try_from(order.version()).unwrap(),
+                serde_json::to_string(order).unwrap(),
+                nanos(order.updated_at()),
+                lines,
+                nanos(order.created_at())
+            ],
+        )
+        .unwrap();
+    }
+    for (card, state) in &before.cards {
+        let stored = StoredCard {
+            id: card.id,
+            sku: card.sku,
+            batch: card.batch,
+            blind_index: card.blind_index,
+            sealed: card.sealed.clone(),
+            ..v3_card(tenant, card.sku, 1, *state)
+        };
+        insert_v3_card(conn, &stored, stored.state.holder().map(|_| 1));
+    }
+}
+
 /// Version 8 to 9: cards in every state keep their state and are neither revealed nor voided,
 /// orders in every state read back unqueued, and reveals and refunds work on what was stored.
 #[tokio::test]
@@ -1160,49 +1215,50 @@ async fn version_8_databases_take_reveals_and_refunds() {
     let before = quanyi_testkit::conformance::BeforeAfterSales::new(&tenant);
     {
         let conn = at_version(db.path(), &before_v9());
-        insert_v2_goods(&conn, &before.goods);
-        for order in &before.orders {
-            let lines: Vec<u8> = order
-                .limit_units()
-                .flat_map(|(sku, quantity)| {
-                    let mut entry = sku.as_bytes().to_vec();
-                    entry.extend_from_slice(&quantity.to_be_bytes());
-                    entry
-                })
-                .collect();
-            conn.execute(
-                "INSERT INTO orders (tenant, id, member, status, expires_at, version, doc,
-                                     updated_at, lines, placed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    order.tenant().as_str(),
-                    order.id().as_bytes(),
-                    order.member().as_str(),
-                    order.status().as_str(),
-                    nanos(order.expires_at()),
-                    i64::try_from(order.version()).unwrap(),
-                    serde_json::to_string(order).unwrap(),
-                    nanos(order.updated_at()),
-                    lines,
-                    nanos(order.created_at())
-                ],
-            )
-            .unwrap();
-        }
-        for (card, state) in &before.cards {
-            let stored = StoredCard {
-                id: card.id,
-                sku: card.sku,
-                batch: card.batch,
-                blind_index: card.blind_index,
-                sealed: card.sealed.clone(),
-                ..v3_card(&tenant, card.sku, 1, *state)
-            };
-            insert_v3_card(&conn, &stored, stored.state.holder().map(|_| 1));
-        }
+        insert_before_after_sales(&conn, &before);
     }
     let store = SqliteStore::open(db.path()).await.unwrap();
     let conn = Connection::open(db.path()).unwrap();
     assert!(index_names(&conn, "orders").contains(&"orders_refund_queue".to_owned()));
     before.check_after_migration(&store).await;
+}
+
+/// The migrations up to version 9.
+fn before_v10() -> Vec<&'static str> {
+    let mut all = before_v9();
+    all.push(include_str!("../migrations/0009_after_sales.sql"));
+    all
+}
+
+/// Version 9 to 10: an unpaid order that took a budget use before budgets had amounts (its
+/// `order_budgets` row has no amount) gives back exactly that use when it closes unpaid, and a
+/// delivered order keeps its use; placements take amounts; pricing rules and coupons are
+/// stored and read; a placement priced from rules that changed is refused.
+#[tokio::test]
+async fn version_9_databases_take_pricing_and_budgets_of_amounts() {
+    let db = TempDb(common::fresh_path());
+    let tenant = fixtures::tenant();
+    let before = quanyi_testkit::conformance::BeforeAfterSales::new(&tenant);
+    {
+        let conn = at_version(db.path(), &before_v10());
+        insert_before_after_sales(&conn, &before);
+        // Version 9's budget rows: one use each, of the unpaid and a delivered order.
+        conn.execute(
+            "INSERT INTO sale_budgets (tenant, scope, key, used) VALUES (?1, 'coupon', 'spring', 2)",
+            params![tenant.as_str()],
+        )
+        .unwrap();
+        for order in &before.orders[..2] {
+            conn.execute(
+                "INSERT INTO order_budgets (tenant, order_id, scope, key)
+                 VALUES (?1, ?2, 'coupon', 'spring')",
+                params![tenant.as_str(), order.id().as_bytes()],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    let conn = Connection::open(db.path()).unwrap();
+    assert!(index_names(&conn, "coupons").contains(&"coupons_by_member".to_owned()));
+    common::check_pricing_after_migration(&store, &before).await;
 }

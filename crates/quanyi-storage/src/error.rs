@@ -8,6 +8,10 @@ use quanyi_core::{CardId, ErrorKind, SkuId};
 /// [`OrderStore::place_order`]: crate::OrderStore::place_order
 pub const GOODS_CHANGED: &str = "changed since the order was priced";
 
+/// The reason of a placement's `Conflict` on `"pricing"`: the tenant's pricing rules changed
+/// since the order was priced.
+pub const PRICING_CHANGED: &str = "pricing rules changed since the order was priced";
+
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

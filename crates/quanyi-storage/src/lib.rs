@@ -4,8 +4,9 @@ mod error;
 pub mod memory;
 mod model;
 mod ports;
+mod pricing;
 
-pub use error::{Error, GOODS_CHANGED, Result};
+pub use error::{Error, GOODS_CHANGED, PRICING_CHANGED, Result};
 pub use memory::MemoryStore;
 pub use model::{
     AuditAction, AuditOutcome, AuditRecord, CONFLICTING_REPEAT, CardState, Claim, DestroyOutcome,
@@ -20,4 +21,8 @@ pub use model::{MAX_SEARCH_PAGE, OrderCursor, OrderQuery, placed_at, search_in_p
 pub use ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore, Store,
     VaultStore,
+};
+pub use pricing::{
+    COUPON_BUDGET, EntryChange, IssuedCoupon, MAX_PRICING_BODY, MAX_PRICING_ID, PricingEntry,
+    PricingKind, PricingRevision, PricingSnapshot, PricingStore, PricingWrite, check_coupons,
 };

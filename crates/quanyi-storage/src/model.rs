@@ -223,10 +223,16 @@ pub struct NewOrder<'a> {
     /// uses go back, once, when the order ends unpaid
     /// ([`close_unpaid_order`](crate::OrderStore::close_unpaid_order)).
     pub budgets: &'a [BudgetTake],
+    /// The version of the tenant's pricing rules ([`PricingStore`](crate::PricingStore)) the
+    /// order was priced from: the order is refused (`Conflict` on `"pricing"`, nothing
+    /// written) when the stored version differs, so a placement priced from rules that changed
+    /// meanwhile is priced again. `None`: no check.
+    pub pricing_version: Option<u64>,
 }
 
-/// One use of a budget: `(tenant, scope, key)` counts the uses taken by orders that are not
-/// closed unpaid, and a take that would pass `limit` is refused.
+/// A take of a budget: `(tenant, scope, key)` sums the amounts taken by orders that are not
+/// closed unpaid (uses, or minor units of a discount), and a take that would pass `limit` is
+/// refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BudgetTake {
     /// The kind of budget (`coupon`, `coupon.member`): 1 to [`MAX_CLAIM_SCOPE`] bytes.
@@ -234,8 +240,11 @@ pub struct BudgetTake {
     /// The budget (a coupon's id, with the member for a per-member budget): 1 to
     /// [`MAX_CLAIM_KEY`] bytes.
     pub key: String,
-    /// The most uses, at least 1.
-    pub limit: u32,
+    /// The most the budget holds, at least 1.
+    pub limit: u64,
+    /// What this take uses, at least 1 (1 for a use; a discount's minor units for a budget of
+    /// amounts).
+    pub amount: u64,
 }
 
 impl BudgetTake {
@@ -250,6 +259,9 @@ impl BudgetTake {
                 || t.key.is_empty()
                 || t.key.len() > MAX_CLAIM_KEY
                 || t.limit == 0
+                || t.amount == 0
+                || i64::try_from(t.limit).is_err()
+                || i64::try_from(t.amount).is_err()
                 || takes[..i]
                     .iter()
                     .any(|o| o.scope == t.scope && o.key == t.key);
@@ -475,6 +487,10 @@ pub enum AuditAction {
     RefundQueueViewed,
     /// An operator read the refunds paid in a period.
     RefundReportViewed,
+    /// An operator changed the pricing rules (price lists, promotions, coupon templates).
+    PricingChanged,
+    /// Coupons were issued to members.
+    CouponsIssued,
 }
 
 /// Whether an audited action was allowed.

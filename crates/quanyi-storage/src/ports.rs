@@ -17,6 +17,7 @@ use crate::model::{
     OrderQuery, PaidRefund, PaymentNotice, PaymentWrite, RecordOutcome, RefundWrite, Reindexed,
     StockCount, StoredCard, Trail,
 };
+use crate::pricing::PricingStore;
 
 /// Goods and their SKUs, stored as one versioned aggregate.
 #[async_trait]
@@ -62,7 +63,8 @@ pub trait OrderStore: Send + Sync {
     /// exceed the limit.
     ///
     /// # Errors
-    /// `Conflict` when the id is taken, or on `"goods"` when goods in `priced_from` changed;
+    /// `Conflict` when the id is taken, on `"goods"` when goods in `priced_from` changed, or on
+    /// `"pricing"` when the tenant's pricing rules are no longer at `pricing_version`;
     /// `MemberLimitExceeded`; `OutOfStock` for the first SKU short of cards; `Claimed` with the
     /// stored claim when one of `claims` is taken; `Invalid` for a malformed claim. Nothing is
     /// written on any error.
@@ -87,6 +89,7 @@ pub trait OrderStore: Send + Sync {
             priced_from: &[],
             claims: &[],
             budgets: &[],
+            pricing_version: None,
         };
         self.place_order(new, order.created_at()).await.map(|_| ())
     }
@@ -151,7 +154,9 @@ pub trait OrderStore: Send + Sync {
     async fn close_unpaid_order(&self, change: OrderChange<'_>) -> Result<u32>;
 
     /// How many uses of the budget (tenant, scope, key) orders not closed unpaid hold.
-    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32>;
+    /// How much of the budget (tenant, scope, key) orders not closed unpaid hold (uses, or
+    /// minor units for a budget of amounts).
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u64>;
 
     /// The claim a sale write took for (tenant, scope, key), if any.
     async fn claim(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<Option<Claim>>;
@@ -616,6 +621,7 @@ pub trait Store:
     + EventStore
     + AuditStore
     + JobStore
+    + PricingStore
 {
 }
 
@@ -628,5 +634,6 @@ impl<T> Store for T where
         + EventStore
         + AuditStore
         + JobStore
+        + PricingStore
 {
 }

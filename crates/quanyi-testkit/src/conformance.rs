@@ -54,6 +54,10 @@ pub const CASES: &[&str] = &[
     "operator_changes_are_written_with_their_records",
     "refunds_void_unrevealed_cards_and_queue_per_tenant",
     "budgets_are_taken_within_their_limit_and_returned_once",
+    "pricing_rules_are_versioned_with_revisions_per_tenant",
+    "placements_priced_from_changed_rules_are_refused",
+    "coupons_are_issued_once_per_code_and_listed_per_member",
+    "budgets_of_amounts_take_what_each_order_names",
     "cards_are_found_by_blind_index",
     "events_keep_their_schema_version_and_correlation",
     "jobs_are_claimed_only_by_kinds_the_worker_runs",
@@ -82,6 +86,7 @@ mod orders;
 mod packs;
 mod payments;
 mod placing;
+mod pricing;
 mod refunds;
 mod rings;
 mod search;
@@ -116,6 +121,12 @@ pub use payments::{
 pub use placing::{
     concurrent_writes_get_their_own_answers, place_order_checks_goods_versions,
     place_order_is_all_or_nothing,
+};
+pub use pricing::{
+    budgets_of_amounts_take_what_each_order_names,
+    coupons_are_issued_once_per_code_and_listed_per_member,
+    placements_priced_from_changed_rules_are_refused,
+    pricing_rules_are_versioned_with_revisions_per_tenant,
 };
 pub use rings::{key_ring_versions_and_use_limit, reseal_replaces_ciphertext};
 

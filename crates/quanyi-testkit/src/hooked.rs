@@ -225,7 +225,7 @@ impl OrderStore for HookedStore {
         self.inner.close_unpaid_order(change).await
     }
 
-    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u64> {
         self.before("budget_used").await?;
         self.inner.budget_used(tenant, scope, key).await
     }
@@ -586,6 +586,66 @@ impl EventStore for HookedStore {
         self.inner
             .save_consumer_cursor(tenant, name, expected, to)
             .await
+    }
+}
+
+#[async_trait]
+impl quanyi_storage::PricingStore for HookedStore {
+    async fn pricing(&self, tenant: &TenantId) -> Result<quanyi_storage::PricingSnapshot> {
+        self.before("pricing").await?;
+        self.inner.pricing(tenant).await
+    }
+
+    async fn pricing_version(&self, tenant: &TenantId) -> Result<u64> {
+        self.before("pricing_version").await?;
+        self.inner.pricing_version(tenant).await
+    }
+
+    async fn write_pricing(
+        &self,
+        write: quanyi_storage::PricingWrite<'_>,
+        trail: Trail<'_>,
+    ) -> Result<u64> {
+        self.before("write_pricing").await?;
+        self.inner.write_pricing(write, trail).await
+    }
+
+    async fn pricing_history(
+        &self,
+        tenant: &TenantId,
+        kind: quanyi_storage::PricingKind,
+        id: &str,
+    ) -> Result<Vec<quanyi_storage::PricingRevision>> {
+        self.before("pricing_history").await?;
+        self.inner.pricing_history(tenant, kind, id).await
+    }
+
+    async fn issue_coupons(
+        &self,
+        tenant: &TenantId,
+        coupons: &[quanyi_storage::IssuedCoupon],
+        trail: Trail<'_>,
+    ) -> Result<()> {
+        self.before("issue_coupons").await?;
+        self.inner.issue_coupons(tenant, coupons, trail).await
+    }
+
+    async fn coupon(
+        &self,
+        tenant: &TenantId,
+        code: &str,
+    ) -> Result<Option<quanyi_storage::IssuedCoupon>> {
+        self.before("coupon").await?;
+        self.inner.coupon(tenant, code).await
+    }
+
+    async fn member_coupons(
+        &self,
+        tenant: &TenantId,
+        member: &MemberId,
+    ) -> Result<Vec<quanyi_storage::IssuedCoupon>> {
+        self.before("member_coupons").await?;
+        self.inner.member_coupons(tenant, member).await
     }
 }
 

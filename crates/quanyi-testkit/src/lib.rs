@@ -59,6 +59,10 @@ macro_rules! storage_conformance {
             operator_changes_are_written_with_their_records,
             refunds_void_unrevealed_cards_and_queue_per_tenant,
             budgets_are_taken_within_their_limit_and_returned_once,
+            pricing_rules_are_versioned_with_revisions_per_tenant,
+            placements_priced_from_changed_rules_are_refused,
+            coupons_are_issued_once_per_code_and_listed_per_member,
+            budgets_of_amounts_take_what_each_order_names,
             cards_are_found_by_blind_index,
             events_keep_their_schema_version_and_correlation,
             key_ring_versions_and_use_limit,
@@ -118,7 +122,9 @@ macro_rules! shop_conformance {
             identical_refund_requests_refund_once,
             pricing_rules_price_the_checkout,
             coupons_are_used_within_their_budget,
-            a_coupon_is_returned_once_or_used_once
+            a_coupon_is_returned_once_or_used_once,
+            operators_change_the_rules_and_placements_follow,
+            issued_coupons_are_used_once_by_their_member
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

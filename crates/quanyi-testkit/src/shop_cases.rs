@@ -28,6 +28,7 @@ mod operators;
 mod overdue;
 mod packs;
 mod pricing;
+mod promotions;
 mod refund_races;
 mod refunds;
 mod sales;
@@ -51,6 +52,9 @@ pub use packs::what_was_bought_is_delivered_and_a_trial_pack_is_sold_once;
 pub use pricing::{
     a_coupon_is_returned_once_or_used_once, coupons_are_used_within_their_budget,
     pricing_rules_price_the_checkout,
+};
+pub use promotions::{
+    issued_coupons_are_used_once_by_their_member, operators_change_the_rules_and_placements_follow,
 };
 pub use refund_races::{
     a_reveal_racing_a_refund_gives_the_key_or_the_money, identical_refund_requests_refund_once,
@@ -94,6 +98,8 @@ pub const CASES: &[&str] = &[
     "pricing_rules_price_the_checkout",
     "coupons_are_used_within_their_budget",
     "a_coupon_is_returned_once_or_used_once",
+    "operators_change_the_rules_and_placements_follow",
+    "issued_coupons_are_used_once_by_their_member",
 ];
 
 /// A test's shops share one store, clock, tenant and root key, as processes of one deployment.

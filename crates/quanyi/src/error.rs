@@ -159,6 +159,15 @@ pub enum Error {
     /// A promotion code entered that no promotion of the shop has.
     #[error("unknown promotion code")]
     UnknownPromotionCode(String),
+    /// A coupon issued to the buyer cannot be used now: `reason` is `not_yet_valid`,
+    /// `expired`, `used` (an order holds its use) or `withdrawn` (its template is gone).
+    #[error("coupon cannot be used: {reason}")]
+    CouponUnavailable {
+        /// The code entered.
+        code: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A promotion entered by code did not apply, so the order is not placed: the buyer asked
     /// for its discount. `reason` says why (a condition, a spend, an exclusion...).
     #[error("promotion {promotion} did not apply")]
@@ -243,6 +252,7 @@ impl Error {
             Error::Order(e) => e.code(),
             Error::Pricing(e) => e.code(),
             Error::UnknownPromotionCode(_) => "unknown_promotion_code",
+            Error::CouponUnavailable { .. } => "coupon_unavailable",
             Error::PromotionNotApplied { .. } => "promotion_not_applied",
             Error::Money(MoneyError::Overflow) => "amount_overflow",
             Error::Money(_) => "invalid_amount",
@@ -280,6 +290,7 @@ impl Error {
             Error::Order(e) => e.kind(),
             Error::Pricing(e) => e.kind(),
             Error::UnknownPromotionCode(_) => ErrorKind::NotFound,
+            Error::CouponUnavailable { .. } => ErrorKind::Conflict,
             Error::PromotionNotApplied { .. } => ErrorKind::Conflict,
             Error::Money(e) => e.kind(),
             Error::Vault(e) => e.kind(),

@@ -17,6 +17,7 @@ mod paying;
 mod payments;
 mod placement;
 mod price_stage;
+mod promotions;
 mod reindex;
 mod reports;
 mod sales;
@@ -45,6 +46,9 @@ pub use placement::{
     PlaceOrder,
 };
 /// The pricing engine: rules, contexts and explained quotes.
+pub use promotions::{
+    CouponSource, EntryVersion, MAX_COUPONS_PER_ISSUE, MemberCoupon, PricingRules, Promotions,
+};
 pub use quanyi_pricing as pricing;
 pub use reindex::{DuplicateCards, ReindexReport};
 pub use sales::{
@@ -73,8 +77,8 @@ pub use quanyi_order::{
     RefundDecision, RefundLine, RefundRule, RefundStatus, Verdict,
 };
 pub use quanyi_storage::{
-    CardState, FeedEvent, FeedPosition, Job, JobStatus, MemoryStore, OrderCursor, OrderQuery,
-    PaidRefund, StockCount, Store,
+    CardState, FeedEvent, FeedPosition, IssuedCoupon, Job, JobStatus, MemoryStore, OrderCursor,
+    OrderQuery, PaidRefund, PricingKind, PricingRevision, StockCount, Store,
 };
 pub use quanyi_supplier::{
     Availability, BreakerConfig, ProductCode, RawCallback, Reconciliation, RequestId, Supplier,

@@ -1,6 +1,7 @@
 //! The cart, quotes and placing orders (the checkout; see `checkout` for its stages).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use quanyi_core::{Currency, MemberId, Money, OrderId, SkuId};
 use quanyi_goods::{Goods, KindTag, PurchaseCheck, PurchaseLimits, StockSource};
@@ -210,12 +211,13 @@ impl Shop {
     pub async fn quote(&self, request: &PlaceOrder) -> Result<Quote> {
         request.check()?;
         check_cart(request.cart())?;
-        self.price_cart(
-            request.cart(),
-            &request.price_inputs(),
-            &mut Pricing::fresh(),
-        )
-        .await
+        // Fresh goods; the pricing rules as this process reads them within its refresh.
+        let mut pricing = Pricing {
+            rules_fresh: false,
+            ..Pricing::fresh()
+        };
+        self.price_cart(request.cart(), &request.price_inputs(), &mut pricing)
+            .await
     }
 
     /// The goods of a SKU for pricing, noting the version it was priced from.
@@ -242,6 +244,8 @@ impl Shop {
         if cart.is_empty() {
             return Err(Error::EmptyCart);
         }
+        let loaded = self.pricing_rules(pricing.rules_fresh).await?;
+        pricing.rules = Some(loaded.clone());
         let mut goods_cache: HashMap<SkuId, Goods> = HashMap::new();
         let mut lines = Vec::with_capacity(cart.len());
         let mut currency: Option<Currency> = None;
@@ -272,7 +276,7 @@ impl Shop {
                 Some(t) => t.checked_add(check.amount)?,
             });
             // Only the pricing engine reads categories: no copy on the list-price path.
-            if self.inner.pricing.is_some() {
+            if loaded.rules.is_some() {
                 categories.push(goods.categories().to_vec());
             }
             lines.push(QuoteLine {
@@ -284,7 +288,7 @@ impl Shop {
             });
         }
         let total = total.ok_or(Error::EmptyCart)?;
-        match &self.inner.pricing {
+        match &loaded.rules {
             None if inputs.codes.is_empty() => Ok(Quote {
                 lines,
                 total,
@@ -369,6 +373,7 @@ impl Shop {
                         priced_from: &pricing.priced_from,
                         claims: &claims,
                         budgets: &plan.budgets,
+                        pricing_version: pricing.rules.as_ref().map(|r| r.version),
                     },
                     plan.now,
                 )
@@ -388,9 +393,13 @@ impl Shop {
                     }
                     return Ok(order);
                 }
-                // Goods changed, or a promotion's budget was used up meanwhile: price again.
+                // Goods or pricing rules changed, or a promotion's budget or a coupon was used
+                // meanwhile: price again from fresh reads.
                 Err(
-                    quanyi_storage::Error::Conflict { what: "goods", .. }
+                    quanyi_storage::Error::Conflict {
+                        what: "goods" | "pricing",
+                        ..
+                    }
                     | quanyi_storage::Error::BudgetExhausted { .. },
                 ) => {
                     pricing = Pricing::fresh();
@@ -417,15 +426,16 @@ impl Shop {
         pricing: &mut Pricing,
     ) -> Result<OrderPlan> {
         let quote = self.price_cart(cart, inputs, pricing).await?;
-        // A code entered must have applied: the buyer placed the order for its discount.
-        if let Some(explained) = &quote.explained {
+        // A code or coupon entered must have applied: the buyer placed the order for its
+        // discount.
+        let rules = pricing.rules.as_ref().and_then(|r| r.rules.as_ref());
+        if let (Some(explained), Some(rules)) = (&quote.explained, rules) {
             if let Some(missed) = explained.missed.iter().find(|m| {
-                self.inner.pricing.as_ref().is_some_and(|r| {
-                    r.rules()
-                        .promotions
-                        .iter()
-                        .any(|p| p.id == m.promotion && p.code.is_some())
-                })
+                rules
+                    .rules()
+                    .promotions
+                    .iter()
+                    .any(|p| p.id == m.promotion && (p.code.is_some() || p.coupon))
             }) {
                 return Err(Error::PromotionNotApplied {
                     promotion: missed.promotion.to_string(),
@@ -600,6 +610,10 @@ struct Pricing {
     priced_from: Vec<GoodsVersion>,
     /// The same versions, to add each once.
     seen: HashSet<GoodsVersion>,
+    /// Ask the store for the pricing rules' version whatever this process read last.
+    rules_fresh: bool,
+    /// The pricing rules priced by (their version is checked by the store at placement).
+    rules: Option<Arc<crate::promotions::LoadedRules>>,
 }
 
 impl Pricing {
@@ -609,6 +623,8 @@ impl Pricing {
             remembered: false,
             priced_from: Vec::new(),
             seen: HashSet::new(),
+            rules_fresh: false,
+            rules: None,
         }
     }
 
@@ -618,6 +634,8 @@ impl Pricing {
             remembered: false,
             priced_from: Vec::new(),
             seen: HashSet::new(),
+            rules_fresh: true,
+            rules: None,
         }
     }
 }

@@ -74,7 +74,7 @@ pub struct ShopBuilder {
     supplier_deadline: Duration,
     overdue: OverduePolicy,
     refund_review: Duration,
-    pricing: Option<quanyi_pricing::Rules>,
+    pricing_refresh: std::time::Duration,
     links: Option<(String, Duration)>,
     job_handlers: Vec<Arc<dyn JobHandler>>,
     sweeps: Vec<Arc<dyn Sweep>>,
@@ -220,12 +220,13 @@ impl ShopBuilder {
         self
     }
 
-    /// The pricing rules of the checkout's price stage (price lists and promotions, see
-    /// [`quanyi_pricing`]): every quote and placement is priced by them, each line keeping
-    /// its price list and adjustments (`PriceSource::Priced`). Without rules every line is at
-    /// its SKU's price. Checked when the shop is built.
-    pub fn pricing(mut self, rules: quanyi_pricing::Rules) -> Self {
-        self.pricing = Some(rules);
+    /// How long this process prices by the pricing rules it last read before it asks the
+    /// store whether they changed (default 1 s). The rules are written through
+    /// [`Shop::promotions`]; a placement priced from rules that changed meanwhile is refused by
+    /// the store and priced again from the new rules whatever this setting, so it bounds only
+    /// how long a quote may show a replaced price.
+    pub fn pricing_refresh(mut self, every: std::time::Duration) -> Self {
+        self.pricing_refresh = every;
         self
     }
 
@@ -272,10 +273,11 @@ impl ShopBuilder {
                 "reservation ttl must be positive".into(),
             ));
         }
-        let pricing = self
-            .pricing
-            .map(quanyi_pricing::Rules::validated)
-            .transpose()?;
+        if self.pricing_refresh.is_zero() {
+            return Err(Error::InvalidInput(
+                "pricing refresh must be positive".into(),
+            ));
+        }
         if self.refund_review <= Duration::zero() {
             return Err(Error::InvalidInput(
                 "the refund review window must be positive".into(),
@@ -344,7 +346,8 @@ impl ShopBuilder {
                 supplier_deadline: self.supplier_deadline,
                 overdue: self.overdue,
                 refund_review: self.refund_review,
-                pricing,
+                pricing_refresh: self.pricing_refresh,
+                rules_cache: crate::promotions::RulesCache::default(),
                 links: self.links,
                 watched_routes: parking_lot::Mutex::new(Vec::new()),
                 event_ids: quanyi_core::IdSequence::new(),
@@ -383,8 +386,10 @@ pub(crate) struct Inner {
     pub(crate) overdue: OverduePolicy,
     /// How long an operator has to decide a buyer's refund request.
     pub(crate) refund_review: Duration,
-    /// The price stage's rules (none: list prices).
-    pub(crate) pricing: Option<quanyi_pricing::ValidRules>,
+    /// How long the pricing rules read are priced by before the store is asked again.
+    pub(crate) pricing_refresh: std::time::Duration,
+    /// Each tenant's pricing rules as this process last read them.
+    pub(crate) rules_cache: crate::promotions::RulesCache,
     pub(crate) links: Option<(String, Duration)>,
     /// Every supplier route whose stock this process has been asked about, kept fresh by the
     /// worker.
@@ -450,7 +455,7 @@ impl Shop {
             supplier_deadline: Duration::hours(DEFAULT_SUPPLIER_DEADLINE_HOURS),
             overdue: OverduePolicy::Refund,
             refund_review: Duration::hours(crate::DEFAULT_REFUND_REVIEW_HOURS),
-            pricing: None,
+            pricing_refresh: std::time::Duration::from_secs(1),
             links: None,
             job_handlers: Vec::new(),
             sweeps: Vec::new(),

@@ -27,6 +27,7 @@ pub(super) struct PlaceColumns<'a> {
     pub(super) goods_k: Vec<i64>,
     pub(super) goods_ids: Vec<Uuid>,
     pub(super) goods_versions: Vec<i64>,
+    pub(super) pricing_versions: Vec<Option<i64>>,
 }
 
 impl<'a> PlaceColumns<'a> {
@@ -53,37 +54,59 @@ impl<'a> PlaceColumns<'a> {
             c.goods_k.extend(std::iter::repeat_n(k, r.goods_ids.len()));
             c.goods_ids.extend(&r.goods_ids);
             c.goods_versions.extend(&r.goods_versions);
+            c.pricing_versions.push(r.pricing_version);
         }
         c
     }
 }
 
 /// Places several orders (no member limits, well formed, distinct ids) in one statement. Each
-/// request passes the checks of [`PLACE`] on its own: id not stored, goods unchanged, every
-/// SKU's cards found. The cards of a SKU are picked once for the whole batch, oldest first, as
-/// many as all its requests want, and handed out in request order; a request that does not get
-/// all it wants takes none and is not written. Returns the position of each placed request
-/// (from 1) with its cards in [`PLACE`]'s order; requests not returned wrote nothing.
+/// request passes the checks of [`PLACE`] on its own: id not stored, goods unchanged, pricing
+/// rules at the version it names (if it names one), every SKU's cards found. The cards of a
+/// SKU are picked once for the whole batch, oldest first, as many as all its requests want, and
+/// handed out in request order; a request that does not get all it wants takes none and is not
+/// written. Returns the position of each placed request (from 1) with its cards in [`PLACE`]'s
+/// order; requests not returned wrote nothing.
 ///
 /// $1..$8 per request: tenant, id, member, status, expires_at, version, doc, updated_at;
-/// $9 now (the earliest of the calls'); lines $10 request, $11 no, $12 SKU, $13 quantity; events $14 request, $15..$19
-/// id, tenant, aggregate type, aggregate id, doc; reservations $20 request, $21 SKU,
-/// $22 quantity; goods $23 request, $24 id, $25 version; $26 per request: placement time.
-pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
-    "WITH o AS ( \
+/// $9 now (the earliest of the calls'); lines $10 request, $11 no, $12 SKU, $13 quantity;
+/// events $14 request, $15..$19 id, tenant, aggregate type, aggregate id, doc; reservations
+/// $20 request, $21 SKU, $22 quantity; goods $23 request, $24 id, $25 version; $26 per
+/// request: placement time; $27 per request: the version of the tenant's pricing rules it was
+/// priced from (null: no check). A request refused for its pricing version is not written and
+/// runs alone, where [`PLACE`] answers why.
+///
+/// Two shapes, at index 1 when any request names a pricing version: that shape looks up
+/// `pricing_heads` by key for each request that names one (under a `CASE`, so a request
+/// without a version reads nothing); the other leaves `pricing_heads` out of the statement
+/// (see [`PLACE`] on why) and writes no request that names a version (it would run alone).
+pub(crate) static PLACE_BATCH: LazyLock<[String; 2]> =
+    LazyLock::new(|| [place_batch_sql(false), place_batch_sql(true)]);
+
+fn place_batch_sql(with_pricing: bool) -> String {
+    let stale = if with_pricing {
+        "CASE WHEN o.pricing IS NULL THEN false \
+              ELSE COALESCE((SELECT h.version FROM pricing_heads h WHERE h.tenant = o.tenant), 0) \
+                   <> o.pricing END"
+    } else {
+        "o.pricing IS NOT NULL"
+    };
+    format!(
+        "WITH o AS ( \
          SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
-                              $6::bigint[], $7::text[], $8::bigint[], $26::bigint[]) \
+                              $6::bigint[], $7::text[], $8::bigint[], $26::bigint[], $27::bigint[]) \
               WITH ORDINALITY AS o(tenant, id, member, status, expires_at, version, doc, updated_at, \
-                                   placed_at, k)), \
+                                   placed_at, pricing, k)), \
      checked AS ( \
          SELECT o.k, o.tenant, \
                 (SELECT EXISTS (SELECT 1 FROM orders x WHERE x.tenant = o.tenant AND x.id = o.id)) AS stored, \
                 (SELECT count(*) FROM unnest($23::bigint[], $24::uuid[], $25::bigint[]) AS p(k, id, version) \
                  WHERE p.k = o.k \
                    AND NOT (SELECT EXISTS (SELECT 1 FROM goods g WHERE g.tenant = o.tenant \
-                                           AND g.id = p.id AND g.version = p.version))) AS changed \
+                                           AND g.id = p.id AND g.version = p.version))) AS changed, \
+                {stale} AS stale \
          FROM o), \
-     pre AS (SELECT k, tenant FROM checked WHERE NOT stored AND changed = 0), \
+     pre AS (SELECT k, tenant FROM checked WHERE NOT stored AND changed = 0 AND NOT stale), \
      want AS ( \
          SELECT r.k, r.ord, pre.tenant, r.sku, r.qty \
          FROM unnest($20::bigint[], $21::uuid[], $22::bigint[]) WITH ORDINALITY AS r(k, sku, qty, ord) \
@@ -129,7 +152,7 @@ pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
          INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at, \
                              line_skus, line_qtys, placed_at) \
          SELECT o.tenant, o.id, o.member, o.status, o.expires_at, o.version, o.doc, o.updated_at, \
-                COALESCE(l.skus, '{}'), COALESCE(l.qtys, '{}'), o.placed_at \
+                COALESCE(l.skus, '{{}}'), COALESCE(l.qtys, '{{}}'), o.placed_at \
          FROM o LEFT JOIN lines l ON l.k = o.k WHERE o.k IN (SELECT k FROM ok) ORDER BY o.k), \
      ev AS ( \
          INSERT INTO events (id, tenant, aggregate_type, aggregate_id, doc) \
@@ -159,5 +182,5 @@ pub(crate) static PLACE_BATCH: LazyLock<String> = LazyLock::new(|| {
                 t.id \
          FROM taken t JOIN o ON o.k = t.k) \
      SELECT ok.k, ARRAY(SELECT t.id FROM taken t WHERE t.k = ok.k ORDER BY t.ord, t.id) FROM ok"
-        .to_owned()
-});
+    )
+}

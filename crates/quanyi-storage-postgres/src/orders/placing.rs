@@ -5,25 +5,33 @@ use super::batch::{PLACE_BATCH, PlaceColumns};
 use super::*;
 
 /// Places an order in one statement: checks the id, the versions of the goods it was priced
-/// from and the member limits, picks each SKU's cards (oldest first from the `free_cards` queue
-/// and lapsed reservations, skipping rows other transactions hold), and only if everything fits
-/// inserts the order, its lines and events, takes the cards out of the queue and reserves them.
+/// from, the version of the tenant's pricing rules it was priced from and the member limits,
+/// picks each SKU's cards (oldest first from the `free_cards` queue and lapsed reservations,
+/// skipping rows other transactions hold), and only if everything fits inserts the order, its
+/// lines and events, takes the cards out of the queue and reserves them.
 ///
 /// $1 tenant, $2 order id, $3 member, $4 status, $5 expires_at (also the reservation deadline),
 /// $6 version, $7 doc, $8 line numbers, $9 line SKUs, $10 line quantities, $11..$15 events,
 /// $16 reservation SKUs, $17 quantities, $18 now, $19 limit SKUs, $20 limits, $21 requested,
 /// $22 whether the call is well formed, $23 the order's updated_at, $24 and $25 the goods the
 /// order was priced from and their versions (checked against the statement's snapshot), $26 the
-/// order's placement time (`placed_at`), $27 whether each limit releases units on refund.
+/// order's placement time (`placed_at`), $27 whether each limit releases units on refund, $28
+/// the version of the tenant's pricing rules the order was priced from (null: no check).
+///
+/// The pricing check is one lookup of `pricing_heads` by its key, against the statement's
+/// snapshot (as the goods versions are checked): a write of the rules that commits while the
+/// placement runs is ordered after it, as a write of goods is.
 ///
 /// The "lines" ($8..$10, and the `line_skus`, `line_qtys` columns) are what the order counts
 /// toward member limits (`Order::limit_units`): each line's SKU and quantity, and each benefit
 /// pack's SKU and packs.
 ///
-/// Two shapes: with member limits, and without (most orders), which leaves the member count
-/// out of the statement, since the server sets up every part of a statement on every call; that
-/// shape takes the same parameters and refuses a call that passes limits.
-fn place_sql(with_limits: bool) -> String {
+/// Four shapes: with member limits or without (most orders), and with a pricing version or
+/// without. The server sets up every part of a statement on every call (plan nodes, tables and
+/// their indexes opened and locked), used or not, so the shapes without leave the member count
+/// and the lookup of `pricing_heads` out of the statement; they take the same parameters and
+/// refuse a call that passes limits or a version.
+fn place_sql(with_limits: bool, with_pricing: bool) -> String {
     let (limits_cte, limits_ok, limits_out) = if with_limits {
         (
             limits_cte(),
@@ -38,12 +46,23 @@ fn place_sql(with_limits: bool) -> String {
             "'{}'::bigint[]",
         )
     };
+    let (pricing_cte, pricing_ok, pricing_out) = if with_pricing {
+        (
+            "stale AS (SELECT COALESCE((SELECT h.version FROM pricing_heads h \
+                                        WHERE h.tenant = $1), 0) <> $28::bigint AS v), ",
+            "NOT (SELECT v FROM stale)",
+            "(SELECT v FROM stale)",
+        )
+    } else {
+        ("", "$28::bigint IS NULL", "false")
+    };
     format!(
         "WITH existing AS (SELECT EXISTS (SELECT 1 FROM orders WHERE tenant = $1 AND id = $2) AS v), \
          changed AS (SELECT (SELECT p.id FROM unnest($24::uuid[], $25::bigint[]) AS p(id, version) \
                              WHERE NOT EXISTS (SELECT 1 FROM goods g WHERE g.tenant = $1 \
                                                AND g.id = p.id AND g.version = p.version) \
                              LIMIT 1) AS id), \
+         {pricing_cte}\
          {limits_cte}\
          wanted AS (SELECT r.sku, r.qty, r.ord \
                     FROM unnest($16::uuid[], $17::bigint[]) WITH ORDINALITY AS r(sku, qty, ord)), \
@@ -51,6 +70,7 @@ fn place_sql(with_limits: bool) -> String {
          got AS (SELECT w.ord, w.qty, (SELECT count(*) FROM pick p WHERE p.ord = w.ord) AS n FROM wanted w), \
          ok AS (SELECT $22::boolean AND NOT (SELECT v FROM existing) \
                    AND (SELECT id FROM changed) IS NULL \
+                   AND {pricing_ok} \
                    AND {limits_ok} \
                    AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v), \
          new_order AS ( \
@@ -78,7 +98,7 @@ fn place_sql(with_limits: bool) -> String {
          SELECT (SELECT v FROM existing), {limits_out}, \
                 ARRAY(SELECT n FROM got ORDER BY ord), \
                 EXISTS (SELECT 1 FROM new_order), ARRAY(SELECT id FROM pick ORDER BY ord, id), \
-                (SELECT id FROM changed)",
+                (SELECT id FROM changed), {pricing_out}",
         ev = insert_events_sql(11, "EXISTS (SELECT 1 FROM new_order)"),
         pick = pick_ctes("wanted", "$1", "$18", ""),
         take = take_free_sql("EXISTS (SELECT 1 FROM new_order)"),
@@ -115,9 +135,21 @@ fn limits_cte() -> String {
     )
 }
 
-/// [`place_sql`] without and with member limits.
-pub(crate) static PLACE: LazyLock<[String; 2]> =
-    LazyLock::new(|| [place_sql(false), place_sql(true)]);
+/// [`place_sql`] in its four shapes, at [`place_shape`].
+pub(crate) static PLACE: LazyLock<[String; 4]> = LazyLock::new(|| {
+    [
+        place_sql(false, false),
+        place_sql(true, false),
+        place_sql(false, true),
+        place_sql(true, true),
+    ]
+});
+
+/// The shape of [`PLACE`] for a call with member limits or not, and with a pricing version or
+/// not.
+pub(crate) fn place_shape(with_limits: bool, with_pricing: bool) -> usize {
+    usize::from(with_limits) + 2 * usize::from(with_pricing)
+}
 
 /// Serializes the limit checks of one member (taken before [`PLACE`], in the same transaction,
 /// so its count sees every order committed before the lock was granted).
@@ -129,20 +161,23 @@ const INSERT_CLAIMS: &str = "INSERT INTO sale_claims (tenant, scope, key, value,
      SELECT $1, c.scope, c.key, c.value, $5 \
      FROM unnest($2::text[], $3::text[], $4::text[]) AS c(scope, key, value)";
 
-/// Takes one use of each of a placement's budgets: $1 tenant, $2 scopes, $3 keys, $4 limits, $5
-/// the order. A budget at its limit is not updated, so the statement answers fewer rows than
-/// budgets and the placement is refused; each use taken is recorded for the order (returned
-/// when it closes unpaid). Concurrent takes of one budget queue on its row.
-const TAKE_BUDGETS: &str = "WITH b AS (SELECT * FROM unnest($2::text[], $3::text[], $4::int[]) \
-                             AS b(scope, key, lim)), \
+/// Takes what a placement names of each of its budgets: $1 tenant, $2 scopes, $3 keys, $4
+/// limits, $5 the order, $6 amounts. A budget the amount would take past its limit is not
+/// updated (the comparison is written so that it cannot overflow), so the statement answers
+/// fewer rows than budgets and the placement is refused; each take is recorded for the order
+/// with its amount (given back when the order closes unpaid). Concurrent takes of one budget
+/// queue on its row.
+const TAKE_BUDGETS: &str = "WITH b AS (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], \
+                                                 $6::bigint[]) AS b(scope, key, lim, amount)), \
      up AS (INSERT INTO sale_budgets (tenant, scope, key, used, lim) \
-            SELECT $1, scope, key, 1, lim FROM b \
+            SELECT $1, scope, key, amount, lim FROM b WHERE amount <= lim \
             ON CONFLICT (tenant, scope, key) DO UPDATE \
-                SET used = sale_budgets.used + 1, lim = EXCLUDED.lim \
-                WHERE sale_budgets.used < EXCLUDED.lim \
+                SET used = sale_budgets.used + EXCLUDED.used, lim = EXCLUDED.lim \
+                WHERE sale_budgets.used <= EXCLUDED.lim - EXCLUDED.used \
             RETURNING scope, key), \
-     rec AS (INSERT INTO order_budgets (tenant, order_id, scope, key) \
-             SELECT $1, $5, scope, key FROM up) \
+     rec AS (INSERT INTO order_budgets (tenant, order_id, scope, key, amount) \
+             SELECT $1, $5, b.scope, b.key, b.amount FROM up \
+             JOIN b ON b.scope = up.scope AND b.key = up.key) \
      SELECT (SELECT count(*) FROM up), \
             ARRAY(SELECT b.scope || chr(31) || b.key FROM b \
                   WHERE NOT EXISTS (SELECT 1 FROM up WHERE up.scope = b.scope AND up.key = b.key))";
@@ -155,18 +190,18 @@ struct Placed {
     inserted: bool,
     picked: Vec<Uuid>,
     changed_goods: Option<Uuid>,
+    stale_pricing: bool,
 }
 
 impl PgStore {
     async fn run_place(
         &self,
         conn: &mut Conn,
+        request: &PlaceRequest,
         lock_key: Option<String>,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Placed> {
-        let place = conn
-            .prepare(&PLACE[usize::from(lock_key.is_some())])
-            .await?;
+        let place = conn.prepare(&PLACE[request.shape()]).await?;
         let row = match lock_key {
             None => conn.client().query_one(&place, params).await.map_err(db)?,
             Some(key) => {
@@ -209,9 +244,7 @@ impl PgStore {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<CardId>> {
         let r = request;
-        let place = conn
-            .prepare(&PLACE[usize::from(lock_key.is_some())])
-            .await?;
+        let place = conn.prepare(&PLACE[r.shape()]).await?;
         let lock = conn.prepare(MEMBER_LOCK).await?;
         let insert = conn.prepare(INSERT_CLAIMS).await?;
         let take = conn.prepare(TAKE_BUDGETS).await?;
@@ -223,12 +256,13 @@ impl PgStore {
             &r.now,
         ];
         let order_id = *r.order.as_uuid();
-        let budget_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        let budget_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
             &r.tenant,
             &r.budget_scopes,
             &r.budget_keys,
             &r.budget_limits,
             &order_id,
+            &r.budget_amounts,
         ];
         conn.in_txn = true;
         let c = conn.client();
@@ -311,6 +345,7 @@ impl Placed {
             inserted: get(row, 3)?,
             picked: get(row, 4)?,
             changed_goods: get(row, 5)?,
+            stale_pricing: get(row, 6)?,
         })
     }
 }
@@ -345,10 +380,14 @@ pub(crate) struct PlaceRequest {
     pub(super) claim_scopes: Vec<String>,
     pub(super) claim_keys: Vec<String>,
     pub(super) claim_values: Vec<String>,
-    /// The budget uses the placement takes (placed alone, in a transaction, when there are any).
+    /// Per budget the placement takes of: scope, key, limit and amount (placed alone, in a
+    /// transaction, when there are any).
     pub(super) budget_scopes: Vec<String>,
     pub(super) budget_keys: Vec<String>,
-    pub(super) budget_limits: Vec<i32>,
+    pub(super) budget_limits: Vec<i64>,
+    pub(super) budget_amounts: Vec<i64>,
+    /// The version of the tenant's pricing rules the order was priced from (none: no check).
+    pub(super) pricing_version: Option<i64>,
 }
 
 impl PlaceRequest {
@@ -413,9 +452,23 @@ impl PlaceRequest {
             budget_limits: new
                 .budgets
                 .iter()
-                .map(|b| i32::try_from(b.limit).unwrap_or(i32::MAX))
-                .collect(),
+                .map(|b| to_i64(b.limit, "budget limit"))
+                .collect::<Result<Vec<i64>>>()?,
+            budget_amounts: new
+                .budgets
+                .iter()
+                .map(|b| to_i64(b.amount, "budget amount"))
+                .collect::<Result<Vec<i64>>>()?,
+            pricing_version: new
+                .pricing_version
+                .map(|v| to_i64(v, "pricing version"))
+                .transpose()?,
         })
+    }
+
+    /// The shape of [`PLACE`] this call runs.
+    fn shape(&self) -> usize {
+        place_shape(!self.limits.is_empty(), self.pricing_version.is_some())
     }
 
     /// The answer to a call, from what [`PLACE`] reported, in the reference adapter's order
@@ -430,6 +483,9 @@ impl PlaceRequest {
                 GoodsId::from_uuid(goods),
                 GOODS_CHANGED,
             ));
+        }
+        if placed.stale_pricing {
+            return Err(Error::conflict("pricing", &self.tenant, PRICING_CHANGED));
         }
         for (i, &(MemberLimit { sku, limit, .. }, requested)) in self.limits.iter().enumerate() {
             let already = to_u64(placed.already.get(i).copied().unwrap_or(0), "quantity")?;
@@ -512,7 +568,7 @@ impl PgStore {
     /// One try of [`PLACE`], under the member's lock when it has limits.
     async fn place_once(&self, request: &PlaceRequest) -> Result<Vec<CardId>> {
         let r = request;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 27] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 28] = [
             &r.tenant,
             r.order.as_uuid(),
             &r.member,
@@ -552,6 +608,7 @@ impl PgStore {
                 .iter()
                 .map(|l| l.0.release_on_refund)
                 .collect::<Vec<bool>>(),
+            &r.pricing_version,
         ];
         let lock_key =
             (!r.limits.is_empty()).then(|| format!("{}:{}:{}", self.schema(), r.tenant, r.member));
@@ -560,7 +617,7 @@ impl PgStore {
             return self.place_claimed(&mut conn, r, lock_key, &params).await;
         }
         let placed = self
-            .run_place(&mut conn, lock_key, &params)
+            .run_place(&mut conn, r, lock_key, &params)
             .await
             .map_err(|e| with_id(e, r.order))?;
         drop(conn);
@@ -599,7 +656,7 @@ impl PgStore {
         let c = PlaceColumns::new(requests);
         // A reservation counts as lapsed only if it had lapsed at every call's own time.
         let now = requests.iter().map(|r| r.now).min().unwrap_or(0);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 26] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 27] = [
             &c.tenants,
             &c.ids,
             &c.members,
@@ -626,8 +683,12 @@ impl PgStore {
             &c.goods_ids,
             &c.goods_versions,
             &c.placed,
+            &c.pricing_versions,
         ];
-        let rows = self.batch_rows(&PLACE_BATCH, &params).await?;
+        let with_pricing = requests.iter().any(|r| r.pricing_version.is_some());
+        let rows = self
+            .batch_rows(&PLACE_BATCH[usize::from(with_pricing)], &params)
+            .await?;
         rows.iter()
             .map(|row| {
                 let cards: Vec<Uuid> = get(row, 1)?;

@@ -32,7 +32,7 @@ use crate::ports::{
     AuditStore, EventStore, GoodsStore, JobStore, KeyRingStore, OrderStore, PaymentStore,
     VaultStore,
 };
-use crate::{Error, GOODS_CHANGED, Result};
+use crate::{Error, GOODS_CHANGED, PRICING_CHANGED, Result};
 
 mod events;
 mod goods;
@@ -41,6 +41,7 @@ mod keys;
 mod log;
 mod orders;
 mod payments;
+mod pricing;
 mod vault;
 
 use log::{EventIndex, EventLog};
@@ -89,9 +90,13 @@ struct State {
     /// Claims sale writes took, by (tenant, scope, key).
     claims: Map<(TenantId, String, String), Claim>,
     /// Budget uses taken by orders not closed unpaid, by (tenant, scope, key).
-    budgets: Map<(TenantId, String, String), u32>,
-    /// The budgets each order took, until it is closed unpaid.
-    order_budgets: Map<Key<OrderId>, Vec<(String, String)>>,
+    budgets: Map<(TenantId, String, String), u64>,
+    /// The budgets each order took and how much of each, until it is closed unpaid.
+    order_budgets: Map<Key<OrderId>, Vec<(String, String, u64)>>,
+    /// Pricing rules by tenant.
+    pricing: Map<TenantId, pricing::Rules>,
+    /// Issued coupons by (tenant, code).
+    coupons: Map<(TenantId, String), crate::IssuedCoupon>,
     /// Consumer cursors, by (tenant, name).
     consumers: Map<(TenantId, String), FeedPosition>,
 }

@@ -29,6 +29,11 @@ impl OrderStore for MemoryStore {
         }) {
             return Err(Error::conflict("goods", changed.id, GOODS_CHANGED));
         }
+        if let Some(read) = new.pricing_version {
+            if s.pricing.get(&tenant).map_or(0, |p| p.version) != read {
+                return Err(Error::conflict("pricing", &tenant, PRICING_CHANGED));
+            }
+        }
         for limit in new.member_limits {
             let requested = order.quantity_of(limit.sku);
             let already = s.member_quantity(&tenant, order.member(), limit);
@@ -50,7 +55,7 @@ impl OrderStore for MemoryStore {
                 .get(&(tenant.clone(), b.scope.clone(), b.key.clone()))
                 .copied()
                 .unwrap_or(0);
-            used >= b.limit
+            used.saturating_add(b.amount) > b.limit
         }) {
             return Err(Error::BudgetExhausted {
                 scope: spent.scope.clone(),
@@ -106,12 +111,12 @@ impl OrderStore for MemoryStore {
             for b in new.budgets {
                 *s.budgets
                     .entry((tenant.clone(), b.scope.clone(), b.key.clone()))
-                    .or_default() += 1;
+                    .or_default() += b.amount;
             }
             let taken = new
                 .budgets
                 .iter()
-                .map(|b| (b.scope.clone(), b.key.clone()))
+                .map(|b| (b.scope.clone(), b.key.clone(), b.amount))
                 .collect();
             s.order_budgets.insert((tenant.clone(), order.id()), taken);
         }
@@ -120,7 +125,7 @@ impl OrderStore for MemoryStore {
         Ok(chosen)
     }
 
-    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u32> {
+    async fn budget_used(&self, tenant: &TenantId, scope: &str, key: &str) -> Result<u64> {
         Ok(self
             .state
             .lock()
@@ -253,9 +258,9 @@ impl OrderStore for MemoryStore {
         let tenant = change.order.tenant().clone();
         // The budgets the order took go back, once: the order's record of them goes with it.
         if let Some(taken) = s.order_budgets.remove(&(tenant.clone(), change.order.id())) {
-            for (scope, key) in taken {
+            for (scope, key, amount) in taken {
                 if let Some(used) = s.budgets.get_mut(&(tenant.clone(), scope, key)) {
-                    *used = used.saturating_sub(1);
+                    *used = used.saturating_sub(amount);
                 }
             }
         }

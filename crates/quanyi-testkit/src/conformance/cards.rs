@@ -307,6 +307,7 @@ pub async fn concurrent_buyers_never_oversell(store: Arc<dyn Store>) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             };
             let held = store.place_order(new, t0()).await?;
             let mut paid = order.clone();

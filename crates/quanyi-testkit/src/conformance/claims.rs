@@ -52,6 +52,7 @@ async fn place_taking(
                 priced_from: &[],
                 claims,
                 budgets,
+                pricing_version: None,
             },
             t0(),
         )
@@ -231,11 +232,12 @@ async fn place_budgeted(
     place_taking(store, goods, buyer, 1, &[], budgets).await
 }
 
-fn coupon(key: &str, limit: u32) -> quanyi_storage::BudgetTake {
+fn coupon(key: &str, limit: u64) -> quanyi_storage::BudgetTake {
     quanyi_storage::BudgetTake {
         scope: "coupon".into(),
         key: key.into(),
         limit,
+        amount: 1,
     }
 }
 

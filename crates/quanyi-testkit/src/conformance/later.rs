@@ -40,6 +40,7 @@ pub async fn closing_an_unpaid_order_releases_its_cards(store: Arc<dyn Store>) {
                     priced_from: &[],
                     claims: &[],
                     budgets: &[],
+                    pricing_version: None,
                 },
                 t0(),
             )

@@ -23,6 +23,7 @@ pub async fn payment_sells_only_held_cards(store: Arc<dyn Store>) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )

@@ -85,6 +85,7 @@ pub async fn concurrent_writes_get_their_own_answers(store: Arc<dyn Store>) {
                         priced_from: &priced,
                         claims: &[],
                         budgets: &[],
+                        pricing_version: None,
                     },
                     t0(),
                 )
@@ -348,6 +349,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -386,6 +388,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -420,6 +423,7 @@ pub async fn place_order_is_all_or_nothing(store: Arc<dyn Store>) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )
@@ -484,6 +488,7 @@ pub async fn place_order_checks_goods_versions(store: Arc<dyn Store>) {
                         priced_from: &priced_from,
                         claims: &[],
                         budgets: &[],
+                        pricing_version: None,
                     },
                     t0(),
                 )

@@ -268,6 +268,7 @@ pub async fn cards_are_found_by_blind_index(store: Arc<dyn Store>) {
                 priced_from: &[],
                 claims: &[],
                 budgets: &[],
+                pricing_version: None,
             },
             t0(),
         )

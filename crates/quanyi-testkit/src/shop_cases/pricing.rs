@@ -28,6 +28,7 @@ fn promotion(id: &str, priority: i32, target: Target, effect: Effect) -> Promoti
         effect,
         window: Window::default(),
         budget: None,
+        coupon: false,
     }
 }
 
@@ -104,12 +105,12 @@ pub async fn pricing_rules_price_the_checkout(store: Arc<dyn Store>) {
     let rig = Rig::new(store);
     let video = fixtures::id(SkuId::generate);
     let music = fixtures::id(SkuId::generate);
-    let shop = rig
-        .builder(rig.store.clone())
-        .pricing(rules(video))
-        .build()
-        .unwrap();
+    let shop = rig.shop();
     let catalog = quanyi::Actor::new("merchant", "catalog").unwrap();
+    shop.promotions()
+        .load(&catalog, rules(video))
+        .await
+        .unwrap();
     for (sku, title, price, category) in [
         (video, "Video month card", "19.90", "video"),
         (music, "Music month card", "15.00", "music"),
@@ -247,6 +248,7 @@ async fn coupon_shop(rig: &Rig, stock: usize) -> (quanyi::Shop, SkuId) {
                 quanyi::pricing::Budget {
                     total: Some(1),
                     per_member: None,
+                    discount: None,
                 },
             )
         })
@@ -256,16 +258,17 @@ async fn coupon_shop(rig: &Rig, stock: usize) -> (quanyi::Shop, SkuId) {
         quanyi::pricing::Budget {
             total: None,
             per_member: Some(1),
+            discount: None,
         },
     ));
     let rules = Rules {
         promotions,
         ..Rules::none(Currency::CNY)
     };
-    let shop = rig
-        .builder(rig.store.clone())
-        .pricing(rules)
-        .build()
+    let shop = rig.shop();
+    shop.promotions()
+        .load(&quanyi::Actor::new("merchant", "pricing").unwrap(), rules)
+        .await
         .unwrap();
     shop.create_goods(
         &quanyi::Actor::new("merchant", "catalog").unwrap(),
