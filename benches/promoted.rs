@@ -217,6 +217,7 @@ async fn side(url: &str, promoted: bool) -> Option<(Arc<Side>, TempSchema)> {
         url: url.to_owned(),
         name,
     };
+    store.migrate().await.unwrap();
     let path = Path::new(Arc::new(store)).await;
     let coupons = if promoted {
         path.shop

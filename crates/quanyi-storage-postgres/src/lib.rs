@@ -2,6 +2,8 @@
 
 #[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod budget_tests;
 mod codec;
 mod combine;
 mod error;

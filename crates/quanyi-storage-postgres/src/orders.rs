@@ -30,7 +30,7 @@ mod placing;
 pub(crate) use batch::PLACE_BATCH;
 pub(crate) use placing::PlaceRequest;
 #[cfg(test)]
-pub(crate) use placing::{PLACE, place_shape};
+pub(crate) use placing::{PLACE, place_budget_shape, place_shape};
 
 /// What orders not closed unpaid hold of budget ($1 tenant, $2 scope, $3 key).
 const BUDGET_USED: &str =

@@ -17,7 +17,7 @@ use crate::batch_tests::{pay, place, stocked, with_store_options};
 const ORDERS: usize = 400;
 
 /// Tables that grow with the shop: none may be read by a sequential scan.
-const BIG: [&str; 9] = [
+const BIG: [&str; 11] = [
     "cards",
     "free_cards",
     "held_cards",
@@ -27,6 +27,8 @@ const BIG: [&str; 9] = [
     "events",
     "jobs",
     "pricing_heads",
+    "sale_budgets",
+    "order_budgets",
 ];
 
 /// The highest `$n` in a statement.
@@ -112,6 +114,14 @@ async fn hot_statements_plan_index_lookups_with_statistics() {
                 (
                     "place priced with limits".into(),
                     crate::orders::PLACE[3].clone(),
+                ),
+                (
+                    "place with a budget".into(),
+                    crate::orders::PLACE[crate::orders::place_budget_shape(false)].clone(),
+                ),
+                (
+                    "place priced with a budget".into(),
+                    crate::orders::PLACE[crate::orders::place_budget_shape(true)].clone(),
                 ),
                 ("place batch".into(), crate::orders::PLACE_BATCH[0].clone()),
                 (

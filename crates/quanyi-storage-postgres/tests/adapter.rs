@@ -1726,6 +1726,6 @@ async fn migration_11_takes_pricing_and_budgets_of_amounts() {
     assert_eq!(store.schema_version().await.unwrap(), Some(10));
     store.migrate().await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), Some(SCHEMA_VERSION));
-    common::check_pricing_after_migration(&store, &before).await;
+    quanyi_testkit::conformance::check_pricing_after_migration(&store, &before).await;
     common::drop_schema(url, schema).await;
 }

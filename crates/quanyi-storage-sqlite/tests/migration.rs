@@ -1260,5 +1260,5 @@ async fn version_9_databases_take_pricing_and_budgets_of_amounts() {
     let store = SqliteStore::open(db.path()).await.unwrap();
     let conn = Connection::open(db.path()).unwrap();
     assert!(index_names(&conn, "coupons").contains(&"coupons_by_member".to_owned()));
-    common::check_pricing_after_migration(&store, &before).await;
+    quanyi_testkit::conformance::check_pricing_after_migration(&store, &before).await;
 }

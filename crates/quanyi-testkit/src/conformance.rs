@@ -82,6 +82,7 @@ mod goods;
 mod jobs;
 mod keys;
 mod later;
+mod migrated;
 mod orders;
 mod packs;
 mod payments;
@@ -110,6 +111,7 @@ pub use jobs::{
     job_enqueue_is_idempotent, jobs_are_claimed_only_by_kinds_the_worker_runs,
     jobs_lease_retry_and_dead_letter,
 };
+pub use migrated::check_pricing_after_migration;
 pub use orders::{
     member_limit_is_atomic, order_round_trip_with_events, order_stale_version_conflicts,
     orders_updated_in_a_period_page_in_order, unpaid_orders_due_in_deadline_order,

@@ -94,11 +94,12 @@ impl Shop {
 
     /// The coupon templates the codes entered unlock for this buyer: each code that is no
     /// shared promotion code must be a coupon issued to the buyer, in its window, unused, of a
-    /// coupon template of the rules.
+    /// coupon template of the rules (whether it is unused is read when `read_use`).
     async fn unlocked(
         &self,
         rules: &quanyi_pricing::ValidRules,
         inputs: &PriceInputs<'_>,
+        read_use: bool,
     ) -> Result<Unlocked> {
         let mut unlocked: Unlocked = Vec::new();
         for code in inputs.codes {
@@ -133,11 +134,12 @@ impl Shop {
                 .iter()
                 .find(|p| *p.id == coupon.template && p.coupon)
                 .ok_or_else(|| unavailable("withdrawn"))?;
-            if self
-                .store_ref()
-                .budget_used(&self.tenant, COUPON_BUDGET, &key)
-                .await?
-                > 0
+            if read_use
+                && self
+                    .store_ref()
+                    .budget_used(&self.tenant, COUPON_BUDGET, &key)
+                    .await?
+                    > 0
             {
                 return Err(unavailable("used"));
             }
@@ -150,19 +152,22 @@ impl Shop {
     }
 
     /// The price stage with the shop's rules: the engine's unit prices and amounts on the
-    /// lines, its explanation beside them.
+    /// lines, its explanation beside them. With `read_coupon_use`, a coupon entered that an
+    /// order holds is refused here (`coupon_unavailable`, `used`); without, the placement's
+    /// take of its use is refused by the store and the checkout prices again with it.
     pub(crate) async fn priced(
         &self,
         mut lines: Vec<QuoteLine>,
         categories: Vec<Vec<String>>,
         inputs: &PriceInputs<'_>,
         rules: &quanyi_pricing::ValidRules,
+        read_coupon_use: bool,
     ) -> Result<Quote> {
         let currency = lines
             .first()
             .map(|l| l.check.amount.currency())
             .ok_or(Error::EmptyCart)?;
-        let unlocked = self.unlocked(rules, inputs).await?;
+        let unlocked = self.unlocked(rules, inputs, read_coupon_use).await?;
         let cart = quanyi_pricing::Cart {
             currency,
             items: lines

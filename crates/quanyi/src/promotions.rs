@@ -319,16 +319,13 @@ impl Promotions<'_> {
         list: PriceList,
         expected: Option<u64>,
     ) -> Result<u64> {
-        let text = body(&list)?;
-        let id = list.id.to_string();
-        self.change(actor, &format!("list:{id}"), |current| {
-            check_expected(current, PricingKind::List, &id, expected)?;
-            Ok(vec![EntryChange {
-                kind: PricingKind::List,
-                id: id.clone(),
-                body: Some(text.clone()),
-            }])
-        })
+        self.put(
+            actor,
+            PricingKind::List,
+            list.id.to_string(),
+            body(&list)?,
+            expected,
+        )
         .await
     }
 
@@ -343,12 +340,30 @@ impl Promotions<'_> {
         promotion: Promotion,
         expected: Option<u64>,
     ) -> Result<u64> {
-        let text = body(&promotion)?;
         let id = promotion.id.to_string();
-        self.change(actor, &format!("promotion:{id}"), |current| {
-            check_expected(current, PricingKind::Promotion, &id, expected)?;
+        self.put(
+            actor,
+            PricingKind::Promotion,
+            id,
+            body(&promotion)?,
+            expected,
+        )
+        .await
+    }
+
+    /// Writes one entry from its version `expected` (`None`: new).
+    async fn put(
+        &self,
+        actor: &Actor,
+        kind: PricingKind,
+        id: String,
+        text: String,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        self.change(actor, &format!("{}:{id}", kind.as_str()), |current| {
+            check_expected(current, kind, &id, expected)?;
             Ok(vec![EntryChange {
-                kind: PricingKind::Promotion,
+                kind,
                 id: id.clone(),
                 body: Some(text.clone()),
             }])

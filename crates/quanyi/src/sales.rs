@@ -211,9 +211,11 @@ impl Shop {
     pub async fn quote(&self, request: &PlaceOrder) -> Result<Quote> {
         request.check()?;
         check_cart(request.cart())?;
-        // Fresh goods; the pricing rules as this process reads them within its refresh.
+        // Fresh goods, and whether a coupon entered is in use; the pricing rules as this
+        // process reads them within its refresh.
         let mut pricing = Pricing {
             rules_fresh: false,
+            read_coupon_use: true,
             ..Pricing::fresh()
         };
         self.price_cart(request.cart(), &request.price_inputs(), &mut pricing)
@@ -296,7 +298,10 @@ impl Shop {
                 budgets: Vec::new(),
             }),
             None => Err(Error::UnknownPromotionCode(inputs.codes[0].clone())),
-            Some(rules) => self.priced(lines, categories, inputs, rules).await,
+            Some(rules) => {
+                self.priced(lines, categories, inputs, rules, pricing.read_coupon_use)
+                    .await
+            }
         }
     }
 
@@ -612,6 +617,9 @@ struct Pricing {
     seen: HashSet<GoodsVersion>,
     /// Ask the store for the pricing rules' version whatever this process read last.
     rules_fresh: bool,
+    /// Read whether each coupon entered is in use (a quote, a placement tried again); a
+    /// placement's first try leaves it to the store, which refuses a coupon in use.
+    read_coupon_use: bool,
     /// The pricing rules priced by (their version is checked by the store at placement).
     rules: Option<Arc<crate::promotions::LoadedRules>>,
 }
@@ -624,6 +632,7 @@ impl Pricing {
             priced_from: Vec::new(),
             seen: HashSet::new(),
             rules_fresh: false,
+            read_coupon_use: false,
             rules: None,
         }
     }
@@ -635,6 +644,7 @@ impl Pricing {
             priced_from: Vec::new(),
             seen: HashSet::new(),
             rules_fresh: true,
+            read_coupon_use: true,
             rules: None,
         }
     }

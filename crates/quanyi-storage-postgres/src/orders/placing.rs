@@ -31,7 +31,41 @@ use super::*;
 /// their indexes opened and locked), used or not, so the shapes without leave the member count
 /// and the lookup of `pricing_heads` out of the statement; they take the same parameters and
 /// refuse a call that passes limits or a version.
-fn place_sql(with_limits: bool, with_pricing: bool) -> String {
+///
+/// Two more shapes (with a pricing version or without, never with limits) take one budget
+/// ([`place_budget_shape`]: an issued coupon's one use, the common case of a placement with
+/// budgets) in the same statement: $29 its scope, $30 its key, $31 its limit, $32 the amount.
+/// Only if every other check passed (`ok`), the amount is added to the budget's row with
+/// `INSERT ... ON CONFLICT DO UPDATE ... WHERE used <= limit - amount` (as [`TAKE_BUDGETS`]
+/// does: concurrent takers queue on the row, and each checks the row as the one before it left
+/// it), the order is written only if that take happened, and the take is recorded for the order
+/// in `order_budgets` (given back when it closes unpaid). The order is written if and only if
+/// the budget is taken, so nothing is partial, and a refused placement takes nothing and locks
+/// no budget row. The eighth column says whether the budget was taken. The shapes without a
+/// budget do not name `sale_budgets` or `order_budgets` (and take 28 parameters).
+fn place_sql(with_limits: bool, with_pricing: bool, with_budget: bool) -> String {
+    assert!(
+        !(with_limits && with_budget),
+        "no shape takes limits and a budget"
+    );
+    let (spend_cte, spend_ok, record_cte, spend_out) = if with_budget {
+        (
+            " spend AS (INSERT INTO sale_budgets (tenant, scope, key, used, lim) \
+                         SELECT $1, $29::text, $30::text, $32::bigint, $31::bigint \
+                         FROM ok WHERE ok.v AND $32::bigint <= $31::bigint \
+                         ON CONFLICT (tenant, scope, key) DO UPDATE \
+                             SET used = sale_budgets.used + EXCLUDED.used, lim = EXCLUDED.lim \
+                             WHERE sale_budgets.used <= EXCLUDED.lim - EXCLUDED.used \
+                         RETURNING 1),",
+            " AND EXISTS (SELECT 1 FROM spend)",
+            ", spent AS (INSERT INTO order_budgets (tenant, order_id, scope, key, amount) \
+                        SELECT $1, $2, $29::text, $30::text, $32::bigint \
+                        WHERE EXISTS (SELECT 1 FROM new_order))",
+            ", EXISTS (SELECT 1 FROM spend)",
+        )
+    } else {
+        ("", "", "", "")
+    };
     let (limits_cte, limits_ok, limits_out) = if with_limits {
         (
             limits_cte(),
@@ -72,7 +106,8 @@ fn place_sql(with_limits: bool, with_pricing: bool) -> String {
                    AND (SELECT id FROM changed) IS NULL \
                    AND {pricing_ok} \
                    AND {limits_ok} \
-                   AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v), \
+                   AND NOT EXISTS (SELECT 1 FROM got WHERE n < qty) AS v),\
+         {spend_cte} \
          new_order AS ( \
              INSERT INTO orders (tenant, id, member, status, expires_at, version, doc, updated_at, \
                                  line_skus, line_qtys, placed_at) \
@@ -81,7 +116,7 @@ fn place_sql(with_limits: bool, with_pricing: bool) -> String {
                           ORDER BY u.no), \
                     ARRAY(SELECT u.qty FROM unnest($8::integer[], $10::bigint[]) AS u(no, qty) \
                           ORDER BY u.no), $26 \
-             FROM ok WHERE ok.v \
+             FROM ok WHERE ok.v{spend_ok} \
              RETURNING 1 \
          ), \
          ev AS ({ev}), \
@@ -94,11 +129,11 @@ fn place_sql(with_limits: bool, with_pricing: bool) -> String {
          hold AS ( \
              INSERT INTO held_cards (tenant, sku, until, id) \
              SELECT $1, sku, $5, id FROM pick WHERE EXISTS (SELECT 1 FROM new_order)), \
-         link AS ({link}) \
+         link AS ({link}){record_cte} \
          SELECT (SELECT v FROM existing), {limits_out}, \
                 ARRAY(SELECT n FROM got ORDER BY ord), \
                 EXISTS (SELECT 1 FROM new_order), ARRAY(SELECT id FROM pick ORDER BY ord, id), \
-                (SELECT id FROM changed), {pricing_out}",
+                (SELECT id FROM changed), {pricing_out}{spend_out}",
         ev = insert_events_sql(11, "EXISTS (SELECT 1 FROM new_order)"),
         pick = pick_ctes("wanted", "$1", "$18", ""),
         take = take_free_sql("EXISTS (SELECT 1 FROM new_order)"),
@@ -135,21 +170,32 @@ fn limits_cte() -> String {
     )
 }
 
-/// [`place_sql`] in its four shapes, at [`place_shape`].
-pub(crate) static PLACE: LazyLock<[String; 4]> = LazyLock::new(|| {
+/// [`place_sql`] in its six shapes, at [`place_shape`] and [`place_budget_shape`].
+pub(crate) static PLACE: LazyLock<[String; 6]> = LazyLock::new(|| {
     [
-        place_sql(false, false),
-        place_sql(true, false),
-        place_sql(false, true),
-        place_sql(true, true),
+        place_sql(false, false, false),
+        place_sql(true, false, false),
+        place_sql(false, true, false),
+        place_sql(true, true, false),
+        place_sql(false, false, true),
+        place_sql(false, true, true),
     ]
 });
 
-/// The shape of [`PLACE`] for a call with member limits or not, and with a pricing version or
-/// not.
+/// The shape of [`PLACE`] without a budget for a call with member limits or not, and with a
+/// pricing version or not.
 pub(crate) fn place_shape(with_limits: bool, with_pricing: bool) -> usize {
     usize::from(with_limits) + 2 * usize::from(with_pricing)
 }
+
+/// The shape of [`PLACE`] that takes one budget (no member limits), with a pricing version or
+/// not.
+pub(crate) fn place_budget_shape(with_pricing: bool) -> usize {
+    4 + usize::from(with_pricing)
+}
+
+/// The parameters of the shapes of [`PLACE`] without a budget; those with one take four more.
+const PLACE_PARAMS: usize = 28;
 
 /// Serializes the limit checks of one member (taken before [`PLACE`], in the same transaction,
 /// so its count sees every order committed before the lock was granted).
@@ -191,6 +237,8 @@ struct Placed {
     picked: Vec<Uuid>,
     changed_goods: Option<Uuid>,
     stale_pricing: bool,
+    /// Whether the shape with one budget took it (true for the shapes without).
+    budget_taken: bool,
 }
 
 impl PgStore {
@@ -346,6 +394,7 @@ impl Placed {
             picked: get(row, 4)?,
             changed_goods: get(row, 5)?,
             stale_pricing: get(row, 6)?,
+            budget_taken: if row.len() > 7 { get(row, 7)? } else { true },
         })
     }
 }
@@ -466,9 +515,23 @@ impl PlaceRequest {
         })
     }
 
+    /// Whether the call takes exactly one budget and nothing that needs a transaction (no
+    /// claims, no member limits) and is well formed: it runs [`PLACE`]'s shape with one budget,
+    /// one statement on its own.
+    fn one_budget(&self) -> bool {
+        self.budget_keys.len() == 1
+            && self.claim_keys.is_empty()
+            && self.limits.is_empty()
+            && self.well_formed
+    }
+
     /// The shape of [`PLACE`] this call runs.
     fn shape(&self) -> usize {
-        place_shape(!self.limits.is_empty(), self.pricing_version.is_some())
+        if self.one_budget() {
+            place_budget_shape(self.pricing_version.is_some())
+        } else {
+            place_shape(!self.limits.is_empty(), self.pricing_version.is_some())
+        }
     }
 
     /// The answer to a call, from what [`PLACE`] reported, in the reference adapter's order
@@ -513,6 +576,13 @@ impl PlaceRequest {
                 });
             }
             used[i] += u64::from(quantity);
+        }
+        if !placed.budget_taken {
+            let (scope, key) = (self.budget_scopes.first(), self.budget_keys.first());
+            return Err(Error::BudgetExhausted {
+                scope: scope.cloned().unwrap_or_default(),
+                key: key.cloned().unwrap_or_default(),
+            });
         }
         if !placed.inserted {
             return Err(Error::conflict("order", self.order, "not written"));
@@ -565,10 +635,12 @@ impl PgStore {
         to_u64(get(&row, 0)?, "count")
     }
 
-    /// One try of [`PLACE`], under the member's lock when it has limits.
+    /// One try of [`PLACE`], under the member's lock when it has limits; with claims or
+    /// budgets in a transaction, but for one budget alone ([`PlaceRequest::one_budget`]), which
+    /// its shape of [`PLACE`] takes in the same statement.
     async fn place_once(&self, request: &PlaceRequest) -> Result<Vec<CardId>> {
         let r = request;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 28] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); PLACE_PARAMS + 4] = [
             &r.tenant,
             r.order.as_uuid(),
             &r.member,
@@ -609,15 +681,24 @@ impl PgStore {
                 .map(|l| l.0.release_on_refund)
                 .collect::<Vec<bool>>(),
             &r.pricing_version,
+            &r.budget_scopes.first(),
+            &r.budget_keys.first(),
+            &r.budget_limits.first(),
+            &r.budget_amounts.first(),
         ];
         let lock_key =
             (!r.limits.is_empty()).then(|| format!("{}:{}:{}", self.schema(), r.tenant, r.member));
+        let params = if r.one_budget() {
+            &params[..]
+        } else {
+            &params[..PLACE_PARAMS]
+        };
         let mut conn = self.conn().await?;
-        if !r.claim_keys.is_empty() || !r.budget_keys.is_empty() {
-            return self.place_claimed(&mut conn, r, lock_key, &params).await;
+        if !r.one_budget() && (!r.claim_keys.is_empty() || !r.budget_keys.is_empty()) {
+            return self.place_claimed(&mut conn, r, lock_key, params).await;
         }
         let placed = self
-            .run_place(&mut conn, r, lock_key, &params)
+            .run_place(&mut conn, r, lock_key, params)
             .await
             .map_err(|e| with_id(e, r.order))?;
         drop(conn);
